@@ -1,0 +1,556 @@
+"""The asyncio SMPP listener: a thin layer that moves bytes between sockets and sessions.
+
+All protocol rules live in :mod:`bridge.smpp.session`; this module adds what needs a clock, a
+socket or other connections: authentication against the accounts, bind limits across sessions,
+brute-force slow-down, per-account TPS, the per-connection timers, TLS, back-pressure toward slow
+readers, and the two seams to the pipeline:
+
+* inbound: :class:`SmppHandler.handle_request` gets every submit_sm, submit_multi, data_sm,
+  query_sm, cancel_sm and replace_sm of a bound session and returns the response to send. Requests
+  run concurrently, so responses go out in order of completion, each with its request's sequence
+  number.
+* outbound: :meth:`SmppServer.deliver` sends a deliver_sm (or data_sm) to a bound receiver or
+  transceiver of a system_id, within the session's window, and reports whether it was
+  acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+import structlog
+from aiolimiter import AsyncLimiter
+
+from bridge.core.accounts import Account, AccountRegistry, BindThrottle
+from bridge.core.accounts import BindType as AccountBindType
+from bridge.smpp.pdu import CommandId, Pdu, Status
+from bridge.smpp.session import (
+    BindRequested,
+    BindType,
+    ConnectionClosed,
+    Event,
+    MessageRequest,
+    ProtocolViolation,
+    ResponseReceived,
+    ResponseTimedOut,
+    ServerSession,
+    SessionConfig,
+    Unbound,
+    WindowFull,
+)
+
+__all__ = [
+    "DeliverResult",
+    "RejectingHandler",
+    "ServerConfig",
+    "SessionInfo",
+    "SmppHandler",
+    "SmppServer",
+]
+
+log = structlog.get_logger("bridge.smpp")
+
+_THROTTLED_COMMANDS = frozenset({CommandId.submit_sm, CommandId.submit_multi, CommandId.data_sm})
+# Pause reading from a peer whose unread responses exceed this many octets (slow reader).
+_HIGH_WATER = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Listener settings; timers and windows per session are in :class:`SessionConfig`."""
+
+    host: str = "127.0.0.1"
+    port: int = 2775
+    session: SessionConfig = field(default_factory=SessionConfig)
+    max_connections: int = 1000
+    bind_failure_delay: float = 1.0
+    bind_failure_delay_max: float = 30.0
+    shutdown_timeout: float = 10.0
+    tls_host: str | None = None
+    tls_port: int | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+@dataclass(slots=True)
+class SessionInfo:
+    """What the pipeline may know of a session: who, from where, bound how."""
+
+    id: int
+    peer_ip: str
+    peer_port: int
+    tls: bool
+    system_id: str | None = None
+    bind_type: BindType | None = None
+    account: Account | None = None
+
+
+class DeliverResult(NamedTuple):
+    """Outcome of :meth:`SmppServer.deliver`: ``status`` is the ESME's command_status, None when
+    there was no answer (``error`` says why: no receiver bound, timeout, connection lost)."""
+
+    status: int | None
+    error: str | None = None
+
+    @property
+    def acknowledged(self) -> bool:
+        return self.status == 0
+
+
+class SmppHandler(Protocol):
+    """The pipeline seen from the SMPP server."""
+
+    async def handle_request(self, session: SessionInfo, pdu: Pdu) -> Pdu:
+        """Answer a message operation; the returned PDU's id and sequence are set for you."""
+        ...
+
+    def session_bound(self, session: SessionInfo) -> None:
+        """A session bound; a receiver bind is the moment to flush queued receipts."""
+        ...
+
+    def session_closed(self, session: SessionInfo) -> None: ...
+
+
+class RejectingHandler:
+    """The handler until a pipeline is plugged in: refuses every message, never pretends."""
+
+    async def handle_request(self, session: SessionInfo, pdu: Pdu) -> Pdu:
+        return Pdu(pdu.command_id, command_status=Status.ESME_RSYSERR)
+
+    def session_bound(self, session: SessionInfo) -> None:
+        return None
+
+    def session_closed(self, session: SessionInfo) -> None:
+        return None
+
+
+class NoReceiver(Exception):
+    pass
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection: feeds its session, runs its timers, writes its output."""
+
+    def __init__(self, server: SmppServer, tls: bool) -> None:
+        self.server = server
+        self.tls = tls
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.session = ServerSession(server.config.session, server.clock())
+        self.info = SessionInfo(next(server._ids), "", 0, tls)
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiters: dict[int, asyncio.Future[Pdu | None]] = {}
+        self._window_waiters: list[asyncio.Future[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reading_paused = False
+        self._writing_paused = False
+        self._closed = False
+        self._limiter: AsyncLimiter | None = None
+        self.log = log
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername") or ("", 0)
+        self.info.peer_ip, self.info.peer_port = str(peer[0]), int(peer[1])
+        self.log = log.bind(session=self.info.id, peer=self.info.peer_ip)
+        transport.set_write_buffer_limits(high=_HIGH_WATER)
+        server = self.server
+        if len(server._connections) >= server.config.max_connections:
+            self.log.warning("smpp.connection_refused", reason="max_connections")
+            transport.abort()
+            self._closed = True
+            return
+        server._connections.add(self)
+        self.log.debug("smpp.connected", tls=self.tls)
+        self._schedule_tick()
+
+    def data_received(self, data: bytes) -> None:
+        events = self.session.receive_data(data, self.server.clock())
+        if events:
+            self._dispatch(events)
+        self._flush()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._closed and self.transport is None:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        failed = self.session.close()
+        for ev in failed:
+            self._resolve(ev.request.sequence_number, None)
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.set_result(None)
+        self._waiters.clear()
+        for w in self._window_waiters:
+            if not w.done():
+                w.set_exception(ConnectionError("connection lost"))
+        self._window_waiters.clear()
+        self.server._forget(self)
+        self.log.info("smpp.disconnected", system_id=self.info.system_id, error=str(exc or ""))
+
+    def pause_writing(self) -> None:
+        # The peer does not read its responses: stop reading its requests until it catches up.
+        self._writing_paused = True
+        if self.transport is not None and not self._reading_paused:
+            self.transport.pause_reading()
+            self._reading_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self.transport is not None and self._reading_paused:
+            self.transport.resume_reading()
+            self._reading_paused = False
+
+    # ------------------------------------------------------------------ events
+
+    def _dispatch(self, events: list[Event]) -> None:
+        for ev in events:
+            if isinstance(ev, MessageRequest):
+                self._start_request(ev.pdu)
+            elif isinstance(ev, ResponseReceived):
+                self._resolve(ev.pdu.sequence_number, ev.pdu)
+            elif isinstance(ev, ResponseTimedOut):
+                self._resolve(ev.request.sequence_number, None)
+            elif isinstance(ev, BindRequested):
+                self._spawn(self._bind(ev))
+            elif isinstance(ev, ProtocolViolation):
+                self.log.info(
+                    "smpp.protocol_violation",
+                    status=ev.status,
+                    command_id=ev.command_id,
+                    detail=ev.detail,
+                )
+            elif isinstance(ev, Unbound):
+                self.log.info("smpp.unbound", by_peer=ev.initiated_by_peer)
+                self._close_soon()
+            elif isinstance(ev, ConnectionClosed):
+                self.log.info("smpp.closing", reason=ev.reason)
+                self._close_soon()
+
+    def _start_request(self, pdu: Pdu) -> None:
+        limiter = self._limiter
+        if limiter is not None and pdu.command_id in _THROTTLED_COMMANDS:
+            if not limiter.has_capacity():
+                throttled = Pdu(pdu.command_id, command_status=Status.ESME_RTHROTTLED)
+                self.session.respond(pdu, throttled)
+                return
+            # has_capacity() was true, so acquire() completes without waiting.
+            self._spawn(self._throttled_request(limiter, pdu))
+            return
+        self._spawn(self._request(pdu))
+
+    async def _throttled_request(self, limiter: AsyncLimiter, pdu: Pdu) -> None:
+        await limiter.acquire()
+        await self._request(pdu)
+
+    async def _request(self, pdu: Pdu) -> None:
+        try:
+            resp = await self.server.handler.handle_request(self.info, pdu)
+        except Exception:
+            self.log.exception("smpp.handler_failed", command=pdu.name)
+            resp = Pdu(pdu.command_id, command_status=Status.ESME_RSYSERR)
+        self.session.respond(pdu, resp)
+        self._flush()
+
+    async def _bind(self, ev: BindRequested) -> None:
+        server = self.server
+        ip = self.info.peer_ip
+        bind_type = AccountBindType(ev.bind_type.value)
+        accounts = server.accounts
+        if accounts.would_block(ev.system_id, ev.password):
+            # A password hash not verified before costs tens of ms of CPU: keep it off the loop.
+            result = await asyncio.to_thread(
+                accounts.authenticate, ev.system_id, ev.password, bind_type, ip
+            )
+        else:
+            result = accounts.authenticate(ev.system_id, ev.password, bind_type, ip)
+        status = result.status
+        account = result.account
+        reason = result.reason
+        if status == 0 and account is not None:
+            bound = server.bound_count(account.system_id)
+            if account.max_binds and bound >= account.max_binds:
+                status, reason = Status.ESME_RBINDFAIL, f"max_binds {account.max_binds} reached"
+        if self._closed:
+            return
+        if status != 0 or account is None:
+            delay = server.throttle.delay_for(ip, server.clock())
+            server.throttle.record_failure(ip, server.clock())
+            self.log.warning(
+                "smpp.bind_rejected",
+                system_id=ev.system_id,
+                bind_type=ev.bind_type.value,
+                status=status,
+                reason=reason,
+                delay=round(delay, 3),
+            )
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self._closed:
+                return
+            self.session.reject_bind(status or Status.ESME_RBINDFAIL)
+            self._flush()
+            return
+        server.throttle.record_success(ip)
+        self.session.accept_bind(max_outstanding=account.max_outstanding)
+        self.info.system_id = account.system_id
+        self.info.bind_type = ev.bind_type
+        self.info.account = account
+        self._limiter = server.limiter_for(account)
+        self.log = self.log.bind(system_id=account.system_id)
+        self.log.info("smpp.bound", bind_type=ev.bind_type.value)
+        self._flush()
+        try:
+            server.handler.session_bound(self.info)
+        except Exception:
+            self.log.exception("smpp.session_bound_hook_failed")
+        server._notify_receivers()
+
+    # ------------------------------------------------------------------ outbound requests
+
+    async def send_request(self, pdu: Pdu) -> Pdu | None:
+        """Send a request within the window; the response, or None on timeout / loss."""
+        while True:
+            if self._closed or not self.session.can_receive:
+                return None
+            try:
+                seq = self.session.send_request(pdu, self.server.clock())
+                break
+            except WindowFull:
+                fut: asyncio.Future[None] = self.loop.create_future()
+                self._window_waiters.append(fut)
+                try:
+                    await fut
+                except ConnectionError:
+                    return None
+        waiter: asyncio.Future[Pdu | None] = self.loop.create_future()
+        self._waiters[seq] = waiter
+        self._flush()
+        return await waiter
+
+    def _resolve(self, seq: int, pdu: Pdu | None) -> None:
+        fut = self._waiters.pop(seq, None)
+        if fut is not None and not fut.done():
+            fut.set_result(pdu)
+        while self._window_waiters and self.session.window_free > 0:
+            w = self._window_waiters.pop(0)
+            if not w.done():
+                w.set_result(None)
+                break
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _spawn(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        self.server._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self.server._tasks.discard(task)
+
+    def _flush(self) -> None:
+        data = self.session.take_output()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+            self.session.note_sent(self.server.clock())
+
+    def _close_soon(self) -> None:
+        self._flush()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()  # close() flushes what is buffered first
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _schedule_tick(self) -> None:
+        self._timer = self.loop.call_later(self.server.tick_interval, self._tick)
+
+    def _tick(self) -> None:
+        if self._closed:
+            return
+        events = self.session.handle_timers(self.server.clock())
+        if events:
+            self._dispatch(events)
+        self._flush()
+        if not self._closed:
+            self._schedule_tick()
+
+    def unbind(self) -> None:
+        self.session.unbind(self.server.clock())
+        self._flush()
+
+
+class SmppServer:
+    """Accepts ESME connections on a plain and optionally a TLS port."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        accounts: AccountRegistry,
+        handler: SmppHandler | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.accounts = accounts
+        self.handler: SmppHandler = handler or RejectingHandler()
+        self.clock = clock
+        self.throttle = BindThrottle(config.bind_failure_delay, config.bind_failure_delay_max)
+        self._ids = itertools.count(1)
+        self._connections: set[_Connection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._servers: list[asyncio.Server] = []
+        self._limiters: dict[str, AsyncLimiter] = {}
+        self._rr: dict[str, int] = {}
+        self._receiver_event: asyncio.Event | None = None
+        s = config.session
+        timers = [
+            t
+            for t in (
+                s.session_init_timeout,
+                s.enquire_link_interval,
+                s.inactivity_timeout,
+                s.response_timeout,
+            )
+            if t > 0
+        ]
+        self.tick_interval = min(1.0, max(0.02, min(timers, default=1.0) / 4))
+        self.ports: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        srv = await loop.create_server(
+            lambda: _Connection(self, tls=False), cfg.host, cfg.port, reuse_address=True
+        )
+        self._servers.append(srv)
+        self.ports["smpp"] = srv.sockets[0].getsockname()[1]
+        if cfg.tls_port is not None and cfg.tls_cert and cfg.tls_key:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+            tls = await loop.create_server(
+                lambda: _Connection(self, tls=True),
+                cfg.tls_host or cfg.host,
+                cfg.tls_port,
+                ssl=ctx,
+                reuse_address=True,
+            )
+            self._servers.append(tls)
+            self.ports["smpp_tls"] = tls.sockets[0].getsockname()[1]
+        log.info("smpp.listening", **self.ports)
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Graceful shutdown: stop accepting, unbind bound sessions, let in-flight work finish."""
+        timeout = self.config.shutdown_timeout if timeout is None else timeout
+        for srv in self._servers:
+            srv.close()
+        deadline = self.clock() + timeout
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=max(0.0, deadline - self.clock()))
+        for conn in list(self._connections):
+            if conn.session.is_bound:
+                conn.unbind()
+            else:
+                conn._close_soon()
+        while self._connections and self.clock() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(self._connections):
+            conn.abort()
+        for srv in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(srv.wait_closed(), 1.0)
+        self._servers.clear()
+        log.info("smpp.stopped")
+
+    # ------------------------------------------------------------------ pipeline side
+
+    def bound_count(self, system_id: str) -> int:
+        return sum(
+            1
+            for c in self._connections
+            if c.info.system_id == system_id and c.session.is_bound
+        )
+
+    def receivers(self, system_id: str) -> list[_Connection]:
+        return [
+            c
+            for c in self._connections
+            if c.info.system_id == system_id and c.session.can_receive and not c._closed
+        ]
+
+    def has_receiver(self, system_id: str) -> bool:
+        return bool(self.receivers(system_id))
+
+    async def deliver(self, system_id: str, pdu: Pdu) -> DeliverResult:
+        """Send deliver_sm/data_sm to a bound receiver of ``system_id`` (round robin).
+
+        Returns the ESME's command_status, or status None with the reason when nobody is bound,
+        the response timed out or the connection was lost: the caller keeps the message queued.
+        """
+        conns = self.receivers(system_id)
+        if not conns:
+            return DeliverResult(None, "no receiver bound")
+        # Prefer a session with room in its window, round robin among them.
+        start = self._rr.get(system_id, 0)
+        self._rr[system_id] = start + 1
+        ordered = conns[start % len(conns) :] + conns[: start % len(conns)]
+        conn = next((c for c in ordered if c.session.window_free > 0), ordered[0])
+        resp = await conn.send_request(pdu)
+        if resp is None:
+            return DeliverResult(None, "no response (timeout or connection lost)")
+        return DeliverResult(resp.command_status)
+
+    async def wait_for_receiver(self) -> None:
+        """Wakes when any receiver binds (for delivery queues that wait on unbound accounts)."""
+        if self._receiver_event is None:
+            self._receiver_event = asyncio.Event()
+        await self._receiver_event.wait()
+
+    def _notify_receivers(self) -> None:
+        if self._receiver_event is not None:
+            self._receiver_event.set()
+            self._receiver_event = None
+
+    def limiter_for(self, account: Account) -> AsyncLimiter | None:
+        """One rate limiter per account, shared by all its sessions; None when unlimited."""
+        if not account.tps:
+            return None
+        lim = self._limiters.get(account.system_id)
+        if lim is None or lim.max_rate != account.tps:
+            # time_period of 1 s: aiolimiter's bucket allows a burst of `tps` at once.
+            lim = AsyncLimiter(account.tps, 1.0)
+            self._limiters[account.system_id] = lim
+        return lim
+
+    def _forget(self, conn: _Connection) -> None:
+        was_bound = conn.info.system_id is not None
+        self._connections.discard(conn)
+        if was_bound:
+            try:
+                self.handler.session_closed(conn.info)
+            except Exception:
+                log.exception("smpp.session_closed_hook_failed")
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
