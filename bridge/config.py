@@ -1,0 +1,650 @@
+"""Typed configuration: TOML (stdlib ``tomllib``) validated by pydantic v2.
+
+Why this shape:
+
+* ``extra="forbid"`` everywhere, so a typo (``prot = 2775``) is an error instead of a silently
+  ignored key and a default that surprises someone in production.
+* Strict types: ``port = "2775"`` is an error, not a coercion; TOML has real types, use them.
+* Every problem is reported at once, each as ``FILE:LINE: key.path: message``. tomllib gives no
+  positions for valid TOML, so :class:`_LineIndex` scans the text to map a key path such as
+  ``("accounts", 1, "tps")`` to the line of ``tps`` inside the second ``[[accounts]]`` table.
+* Secrets never appear in messages: pydantic error inputs are never echoed, and password
+  problems say what is wrong without the value. Passwords are held as ``SecretStr``.
+* ``env:VAR`` passwords are resolved at load time so a missing variable fails ``check-config``
+  and startup, not the first bind at 3 a.m.
+* Relative paths resolve against the config file's directory, so the daemon behaves the same
+  whatever directory it is started from.
+
+The conversion to domain objects lives here (:meth:`AccountConfig.to_account`) so that
+``bridge.core`` never imports configuration code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from bridge.core.accounts import Account, BindType, IPNetwork
+from bridge.passwords import MAX_SMPP_PASSWORD_LENGTH, is_hashed, parse_hash
+
+__all__ = [
+    "AccountConfig",
+    "Config",
+    "ConfigError",
+    "ConfigProblem",
+    "HttpConfig",
+    "LoggingConfig",
+    "SmppConfig",
+    "StorageConfig",
+    "TlsConfig",
+    "apply_overrides",
+    "load_config",
+    "load_config_text",
+]
+
+DEFAULT_SMPP_HOST = "127.0.0.1"
+MAX_SYSTEM_ID_LENGTH = 15  # SMPP 3.4: C-Octet String, max 16 octets including the NUL
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    """One thing wrong with a config file. ``path`` is like ``accounts[1].tps`` ("" for syntax
+    errors); ``line`` is 1-based, or None when the key does not appear in the text."""
+
+    path: str
+    message: str
+    line: int | None = None
+
+    def format(self, source: str) -> str:
+        where = source if self.line is None else f"{source}:{self.line}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The config cannot be used. ``str(e)`` lists every problem, one per line."""
+
+    def __init__(self, errors: list[ConfigProblem], source: str = "<string>") -> None:
+        self.errors = errors
+        self.source = source
+        super().__init__("\n".join(p.format(source) for p in errors))
+
+
+# --------------------------------------------------------------------------------------------
+# Field types
+
+
+def _check_system_id(value: str) -> str:
+    if not 1 <= len(value) <= MAX_SYSTEM_ID_LENGTH or not all("\x21" <= c <= "\x7e" for c in value):
+        raise ValueError(
+            f"must be 1..{MAX_SYSTEM_ID_LENGTH} printable ASCII characters without spaces"
+        )
+    return value
+
+
+def _parse_network(value: object) -> object:
+    """Accept ``"10.0.0.0/8"``, ``"::1/128"`` or a bare address (a /32 or /128)."""
+    if not isinstance(value, str):
+        raise ValueError('must be a string such as "10.0.0.0/8"')
+    try:
+        return ipaddress.ip_network(value.strip(), strict=True)
+    except ValueError as exc:
+        try:
+            # Host bits set: almost certainly a typo for the containing network; say which.
+            suggestion = ipaddress.ip_network(value.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"not a valid IP network: {exc}") from None
+        raise ValueError(
+            f"{value!r} has host bits set; did you mean {str(suggestion)!r}?"
+        ) from None
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
+Port = Annotated[int, Field(ge=0, le=65535)]  # 0 = any free port (tests)
+NonNegFloat = Annotated[float, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+SystemId = Annotated[
+    str, BeforeValidator(lambda v: _check_system_id(v) if isinstance(v, str) else v)
+]
+Network = Annotated[IPNetwork, BeforeValidator(_parse_network)]
+# Paths come from TOML strings; strict mode would only accept Path objects.
+PathField = Annotated[Path, Field(strict=False)]
+BindTypeField = Annotated[BindType, Field(strict=False)]
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    if not value.is_absolute():
+        value = (Path(base) if base is not None else Path.cwd()) / value
+    # Lexical clean-up only ("config/../data" -> "data"); symlinks are the operator's business.
+    return Path(os.path.normpath(value))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+
+
+class TlsConfig(_Section):
+    """``[smpp.tls]``: a second, TLS-wrapped SMPP listener; present means enabled."""
+
+    host: str = DEFAULT_SMPP_HOST  # defaulted to smpp.host by SmppConfig
+    port: Port = 2776
+    cert: PathField
+    key: PathField
+
+    @field_validator("cert", "key")
+    @classmethod
+    def _relative_to_config(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve_path(value, info)
+
+
+class SmppConfig(_Section):
+    """``[smpp]``: the SMSC side that ESMEs bind to."""
+
+    host: str = DEFAULT_SMPP_HOST
+    port: Port = 2775
+    system_id: SystemId = "smppbridge"
+    session_init_timeout: PosFloat = 30.0
+    enquire_link_interval: NonNegFloat = 30.0
+    inactivity_timeout: NonNegFloat = 300.0
+    response_timeout: PosFloat = 30.0
+    window: Annotated[int, Field(ge=1)] = 10
+    max_pdu_size: Annotated[int, Field(ge=512, le=16 * 1024 * 1024)] = 70000
+    max_connections: Annotated[int, Field(ge=1)] = 1000
+    bind_failure_delay: NonNegFloat = 1.0
+    bind_failure_delay_max: NonNegFloat = 30.0
+    shutdown_timeout: NonNegFloat = 10.0
+    tls: TlsConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tls_host_defaults_to_smpp_host(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("tls"), dict):
+            tls = data["tls"]
+            if "host" not in tls:
+                host = data.get("host", DEFAULT_SMPP_HOST)
+                data = {**data, "tls": {**tls, "host": host}}
+        return data
+
+    @field_validator("bind_failure_delay_max")
+    @classmethod
+    def _max_not_below_base(cls, value: float, info: ValidationInfo) -> float:
+        base = info.data.get("bind_failure_delay")
+        if base is not None and value < base:
+            raise ValueError("must be >= smpp.bind_failure_delay")
+        return value
+
+
+class HttpConfig(_Section):
+    """``[http]``: provider callbacks, /metrics, /healthz."""
+
+    host: str = "127.0.0.1"
+    port: Port = 8080
+
+
+class StorageConfig(_Section):
+    """``[storage]``: where the durable queue lives."""
+
+    data_dir: Annotated[PathField, Field(validate_default=True)] = Path("data")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _relative_to_config(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve_path(value, info)
+
+
+class LoggingConfig(_Section):
+    """``[logging]``."""
+
+    level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)] = "info"
+    format: Annotated[Literal["auto", "json", "console"], BeforeValidator(_lower)] = "auto"
+
+
+_ALL_BIND_TYPES = [BindType.TRANSMITTER, BindType.RECEIVER, BindType.TRANSCEIVER]
+
+
+class AccountConfig(_Section):
+    """One ``[[accounts]]`` table: an ESME allowed to bind."""
+
+    system_id: SystemId
+    password: SecretStr
+    allowed_bind_types: list[BindTypeField] = Field(default_factory=lambda: list(_ALL_BIND_TYPES))
+    # Default loopback only; [] admits nobody (fail closed).
+    allowed_ips: list[Network] = Field(
+        default_factory=lambda: [
+            ipaddress.ip_network("127.0.0.0/8"),
+            ipaddress.ip_network("::1/128"),
+        ]
+    )
+    max_binds: Annotated[int, Field(ge=1)] = 10
+    tps: NonNegFloat = 0.0  # 0 = unlimited
+    max_outstanding: Annotated[int, Field(ge=1)] = 100
+    default_region: str | None = None
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _resolve_password(cls, value: Any, info: ValidationInfo) -> Any:
+        """Resolve ``env:VAR`` and check the result; messages never contain the value."""
+        if not isinstance(value, str):
+            return value  # pydantic reports the type error
+        origin = ""
+        if value.startswith("env:"):
+            var = value[4:]
+            if not var:
+                raise ValueError('"env:" must be followed by an environment variable name')
+            env: Mapping[str, str] = (info.context or {}).get("env", os.environ)
+            if var not in env:
+                raise ValueError(f"environment variable {var} is not set")
+            value = env[var]
+            origin = f" (from environment variable {var})"
+        if is_hashed(value):
+            try:
+                parse_hash(value)
+            except ValueError as exc:
+                raise ValueError(f"{exc}{origin}") from None
+            return value
+        if not value:
+            raise ValueError(f"must not be empty{origin}")
+        if len(value) > MAX_SMPP_PASSWORD_LENGTH:
+            raise ValueError(
+                f"plain password is longer than {MAX_SMPP_PASSWORD_LENGTH} characters, "
+                f"the SMPP 3.4 limit{origin}"
+            )
+        if not all(" " <= c <= "~" for c in value):
+            raise ValueError(f"must contain only printable ASCII characters{origin}")
+        return value
+
+    @field_validator("default_region", mode="before")
+    @classmethod
+    def _region_code(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not re.fullmatch(r"[A-Za-z]{2}", value):
+                raise ValueError('must be an ISO 3166 alpha-2 country code such as "DE"')
+            return value.upper()
+        return value
+
+    def to_account(self) -> Account:
+        """The domain view of this account, for :class:`bridge.core.accounts.AccountRegistry`."""
+        return Account(
+            system_id=self.system_id,
+            password=self.password.get_secret_value(),
+            allowed_bind_types=frozenset(self.allowed_bind_types),
+            allowed_networks=tuple(self.allowed_ips),
+            max_binds=self.max_binds,
+            tps=self.tps,
+            max_outstanding=self.max_outstanding,
+            default_region=self.default_region,
+        )
+
+
+_SECTIONS = ("smpp", "http", "storage", "logging")
+
+
+class Config(_Section):
+    """The whole configuration. ``source_path`` is the file it came from (None for text)."""
+
+    smpp: SmppConfig
+    http: HttpConfig
+    storage: StorageConfig
+    logging: LoggingConfig
+    accounts: Annotated[list[AccountConfig], Field(min_length=1)]
+    source_path: PathField | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_default_to_empty_tables(cls, data: Any) -> Any:
+        # Validate absent sections as {} (not via a default instance) so validators that need
+        # the context, such as path resolution, still run for their defaults.
+        if isinstance(data, dict):
+            data = {**{name: {} for name in _SECTIONS}, **data}
+        return data
+
+    def to_accounts(self) -> list[Account]:
+        return [a.to_account() for a in self.accounts]
+
+
+# Which model describes the table at a key path (list indices dropped): for "did you mean".
+_MODEL_AT: dict[tuple[str, ...], type[BaseModel]] = {
+    (): Config,
+    ("smpp",): SmppConfig,
+    ("smpp", "tls"): TlsConfig,
+    ("http",): HttpConfig,
+    ("storage",): StorageConfig,
+    ("logging",): LoggingConfig,
+    ("accounts",): AccountConfig,
+}
+# Keys that exist on the models but must not be set from the file.
+_INTERNAL_KEYS: dict[tuple[str, ...], set[str]] = {(): {"source_path"}}
+
+
+# --------------------------------------------------------------------------------------------
+# Line numbers
+
+
+_KEY = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|'[^']*')"""
+_DOTTED = rf"{_KEY}(?:\s*\.\s*{_KEY})*"
+_TABLE_RE = re.compile(rf"^\s*\[\s*({_DOTTED})\s*\]\s*(?:#.*)?$")
+_ARRAY_RE = re.compile(rf"^\s*\[\[\s*({_DOTTED})\s*\]\]\s*(?:#.*)?$")
+_KEYVAL_RE = re.compile(rf"^\s*({_DOTTED})\s*=")
+_KEY_PART_RE = re.compile(_KEY)
+
+Loc = tuple[str | int, ...]
+
+
+def _split_dotted(dotted: str) -> list[str]:
+    parts = []
+    for raw in _KEY_PART_RE.findall(dotted):
+        if raw[:1] in "\"'":
+            raw = raw[1:-1]
+        parts.append(raw)
+    return parts
+
+
+class _LineIndex:
+    """Maps key paths to 1-based line numbers by scanning TOML text (which must have parsed).
+
+    Handles ``[table]``, ``[[array.of.tables]]`` (counting elements so ``accounts[1]`` is the
+    second ``[[accounts]]``), dotted keys, and skips multi-line strings. Keys inside inline
+    tables map to the inline table's key, which is close enough to find the problem.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+        self.where: dict[Loc, int] = {}
+        self._key_lines: list[int] = []  # lines that start a key or header, for range ends
+        arrays: dict[Loc, int] = {}
+        table: Loc = ()
+        in_multiline: str | None = None
+
+        def resolve(parts: list[str]) -> Loc:
+            out: list[str | int] = []
+            for part in parts:
+                out.append(part)
+                count = arrays.get(tuple(out))
+                if count:
+                    out.append(count - 1)
+            return tuple(out)
+
+        for number, line in enumerate(self.lines, start=1):
+            if in_multiline is not None:
+                if line.count(in_multiline) % 2 == 1:
+                    in_multiline = None
+                continue
+            if m := _ARRAY_RE.match(line):
+                parts = _split_dotted(m.group(1))
+                array = (*resolve(parts[:-1]), parts[-1])
+                arrays[array] = arrays.get(array, 0) + 1
+                table = (*array, arrays[array] - 1)
+                self.where.setdefault(table, number)
+                self.where.setdefault(array, number)
+                self._key_lines.append(number)
+            elif m := _TABLE_RE.match(line):
+                table = resolve(_split_dotted(m.group(1)))
+                self.where.setdefault(table, number)
+                self._key_lines.append(number)
+            elif m := _KEYVAL_RE.match(line):
+                parts = _split_dotted(m.group(1))
+                for i in range(1, len(parts) + 1):
+                    self.where.setdefault((*table, *parts[:i]), number)
+                self._key_lines.append(number)
+                rest = line[m.end() :]
+                for quote in ('"""', "'''"):
+                    if rest.count(quote) % 2 == 1:
+                        in_multiline = quote
+                        break
+
+    def line_of(self, loc: Loc, value: object = None) -> int | None:
+        """Line of the deepest known prefix of ``loc``; for an array element whose string
+        value is known, the line inside a multi-line array that holds it."""
+        for end in range(len(loc), 0, -1):
+            prefix = loc[:end]
+            line = self.where.get(prefix)
+            if line is None:
+                continue
+            if end == len(loc) - 1 and isinstance(loc[-1], int) and isinstance(value, str):
+                return self._element_line(line, value) or line
+            return line
+        return None
+
+    def _element_line(self, key_line: int, value: str) -> int | None:
+        stop = next((n for n in self._key_lines if n > key_line), len(self.lines) + 1)
+        needles = (f'"{value}"', f"'{value}'")
+        for number in range(key_line, stop):
+            if any(n in self.lines[number - 1] for n in needles):
+                return number
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Turning pydantic errors into problems
+
+_TYPE_WORDS = {
+    "int_type": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_type": "must be a number",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "list_type": "must be an array",
+    "model_type": "must be a table",
+    "model_attributes_type": "must be a table",
+    "dict_type": "must be a table",
+    "path_type": "must be a string (a file path)",
+}
+
+
+def _toml_type(value: object) -> str:
+    # Only the type is shown, never the value: the value might be a password.
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return f"a {type(value).__name__}"
+
+
+def format_loc(loc: Loc) -> str:
+    """``("accounts", 1, "tps")`` -> ``accounts[1].tps``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    kind: str = error["type"]
+    loc: Loc = tuple(error["loc"])
+    if loc == ("accounts",) and kind in ("missing", "too_short"):
+        return "at least one [[accounts]] table is required"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        parent = tuple(p for p in loc[:-1] if isinstance(p, str))
+        model = _MODEL_AT.get(parent)
+        hint = ""
+        if model is not None and isinstance(loc[-1], str):
+            known = set(model.model_fields) - _INTERNAL_KEYS.get(parent, set())
+            close = difflib.get_close_matches(loc[-1], sorted(known), n=1)
+            if close:
+                hint = f"; did you mean {close[0]!r}?"
+        return f"unknown key{hint}"
+    if kind in _TYPE_WORDS:
+        return f"{_TYPE_WORDS[kind]}, got {_toml_type(error.get('input'))}"
+    msg: str = error["msg"]
+    msg = msg.removeprefix("Value error, ")
+    if msg.startswith("Input should be "):
+        msg = "must be " + msg.removeprefix("Input should be ")
+    return msg
+
+
+def _duplicate_system_ids(raw: Mapping[str, Any]) -> list[tuple[Loc, str]]:
+    accounts = raw.get("accounts")
+    if not isinstance(accounts, list):
+        return []
+    first: dict[str, int] = {}
+    found: list[tuple[Loc, str]] = []
+    for i, table in enumerate(accounts):
+        if not isinstance(table, dict):
+            continue
+        sid = table.get("system_id")
+        if not isinstance(sid, str):
+            continue
+        if sid in first:
+            found.append(
+                (
+                    ("accounts", i, "system_id"),
+                    f"duplicate system_id, already used by accounts[{first[sid]}]",
+                )
+            )
+        else:
+            first[sid] = i
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def _load(
+    text: str,
+    *,
+    source: str,
+    base_dir: Path | None,
+    env: Mapping[str, str] | None,
+    source_path: Path | None,
+) -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = str(exc)
+        line = None
+        if m := re.search(r"\(at line (\d+), column (\d+)\)", msg):
+            line = int(m.group(1))
+            msg = msg.replace(m.group(0), f"(column {m.group(2)})")
+        elif m := re.search(r"\(at end of document\)", msg):
+            line = max(1, len(text.splitlines()))
+        raise ConfigError([ConfigProblem("", f"invalid TOML: {msg}", line)], source) from None
+
+    index = _LineIndex(text)
+    found: list[tuple[Loc, str, object]] = []
+
+    if "source_path" in raw:
+        found.append((("source_path",), "unknown key", None))
+        del raw["source_path"]
+    found.extend((loc, msg, None) for loc, msg in _duplicate_system_ids(raw))
+
+    context = {
+        "base_dir": base_dir if base_dir is not None else Path.cwd(),
+        "env": env if env is not None else os.environ,
+    }
+    config: Config | None = None
+    try:
+        config = Config.model_validate({**raw, "source_path": source_path}, context=context)
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False, include_context=False):
+            loc = tuple(error["loc"])
+            found.append((loc, _message(error), error.get("input")))
+
+    if found or config is None:
+        problems = [
+            ConfigProblem(format_loc(loc), msg, index.line_of(loc, value))
+            for loc, msg, value in found
+        ]
+        problems.sort(key=lambda p: (p.line is None, p.line or 0))
+        raise ConfigError(problems, source)
+    return config
+
+
+def load_config_text(
+    text: str,
+    *,
+    source: str = "<string>",
+    base_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Parse and validate config text. Relative paths resolve against ``base_dir`` (default: the
+    current directory); ``env:`` passwords are looked up in ``env`` (default: ``os.environ``).
+    Raises :class:`ConfigError` listing every problem."""
+    return _load(text, source=source, base_dir=base_dir, env=env, source_path=None)
+
+
+def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Config:
+    """Load a config file; relative paths inside it resolve against its directory."""
+    path = Path(path).absolute()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            [ConfigProblem("", f"cannot read config file: {exc.strerror or exc}")], str(path)
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            [ConfigProblem("", "config file is not valid UTF-8")], str(path)
+        ) from None
+    return _load(text, source=str(path), base_dir=path.parent, env=env, source_path=path)
+
+
+def apply_overrides(
+    cfg: Config,
+    *,
+    smpp_port: int | None = None,
+    http_port: int | None = None,
+    data_dir: str | Path | None = None,
+) -> Config:
+    """Apply command-line overrides. A relative ``data_dir`` here resolves against the current
+    directory, as command-line paths do."""
+    problems = [
+        ConfigProblem(name, "must be 0..65535")
+        for name, port in (("smpp.port", smpp_port), ("http.port", http_port))
+        if port is not None and not 0 <= port <= 65535
+    ]
+    if problems:
+        raise ConfigError(problems, "command line")
+    update: dict[str, Any] = {}
+    if smpp_port is not None:
+        update["smpp"] = cfg.smpp.model_copy(update={"port": smpp_port})
+    if http_port is not None:
+        update["http"] = cfg.http.model_copy(update={"port": http_port})
+    if data_dir is not None:
+        update["storage"] = cfg.storage.model_copy(
+            update={"data_dir": Path(os.path.normpath(Path(data_dir).absolute()))}
+        )
+    return cfg.model_copy(update=update)
