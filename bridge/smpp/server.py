@@ -23,7 +23,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
 import structlog
 from aiolimiter import AsyncLimiter
@@ -158,16 +158,16 @@ class _Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername") or ("", 0)
         self.info.peer_ip, self.info.peer_port = str(peer[0]), int(peer[1])
         self.log = log.bind(session=self.info.id, peer=self.info.peer_ip)
-        transport.set_write_buffer_limits(high=_HIGH_WATER)
+        self.transport.set_write_buffer_limits(high=_HIGH_WATER)
         server = self.server
         if len(server._connections) >= server.config.max_connections:
             self.log.warning("smpp.connection_refused", reason="max_connections")
-            transport.abort()
+            self.transport.abort()
             self._closed = True
             return
         server._connections.add(self)

@@ -1,0 +1,116 @@
+"""Command line: ``bridge run | check-config | hash-password | bench``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+from pathlib import Path
+
+DEFAULT_CONFIG = "config/bridge.toml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bridge", description="SMPP 3.4 to HTTP SMS provider bridge")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the bridge")
+    run.add_argument("--config", default=DEFAULT_CONFIG, help=f"TOML file ({DEFAULT_CONFIG})")
+    run.add_argument("--smpp-port", type=int, help="override smpp.port")
+    run.add_argument("--http-port", type=int, help="override http.port")
+    run.add_argument("--data-dir", help="override storage.data_dir")
+    run.add_argument("--no-uvloop", action="store_true", help="use the stock asyncio loop")
+
+    check = sub.add_parser("check-config", help="validate a config file and report every error")
+    check.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+
+    hp = sub.add_parser("hash-password", help="print a pbkdf2_sha256 hash for an account password")
+    hp.add_argument("--password", help="the password (prompted for when omitted)")
+
+    bench = sub.add_parser("bench", help="measure codec and SMPP round-trip throughput")
+    bench.add_argument("what", nargs="?", choices=["codec", "smpp", "all"], default="all")
+    bench.add_argument("--messages", type=int, default=20000, help="submit_sm per run (smpp)")
+    return p
+
+
+def _install_uvloop() -> str:
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    uvloop.install()
+    return "uvloop"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check-config":
+        return _check_config(args.config)
+    if args.command == "hash-password":
+        return _hash_password(args.password)
+    if args.command == "bench":
+        from bridge.bench import main as bench_main
+
+        return bench_main(args.what, messages=args.messages)
+    return _run(args)
+
+
+def _check_config(path: str) -> int:
+    from bridge.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(path)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    print(f"{Path(path)}: OK ({len(cfg.accounts)} account(s))")
+    return 0
+
+
+def _hash_password(password: str | None) -> int:
+    from bridge.passwords import hash_password
+
+    if password is None:
+        password = getpass.getpass("SMPP password (max 8 characters): ")
+    if not 1 <= len(password) <= 8:
+        print("an SMPP 3.4 password has 1 to 8 characters", file=sys.stderr)
+        return 2
+    print(hash_password(password))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from bridge.app import run
+    from bridge.config import ConfigError, apply_overrides, load_config
+    from bridge.observability import configure_logging
+
+    overrides: dict[str, object] = {
+        k: v
+        for k, v in (
+            ("smpp_port", args.smpp_port),
+            ("http_port", args.http_port),
+            ("data_dir", args.data_dir),
+        )
+        if v is not None
+    }
+    try:
+        cfg = apply_overrides(load_config(args.config), **overrides)  # type: ignore[arg-type]
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    configure_logging(cfg.logging.level, cfg.logging.format)
+    if not args.no_uvloop:
+        _install_uvloop()
+    try:
+        asyncio.run(run(cfg, overrides))
+    except KeyboardInterrupt:
+        pass
+    except OSError as e:  # e.g. the port is taken
+        print(f"bridge: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
