@@ -86,7 +86,7 @@ class Message:
     text: str | None
     data_coding: int = 0  # as the ESME sent it; 0x08 when the text needs UCS2
     binary: bytes = b""
-    udh: bytes = b""  # non-concatenation IEs the ESME sent (ports …), kept for providers that take them
+    udh: bytes = b""  # non-concatenation IEs the ESME sent (ports …), for providers that take them
     flash: bool = False
     registered_delivery: int = 0
     priority: int = 0

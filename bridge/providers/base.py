@@ -2,8 +2,8 @@
 
 Adapters are translators (DESIGN.md): a :class:`~bridge.core.model.Message` in, an
 :class:`~bridge.core.model.Outcome` out; provider reports become
-:class:`~bridge.core.model.DeliveryReport` and inbound SMS :class:`~bridge.core.model.InboundMessage`,
-handed to the sinks given at :meth:`Provider.start`.
+:class:`~bridge.core.model.DeliveryReport` and inbound SMS
+:class:`~bridge.core.model.InboundMessage`, handed to the sinks given at :meth:`Provider.start`.
 """
 
 from __future__ import annotations

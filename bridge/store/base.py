@@ -137,7 +137,9 @@ class Store(Protocol):
         self, items: Sequence[tuple[str, Receipt | InboundMessage]], at: float
     ) -> list[int]: ...
 
-    def pending_deliveries(self, account: str, limit: int = 1000, after: int = 0) -> list[DeliveryItem]:
+    def pending_deliveries(
+        self, account: str, limit: int = 1000, after: int = 0
+    ) -> list[DeliveryItem]:
         """Queued items of an account in queue order, with id > ``after``."""
         ...
 
