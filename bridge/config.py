@@ -249,6 +249,14 @@ class AccountConfig(_Section):
     tps: NonNegFloat = 0.0  # 0 = unlimited
     max_outstanding: Annotated[int, Field(ge=1)] = 100
     default_region: str | None = None
+    # How message ids look in submit_sm_resp and receipts; some ESMEs store them as numbers.
+    message_id_format: Literal["hex", "decimal"] = "hex"
+    # What data_coding 0 and 1 mean: real ESMEs send Latin-1 under 0, or GSM 03.38 under 1.
+    data_coding_0: Literal["gsm7", "latin1", "ascii"] = "gsm7"
+    data_coding_1: Literal["ascii", "gsm7", "latin1"] = "ascii"
+    # Also check numbers against the numbering-plan metadata (which lags new ranges): opt-in.
+    strict_numbers: bool = False
+    default_validity: PosFloat = 48 * 3600.0  # seconds, when the ESME gives no validity_period
 
     @field_validator("password", mode="before")
     @classmethod
@@ -306,7 +314,57 @@ class AccountConfig(_Section):
         )
 
 
-_SECTIONS = ("smpp", "http", "storage", "logging")
+class PipelineConfig(_Section):
+    """``[pipeline]``: queue limits, reassembly and receipt delivery."""
+
+    max_queue: Annotated[int, Field(ge=1)] = 1_000_000  # beyond: ESME_RMSGQFUL
+    reassembly_timeout: PosFloat = 60.0  # seconds for all parts of a concatenated message
+    receipt_max_age: PosFloat = 3 * 86400.0  # queued receipts/MO for an unbound account expire
+    delivery_window: Annotated[int, Field(ge=1)] = 64  # deliver_sm in flight per account
+    delivery_retry: PosFloat = 5.0  # seconds before a refused or unanswered deliver_sm is retried
+    retry_base: PosFloat = 1.0  # provider retry backoff: base * 2**attempt, with jitter
+    retry_max: PosFloat = 300.0
+
+
+class SandboxRuleConfig(_Section):
+    """Outcome by destination suffix, to exercise every receipt path."""
+
+    suffix: Annotated[str, Field(pattern=r"^[0-9]+$")]
+    outcome: Literal[
+        "DELIVRD",
+        "UNDELIV",
+        "EXPIRED",
+        "REJECTD",
+        "transient_then_delivrd",
+        "permanent",
+        "transient",
+    ]
+    error_code: Annotated[int, Field(ge=0, le=999)] = 0
+
+
+class ProviderConfig(_Section):
+    """``[providers.NAME]``: one provider instance (today: the sandbox)."""
+
+    type: Literal["sandbox"] = "sandbox"
+    delay: NonNegFloat = 1.0  # seconds before the sandbox reports
+    requests_per_second: NonNegFloat = 0.0  # 0 = unlimited
+    concurrency: Annotated[int, Field(ge=1)] = 16
+    rules: list[SandboxRuleConfig] = Field(default_factory=list)
+
+
+class RouteConfig(_Section):
+    """``[[routes]]``: the first rule that matches a message gives its providers, in failover
+    order. No routes: everything goes to the first provider."""
+
+    name: str = ""
+    providers: Annotated[list[str], Field(min_length=1)]
+    accounts: list[str] | None = None
+    countries: list[str] | None = None  # ISO 3166 alpha-2 of the destination
+    prefixes: list[str] | None = None  # E.164 digit prefixes of the destination
+    regex: str | None = None  # on the E.164 destination digits
+
+
+_SECTIONS = ("smpp", "http", "storage", "logging", "pipeline")
 
 
 class Config(_Section):
@@ -316,7 +374,12 @@ class Config(_Section):
     http: HttpConfig
     storage: StorageConfig
     logging: LoggingConfig
+    pipeline: PipelineConfig
     accounts: Annotated[list[AccountConfig], Field(min_length=1)]
+    providers: dict[str, ProviderConfig] = Field(
+        default_factory=lambda: {"sandbox": ProviderConfig()}
+    )
+    routes: list[RouteConfig] = Field(default_factory=list)
     source_path: PathField | None = None
 
     @model_validator(mode="before")
@@ -331,6 +394,17 @@ class Config(_Section):
     def to_accounts(self) -> list[Account]:
         return [a.to_account() for a in self.accounts]
 
+    @model_validator(mode="after")
+    def _routes_name_known_providers(self) -> Config:
+        for i, route in enumerate(self.routes):
+            for name in route.providers:
+                if name not in self.providers:
+                    raise ValueError(
+                        f"routes[{i}].providers: unknown provider {name!r} "
+                        f"(configured: {', '.join(sorted(self.providers)) or 'none'})"
+                    )
+        return self
+
 
 # Which model describes the table at a key path (list indices dropped): for "did you mean".
 _MODEL_AT: dict[tuple[str, ...], type[BaseModel]] = {
@@ -341,6 +415,8 @@ _MODEL_AT: dict[tuple[str, ...], type[BaseModel]] = {
     ("storage",): StorageConfig,
     ("logging",): LoggingConfig,
     ("accounts",): AccountConfig,
+    ("pipeline",): PipelineConfig,
+    ("routes",): RouteConfig,
 }
 # Keys that exist on the models but must not be set from the file.
 _INTERNAL_KEYS: dict[tuple[str, ...], set[str]] = {(): {"source_path"}}
