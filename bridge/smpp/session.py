@@ -17,6 +17,7 @@ asyncio layer, which answers through :meth:`accept_bind`, :meth:`reject_bind` an
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -110,7 +111,7 @@ class SessionConfig:
 class BindRequested:
     """A bind in the OPEN state: answer with accept_bind() or reject_bind()."""
 
-    pdu: Pdu
+    pdu: Pdu = field(repr=False)  # holds the password too
     bind_type: BindType
     system_id: str
     password: str = field(repr=False)
@@ -205,7 +206,7 @@ class ServerSession:
         self._pending_bind_type: BindType | None = None
         self._bind_pdu: Pdu | None = None
         self._enquire_seq: int | None = None
-        self._unbind_deadline: float | None = None
+        self._unbind_seq: int | None = None  # our unbind, while it awaits its unbind_resp
 
     # ------------------------------------------------------------------ properties
 
@@ -284,6 +285,11 @@ class ServerSession:
                 self._send(pdu.response())
                 self.state = SessionState.UNBOUND
                 events.append(Unbound(initiated_by_peer=True))
+            elif state is SessionState.UNBOUND and self._unbind_seq is not None:
+                # Both sides unbind at once: agree, and do not wait for the answer to ours.
+                self._send(pdu.response())
+                self._unbind_seq = None
+                events.append(Unbound(initiated_by_peer=True))
             else:
                 self._reject(pdu, Status.ESME_RINVBNDSTS, events)
         elif cid in _SMSC_ONLY:
@@ -338,8 +344,10 @@ class ServerSession:
             self._enquire_seq = None
             return
         if request.command_id == CommandId.unbind:
-            self.state = SessionState.UNBOUND
-            events.append(Unbound(initiated_by_peer=False))
+            if self._unbind_seq is not None:  # else the peer's own unbind already ended it
+                self._unbind_seq = None
+                self.state = SessionState.UNBOUND
+                events.append(Unbound(initiated_by_peer=False))
             return
         events.append(ResponseReceived(pdu, request, pending.context))
 
@@ -349,7 +357,10 @@ class ServerSession:
         if cid & RESPONSE_BIT:
             # A garbled response: nobody to answer. Its request will time out.
             return
-        if is_known_command(cid) and cid not in _SMSC_ONLY and cid != CommandId.generic_nack:
+        if cid in _SMSC_ONLY:
+            # Malformed or not, an ESME may not send it: the answer is the same as when well formed.
+            self._send(Pdu(CommandId.generic_nack, e.sequence_number, Status.ESME_RINVCMDID))
+        elif is_known_command(cid):
             self._send(Pdu(cid | RESPONSE_BIT, e.sequence_number, e.status))
         else:
             self._send(Pdu(CommandId.generic_nack, e.sequence_number, e.status))
@@ -378,10 +389,15 @@ class ServerSession:
         self._pending_bind_type = None
 
     def reject_bind(self, status: int) -> None:
-        """Send bind_resp with an error status; the session goes back to OPEN."""
+        """Send bind_resp with an error status; the session goes back to OPEN.
+
+        A status of 0 (ESME_ROK) would tell the ESME it is bound while we treat it as not bound:
+        it is sent as ESME_RBINDFAIL.
+        """
         pdu = self._bind_pdu
         if self.state is not SessionState.BINDING or pdu is None:
             return
+        status = status or Status.ESME_RBINDFAIL
         self._send(Pdu(pdu.command_id | RESPONSE_BIT, pdu.sequence_number, status))
         self.state = SessionState.OPEN
         self._pending_bind_type = None
@@ -407,7 +423,7 @@ class ServerSession:
             raise WindowFull
         seq = self._next_sequence()
         pdu.sequence_number = seq
-        self._pending[seq] = _Pending(pdu, now + self.config.response_timeout, context)
+        self._pending[seq] = _Pending(pdu, self._deadline(now), context)
         self._send(pdu)
         return seq
 
@@ -417,10 +433,10 @@ class ServerSession:
             return
         seq = self._next_sequence()
         pdu = Pdu(CommandId.unbind, seq)
-        self._pending[seq] = _Pending(pdu, now + self.config.response_timeout, None)
+        self._pending[seq] = _Pending(pdu, self._deadline(now), None)
         self._send(pdu)
         self.state = SessionState.UNBOUND
-        self._unbind_deadline = now + self.config.response_timeout
+        self._unbind_seq = seq
 
     def close(self) -> list[ResponseTimedOut]:
         """The connection is gone: every request still pending fails."""
@@ -480,9 +496,17 @@ class ServerSession:
     # ------------------------------------------------------------------ internals
 
     def _next_sequence(self) -> int:
-        seq = self._next_seq
-        self._next_seq = 1 if seq >= 0x7FFFFFFF else seq + 1
-        return seq
+        """1..0x7FFFFFFF, wrapping to 1; after a wrap, skips numbers that still await a response."""
+        while True:
+            seq = self._next_seq
+            self._next_seq = 1 if seq >= 0x7FFFFFFF else seq + 1
+            if seq not in self._pending:
+                return seq
+
+    def _deadline(self, now: float) -> float:
+        """When a request sent at ``now`` times out; never when response_timeout is 0."""
+        timeout = self.config.response_timeout
+        return now + timeout if timeout else math.inf
 
     def _send(self, pdu: Pdu) -> None:
         self._out.append(encode(pdu))
