@@ -135,6 +135,26 @@ class NoReceiver(Exception):
     pass
 
 
+def _try_acquire(limiter: AsyncLimiter) -> bool:
+    """Take one unit of the limiter's capacity now, or return False without waiting.
+
+    ``has_capacity()`` alone does not consume anything: every request of a pipelined burst,
+    checked in one ``data_received`` before any task ran ``acquire()``, would pass it. When there
+    is capacity, ``acquire()`` finishes without suspending, so one ``send()`` runs it to the end
+    synchronously.
+    """
+    if not limiter.has_capacity():
+        return False
+    coro = limiter.acquire()
+    try:
+        coro.send(None)
+    except StopIteration:
+        return True
+    # It would have to wait after all (cannot happen on one thread): do not keep its place.
+    coro.close()
+    return False
+
+
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection: feeds its session, runs its timers, writes its output."""
 
@@ -146,6 +166,7 @@ class _Connection(asyncio.Protocol):
         self.session = ServerSession(server.config.session, server.clock())
         self.info = SessionInfo(next(server._ids), "", 0, tls)
         self._timer: asyncio.TimerHandle | None = None
+        self._linger: asyncio.TimerHandle | None = None  # see _close_when_answered()
         self._waiters: dict[int, asyncio.Future[Pdu | None]] = {}
         self._window_waiters: list[asyncio.Future[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -189,6 +210,8 @@ class _Connection(asyncio.Protocol):
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._linger is not None:
+            self._linger.cancel()
         failed = self.session.close()
         for ev in failed:
             self._resolve(ev.request.sequence_number, None)
@@ -237,26 +260,22 @@ class _Connection(asyncio.Protocol):
                 )
             elif isinstance(ev, Unbound):
                 self.log.info("smpp.unbound", by_peer=ev.initiated_by_peer)
-                self._close_soon()
+                self._close_when_answered()
             elif isinstance(ev, ConnectionClosed):
                 self.log.info("smpp.closing", reason=ev.reason)
                 self._close_soon()
 
     def _start_request(self, pdu: Pdu) -> None:
         limiter = self._limiter
-        if limiter is not None and pdu.command_id in _THROTTLED_COMMANDS:
-            if not limiter.has_capacity():
-                throttled = Pdu(pdu.command_id, command_status=Status.ESME_RTHROTTLED)
-                self.session.respond(pdu, throttled)
-                return
-            # has_capacity() was true, so acquire() completes without waiting.
-            self._spawn(self._throttled_request(limiter, pdu))
+        if (
+            limiter is not None
+            and pdu.command_id in _THROTTLED_COMMANDS
+            and not _try_acquire(limiter)
+        ):
+            throttled = Pdu(pdu.command_id, command_status=Status.ESME_RTHROTTLED)
+            self.session.respond(pdu, throttled)
             return
         self._spawn(self._request(pdu))
-
-    async def _throttled_request(self, limiter: AsyncLimiter, pdu: Pdu) -> None:
-        await limiter.acquire()
-        await self._request(pdu)
 
     async def _request(self, pdu: Pdu) -> None:
         try:
@@ -266,6 +285,8 @@ class _Connection(asyncio.Protocol):
             resp = Pdu(pdu.command_id, command_status=Status.ESME_RSYSERR)
         self.session.respond(pdu, resp)
         self._flush()
+        if self._linger is not None and self.session.outstanding == 0:
+            self._close_soon()
 
     async def _bind(self, ev: BindRequested) -> None:
         server = self.server
@@ -289,8 +310,8 @@ class _Connection(asyncio.Protocol):
         if self._closed:
             return
         if status != 0 or account is None:
-            delay = server.throttle.delay_for(ip, server.clock())
-            server.throttle.record_failure(ip, server.clock())
+            # The n-th consecutive failure waits base_delay * 2**(n-1), the first one included.
+            delay = server.throttle.record_failure(ip, server.clock())
             self.log.warning(
                 "smpp.bind_rejected",
                 system_id=ev.system_id,
@@ -376,6 +397,22 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()  # close() flushes what is buffered first
 
+    def _close_when_answered(self) -> None:
+        """Close once every request handed to the pipeline has its response out.
+
+        After an unbind (either side's) no new request is taken, but those already in the
+        pipeline may be accepted messages: the ESME must still learn their message_id, else it
+        resubmits them. A handler that never returns holds the connection at most
+        response_timeout (or shutdown_timeout) seconds.
+        """
+        if self.session.outstanding == 0:
+            self._close_soon()
+            return
+        if self._linger is None:
+            cfg = self.server.config
+            grace = cfg.session.response_timeout or cfg.shutdown_timeout
+            self._linger = self.loop.call_later(grace, self._close_soon)
+
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
@@ -460,18 +497,24 @@ class SmppServer:
         log.info("smpp.listening", **self.ports)
 
     async def stop(self, timeout: float | None = None) -> None:
-        """Graceful shutdown: stop accepting, unbind bound sessions, let in-flight work finish."""
+        """Graceful shutdown: stop accepting, unbind bound sessions, let in-flight work finish.
+
+        The unbind goes out first, so that ESMEs stop submitting (later requests get
+        ESME_RINVBNDSTS); requests already in the pipeline still get their responses, and each
+        connection closes once its unbind is answered and its last response is out. Whatever is
+        left at ``timeout`` is aborted.
+        """
         timeout = self.config.shutdown_timeout if timeout is None else timeout
+        deadline = self.clock() + timeout
         for srv in self._servers:
             srv.close()
-        deadline = self.clock() + timeout
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=max(0.0, deadline - self.clock()))
         for conn in list(self._connections):
             if conn.session.is_bound:
                 conn.unbind()
             else:
-                conn._close_soon()
+                conn._close_when_answered()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=max(0.0, deadline - self.clock()))
         while self._connections and self.clock() < deadline:
             await asyncio.sleep(0.02)
         for conn in list(self._connections):
