@@ -398,7 +398,16 @@ class ServerSession:
         if self.state is not SessionState.BINDING or pdu is None:
             return
         status = status or Status.ESME_RBINDFAIL
-        self._send(Pdu(pdu.command_id | RESPONSE_BIT, pdu.sequence_number, status))
+        # The body may be empty on failure, but some ESME libraries (aiosmpplib) cannot read
+        # an empty bind_resp; our system_id costs nothing and every client parses it.
+        self._send(
+            Pdu(
+                pdu.command_id | RESPONSE_BIT,
+                pdu.sequence_number,
+                status,
+                {"system_id": self.config.system_id},
+            )
+        )
         self.state = SessionState.OPEN
         self._pending_bind_type = None
 
