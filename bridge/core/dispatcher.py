@@ -1,0 +1,602 @@
+"""The dispatcher: hands stored messages to providers, within each provider's limits, until one
+takes them (or nothing ever will).
+
+Where a message is, while the dispatcher holds it:
+
+- **waiting** in one time-ordered heap: scheduled for later (``schedule_at``, when its provider
+  cannot schedule natively) or backing off after a transient failure (``next_attempt_at``);
+  a single timer task moves due messages on;
+- **queued** for its current provider: one priority queue per provider (SMPP priority first,
+  then FIFO), drained by ``capabilities.concurrency`` consumer tasks that each await the
+  provider's rate limiter (aiolimiter) before a send;
+- **sending**: a consumer is inside ``provider.send()``; from here it cannot be cancelled.
+
+The current provider is ``message.provider`` (its position in ``message.route`` is the failover
+index); it is set as soon as a provider is *tried*, not only once one takes the message, so that
+a restart resumes at the same place in the route. ``provider_message_id`` stays None until a
+provider takes the message — that is what makes the store list it as pending.
+``message.attempts`` counts attempts on the *current* provider (it drives the backoff exponent)
+and is reset to 0 on failover.
+
+Outcomes (DESIGN.md: "retrying transient failures with backoff and failing over to the next
+route"):
+
+- ACCEPTED → provider id stored, then correlated (in that order: a report can only be matched
+  once the message row says who took it, so a fast report never races an older copy of the row);
+  a final ``Outcome.state`` finishes the message at once;
+- PERMANENT → next provider in the route, or, at the end of it, a final REJECTED (or the
+  outcome's UNDELIVERABLE/EXPIRED) through the finisher, which queues the receipt;
+- TRANSIENT (and any exception from ``send``) → the same provider again after full-jitter
+  exponential backoff, ``uniform(0, min(backoff_max, backoff_base * 2**n))``, until the next try
+  would fall after the validity deadline: then EXPIRED. ``failover_after`` > 0 moves on to the
+  next provider after that many consecutive transient failures (off by default).
+
+Every state change is persisted for the restart; :meth:`Dispatcher.start` re-submits the store's
+pending messages and polls providers for the messages that were awaiting a report (push reports
+sent while we were down are lost; the sandbox's timers die with the process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import random
+import time
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import structlog
+from aiolimiter import AsyncLimiter
+
+from bridge.core.model import DeliveryReport, Message, MessageState, Outcome, OutcomeKind
+from bridge.providers.base import Provider
+from bridge.store.base import StateChange, Store
+
+__all__ = ["Dispatcher", "Finisher"]
+
+log = structlog.get_logger("bridge.dispatch")
+
+#: The timer never sleeps longer than this, so a wall-clock step (NTP) is noticed soon.
+_MAX_SLEEP = 1.0
+#: Caps the backoff exponent so ``2 ** n`` stays a sane float.
+_MAX_EXPONENT = 62
+#: Final states a PERMANENT outcome may carry; anything else ends as REJECTED.
+_FAILURE_STATES = frozenset(
+    {MessageState.REJECTED, MessageState.UNDELIVERABLE, MessageState.EXPIRED}
+)
+
+
+class Finisher(Protocol):
+    """What the dispatcher needs of :class:`bridge.core.receipts.ReportHandler`."""
+
+    async def finish(
+        self, message: Message, state: MessageState, error_code: int = 0, detail: str = ""
+    ) -> object:
+        """Record a final state the bridge decided and queue the receipts."""
+        ...
+
+    async def on_report(self, report: DeliveryReport) -> object:
+        """Apply a provider's report (here: one obtained by polling)."""
+        ...
+
+
+_Status = Literal["waiting", "queued", "sending"]
+
+
+@dataclass(eq=False, slots=True)
+class _Entry:
+    """The dispatcher's hold on one message. A new entry is made each time the message moves
+    (due, failover); the heap and queues drop entries that are no longer the current one, so
+    cancelling is O(1)."""
+
+    message: Message
+    provider: str
+    status: _Status
+    since: float = 0.0  # when it became ready to send (for oldest_age)
+
+
+class Dispatcher:
+    """Sends stored messages through their routes (see the module docstring).
+
+    ``submit()`` is synchronous and never blocks: the message is already durable, so the SMPP
+    layer answers at once and the dispatcher catches up. ``clock`` is wall-clock seconds (the
+    stored times are wall clock); the waiting itself uses the event loop's timers.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        providers: Mapping[str, Provider],
+        finisher: Finisher,
+        clock: Callable[[], float] = time.time,
+        *,
+        backoff_base: float = 1.0,
+        backoff_max: float = 300.0,
+        default_validity: float = 48 * 3600,
+        correlation_ttl: float = 14 * 86400,
+        poll_interval: float = 60.0,
+        poll_backoff_max: float = 1800.0,
+        poll_batch: int = 100,
+        failover_after: int = 0,
+        page_size: int = 1000,
+        on_dispatched: Callable[[], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.providers = providers
+        self.finisher = finisher
+        self.clock = clock
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.default_validity = default_validity
+        self.correlation_ttl = correlation_ttl
+        self.poll_interval = poll_interval
+        self.poll_backoff_max = poll_backoff_max
+        self.poll_batch = max(1, poll_batch)
+        self.failover_after = failover_after
+        self.page_size = max(1, page_size)
+        self.on_dispatched = on_dispatched
+        self._rng = rng or random.Random()
+
+        self._entries: dict[str, _Entry] = {}
+        self._heap: list[tuple[float, int, _Entry]] = []
+        self._seq = itertools.count()
+        self._queues: dict[str, asyncio.PriorityQueue[tuple[int, int, _Entry]]] = {}
+        self._ready: dict[str, dict[str, _Entry]] = {}  # insertion order = ready order
+        self._limiters: dict[str, AsyncLimiter] = {}
+        for name, provider in providers.items():
+            self._queues[name] = asyncio.PriorityQueue()
+            self._ready[name] = {}
+            rps = provider.capabilities.requests_per_second
+            if rps > 0:
+                # AsyncLimiter(rate, 1) lets a burst of `rate` through, then `rate` per second;
+                # below 1/s a single-slot bucket of period 1/rate does the same (acquire(1)
+                # would be refused by a bucket smaller than 1).
+                self._limiters[name] = (
+                    AsyncLimiter(rps, 1) if rps >= 1 else AsyncLimiter(1, 1 / rps)
+                )
+        self._wake = asyncio.Event()
+        self._consumers: list[asyncio.Task[None]] = []
+        self._busy: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        self._timer_task: asyncio.Task[None] | None = None
+        self._poll_task: asyncio.Task[None] | None = None
+        self._poll_due: dict[str, tuple[float, int]] = {}  # message id -> (next poll, polls)
+        self._running = False
+        self._stopping = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start consumers and timers, then resume after a restart: every pending message in
+        the store is re-submitted, and messages awaiting a report are polled once from every
+        provider (in the poll task, so a slow provider does not hold up the start)."""
+        if self._running:
+            return
+        self._running, self._stopping = True, False
+        for name, provider in self.providers.items():
+            for i in range(max(1, provider.capabilities.concurrency)):
+                task = asyncio.create_task(self._consume(name, provider), name=f"send-{name}-{i}")
+                self._consumers.append(task)
+        self._timer_task = asyncio.create_task(self._timer_loop(), name="dispatch-timer")
+        resumed = 0
+        for message in self._scan(self.store.pending_messages):
+            if message.id not in self._entries:
+                self.submit(message)
+                resumed += 1
+        if resumed:
+            log.info("dispatch_resumed", messages=resumed)
+        self._poll_task = asyncio.create_task(self._poll_loop(), name="dispatch-poll")
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking work. Sends under way finish (up to ``timeout``, then they are cancelled
+        — the message stays pending in the store and is re-sent after the restart); messages
+        still queued or waiting stay in the store for the next start."""
+        if not self._running:
+            return
+        self._stopping = True
+        for task in (self._timer_task, self._poll_task):
+            if task is not None:
+                task.cancel()
+        for task in self._consumers:
+            if task not in self._busy:
+                task.cancel()
+        tasks = [t for t in (*self._consumers, self._timer_task, self._poll_task) if t is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        self._consumers.clear()
+        self._busy.clear()
+        self._timer_task = self._poll_task = None
+        self._running = False
+
+    # ------------------------------------------------------------------ the public surface
+
+    def submit(self, message: Message) -> None:
+        """Take a stored, routed message (``message.route`` set). Never blocks.
+
+        It resumes at ``message.provider`` when that is in the route (a restart mid-route),
+        else at the start. A message already held, final, or already taken by a provider is
+        ignored.
+        """
+        if (
+            message.id in self._entries
+            or message.state.is_final
+            or message.provider_message_id is not None
+        ):
+            return
+        if not message.created_at:
+            message.created_at = self.clock()  # validity needs a start; the pipeline sets it
+        start = 0
+        if message.provider is not None and message.provider in message.route:
+            start = message.route.index(message.provider)
+        name = self._next_provider(message, start)
+        if name is None:
+            self._spawn(
+                self._finish_unheld(
+                    message, MessageState.REJECTED, 0, "no configured provider in the route"
+                )
+            )
+            return
+        if name != message.provider:
+            message.provider = name
+            message.attempts = 0
+        self._place(message, name)
+
+    def cancel(self, message_id: str) -> bool:
+        """Withdraw a message not yet handed to a provider (cancel_sm, replace_sm).
+
+        True if it was queued or waiting: it will not be sent, and the caller finishes or deletes
+        it in the store. False if unknown here, already final, or a send is under way.
+        """
+        entry = self._entries.get(message_id)
+        if entry is None or entry.status == "sending":
+            return False
+        del self._entries[message_id]
+        self._ready[entry.provider].pop(message_id, None)
+        return True
+
+    def queue_depth(self, provider: str) -> int:
+        """Messages ready to go to ``provider`` (not waiting for a due time, not in flight)."""
+        return len(self._ready.get(provider, ()))
+
+    def oldest_age(self, provider: str, now: float) -> float:
+        """Seconds the longest-ready message for ``provider`` has been queued (0 when none)."""
+        ready = self._ready.get(provider)
+        if not ready:
+            return 0.0
+        return max(0.0, now - next(iter(ready.values())).since)
+
+    @property
+    def held(self) -> int:
+        """Messages the dispatcher holds: waiting, queued or being sent."""
+        return len(self._entries)
+
+    # ------------------------------------------------------------------ placing
+
+    def _next_provider(self, message: Message, start: int) -> str | None:
+        """The first configured provider in the route from index ``start`` on."""
+        for name in message.route[start:]:
+            if name in self.providers:
+                return name
+            log.warning("route_provider_unknown", message_id=message.id, provider=name)
+        return None
+
+    def _deadline(self, message: Message) -> float:
+        """When the message expires. The default validity counts from when it is due to be
+        sent, so a message scheduled beyond the default validity is not born expired."""
+        if message.expire_at is not None:
+            return message.expire_at
+        return max(message.created_at, message.schedule_at or 0.0) + self.default_validity
+
+    def _place(self, message: Message, name: str) -> None:
+        """Queue for ``name`` now, or wait in the heap until it is due."""
+        due = message.next_attempt_at
+        if message.schedule_at is not None and not self.providers[name].capabilities.scheduling:
+            due = max(due, message.schedule_at)
+        entry = _Entry(message, name, "waiting")
+        self._entries[message.id] = entry
+        if due > self.clock():
+            if not self._heap or due < self._heap[0][0]:
+                self._wake.set()
+            heapq.heappush(self._heap, (due, next(self._seq), entry))
+        else:
+            self._make_ready(entry)
+
+    def _make_ready(self, entry: _Entry) -> None:
+        entry.status = "queued"
+        entry.since = self.clock()
+        self._ready[entry.provider][entry.message.id] = entry
+        item = (-entry.message.priority, next(self._seq), entry)
+        self._queues[entry.provider].put_nowait(item)
+
+    def _current(self, entry: _Entry, status: _Status) -> bool:
+        return entry.status == status and self._entries.get(entry.message.id) is entry
+
+    async def _timer_loop(self) -> None:
+        """Move due messages from the heap to their provider's queue."""
+        while True:
+            now = self.clock()
+            while self._heap and self._heap[0][0] <= now:
+                _, _, entry = heapq.heappop(self._heap)
+                if self._current(entry, "waiting"):
+                    self._make_ready(entry)
+            timeout = min(self._heap[0][0] - now, _MAX_SLEEP) if self._heap else None
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    # ------------------------------------------------------------------ sending
+
+    async def _consume(self, name: str, provider: Provider) -> None:
+        """One of ``concurrency`` workers for a provider."""
+        queue = self._queues[name]
+        limiter = self._limiters.get(name)
+        task = asyncio.current_task()
+        assert task is not None
+        while not self._stopping:
+            _, _, entry = await queue.get()
+            if not self._current(entry, "queued"):
+                continue  # cancelled or superseded while queued
+            if limiter is not None:
+                await limiter.acquire()
+                if not self._current(entry, "queued"):
+                    continue
+            entry.status = "sending"
+            self._ready[name].pop(entry.message.id, None)
+            self._busy.add(task)
+            try:
+                await self._attempt(entry, provider)
+            except Exception:
+                # A bug or a store failure: the message stays pending in the store and is
+                # resumed by the next start; dropping it here keeps this worker alive.
+                log.exception("dispatch_failed", message_id=entry.message.id, provider=name)
+                self._release(entry)
+            finally:
+                self._busy.discard(task)
+
+    async def _attempt(self, entry: _Entry, provider: Provider) -> None:
+        message, name = entry.message, entry.provider
+        now = self.clock()
+        if now >= self._deadline(message):
+            await self._finish(entry, MessageState.EXPIRED, 0, "validity ended before dispatch")
+            return
+        try:
+            outcome = await provider.send(message)
+        except Exception as exc:  # adapters should return Outcomes; be safe when they do not
+            log.warning(
+                "provider_send_failed",
+                message_id=message.id,
+                provider=name,
+                error=f"{type(exc).__name__}: {exc}"[:200],
+            )
+            outcome = Outcome(OutcomeKind.TRANSIENT, detail=f"exception {type(exc).__name__}")
+        if outcome.kind is OutcomeKind.ACCEPTED:
+            await self._accepted(entry, outcome)
+        elif outcome.kind is OutcomeKind.PERMANENT:
+            await self._permanent(entry, outcome)
+        else:
+            await self._transient(entry, outcome)
+
+    async def _accepted(self, entry: _Entry, outcome: Outcome) -> None:
+        message, name = entry.message, entry.provider
+        now = self.clock()
+        self._release(entry)
+        message.provider = name
+        # "" (not None) when the provider gave no id: the message is taken and must not be
+        # re-sent after a restart, though no report can be correlated to it.
+        message.provider_message_id = outcome.provider_message_id or ""
+        message.attempts += 1
+        await self.store.update_message(
+            message, StateChange(message.id, MessageState.ENROUTE, now, f"accepted by {name}")
+        )
+        if outcome.provider_message_id:
+            await self.store.correlate(
+                name, outcome.provider_message_id, message.id, now + self.correlation_ttl
+            )
+        self._note_dispatched()
+        if outcome.state is not None and outcome.state.is_final:
+            await self._call_finish(
+                message, outcome.state, outcome.error_code, outcome.detail or f"final from {name}"
+            )
+
+    async def _permanent(self, entry: _Entry, outcome: Outcome) -> None:
+        detail = f"{entry.provider}: {outcome.detail or 'refused'}"
+        if await self._failover(entry, detail):
+            return
+        state = outcome.state if outcome.state in _FAILURE_STATES else MessageState.REJECTED
+        assert state is not None
+        await self._finish(entry, state, outcome.error_code, detail)
+
+    async def _transient(self, entry: _Entry, outcome: Outcome) -> None:
+        message, name = entry.message, entry.provider
+        now = self.clock()
+        message.attempts += 1
+        detail = f"{name}: {outcome.detail or 'temporary failure'}"
+        if (
+            self.failover_after > 0
+            and message.attempts >= self.failover_after
+            and await self._failover(entry, f"{detail} ({message.attempts} times)")
+        ):
+            return
+        exponent = min(message.attempts - 1, _MAX_EXPONENT)
+        delay = self._rng.uniform(0.0, min(self.backoff_max, self.backoff_base * 2**exponent))
+        due = now + delay
+        if due >= self._deadline(message):
+            await self._finish(
+                entry, MessageState.EXPIRED, outcome.error_code, f"{detail}; validity ended"
+            )
+            return
+        message.next_attempt_at = due
+        await self._persist(
+            message,
+            f"{detail}; attempt {message.attempts} failed, next in {delay:.2f}s",
+        )
+        if self._entries.get(message.id) is entry:
+            self._place(message, name)
+
+    async def _failover(self, entry: _Entry, detail: str) -> bool:
+        """Move the message to the next provider in its route; False at the end of it."""
+        message, name = entry.message, entry.provider
+        index = message.route.index(name) if name in message.route else len(message.route)
+        following = self._next_provider(message, index + 1)
+        if following is None:
+            return False
+        log.info("failover", message_id=message.id, provider=name, to=following)
+        message.provider = following
+        message.attempts = 0
+        message.next_attempt_at = 0.0
+        await self._persist(message, f"{detail}; failing over to {following}")
+        if self._entries.get(message.id) is entry:
+            self._place(message, following)
+        return True
+
+    async def _persist(self, message: Message, detail: str) -> None:
+        """Record an intermediate step. Best effort: while we run, memory is authoritative, and
+        a lost write only means the restart resumes from the previous step."""
+        change = StateChange(message.id, MessageState.ENROUTE, self.clock(), detail)
+        try:
+            await self.store.update_message(message, change)
+        except Exception:
+            log.exception("dispatch_persist_failed", message_id=message.id)
+
+    def _release(self, entry: _Entry) -> None:
+        if self._entries.get(entry.message.id) is entry:
+            del self._entries[entry.message.id]
+        self._ready[entry.provider].pop(entry.message.id, None)
+
+    async def _finish(
+        self, entry: _Entry, state: MessageState, error_code: int, detail: str
+    ) -> None:
+        self._release(entry)
+        self._note_dispatched()
+        await self._call_finish(entry.message, state, error_code, detail)
+
+    async def _finish_unheld(
+        self, message: Message, state: MessageState, error_code: int, detail: str
+    ) -> None:
+        self._note_dispatched()
+        await self._call_finish(message, state, error_code, detail)
+
+    async def _call_finish(
+        self, message: Message, state: MessageState, error_code: int, detail: str
+    ) -> None:
+        try:
+            await self.finisher.finish(message, state, error_code, detail)
+        except Exception:
+            log.exception("dispatch_finish_failed", message_id=message.id, state=state.name)
+
+    def _note_dispatched(self) -> None:
+        if self.on_dispatched is not None:
+            self.on_dispatched()
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ------------------------------------------------------------------ polling
+
+    async def _poll_loop(self) -> None:
+        """Once at start for every provider (reports pushed while we were down are lost), then
+        every ``poll_interval`` for providers whose reports are polled only."""
+        everyone = True
+        while True:
+            try:
+                await self.poll_now(everyone=everyone)
+            except Exception:
+                log.exception("dispatch_poll_failed")
+            everyone = False
+            if self.poll_interval <= 0:
+                return
+            await asyncio.sleep(self.poll_interval)
+
+    async def poll_now(self, *, everyone: bool = False) -> int:
+        """One sweep over the messages awaiting a report; returns how many reports came back.
+
+        A message is polled when due; each poll that brings no final report doubles its
+        interval (``poll_interval`` … ``poll_backoff_max``), so old messages cost little.
+        ``everyone`` polls every provider (push ones too) and ignores the schedule. A message
+        with no report within ``correlation_ttl`` of its last attempt can never get one (the
+        correlation is gone): it is finished UNKNOWN so nothing stays ENROUTE for ever.
+        """
+        now = self.clock()
+        batches: dict[str, list[Message]] = {}
+        seen: set[str] = set()
+        for message in self._scan(self.store.awaiting_report):
+            seen.add(message.id)
+            if message.id in self._entries or message.provider is None:
+                continue
+            last_try = max(message.created_at, message.schedule_at or 0.0, message.next_attempt_at)
+            if now > last_try + self.correlation_ttl:
+                await self._call_finish(message, MessageState.UNKNOWN, 0, "no delivery report")
+                continue
+            provider = self.providers.get(message.provider)
+            if provider is None:
+                continue
+            if not everyone:
+                if provider.capabilities.reports != "poll":
+                    continue
+                if self._poll_due.get(message.id, (0.0, 0))[0] > now:
+                    continue
+            batches.setdefault(message.provider, []).append(message)
+        for stale in self._poll_due.keys() - seen:
+            del self._poll_due[stale]
+        received = 0
+        for name, messages in batches.items():
+            for chunk in _chunks(messages, self.poll_batch):
+                received += await self._poll_chunk(name, self.providers[name], chunk, now)
+        return received
+
+    async def _poll_chunk(
+        self, name: str, provider: Provider, messages: Sequence[Message], now: float
+    ) -> int:
+        try:
+            reports = await provider.poll(messages)
+        except Exception as exc:
+            log.warning(
+                "provider_poll_failed", provider=name, error=f"{type(exc).__name__}: {exc}"[:200]
+            )
+            reports = []
+        answered: set[str] = set()
+        for report in reports:
+            try:
+                await self.finisher.on_report(report)
+            except Exception:
+                log.exception("dispatch_report_failed", provider=name)
+                continue
+            if report.state.is_final:
+                answered.add(report.provider_message_id)
+        for message in messages:
+            if message.provider_message_id in answered or provider.capabilities.reports != "poll":
+                # Push providers are polled only in the start-up sweep: no schedule to keep.
+                self._poll_due.pop(message.id, None)
+                continue
+            polls = self._poll_due.get(message.id, (0.0, 0))[1] + 1
+            interval = min(self.poll_backoff_max, self.poll_interval * 2 ** min(polls, 30))
+            self._poll_due[message.id] = (now + interval, polls)
+        return len(reports)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _scan(self, fetch: Callable[..., list[Message]]) -> Iterator[Message]:
+        """Every row of a paged store listing (``limit`` / ``after_id``)."""
+        after = ""
+        while True:
+            page = fetch(limit=self.page_size, after_id=after)
+            yield from page
+            if len(page) < self.page_size:
+                return
+            after = page[-1].id
+
+
+def _chunks(items: Sequence[Message], size: int) -> Iterator[Sequence[Message]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

@@ -1,0 +1,636 @@
+"""Dispatcher: outcomes (accept, failover, reject, retry, expiry), limits (rate, concurrency),
+scheduling, restart recovery, polling, cancel — with real asyncio, the in-memory store and
+scripted fake providers. Backoffs are a few milliseconds, so no test sleeps for long; nothing
+asserts exact timings."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import pytest
+import structlog
+from fakes import InMemoryStore
+
+from bridge.core.dispatcher import Dispatcher
+from bridge.core.model import (
+    Address,
+    DeliveryReport,
+    Message,
+    MessageState,
+    Outcome,
+    OutcomeKind,
+)
+from bridge.core.receipts import ReportHandler
+from bridge.providers.base import Capabilities
+from bridge.providers.sandbox import SandboxProvider
+from bridge.store.base import StateChange
+
+ACCEPT = Outcome(OutcomeKind.ACCEPTED)
+TRANSIENT = Outcome(OutcomeKind.TRANSIENT, detail="503")
+PERMANENT = Outcome(OutcomeKind.PERMANENT, detail="invalid number", error_code=11)
+
+
+class FakeProvider:
+    """Answers from a script (then ACCEPTED with ``<name>-<n>`` ids); an Exception in the
+    script is raised. ``gate`` (when set) holds every send until opened."""
+
+    def __init__(
+        self,
+        name: str,
+        script: Sequence[Outcome | Exception] = (),
+        *,
+        caps: Capabilities | None = None,
+        repeat: Outcome | None = None,
+        send_time: float = 0.0,
+    ) -> None:
+        self.name = name
+        self.capabilities = caps or Capabilities()
+        self.script: deque[Outcome | Exception] = deque(script)
+        self.repeat = repeat
+        self.send_time = send_time
+        self.gate: asyncio.Event | None = None
+        self.sent: list[tuple[str, float]] = []  # (message id, wall time)
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.polled: list[list[str]] = []
+        self.poll_answers: dict[str, deque[DeliveryReport | None]] = {}
+        self._ids = 0
+
+    async def start(self, reports: Any, inbound: Any) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def healthy(self) -> bool:
+        return True
+
+    async def send(self, message: Message) -> Outcome:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            if self.send_time:
+                await asyncio.sleep(self.send_time)
+            self.sent.append((message.id, time.time()))
+            if self.script:
+                item = self.script.popleft()
+            elif self.repeat is not None:
+                item = self.repeat
+            else:
+                item = ACCEPT
+            if isinstance(item, Exception):
+                raise item
+            if item.kind is OutcomeKind.ACCEPTED and item.provider_message_id is None:
+                self._ids += 1
+                return Outcome(OutcomeKind.ACCEPTED, f"{self.name}-{self._ids}", state=item.state)
+            return item
+        finally:
+            self.in_flight -= 1
+
+    async def poll(self, messages: Sequence[Message]) -> list[DeliveryReport]:
+        self.polled.append([m.id for m in messages])
+        out: list[DeliveryReport] = []
+        for m in messages:
+            answers = self.poll_answers.get(m.provider_message_id or "")
+            report = answers.popleft() if answers else None
+            if report is not None:
+                out.append(report)
+        return out
+
+    def sent_ids(self) -> list[str]:
+        return [mid for mid, _ in self.sent]
+
+
+class RecordingFinisher:
+    """Records finish() and on_report() and applies them to the store, like ReportHandler."""
+
+    def __init__(self, store: InMemoryStore) -> None:
+        self.store = store
+        self.finished: dict[str, tuple[MessageState, int, str]] = {}
+        self.reports: list[DeliveryReport] = []
+
+    async def finish(
+        self, message: Message, state: MessageState, error_code: int = 0, detail: str = ""
+    ) -> bool:
+        message.state, message.error_code = state, error_code
+        await self.store.update_message(message, StateChange(message.id, state, 0.0, detail))
+        self.finished[message.id] = (state, error_code, detail)
+        return True
+
+    async def on_report(self, report: DeliveryReport) -> bool:
+        self.reports.append(report)
+        message_id = self.store.lookup(report.provider, report.provider_message_id)
+        message = self.store.get_message(message_id) if message_id else None
+        if message is None:
+            return False
+        if report.state.is_final:
+            await self.finish(message, report.state, report.error_code, "report")
+        return True
+
+
+def make_message(id: str = "m1", route: Sequence[str] = ("p1",), **kw: Any) -> Message:
+    values: dict[str, Any] = {
+        "id": id,
+        "account": "demo",
+        "source": Address("Bridge", 5, 0),
+        "destination": Address("4915112345678"),
+        "text": "the secret text",
+        "created_at": time.time(),
+        "route": list(route),
+    }
+    values.update(kw)
+    return Message(**values)
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.002)
+
+
+class Rig:
+    def __init__(self) -> None:
+        self.store = InMemoryStore()
+        self.finisher = RecordingFinisher(self.store)
+        self.dispatchers: list[Dispatcher] = []
+        self.dispatched = 0
+
+    def dispatcher(self, *providers: Any, **kw: Any) -> Dispatcher:
+        values: dict[str, Any] = {
+            "backoff_base": 0.005,
+            "backoff_max": 0.02,
+            "poll_interval": 0,
+            "rng": random.Random(1),
+            "on_dispatched": self.note,
+        }
+        values.update(kw)
+        finisher = values.pop("finisher", self.finisher)
+        d = Dispatcher(self.store, {p.name: p for p in providers}, finisher, **values)
+        self.dispatchers.append(d)
+        return d
+
+    def note(self) -> None:
+        self.dispatched += 1
+
+    async def add(self, d: Dispatcher, message: Message) -> Message:
+        await self.store.add_message(message)
+        d.submit(message)
+        return message
+
+    def stored(self, message_id: str = "m1") -> Message:
+        message = self.store.get_message(message_id)
+        assert message is not None
+        return message
+
+    def details(self, message_id: str = "m1") -> list[str]:
+        return [c.detail for c in self.store.history(message_id)]
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    r = Rig()
+    yield r
+    for d in r.dispatchers:
+        await d.stop(timeout=1.0)
+
+
+# --------------------------------------------------------------------------- outcomes
+
+
+async def test_accepted_stores_provider_id_and_correlation(rig: Rig) -> None:
+    p1 = FakeProvider("p1")
+    d = rig.dispatcher(p1)
+    await d.start()
+    await rig.add(d, make_message())
+    await until(lambda: rig.store.lookup("p1", "p1-1") == "m1")
+    stored = rig.stored()
+    assert (stored.provider, stored.provider_message_id, stored.state) == (
+        "p1",
+        "p1-1",
+        MessageState.ENROUTE,
+    )
+    assert rig.store.awaiting_report() and not rig.store.pending_messages()
+    assert rig.finisher.finished == {}
+    assert rig.dispatched == 1 and d.held == 0
+    assert "accepted by p1" in rig.details()
+
+
+async def test_accepted_with_final_state_finishes_at_once(rig: Rig) -> None:
+    p1 = FakeProvider("p1", [Outcome(OutcomeKind.ACCEPTED, state=MessageState.DELIVERED)])
+    d = rig.dispatcher(p1)
+    await d.start()
+    await rig.add(d, make_message())
+    await until(lambda: "m1" in rig.finisher.finished)
+    assert rig.finisher.finished["m1"][0] is MessageState.DELIVERED
+    assert rig.store.lookup("p1", "p1-1") == "m1"
+
+
+async def test_permanent_fails_over_to_the_next_provider(rig: Rig) -> None:
+    p1, p2 = FakeProvider("p1", [PERMANENT]), FakeProvider("p2")
+    d = rig.dispatcher(p1, p2)
+    await d.start()
+    await rig.add(d, make_message(route=["p1", "p2"]))
+    await until(lambda: rig.store.lookup("p2", "p2-1") == "m1")
+    assert p1.sent_ids() == ["m1"] and p2.sent_ids() == ["m1"]
+    assert rig.stored().provider == "p2"
+    assert any("failing over to p2" in detail for detail in rig.details())
+    assert rig.finisher.finished == {}
+
+
+async def test_all_permanent_finishes_rejected_with_the_error_code(rig: Rig) -> None:
+    p1, p2 = FakeProvider("p1", [PERMANENT]), FakeProvider("p2", [PERMANENT])
+    d = rig.dispatcher(p1, p2)
+    await d.start()
+    await rig.add(d, make_message(route=["p1", "p2"]))
+    await until(lambda: "m1" in rig.finisher.finished)
+    state, code, detail = rig.finisher.finished["m1"]
+    assert (state, code) == (MessageState.REJECTED, 11)
+    assert "p2" in detail and "invalid number" in detail
+    assert rig.dispatched == 1 and d.held == 0
+
+
+async def test_permanent_outcome_may_say_undeliverable(rig: Rig) -> None:
+    undeliverable = Outcome(OutcomeKind.PERMANENT, error_code=5, state=MessageState.UNDELIVERABLE)
+    d = rig.dispatcher(FakeProvider("p1", [undeliverable]))
+    await d.start()
+    await rig.add(d, make_message())
+    await until(lambda: "m1" in rig.finisher.finished)
+    assert rig.finisher.finished["m1"][:2] == (MessageState.UNDELIVERABLE, 5)
+
+
+async def test_transient_then_success(rig: Rig) -> None:
+    p1 = FakeProvider("p1", [TRANSIENT, TRANSIENT])
+    d = rig.dispatcher(p1)
+    await d.start()
+    await rig.add(d, make_message())
+    await until(lambda: rig.store.lookup("p1", "p1-1") == "m1")
+    assert p1.sent_ids() == ["m1"] * 3
+    stored = rig.stored()
+    assert stored.attempts == 3 and stored.next_attempt_at > 0
+    retries = [detail for detail in rig.details() if "failed, next in" in detail]
+    assert len(retries) == 2 and "503" in retries[0]
+
+
+async def test_provider_exception_is_transient_and_logged_without_text(rig: Rig) -> None:
+    p1 = FakeProvider("p1", [ConnectionResetError("peer reset")])
+    d = rig.dispatcher(p1)
+    await d.start()
+    with structlog.testing.capture_logs() as logs:
+        await rig.add(d, make_message())
+        await until(lambda: rig.store.lookup("p1", "p1-1") == "m1")
+    [warning] = [e for e in logs if e["event"] == "provider_send_failed"]
+    assert warning["log_level"] == "warning"
+    assert warning["message_id"] == "m1" and warning["provider"] == "p1"
+    assert "ConnectionResetError" in warning["error"]
+    assert not any("secret" in str(value) for entry in logs for value in entry.values())
+
+
+async def test_transient_until_expiry_finishes_expired(rig: Rig) -> None:
+    p1 = FakeProvider("p1", repeat=Outcome(OutcomeKind.TRANSIENT, error_code=8))
+    d = rig.dispatcher(p1, backoff_base=0.01, backoff_max=0.05)
+    await d.start()
+    await rig.add(d, make_message(expire_at=time.time() + 0.3))
+    await until(lambda: "m1" in rig.finisher.finished)
+    assert rig.finisher.finished["m1"][:2] == (MessageState.EXPIRED, 8)
+    assert len(p1.sent) >= 2
+    sends = len(p1.sent)
+    await asyncio.sleep(0.05)
+    assert len(p1.sent) == sends and d.held == 0
+
+
+async def test_default_validity_applies_without_expire_at(rig: Rig) -> None:
+    p1 = FakeProvider("p1", repeat=TRANSIENT)
+    d = rig.dispatcher(p1, default_validity=0.2)
+    await d.start()
+    await rig.add(d, make_message())
+    await until(lambda: "m1" in rig.finisher.finished)
+    assert rig.finisher.finished["m1"][0] is MessageState.EXPIRED
+
+
+async def test_already_expired_message_is_not_sent(rig: Rig) -> None:
+    p1 = FakeProvider("p1")
+    d = rig.dispatcher(p1)
+    await d.start()
+    await rig.add(d, make_message(expire_at=time.time() - 1))
+    await until(lambda: "m1" in rig.finisher.finished)
+    assert rig.finisher.finished["m1"][0] is MessageState.EXPIRED and p1.sent == []
+
+
+async def test_failover_after_repeated_transient_failures(rig: Rig) -> None:
+    p1, p2 = FakeProvider("p1", repeat=TRANSIENT), FakeProvider("p2")
+    d = rig.dispatcher(p1, p2, failover_after=3)
+    await d.start()
+    await rig.add(d, make_message(route=["p1", "p2"]))
+    await until(lambda: rig.store.lookup("p2", "p2-1") == "m1")
+    assert len(p1.sent) == 3 and rig.stored().attempts == 1
+
+
+async def test_unconfigured_providers_in_the_route_are_skipped(rig: Rig) -> None:
+    p1 = FakeProvider("p1")
+    d = rig.dispatcher(p1)
+    await d.start()
+    await rig.add(d, make_message("a", route=["gone", "p1"]))
+    await rig.add(d, make_message("b", route=["gone"]))
+    await until(lambda: rig.store.lookup("p1", "p1-1") == "a" and "b" in rig.finisher.finished)
+    assert rig.finisher.finished["b"][0] is MessageState.REJECTED
+
+
+# --------------------------------------------------------------------------- limits
+
+
+async def test_rate_limit_is_respected(rig: Rig) -> None:
+    rate = 20.0
+    p1 = FakeProvider("p1", caps=Capabilities(requests_per_second=rate, concurrency=8))
+    d = rig.dispatcher(p1)
+    await d.start()
+    began = time.monotonic()
+    for i in range(60):
+        await rig.add(d, make_message(f"m{i:02}"))
+    await asyncio.sleep(0.5)
+    elapsed = time.monotonic() - began
+    # a burst of `rate` at first, then `rate` per second; generous margin for slow machines
+    assert rate <= len(p1.sent) <= rate + rate * elapsed + 3
+    assert len(p1.sent) < 60
+
+
+async def test_slow_rate_below_one_per_second(rig: Rig) -> None:
+    p1 = FakeProvider("p1", caps=Capabilities(requests_per_second=0.5))
+    d = rig.dispatcher(p1)
+    await d.start()
+    for i in range(3):
+        await rig.add(d, make_message(f"m{i}"))
+    await until(lambda: len(p1.sent) == 1)
+    await asyncio.sleep(0.2)
+    assert len(p1.sent) == 1  # the next slot is two seconds away
+
+
+async def test_concurrency_limit_is_never_exceeded(rig: Rig) -> None:
+    p1 = FakeProvider("p1", caps=Capabilities(concurrency=3), send_time=0.01)
+    d = rig.dispatcher(p1)
+    await d.start()
+    for i in range(20):
+        await rig.add(d, make_message(f"m{i:02}"))
+    await until(lambda: len(p1.sent) == 20)
+    assert p1.max_in_flight == 3
+
+
+async def test_higher_priority_goes_first(rig: Rig) -> None:
+    p1 = FakeProvider("p1", caps=Capabilities(concurrency=1))
+    p1.gate = asyncio.Event()
+    d = rig.dispatcher(p1)
+    await d.start()
+    await rig.add(d, make_message("first"))
+    await until(lambda: p1.in_flight == 1)
+    await rig.add(d, make_message("low"))
+    await rig.add(d, make_message("high", priority=3))
+    p1.gate.set()
+    await until(lambda: len(p1.sent) == 3)
+    assert p1.sent_ids() == ["first", "high", "low"]
+
+
+async def test_queue_depth_and_oldest_age(rig: Rig) -> None:
+    p1 = FakeProvider("p1", caps=Capabilities(concurrency=1))
+    p1.gate = asyncio.Event()
+    d = rig.dispatcher(p1)
+    await d.start()
+    for i in range(3):
+        await rig.add(d, make_message(f"m{i}"))
+    await until(lambda: p1.in_flight == 1)
+    assert d.queue_depth("p1") == 2 and d.held == 3
+    assert d.oldest_age("p1", time.time() + 10) >= 10
+    assert d.queue_depth("other") == 0 and d.oldest_age("other", time.time()) == 0.0
+    p1.gate.set()
+    await until(lambda: len(p1.sent) == 3)
+    assert d.queue_depth("p1") == 0 and d.oldest_age("p1", time.time()) == 0.0
+
+
+# --------------------------------------------------------------------------- scheduling
+
+
+async def test_scheduled_message_is_not_sent_before_it_is_due(rig: Rig) -> None:
+    p1 = FakeProvider("p1")
+    d = rig.dispatcher(p1)
+    await d.start()
+    due = time.time() + 0.3
+    await rig.add(d, make_message(schedule_at=due))
+    await asyncio.sleep(0.1)
+    assert p1.sent == [] and d.queue_depth("p1") == 0 and d.held == 1
+    await until(lambda: len(p1.sent) == 1)
+    assert p1.sent[0][1] >= due
+
+
+async def test_provider_that_schedules_natively_gets_it_at_once(rig: Rig) -> None:
+    p1 = FakeProvider("p1", caps=Capabilities(scheduling=True))
+    d = rig.dispatcher(p1)
+    await d.start()
+    await rig.add(d, make_message(schedule_at=time.time() + 3600))
+    await until(lambda: len(p1.sent) == 1)
+
+
+async def test_scheduled_beyond_default_validity_is_not_born_expired(rig: Rig) -> None:
+    p1 = FakeProvider("p1")
+    d = rig.dispatcher(p1, default_validity=0.1)
+    await d.start()
+    await rig.add(d, make_message(schedule_at=time.time() + 0.2))
+    await until(lambda: len(p1.sent) == 1)
+    assert rig.finisher.finished == {}
+
+
+# --------------------------------------------------------------------------- cancel
+
+
+async def test_cancel_before_dispatch(rig: Rig) -> None:
+    p1 = FakeProvider("p1", caps=Capabilities(concurrency=1))
+    p1.gate = asyncio.Event()
+    d = rig.dispatcher(p1)
+    await d.start()
+    await rig.add(d, make_message("busy"))
+    await until(lambda: p1.in_flight == 1)
+    await rig.add(d, make_message("queued"))
+    await rig.add(d, make_message("later", schedule_at=time.time() + 0.05))
+    assert d.cancel("queued") is True
+    assert d.cancel("later") is True
+    assert d.cancel("busy") is False  # in flight
+    assert d.cancel("unknown") is False
+    assert d.cancel("queued") is False  # already gone
+    assert d.queue_depth("p1") == 0
+    p1.gate.set()
+    await asyncio.sleep(0.15)
+    assert p1.sent_ids() == ["busy"]
+    assert d.cancel("busy") is False  # taken by the provider
+
+
+async def test_cancelled_then_resubmitted_is_sent_once(rig: Rig) -> None:
+    """replace_sm: cancel, change, submit again."""
+    p1 = FakeProvider("p1")
+    d = rig.dispatcher(p1)
+    message = await rig.add(d, make_message(schedule_at=time.time() + 60))
+    assert d.cancel("m1")
+    message.schedule_at = None
+    d.submit(message)
+    await d.start()
+    await until(lambda: len(p1.sent) == 1)
+    await asyncio.sleep(0.05)
+    assert len(p1.sent) == 1
+
+
+async def test_cancel_during_backoff(rig: Rig) -> None:
+    p1 = FakeProvider("p1", repeat=TRANSIENT)
+    d = rig.dispatcher(p1, backoff_base=10, backoff_max=10, rng=random.Random(3))
+    await d.start()
+    await rig.add(d, make_message())
+    await until(lambda: len(p1.sent) == 1 and d.queue_depth("p1") == 0 and p1.in_flight == 0)
+    await until(lambda: any("next in" in detail for detail in rig.details()))
+    assert d.cancel("m1") is True and d.held == 0
+
+
+# --------------------------------------------------------------------------- restart
+
+
+async def test_restart_resumes_pending_and_polls_awaiting(rig: Rig) -> None:
+    # state left behind by the previous process
+    pending = make_message("a", route=["p1", "p2"], provider="p2")  # p1 had already refused
+    awaiting = make_message("b", provider="p1", provider_message_id="p1-old")
+    done = make_message("c", state=MessageState.DELIVERED)
+    for m in (pending, awaiting, done):
+        await rig.store.add_message(m)
+    await rig.store.correlate("p1", "p1-old", "b", time.time() + 60)
+
+    p1, p2 = FakeProvider("p1"), FakeProvider("p2")
+    p1.poll_answers["p1-old"] = deque([DeliveryReport("p1", "p1-old", MessageState.DELIVERED)])
+    d = rig.dispatcher(p1, p2, page_size=1)  # paging through the store listings
+    await d.start()
+    await until(lambda: rig.store.lookup("p2", "p2-1") == "a" and "b" in rig.finisher.finished)
+    assert p1.sent == [] and p2.sent_ids() == ["a"]
+    assert p1.polled == [["b"]] and p2.polled == []
+    assert rig.finisher.finished["b"][0] is MessageState.DELIVERED
+    assert rig.finisher.reports[0].provider_message_id == "p1-old"
+
+
+async def test_restart_keeps_backoff_of_a_retrying_message(rig: Rig) -> None:
+    await rig.store.add_message(make_message(attempts=2, next_attempt_at=time.time() + 0.2))
+    p1 = FakeProvider("p1")
+    d = rig.dispatcher(p1)
+    await d.start()
+    await asyncio.sleep(0.05)
+    assert p1.sent == []
+    await until(lambda: len(p1.sent) == 1)
+
+
+async def test_poll_only_provider_is_polled_periodically_with_backoff(rig: Rig) -> None:
+    p1 = FakeProvider("p1", caps=Capabilities(reports="poll"))
+    p1.poll_answers["p1-1"] = deque(
+        [None, None, DeliveryReport("p1", "p1-1", MessageState.UNDELIVERABLE, error_code=4)]
+    )
+    d = rig.dispatcher(p1, poll_interval=0.02, poll_backoff_max=0.04)
+    await d.start()
+    await rig.add(d, make_message())
+    await until(lambda: "m1" in rig.finisher.finished)
+    assert rig.finisher.finished["m1"][:2] == (MessageState.UNDELIVERABLE, 4)
+    assert len(p1.polled) >= 3
+
+
+async def test_push_provider_is_polled_only_at_start(rig: Rig) -> None:
+    await rig.store.add_message(make_message(provider="p1", provider_message_id="p1-old"))
+    p1 = FakeProvider("p1")  # reports="push", answers nothing
+    d = rig.dispatcher(p1, poll_interval=0.01)
+    await d.start()
+    await until(lambda: len(p1.polled) == 1)
+    await asyncio.sleep(0.08)
+    assert p1.polled == [["m1"]]
+
+
+async def test_failing_poll_is_survived(rig: Rig) -> None:
+    class Broken(FakeProvider):
+        async def poll(self, messages: Sequence[Message]) -> list[DeliveryReport]:
+            self.polled.append([m.id for m in messages])
+            raise TimeoutError("provider down")
+
+    p1 = Broken("p1", caps=Capabilities(reports="poll"))
+    await rig.store.add_message(make_message(provider="p1", provider_message_id="x"))
+    d = rig.dispatcher(p1, poll_interval=0.01, poll_backoff_max=0.02)
+    await d.start()
+    await until(lambda: len(p1.polled) >= 3)
+
+
+async def test_message_without_report_for_correlation_ttl_ends_unknown(rig: Rig) -> None:
+    long_ago = time.time() - 100
+    await rig.store.add_message(
+        make_message(provider="p1", provider_message_id="p1-x", created_at=long_ago)
+    )
+    await rig.store.add_message(make_message("fresh", provider="p1", provider_message_id="p1-y"))
+    d = rig.dispatcher(FakeProvider("p1"), correlation_ttl=50)
+    assert await d.poll_now() == 0
+    assert rig.finisher.finished["m1"][0] is MessageState.UNKNOWN
+    assert "fresh" not in rig.finisher.finished
+
+
+# --------------------------------------------------------------------------- stop
+
+
+async def test_stop_lets_in_flight_sends_finish(rig: Rig) -> None:
+    p1 = FakeProvider("p1", caps=Capabilities(concurrency=2))
+    p1.gate = asyncio.Event()
+    d = rig.dispatcher(p1)
+    await d.start()
+    await rig.add(d, make_message("a"))
+    await until(lambda: p1.in_flight == 1)
+    stopping = asyncio.create_task(d.stop())
+    await asyncio.sleep(0.02)
+    assert not stopping.done()
+    p1.gate.set()
+    await stopping
+    assert rig.store.lookup("p1", "p1-1") == "a"
+    await rig.add(d, make_message("b"))  # queued after stop: kept for the next start
+    await asyncio.sleep(0.02)
+    assert p1.sent_ids() == ["a"]
+    assert [m.id for m in rig.store.pending_messages()] == ["b"]
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+async def test_sandbox_and_report_handler_end_to_end(rig: Rig) -> None:
+    sandbox = SandboxProvider(delay=0.01)
+    handler = ReportHandler(rig.store, time.time)
+    await sandbox.start(handler.on_report, _no_inbound)
+    d = rig.dispatcher(sandbox, finisher=handler)
+    await d.start()
+    await rig.add(d, make_message(route=["sandbox"], registered_delivery=1))
+    await until(lambda: rig.stored().state is MessageState.DELIVERED)
+    assert rig.store.delivery_depth("demo") == 1
+    await sandbox.stop()
+
+
+async def test_sandbox_message_is_resolved_after_a_restart(rig: Rig) -> None:
+    old = SandboxProvider(delay=30)
+    await old.start(_drop, _no_inbound)
+    handler = ReportHandler(rig.store, time.time)
+    d = rig.dispatcher(old, finisher=handler)
+    await d.start()
+    await rig.add(d, make_message(route=["sandbox"], registered_delivery=1))
+    await until(lambda: rig.stored().provider_message_id is not None)
+    await d.stop()
+    await old.stop()  # the report timer dies with the process
+
+    new = SandboxProvider(delay=30)
+    await new.start(handler.on_report, _no_inbound)
+    d2 = rig.dispatcher(new, finisher=handler)
+    await d2.start()
+    await until(lambda: rig.stored().state is MessageState.DELIVERED)
+    await new.stop()
+
+
+async def _drop(_: DeliveryReport) -> bool:
+    return False
+
+
+async def _no_inbound(_: Any) -> None:
+    pass
