@@ -21,11 +21,12 @@ no other exception leaves :func:`decode`.
 
 from __future__ import annotations
 
+import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, cast
 
 __all__ = [
     "HEADER_SIZE",
@@ -41,14 +42,19 @@ __all__ = [
     "Status",
     "TlvSpec",
     "UnsuccessSme",
+    "command_name",
     "decode",
     "encode",
+    "is_known_command",
+    "layout",
     "response_id",
+    "status_name",
 ]
 
 HEADER_SIZE: Final = 16
 RESPONSE_BIT: Final = 0x80000000
 _HEADER = struct.Struct(">IIII")
+_HEADER_UNPACK = _HEADER.unpack_from
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _TLV_HEADER = struct.Struct(">HH")
@@ -306,17 +312,24 @@ def _tlv_raw(spec: TlvSpec, value: int | str | bytes) -> bytes:
     if kind[0] == "i":
         if not isinstance(value, int):
             raise TypeError(f"TLV {spec.name} takes an int")
-        return value.to_bytes(spec.min_len, "big")
+        try:
+            return value.to_bytes(spec.min_len, "big")
+        except OverflowError:
+            raise ValueError(f"TLV {spec.name}: {value} outside {spec.min_len} octets") from None
     if kind == "c":
         if not isinstance(value, str):
             raise TypeError(f"TLV {spec.name} takes a str")
+        if "\0" in value:  # the NUL would end the string early on the far side
+            raise ValueError(f"TLV {spec.name}: NUL inside a C-Octet String")
         raw = value.encode("latin-1") + b"\0"
     else:
         if not isinstance(value, bytes | bytearray):
             raise TypeError(f"TLV {spec.name} takes bytes")
         raw = bytes(value)
     if not spec.min_len <= len(raw) <= spec.max_len:
-        raise ValueError(f"TLV {spec.name}: length {len(raw)} outside {spec.min_len}..{spec.max_len}")
+        raise ValueError(
+            f"TLV {spec.name}: length {len(raw)} outside {spec.min_len}..{spec.max_len}"
+        )
     return raw
 
 
@@ -544,11 +557,46 @@ def is_known_command(command_id: int) -> bool:
     return command_id in _LAYOUTS
 
 
-# --------------------------------------------------------------------------- decoding
+# --------------------------------------------------------------------------- how decoding works
+#
+# Two decoders are built from the one table above:
+#
+# * the *reference* decoder (:func:`_decode_reference`) walks the table field by field. It is
+#   short, obviously faithful to the spec, and precise about what is wrong with a bad PDU;
+# * a *compiled* decoder per command (:func:`_compile_decoder`), generated as Python source from
+#   the same table at import time: one regular expression matches each run of fixed-shape fields
+#   (C-Octet Strings bounded by their maximum, integer runs, the 0-or-16 time strings), then the
+#   values are sliced out straight into a dict display. No per-field branches, no interpreter
+#   loop: about twice as fast as walking the table.
+#
+# The compiled decoder only has to *recognise* a well-formed PDU. Anything it does not like
+# (no regex match, sm_length past the end, a bad TLV ...) sends the PDU to the reference decoder,
+# which names the defect and its command_status. Errors are rare, so that second pass costs
+# nothing in practice, and the two must agree on every input: the property tests check exactly
+# that (same Pdu, or same status) on random and mutated PDUs. Encoding is compiled the same way
+# (:func:`_compile_encoder`) with :func:`_encode_reference` kept as its oracle.
+
+# Time strings are empty (NUL only) or exactly 16 characters (YYMMDDhhmmsstnnp), spec §7.1.
+# final_date (query_sm_resp) is left lenient: it comes from upstream SMSCs we do not control.
+_TIME_FIELDS: Final = frozenset({"schedule_delivery_time", "validity_period"})
+
+_TLV_LIMITS: Final[dict[int, tuple[int, int]]] = {t.tag: (t.min_len, t.max_len) for t in _TLV_LIST}
 
 
-class _Short(Exception):
+class _Reject(Exception):
+    """The compiled decoder does not accept this PDU; the reference decoder will say why."""
+
+
+class _Short(_Reject):
     """The body ended inside a mandatory field."""
+
+
+class _BadField(_Reject):
+    """A C-Octet String longer than its maximum (or a time string of the wrong length)."""
+
+    def __init__(self, f: _Field) -> None:
+        super().__init__(f.name)
+        self.field = f
 
 
 def _cstring(body: bytes, pos: int, f: _Field) -> tuple[str, int]:
@@ -556,21 +604,107 @@ def _cstring(body: bytes, pos: int, f: _Field) -> tuple[str, int]:
     if end < 0:
         if body.find(b"\0", pos) < 0:
             raise _Short
-        raise _FieldTooLong(f)
+        raise _BadField(f)
     return body[pos:end].decode("latin-1"), end + 1
 
 
-class _FieldTooLong(Exception):
-    def __init__(self, f: _Field) -> None:
-        super().__init__(f.name)
-        self.field = f
+_DEST_ADDR: Final = _f("destination_addr", _C, 21)
+_DL_NAME: Final = _f("dl_name", _C, 21)
 
 
-def decode(data: bytes) -> Pdu:
-    """Decode one whole PDU (header included; framing already checked its length).
+def _decode_dests(body: bytes, pos: int) -> tuple[list[DestAddress | DistributionList], int]:
+    """submit_multi's number_of_dests and dest_address list, starting at ``pos``."""
+    count = body[pos]
+    pos += 1
+    if not 1 <= count <= 254:
+        raise PduError(Status.ESME_RINVNUMDESTS, f"number_of_dests {count}")
+    dests: list[DestAddress | DistributionList] = []
+    for _ in range(count):
+        flag = body[pos]
+        pos += 1
+        if flag == 1:
+            ton, npi = body[pos], body[pos + 1]
+            addr, pos = _cstring(body, pos + 2, _DEST_ADDR)
+            dests.append(DestAddress(ton, npi, addr))
+        elif flag == 2:
+            name, pos = _cstring(body, pos, _DL_NAME)
+            dests.append(DistributionList(name))
+        else:
+            raise PduError(Status.ESME_RINVDESTFLAG, f"dest_flag {flag}")
+    return dests, pos
 
-    Raises :class:`PduError` with the command_status to answer with; nothing else escapes.
+
+def _decode_unsuccess(body: bytes, pos: int) -> tuple[list[UnsuccessSme], int]:
+    """submit_multi_resp's no_unsuccess and unsuccess_sme list, starting at ``pos``."""
+    count = body[pos]
+    pos += 1
+    smes: list[UnsuccessSme] = []
+    for _ in range(count):
+        ton, npi = body[pos], body[pos + 1]
+        addr, pos = _cstring(body, pos + 2, _DEST_ADDR)
+        (err,) = _U32.unpack_from(body, pos)
+        pos += 4
+        smes.append(UnsuccessSme(ton, npi, addr, err))
+    return smes, pos
+
+
+def _decode_tlvs(body: bytes, pos: int, end: int) -> dict[int, bytes]:
+    """The TLVs in ``body[pos:end]``, in wire order; raises PduError on any defect.
+
+    A tag that appears twice is rejected (ESME_RINVOPTPARSTREAM): ``tlvs`` holds one value per
+    tag, and silently keeping either copy would lose what the peer sent (two message_payloads).
     """
+    out: dict[int, bytes] = {}
+    while pos < end:
+        if pos + 4 > end:
+            raise PduError(Status.ESME_RINVOPTPARSTREAM, "truncated TLV header")
+        tag, length = _TLV_HEADER.unpack_from(body, pos)
+        pos += 4
+        stop = pos + length
+        if stop > end:
+            raise PduError(
+                Status.ESME_RINVOPTPARSTREAM, f"TLV 0x{tag:04X} length {length} overruns the PDU"
+            )
+        limits = _TLV_LIMITS.get(tag)
+        if limits is not None and not limits[0] <= length <= limits[1]:
+            name = _TLV_BY_TAG[tag].name
+            raise PduError(Status.ESME_RINVPARLEN, f"TLV {name} has length {length}")
+        if tag in out:
+            raise PduError(Status.ESME_RINVOPTPARSTREAM, f"TLV 0x{tag:04X} appears twice")
+        out[tag] = body[pos:stop]
+        pos = stop
+    return out
+
+
+_TLV_UNPACK = _TLV_HEADER.unpack_from
+
+
+def _decode_tlvs_fast(data: bytes, pos: int, end: int) -> dict[int, bytes]:
+    """:func:`_decode_tlvs` for the compiled decoders: same acceptance, no diagnosis.
+
+    ``end`` is ``len(data)``, so a truncated TLV header fails in ``unpack_from`` itself.
+    """
+    out: dict[int, bytes] = {}
+    limits = _TLV_LIMITS.get
+    while pos < end:
+        tag, n = _TLV_UNPACK(data, pos)
+        pos += 4
+        stop = pos + n
+        if stop > end or tag in out:
+            raise _Reject
+        lim = limits(tag)
+        if lim is not None and not lim[0] <= n <= lim[1]:
+            raise _Reject
+        out[tag] = data[pos:stop]
+        pos = stop
+    return out
+
+
+# --------------------------------------------------------------------------- reference decoder
+
+
+def _decode_reference(data: bytes) -> Pdu:
+    """Decode by walking the layout table; the oracle for, and fallback of, :func:`decode`."""
     if len(data) < HEADER_SIZE:
         raise PduError(Status.ESME_RINVCMDLEN, "PDU shorter than its header", fatal=True)
     length, command_id, status, seq = _HEADER.unpack_from(data)
@@ -601,7 +735,7 @@ def decode(data: bytes) -> Pdu:
                 sequence_number=seq,
             )
         return pdu
-    body = data[HEADER_SIZE:] if isinstance(data, bytes) else bytes(data[HEADER_SIZE:])
+    body = bytes(data[HEADER_SIZE:])
     try:
         pos = _decode_fields(body, spec, pdu.fields)
         if pos < len(body):
@@ -610,15 +744,17 @@ def decode(data: bytes) -> Pdu:
                     Status.ESME_RINVCMDLEN,
                     f"{len(body) - pos} unexpected octets after the body",
                 )
-            _decode_tlvs(body, pos, pdu.tlvs)
+            pdu.tlvs = _decode_tlvs(body, pos, len(body))
     except PduError as e:
         e.command_id = command_id
         e.sequence_number = seq
         raise
-    except _FieldTooLong as e:
+    except _BadField as e:
+        f = e.field
+        what = "neither empty nor 16 characters" if f.name in _TIME_FIELDS else "too long"
         raise PduError(
-            e.field.status,
-            f"{e.field.name} longer than {e.field.size - 1} octets",
+            f.status,
+            f"{f.name} {what} (at most {f.size - 1} octets)",
             command_id=command_id,
             sequence_number=seq,
         ) from None
@@ -637,13 +773,10 @@ def _decode_fields(body: bytes, spec: tuple[_Field, ...], out: dict[str, Any]) -
     for f in spec:
         kind = f.kind
         if kind == _C:
-            end = body.find(b"\0", pos, pos + f.size)
-            if end < 0:
-                if body.find(b"\0", pos) < 0:
-                    raise _Short
-                raise _FieldTooLong(f)
-            out[f.name] = body[pos:end].decode("latin-1")
-            pos = end + 1
+            value, pos = _cstring(body, pos, f)
+            if f.name in _TIME_FIELDS and len(value) not in (0, 16):
+                raise _BadField(f)
+            out[f.name] = value
         elif kind == _I1:
             out[f.name] = body[pos]
             pos += 1
@@ -658,80 +791,129 @@ def _decode_fields(body: bytes, spec: tuple[_Field, ...], out: dict[str, Any]) -
             out["short_message"] = body[pos:end]
             pos = end
         elif kind == _DESTS:
-            pos = _decode_dests(body, pos, out)
+            out["dest_addresses"], pos = _decode_dests(body, pos)
         elif kind == _UNSUCC:
-            pos = _decode_unsuccess(body, pos, out)
+            out["unsuccess_smes"], pos = _decode_unsuccess(body, pos)
         else:  # pragma: no cover - layouts hold only the kinds above
             raise AssertionError(kind)
     return pos
 
 
-def _decode_dests(body: bytes, pos: int, out: dict[str, Any]) -> int:
-    count = body[pos]
-    pos += 1
-    if not 1 <= count <= 254:
-        raise PduError(Status.ESME_RINVNUMDESTS, f"number_of_dests {count}")
-    dests: list[DestAddress | DistributionList] = []
-    for _ in range(count):
-        flag = body[pos]
-        pos += 1
-        if flag == 1:
-            ton, npi = body[pos], body[pos + 1]
-            addr, pos = _cstring(body, pos + 2, _DEST_ADDR)
-            dests.append(DestAddress(ton, npi, addr))
-        elif flag == 2:
-            name, pos = _cstring(body, pos, _DL_NAME)
-            dests.append(DistributionList(name))
-        else:
-            raise PduError(Status.ESME_RINVDESTFLAG, f"dest_flag {flag}")
-    out["dest_addresses"] = dests
-    return pos
+# --------------------------------------------------------------------------- compiled decoders
+
+_Decoder = Callable[[bytes, int, int, int, int], Pdu]
 
 
-def _decode_unsuccess(body: bytes, pos: int, out: dict[str, Any]) -> int:
-    count = body[pos]
-    pos += 1
-    smes: list[UnsuccessSme] = []
-    for _ in range(count):
-        ton, npi = body[pos], body[pos + 1]
-        addr, pos = _cstring(body, pos + 2, _DEST_ADDR)
-        (err,) = _U32.unpack_from(body, pos)
-        pos += 4
-        smes.append(UnsuccessSme(ton, npi, addr, err))
-    out["unsuccess_smes"] = smes
-    return pos
+def _segments(spec: tuple[_Field, ...]) -> list[list[_Field] | _Field]:
+    """Split a layout into regex-able runs (C, I1, SM last) and single DESTS/UNSUCC fields."""
+    out: list[list[_Field] | _Field] = []
+    run: list[_Field] = []
+    for f in spec:
+        if f.kind in (_DESTS, _UNSUCC):
+            if run:
+                out.append(run)
+                run = []
+            out.append(f)
+        elif f.kind in (_C, _I1, _SM):
+            run.append(f)
+            if f.kind == _SM:
+                out.append(run)
+                run = []
+        else:  # pragma: no cover - layouts hold only the kinds above
+            raise AssertionError(f.kind)
+    if run:
+        out.append(run)
+    return out
 
 
-_DEST_ADDR = _f("destination_addr", _C, 21)
-_DL_NAME = _f("dl_name", _C, 21)
+def _compile_decoder(command_id: int, spec: tuple[_Field, ...]) -> tuple[_Decoder, str]:
+    """Generate, from the layout, a decoder that accepts exactly what the reference accepts.
 
-
-def _decode_tlvs(body: bytes, pos: int, out: dict[int, bytes]) -> None:
-    end = len(body)
-    while pos < end:
-        if pos + 4 > end:
-            raise PduError(Status.ESME_RINVOPTPARSTREAM, "truncated TLV header")
-        tag, length = _TLV_HEADER.unpack_from(body, pos)
-        pos += 4
-        if pos + length > end:
-            raise PduError(
-                Status.ESME_RINVOPTPARSTREAM, f"TLV 0x{tag:04X} length {length} overruns the PDU"
-            )
-        spec = _TLV_BY_TAG.get(tag)
-        if spec is not None and not spec.min_len <= length <= spec.max_len:
-            raise PduError(Status.ESME_RINVPARLEN, f"TLV {spec.name} has length {length}")
-        out[tag] = body[pos : pos + length]
-        pos += length
+    Returns the function and its source (kept for debugging: ``_SOURCES``). The function
+    raises (``_Reject``, ``PduError``, ``IndexError`` ...) on anything it does not recognise;
+    :func:`decode` then asks the reference decoder for the precise error.
+    """
+    ns: dict[str, Any] = {
+        "_Pdu": Pdu,
+        "_Reject": _Reject,
+        "_tlvs": _decode_tlvs_fast,
+        "_dests": _decode_dests,
+        "_unsucc": _decode_unsuccess,
+    }
+    src = ["def _decode(data, length, command_id, status, seq):"]
+    if spec and command_id & RESPONSE_BIT:
+        # An error response may come header-only; it decodes to fields == {}.
+        src += ["    if length == 16:", "        return _Pdu(command_id, seq, status, {}, {})"]
+    src.append("    p = 16")
+    items: list[str] = []  # "'name': expression" entries of the fields dict
+    g = 0  # regex group variables g0, g1 ... across segments
+    for k, seg in enumerate(_segments(spec)):
+        if isinstance(seg, _Field):
+            helper = "_dests" if seg.kind == _DESTS else "_unsucc"
+            src.append(f"    v{k}, p = {helper}(data, p)")
+            items.append(f"{seg.name!r}: v{k}")
+            continue
+        pattern: list[bytes] = []
+        first = g
+        sm = ""
+        ints = 0  # length of the current run of one-octet integers
+        for f in seg:
+            if f.kind == _C:
+                if ints:
+                    pattern.append(b"(.{%d})" % ints)
+                    g, ints = g + 1, 0
+                if f.name in _TIME_FIELDS:
+                    pattern.append(b"((?:[^\\x00]{16})?)\\x00")
+                else:
+                    pattern.append(b"([^\\x00]{0,%d})\\x00" % (f.size - 1))
+                items.append(f'{f.name!r}: (g{g}.decode("latin-1") if g{g} else "")')
+                g += 1
+            else:  # _I1, or _SM whose sm_length octet ends the integer run
+                octet = f"g{g}[{ints}]"
+                if f.kind == _SM:
+                    sm = octet
+                    items.append(f"{f.name!r}: sm")
+                else:
+                    items.append(f"{f.name!r}: {octet}")
+                ints += 1
+        if ints:
+            pattern.append(b"(.{%d})" % ints)
+            g += 1
+        names = [f"g{i}" for i in range(first, g)]
+        regex = f"_R{k}"
+        ns[regex] = re.compile(b"".join(pattern), re.DOTALL)
+        src += [
+            f"    m = {regex}.match(data, p)",
+            "    if m is None:",
+            "        raise _Reject",
+            f"    {', '.join(names)}, = m.groups()",
+            "    p = m.end()",
+        ]
+        if sm:
+            src += [
+                f"    e = p + {sm}",
+                "    if e > length:",
+                "        raise _Reject",
+                "    sm = data[p:e]",
+                "    p = e",
+            ]
+    if command_id in _NO_TLVS:
+        src += ["    if p != length:", "        raise _Reject", "    t = {}"]
+    else:
+        src.append("    t = _tlvs(data, p, length) if p < length else {}")
+    src.append(f"    return _Pdu(command_id, seq, status, {{{', '.join(items)}}}, t)")
+    text = "\n".join(src) + "\n"
+    exec(compile(text, f"<smpp decoder {command_name(command_id)}>", "exec"), ns)
+    return cast(_Decoder, ns["_decode"]), text
 
 
 # --------------------------------------------------------------------------- encoding
 
 
-def encode(pdu: Pdu) -> bytes:
-    """Encode a PDU. Missing mandatory fields take their empty value (0, "" or b"").
+def _encode_reference(pdu: Pdu) -> bytes:
+    """Encode by walking the layout table; the oracle the compiled encoders are tested against.
 
-    A response with no fields at all is encoded header-only (how error responses are sent).
-    Raises ValueError for values our own code should never produce (over-long strings).
+    Same contract as :func:`encode`.
     """
     command_id = pdu.command_id
     spec = _LAYOUTS.get(command_id)
@@ -740,65 +922,249 @@ def encode(pdu: Pdu) -> bytes:
     fields = pdu.fields
     if not fields and not pdu.tlvs and command_id & RESPONSE_BIT:
         spec = ()
-    parts: list[bytes] = [b""]
+    if pdu.tlvs and command_id in _NO_TLVS:
+        raise ValueError(f"{command_name(command_id)} carries no TLVs in SMPP 3.4")
+    parts: list[bytes] = []
     append = parts.append
     for f in spec:
         kind = f.kind
         if kind == _C:
-            value = fields.get(f.name, "")
-            raw = value.encode("latin-1")
-            if len(raw) >= f.size:
-                raise ValueError(f"{f.name} longer than {f.size - 1} octets")
-            append(raw)
-            append(b"\0")
+            append(_cbytes(fields.get(f.name, ""), f.size, f.name))
         elif kind == _I1:
             append(bytes((fields.get(f.name, 0),)))
         elif kind == _SM:
             sm = fields.get("short_message", b"")
-            if len(sm) > 255:
-                raise ValueError("short_message longer than 255 octets: use message_payload")
+            if len(sm) > 254:
+                raise ValueError("short_message longer than 254 octets: use message_payload")
             append(bytes((len(sm),)))
-            append(sm)
+            append(bytes(sm))
         elif kind == _DESTS:
-            append(_encode_dests(fields.get("dest_addresses", [])))
+            append(_encode_dests(fields.get("dest_addresses", [])).encode("latin-1"))
         elif kind == _UNSUCC:
-            append(_encode_unsuccess(fields.get("unsuccess_smes", [])))
-    for tag, raw in pdu.tlvs.items():
-        append(_TLV_HEADER.pack(tag, len(raw)))
-        append(raw)
+            append(_encode_unsuccess(fields.get("unsuccess_smes", [])).encode("latin-1"))
+    append(_encode_tlvs(pdu.tlvs))
     body = b"".join(parts)
-    parts[0] = _HEADER.pack(
-        HEADER_SIZE + len(body), command_id, pdu.command_status, pdu.sequence_number
-    )
-    return parts[0] + body
+    try:
+        header = _HEADER.pack(
+            HEADER_SIZE + len(body), command_id, pdu.command_status, pdu.sequence_number
+        )
+    except struct.error as e:
+        raise ValueError(f"header value out of range: {e}") from None
+    return header + body
 
 
 def _cbytes(value: str, size: int, name: str) -> bytes:
-    raw = value.encode("latin-1")
-    if len(raw) >= size:
-        raise ValueError(f"{name} longer than {size - 1} octets")
-    return raw + b"\0"
+    if len(value) >= size or "\0" in value:
+        raise _bad_cstring(name, value, size)
+    if name in _TIME_FIELDS and len(value) not in (0, 16):
+        raise _bad_cstring(name, value, size)
+    return value.encode("latin-1") + b"\0"
 
 
-def _encode_dests(dests: list[DestAddress | DistributionList]) -> bytes:
-    out = [bytes((len(dests),))]
+def _bad_cstring(name: str, value: object, size: int) -> ValueError:
+    """The error for a C-Octet String value that the wire cannot carry as given."""
+    if name in _TIME_FIELDS:
+        return ValueError(f"{name} must be empty or 16 characters without NUL, not {value!r}")
+    return ValueError(f"{name} must be at most {size - 1} characters without NUL, not {value!r}")
+
+
+def _encode_dests(dests: list[DestAddress | DistributionList]) -> str:
+    """number_of_dests and the dest_address list, as Latin-1 text (one char per octet)."""
+    if not 1 <= len(dests) <= 254:
+        raise ValueError(f"submit_multi needs 1..254 destinations, not {len(dests)}")
+    out = [chr(len(dests))]
     for d in dests:
         if isinstance(d, DestAddress):
-            out.append(bytes((1, d.dest_addr_ton, d.dest_addr_npi)))
-            out.append(_cbytes(d.destination_addr, 21, "destination_addr"))
+            addr = d.destination_addr
+            if len(addr) > 20 or "\0" in addr:
+                raise _bad_cstring("destination_addr", addr, 21)
+            out += ("\x01", chr(d.dest_addr_ton), chr(d.dest_addr_npi), addr, "\0")
+        elif isinstance(d, DistributionList):
+            name = d.dl_name
+            if len(name) > 20 or "\0" in name:
+                raise _bad_cstring("dl_name", name, 21)
+            out += ("\x02", name, "\0")
         else:
-            out.append(b"\x02")
-            out.append(_cbytes(d.dl_name, 21, "dl_name"))
-    return b"".join(out)
+            raise TypeError(f"dest_addresses holds DestAddress/DistributionList, not {d!r}")
+    return "".join(out)
 
 
-def _encode_unsuccess(smes: list[UnsuccessSme]) -> bytes:
-    out = [bytes((len(smes),))]
+def _encode_unsuccess(smes: list[UnsuccessSme]) -> str:
+    """no_unsuccess and the unsuccess_sme list, as Latin-1 text (one char per octet)."""
+    out = [chr(len(smes))]
     for s in smes:
-        out.append(bytes((s.dest_addr_ton, s.dest_addr_npi)))
-        out.append(_cbytes(s.destination_addr, 21, "destination_addr"))
-        out.append(_U32.pack(s.error_status_code))
+        addr = s.destination_addr
+        if len(addr) > 20 or "\0" in addr:
+            raise _bad_cstring("destination_addr", addr, 21)
+        out += (chr(s.dest_addr_ton), chr(s.dest_addr_npi), addr, "\0")
+        out.append(_U32.pack(s.error_status_code).decode("latin-1"))
+    return "".join(out)
+
+
+def _encode_tlvs(tlvs: dict[int, bytes]) -> bytes:
+    """TLVs in dict order; a known tag must have a length its decoder accepts."""
+    out: list[bytes] = []
+    for tag, raw in tlvs.items():
+        n = len(raw)
+        limits = _TLV_LIMITS.get(tag)
+        if limits is not None and not limits[0] <= n <= limits[1]:
+            raise ValueError(f"TLV {_TLV_BY_TAG[tag].name}: length {n} outside {limits}")
+        out.append(_TLV_HEADER.pack(tag, n))  # struct.error beyond 0xFFFF: encode() says so
+        out.append(raw)
     return b"".join(out)
+
+
+_Encoder = Callable[[dict[str, Any], dict[int, bytes], int, int, int], bytes]
+
+
+def _compile_encoder(command_id: int, spec: tuple[_Field, ...]) -> tuple[_Encoder, str]:
+    """Generate, from the layout, an encoder with the checks of :func:`_encode_reference`.
+
+    Fields are read with ``f[name]`` (a missing one raises KeyError and :func:`encode` retries
+    with the defaults merged in), every value is checked, then all mandatory fields become one
+    Latin-1 string (C strings as they are, integers as ``chr``) encoded in one call.
+    """
+    ns: dict[str, Any] = {
+        "_header": _HEADER.pack,
+        "_tlvs": _encode_tlvs,
+        "_dests": _encode_dests,
+        "_unsucc": _encode_unsuccess,
+        "_bad": _bad_cstring,
+        "_no_tlvs": ValueError(f"{command_name(command_id)} carries no TLVs in SMPP 3.4"),
+        "_sm_too_long": ValueError("short_message longer than 254 octets: use message_payload"),
+    }
+    src = ["def _encode(f, t, command_id, status, seq):"]
+    if command_id in _NO_TLVS:
+        src += ["    if t:", "        raise _no_tlvs"]
+    if not spec:
+        src.append("    return _header(16, command_id, status, seq)")
+    else:
+        if command_id & RESPONSE_BIT:
+            # An error response without fields is sent header-only.
+            src.append("    if not f and not t:")
+            src.append("        return _header(16, command_id, status, seq)")
+        pieces: list[str] = []
+        checks: list[str] = []
+        sm = False
+        for i, fld in enumerate(spec):
+            src.append(f"    v{i} = f[{fld.name!r}]")
+            if fld.kind == _C:
+                if fld.name in _TIME_FIELDS:
+                    bad = f'(v{i} and len(v{i}) != 16) or "\\0" in v{i}'
+                else:
+                    bad = f'len(v{i}) > {fld.size - 1} or "\\0" in v{i}'
+                checks += [
+                    f"    if {bad}:",
+                    f"        raise _bad({fld.name!r}, v{i}, {fld.size})",
+                ]
+                pieces += [f"v{i}", '"\\0"']
+            elif fld.kind == _I1:
+                pieces.append(f"chr(v{i})")
+            elif fld.kind == _SM:
+                assert i == len(spec) - 1, "short_message must end the layout"
+                checks += [
+                    f"    n = len(v{i})",
+                    "    if n > 254:",
+                    "        raise _sm_too_long",
+                ]
+                pieces.append("chr(n)")
+                sm = True
+            elif fld.kind == _DESTS:
+                checks.append(f"    v{i} = _dests(v{i})")
+                pieces.append(f"v{i}")
+            elif fld.kind == _UNSUCC:
+                checks.append(f"    v{i} = _unsucc(v{i})")
+                pieces.append(f"v{i}")
+            else:  # pragma: no cover - layouts hold only the kinds above
+                raise AssertionError(fld.kind)
+        src += checks
+        src.append(f'    s = "".join(({", ".join(pieces)},)).encode("latin-1")')
+        tail = f"v{len(spec) - 1}" if sm else ""
+        if command_id in _NO_TLVS:
+            size = "16 + len(s)" + (" + n" if sm else "")
+            parts = ["_header(" + size + ", command_id, status, seq)", "s"] + ([tail] if sm else [])
+        else:
+            src.append('    b = _tlvs(t) if t else b""')
+            size = "16 + len(s)" + (" + n" if sm else "") + " + len(b)"
+            parts = ["_header(" + size + ", command_id, status, seq)", "s"]
+            parts += [tail] if sm else []
+            parts.append("b")
+        src.append(f'    return b"".join(({", ".join(parts)},))')
+    text = "\n".join(src) + "\n"
+    exec(compile(text, f"<smpp encoder {command_name(command_id)}>", "exec"), ns)
+    return cast(_Encoder, ns["_encode"]), text
+
+
+def _default(f: _Field) -> Any:
+    return {_C: "", _I1: 0, _SM: b"", _DESTS: [], _UNSUCC: []}[f.kind]
+
+
+_DECODERS: Final[dict[int, _Decoder]] = {}
+_ENCODERS: Final[dict[int, _Encoder]] = {}
+_DEFAULTS: Final[dict[int, dict[str, Any]]] = {}
+_SOURCES: Final[dict[str, str]] = {}  # generated code by function name, for debugging
+for _cid, _spec in _LAYOUTS.items():
+    _DECODERS[_cid], _SOURCES[f"decode_{command_name(_cid)}"] = _compile_decoder(_cid, _spec)
+    _ENCODERS[_cid], _SOURCES[f"encode_{command_name(_cid)}"] = _compile_encoder(_cid, _spec)
+    _DEFAULTS[_cid] = {f.name: _default(f) for f in _spec}
+del _cid, _spec
+
+
+# --------------------------------------------------------------------------- public codec
+
+
+def decode(data: bytes) -> Pdu:
+    """Decode one whole PDU (header included; framing already checked its length).
+
+    Raises :class:`PduError` with the command_status to answer with; nothing else escapes.
+    """
+    if type(data) is not bytes:
+        data = bytes(data)  # the compiled decoders slice: bytes in, bytes (not views) out
+    try:
+        length, command_id, status, seq = _HEADER_UNPACK(data)
+        if length == len(data):
+            return _DECODERS[command_id](data, length, command_id, status, seq)
+    except _NOT_RECOGNISED:
+        pass
+    # Not a well-formed PDU (or shorter than a header): the reference decoder names the defect.
+    return _decode_reference(data)
+
+
+# What the compiled decoders (and the header unpack and lookup before them) raise on input they
+# do not accept. Catching more than needed would only cost speed, never correctness: the
+# reference decoder has the last word.
+_NOT_RECOGNISED: Final = (_Reject, PduError, IndexError, KeyError, ValueError, struct.error)
+
+
+def encode(pdu: Pdu) -> bytes:
+    """Encode a PDU. Missing mandatory fields take their empty value (0, "" or b"").
+
+    A response with no fields and no TLVs is encoded header-only (how error responses are sent).
+    Raises ValueError for values the wire cannot carry (over-long strings, strings with NUL or
+    outside Latin-1, integers outside their octets, TLVs on PDUs without TLVs, known TLVs of the
+    wrong length), TypeError for values of the wrong type. What :func:`encode` returns,
+    :func:`decode` accepts.
+    """
+    command_id = pdu.command_id
+    encoder = _ENCODERS.get(command_id)
+    if encoder is None:
+        raise ValueError(f"cannot encode unknown command_id 0x{command_id:08X}")
+    try:
+        try:
+            return encoder(
+                pdu.fields, pdu.tlvs, command_id, pdu.command_status, pdu.sequence_number
+            )
+        except KeyError:
+            # Some mandatory field is missing: the slow path, with the defaults merged in.
+            fields = {**_DEFAULTS[command_id], **pdu.fields}
+            return encoder(fields, pdu.tlvs, command_id, pdu.command_status, pdu.sequence_number)
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"{command_name(command_id)}: a string outside Latin-1 or an integer field outside"
+            f" 0..255 ({e.object[e.start : e.end]!r})"
+        ) from None
+    except struct.error as e:
+        raise ValueError(f"{command_name(command_id)}: value out of range: {e}") from None
 
 
 # --------------------------------------------------------------------------- framing
@@ -807,9 +1173,9 @@ def _encode_unsuccess(smes: list[UnsuccessSme]) -> bytes:
 class FrameReader:
     """Cuts a TCP byte stream into whole PDUs.
 
-    Holds at most one partial PDU (bounded by ``max_size``), so a client cannot make a
-    connection's memory grow. An impossible command_length raises a fatal :class:`PduError`
-    (ESME_RINVCMDLEN) carrying the sequence number when it could be read.
+    Holds at most one partial PDU (bounded by ``max_size``) once :meth:`frames` has run, so a
+    client cannot make a connection's memory grow. An impossible command_length raises a fatal
+    :class:`PduError` (ESME_RINVCMDLEN) carrying the sequence number when it could be read.
     """
 
     __slots__ = ("_buf", "max_size")
@@ -826,7 +1192,11 @@ class FrameReader:
         return len(self._buf)
 
     def frames(self) -> Iterator[bytes]:
-        """Yield every whole PDU now in the buffer."""
+        """Yield every whole PDU now in the buffer.
+
+        Each frame leaves the buffer before it is yielded, so a caller may stop iterating at
+        any point (e.g. after unbind) and the rest stays buffered.
+        """
         buf = self._buf
         while len(buf) >= 4:
             length = _U32.unpack_from(buf)[0]
@@ -841,8 +1211,13 @@ class FrameReader:
                     sequence_number=seq,
                     fatal=True,
                 )
-            if len(buf) < length:
+            have = len(buf)
+            if have < length:
                 return
-            frame = bytes(buf[:length])
-            del buf[:length]
+            if have == length:  # the usual case: one read, one PDU; one copy
+                frame = bytes(buf)
+                buf.clear()
+            else:
+                frame = bytes(buf[:length])
+                del buf[:length]  # O(1) at the front of a bytearray
             yield frame
