@@ -1,23 +1,40 @@
 """Wiring: builds the parts from a :class:`~bridge.config.Config`, starts and stops them in order.
 
-This is the only module that knows every layer (DESIGN.md, "arrows point down"). Until the
-message pipeline lands, message operations go to :class:`~bridge.smpp.server.RejectingHandler`,
-which answers ESME_RSYSERR: a bridge that cannot yet deliver must never pretend it did.
+This is the only module that knows every layer (DESIGN.md, "arrows point down").
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 
-from bridge.config import Config, ConfigError, apply_overrides, load_config
+from bridge.config import (
+    AccountConfig,
+    Config,
+    ConfigError,
+    ProviderConfig,
+    apply_overrides,
+    load_config,
+)
 from bridge.core.accounts import AccountRegistry
-from bridge.smpp.server import ServerConfig, SmppHandler, SmppServer
+from bridge.core.dispatcher import Dispatcher
+from bridge.core.model import InboundMessage
+from bridge.core.pipeline import AccountPolicy, Pipeline
+from bridge.core.receipts import DeliveryQueue, ReportHandler
+from bridge.core.router import Route, Router
+from bridge.providers.base import Capabilities
+from bridge.providers.sandbox import SandboxProvider, SandboxRule
+from bridge.smpp.server import ServerConfig, SessionInfo, SmppServer
 from bridge.smpp.session import SessionConfig
+from bridge.smsc import SmppReceiptSender, SmscHandler, decode_payload, text_units
+from bridge.store.sqlite import SqliteStore
 
 log = structlog.get_logger("bridge.app")
 
@@ -51,19 +68,129 @@ def server_config(cfg: Config) -> ServerConfig:
 
 
 class Bridge:
-    """The running daemon: today the SMPP server and its accounts."""
+    """The running daemon: store, providers, pipeline, dispatcher, delivery queue, SMPP server.
 
-    def __init__(self, cfg: Config, handler: SmppHandler | None = None) -> None:
+    Start order: store (and what it holds: pending messages, parts, queued receipts), providers,
+    dispatcher, delivery queue, and only then the SMPP listener, so no ESME is answered before
+    the bridge can keep its promises. Stop order is the reverse.
+    """
+
+    def __init__(self, cfg: Config, *, clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
+        self.clock = clock
         self.accounts = AccountRegistry(cfg.to_accounts())
-        self.smpp = SmppServer(server_config(cfg), self.accounts, handler)
+        self.store = SqliteStore(Path(cfg.storage.data_dir) / "bridge.db")
+        self.providers: dict[str, SandboxProvider] = {
+            name: SandboxProvider(
+                name,
+                delay=pc.delay,
+                rules=[SandboxRule(r.suffix, r.outcome, r.error_code) for r in pc.rules],
+                clock=clock,
+            )
+            for name, pc in cfg.providers.items()
+        }
+        capabilities = {
+            name: _with_limits(p.capabilities, cfg.providers[name])
+            for name, p in self.providers.items()
+        }
+        for name, p in self.providers.items():
+            p.capabilities = capabilities[name]
+        routes = [
+            Route(
+                list(r.providers),
+                accounts=r.accounts,
+                countries=r.countries,
+                prefixes=r.prefixes,
+                regex=r.regex,
+                name=r.name,
+            )
+            for r in cfg.routes
+        ] or [Route([next(iter(self.providers), "sandbox")], name="default")]
+        self.router = Router(routes, capabilities)
+        pc = cfg.pipeline
+        self.reports = ReportHandler(self.store, clock, on_receipts=self._wake_account)
+        self.dispatcher = Dispatcher(
+            self.store,
+            self.providers,
+            self.reports,
+            clock,
+            backoff_base=pc.retry_base,
+            backoff_max=pc.retry_max,
+            on_dispatched=self._dispatched,
+        )
+        self.pipeline = Pipeline(
+            self.store,
+            self.router,
+            self.dispatcher,
+            self.reports,
+            decode_payload,
+            clock=clock,
+            max_queue=pc.max_queue,
+            reassembly_timeout=pc.reassembly_timeout,
+            chars=text_units,
+        )
+        self.policies = {a.system_id: _policy(a) for a in cfg.accounts}
+        self.handler = SmscHandler(self.pipeline, self.policies)
+        self.smpp = SmppServer(server_config(cfg), self.accounts, self.handler)
+        self.deliveries = DeliveryQueue(
+            self.store,
+            SmppReceiptSender(self.smpp),
+            clock,
+            window=pc.delivery_window,
+            retry_delay=pc.delivery_retry,
+            max_age=pc.receipt_max_age,
+        )
+        self.handler.on_bound.append(self._on_bound)
+        self._reaper: asyncio.Task[None] | None = None
+
+    def _wake_account(self, account: str) -> None:
+        self.deliveries.wake(account)
+
+    def _on_bound(self, session: SessionInfo) -> None:
+        if session.system_id and session.bind_type is not None:
+            self.deliveries.wake(session.system_id)
+
+    def _dispatched(self) -> None:
+        self.pipeline.note_dispatched()
+
+    async def _inbound(self, message: InboundMessage) -> None:
+        await self.store.enqueue_delivery(message.account, message, self.clock())
+        self.deliveries.wake(message.account)
 
     async def start(self) -> None:
         Path(self.cfg.storage.data_dir).mkdir(parents=True, exist_ok=True)
+        await self.store.open()
+        for provider in self.providers.values():
+            await provider.start(self.reports.on_report, self._inbound)
+        await self.pipeline.restore()
+        await self.dispatcher.start()
+        self.deliveries.start()
+        self._reaper = asyncio.create_task(self._reap_parts(), name="reassembly-timeouts")
         await self.smpp.start()
+
+    async def _reap_parts(self) -> None:
+        """Time out incomplete concatenated messages (each part gets a failure receipt)."""
+        while True:
+            deadline = self.pipeline.reassembly.next_deadline()
+            now = self.clock()
+            delay = 1.0 if deadline is None else min(1.0, max(0.0, deadline - now))
+            await asyncio.sleep(delay)
+            try:
+                await self.pipeline.expire_parts()
+            except Exception:
+                log.exception("pipeline.expire_parts_failed")
 
     async def stop(self) -> None:
         await self.smpp.stop()
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        await self.dispatcher.stop()
+        await self.deliveries.stop()
+        for provider in self.providers.values():
+            await provider.stop()
+        await self.store.close()
 
     def reload(self, overrides: dict[str, object] | None = None) -> bool:
         """SIGHUP: re-read the config file and swap in its accounts; bound sessions stay bound."""
@@ -78,8 +205,28 @@ class Bridge:
             log.error("config.reload_failed", errors=str(e))
             return False
         self.accounts.replace(new.to_accounts())
+        self.policies.clear()
+        self.policies.update({a.system_id: _policy(a) for a in new.accounts})
         log.info("config.reloaded", accounts=len(self.accounts))
         return True
+
+
+def _policy(a: AccountConfig) -> AccountPolicy:
+    return AccountPolicy(
+        a.system_id,
+        default_region=a.default_region,
+        message_id_format=a.message_id_format,
+        default_alphabet=a.data_coding_0,
+        alphabet_1=a.data_coding_1,
+        strict_numbers=a.strict_numbers,
+        default_validity=a.default_validity,
+    )
+
+
+def _with_limits(caps: Capabilities, pc: ProviderConfig) -> Capabilities:
+    return dataclasses.replace(
+        caps, requests_per_second=pc.requests_per_second, concurrency=pc.concurrency
+    )
 
 
 async def run(cfg: Config, overrides: dict[str, object] | None = None) -> None:

@@ -1,0 +1,511 @@
+"""The one way in: every message an ESME submits passes :meth:`Pipeline.accept`.
+
+Accept validates and normalises what the SMPP adapter decoded (numbers through ``phonenumbers``,
+sender rules, validity), routes it (so a message no route can carry is refused at once, in the
+submit response), stores it durably (the response says OK only after the commit), and hands it
+to the dispatcher. Concatenated parts each get their own id at once and are stored as parts;
+when the last one arrives the whole message is stored and dispatched, and when they time out
+every received part gets a failure receipt. Nothing here knows SMPP bytes: text decoding is
+injected (``decode``) by the adapter, which also maps :class:`Rejected` reasons to statuses.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import itertools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import phonenumbers
+import structlog
+
+from bridge.core.model import Address, Message, MessageState
+from bridge.core.reassembly import Assembled, Fragment, Incomplete, PartKey, ReassemblyBuffer
+from bridge.core.router import NoRoute, Router
+from bridge.store.base import StateChange, Store, StoredPart
+
+__all__ = [
+    "AccountPolicy",
+    "MessageIds",
+    "Pipeline",
+    "RejectReason",
+    "Rejected",
+    "Submission",
+]
+
+log = structlog.get_logger("bridge.pipeline")
+
+# Decodes a payload: (octets, data_coding, default_alphabet) -> text, or None for binary content.
+Decoder = Callable[[bytes, int, str], "str | None"]
+
+
+class RejectReason(enum.Enum):
+    INVALID_SOURCE = "invalid source address"
+    INVALID_DESTINATION = "invalid destination address"
+    INVALID_TEXT = "undecodable text"
+    TOO_LONG = "too long for every route"
+    NO_ROUTE = "no route"
+    QUEUE_FULL = "queue full"
+    INVALID_SCHEDULE = "invalid schedule_delivery_time"
+    INVALID_EXPIRY = "invalid validity_period"
+    UNKNOWN_MESSAGE = "unknown message id"
+    NOT_CANCELLABLE = "already dispatched"
+    INVALID_CONCAT = "invalid concatenation header"
+
+
+class Rejected(Exception):
+    """A submission refused at once; the adapter answers with the matching command_status."""
+
+    def __init__(self, reason: RejectReason, detail: str = "") -> None:
+        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class AccountPolicy:
+    """Per-account behaviour of accept (from the account's config)."""
+
+    system_id: str
+    default_region: str | None = None
+    message_id_format: str = "hex"  # "hex" | "decimal"
+    default_alphabet: str = "gsm7"  # what data_coding 0 means
+    alphabet_1: str = "ascii"  # what data_coding 1 means (IA5 by the spec; GSM 03.38 for some)
+    strict_numbers: bool = False  # also require phonenumbers.is_valid_number
+    default_validity: float = 48 * 3600.0
+
+
+@dataclass(slots=True)
+class Submission:
+    """What the SMPP adapter extracted from one submit_sm / data_sm / submit_multi destination."""
+
+    account: AccountPolicy
+    source: Address  # ton/npi/digits as sent
+    destination: Address
+    payload: bytes  # user data without the concatenation IE (encoded)
+    data_coding: int
+    concat: tuple[int, int, int] | None = None  # (reference, total, seqnum)
+    udh: bytes = b""  # other IEs, kept
+    flash: bool = False
+    registered_delivery: int = 0
+    priority: int = 0
+    esm_class: int = 0
+    protocol_id: int = 0
+    service_type: str = ""
+    schedule_at: float | None = None
+    expire_at: float | None = None
+
+
+class Dispatching(Protocol):
+    def submit(self, message: Message) -> None: ...
+    def cancel(self, message_id: str) -> bool: ...
+
+
+class Finishing(Protocol):
+    async def finish(
+        self, message: Message, state: MessageState, error_code: int = 0, detail: str = ""
+    ) -> object: ...
+
+
+class MessageIds:
+    """Unique, stable, sortable message ids: milliseconds since the epoch × 4096 + a counter.
+
+    Monotonic across restarts as long as the clock does not go back by more than the counter
+    absorbs; ≤ 16 hex digits or ≤ 20 decimal digits, well under SMPP's 64.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._counter = itertools.count(int(clock() * 1000) << 12)
+
+    def next(self, fmt: str = "hex") -> str:
+        n = next(self._counter)
+        return str(n) if fmt == "decimal" else format(n, "x")
+
+
+@functools.lru_cache(maxsize=65536)
+def _normalise_number(digits: str, ton: int, region: str | None, strict: bool) -> str | None:
+    """E.164 digits (no '+') for a destination, or None if it cannot be a number.
+
+    Cached: ESMEs send to the same numbers again and again, and a parse costs ~18 µs.
+    """
+    if not digits or len(digits) > 20:
+        return None
+    raw = digits[1:] if digits.startswith("+") else digits
+    if not raw.isdigit():
+        return None
+    if ton == 1 or (ton == 0 and digits.startswith("+")):
+        text, region_hint = "+" + raw, None
+    elif raw.startswith("00"):
+        text, region_hint = "+" + raw[2:], None
+    elif region:
+        text, region_hint = raw, region
+    elif ton == 0:
+        text, region_hint = "+" + raw, None  # unknown TON and no region: assume international
+    else:
+        return None
+    try:
+        num = phonenumbers.parse(text, region_hint)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(num):
+        return None
+    if strict and not phonenumbers.is_valid_number(num):
+        return None
+    return f"{num.country_code}{num.national_number}" if not num.italian_leading_zero else (
+        f"{num.country_code}{'0' * (num.number_of_leading_zeros or 1)}{num.national_number}"
+    )
+
+
+def normalise_source(src: Address, policy: AccountPolicy) -> Address:
+    """Alphanumeric senders (TON 5) up to 11 characters; numeric ones up to 20 digits."""
+    digits = src.digits
+    if src.ton == 5:
+        if not 1 <= len(digits) <= 11:
+            raise Rejected(RejectReason.INVALID_SOURCE, "alphanumeric sender must be 1-11 chars")
+        return src
+    if not digits:
+        raise Rejected(RejectReason.INVALID_SOURCE, "empty source address")
+    raw = digits[1:] if digits.startswith("+") else digits
+    if raw.isdigit():
+        if src.ton == 1 or (src.ton == 0 and digits.startswith("+")):
+            return Address(raw, 1, 1)
+        return Address(raw, src.ton, src.npi)
+    if len(digits) <= 11 and src.ton == 0:
+        return Address(digits, 5, 0)  # an alphanumeric sender sent with TON 0
+    raise Rejected(RejectReason.INVALID_SOURCE, "not a number")
+
+
+def normalise_destination(dst: Address, policy: AccountPolicy) -> Address:
+    e164 = _normalise_number(dst.digits, dst.ton, policy.default_region, policy.strict_numbers)
+    if e164 is None:
+        raise Rejected(RejectReason.INVALID_DESTINATION)
+    return Address(e164, 1, 1)
+
+
+@dataclass(slots=True)
+class _PartMeta:
+    """The first-part fields a reassembled message takes, stored with each part."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        return json.dumps(self.values, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> _PartMeta:
+        return cls(json.loads(raw) if raw else {})
+
+
+def _alphabet(policy: AccountPolicy, data_coding: int) -> str:
+    """The alphabet the account means by data_coding 0 or 1 (ignored for other values)."""
+    return policy.alphabet_1 if data_coding == 1 else policy.default_alphabet
+
+
+class Pipeline:
+    """accept / query / cancel / replace, and the reassembly timeout loop."""
+
+    def __init__(
+        self,
+        store: Store,
+        router: Router,
+        dispatcher: Dispatching,
+        finisher: Finishing,
+        decode: Decoder,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_queue: int = 1_000_000,
+        reassembly_timeout: float = 60.0,
+        chars: Callable[[str, int], tuple[int, bool]] | None = None,
+    ) -> None:
+        self.store = store
+        self.router = router
+        self.dispatcher = dispatcher
+        self.finisher = finisher
+        self.decode = decode
+        self.clock = clock
+        self.max_queue = max_queue
+        self.ids = MessageIds(clock)
+        self.reassembly = ReassemblyBuffer(timeout=reassembly_timeout)
+        # (text, data_coding) -> (length in the units providers count, needs unicode)
+        self.chars = chars or (lambda text, dc: (len(text), dc == 0x08))
+        self._queued = 0  # approximate queue depth, refreshed from the store
+        self._policies: dict[str, AccountPolicy] = {}
+        self.rejected = 0
+        self.incomplete = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def restore(self) -> None:
+        """Rebuild the reassembly buffer from stored parts after a restart; sets that were
+        already complete are finished now, sets it displaced come out of the next expire()."""
+        self._queued = self.store.queue_depth()
+        fragments = [Fragment.from_stored(p) for p in self.store.all_parts()]
+        for assembled in self.reassembly.restore(fragments):
+            await self._complete(assembled)
+
+    async def expire_parts(self) -> int:
+        """Time out incomplete concatenated messages: a failure receipt for each received part."""
+        expired = self.reassembly.expire(self.clock())
+        for inc in expired:
+            await self._fail_incomplete(inc)
+        return len(expired)
+
+    # ------------------------------------------------------------------ accept
+
+    def message_id(self, policy: AccountPolicy) -> str:
+        return self.ids.next(policy.message_id_format)
+
+    async def accept(self, sub: Submission) -> str:
+        """Validate, route, store durably and dispatch; returns the message id for the resp.
+
+        Raises :class:`Rejected` for what is known to be wrong at once.
+        """
+        policy = sub.account
+        source = normalise_source(sub.source, policy)
+        destination = normalise_destination(sub.destination, policy)
+        now = self.clock()
+        if sub.expire_at is not None and sub.expire_at <= now:
+            raise Rejected(RejectReason.INVALID_EXPIRY, "already expired")
+        if self._queued >= self.max_queue:
+            self._queued = self.store.queue_depth()
+            if self._queued >= self.max_queue:
+                raise Rejected(RejectReason.QUEUE_FULL)
+        if sub.concat is not None and sub.concat[1] > 1:
+            return await self._accept_part(sub, source, destination, now)
+        text = self._decode(sub.payload, sub.data_coding, policy)
+        message = self._message(self.message_id(policy), sub, source, destination, text, now)
+        message.part_ids = [message.id]
+        self._route(message)
+        await self.store.add_message(message)
+        self._queued += 1
+        self.dispatcher.submit(message)
+        return message.id
+
+    def _decode(self, payload: bytes, data_coding: int, policy: AccountPolicy) -> str | None:
+        try:
+            return self.decode(payload, data_coding, _alphabet(policy, data_coding))
+        except ValueError as e:
+            raise Rejected(RejectReason.INVALID_TEXT, str(e)) from None
+
+    def _message(
+        self,
+        message_id: str,
+        sub: Submission,
+        source: Address,
+        destination: Address,
+        text: str | None,
+        now: float,
+    ) -> Message:
+        return Message(
+            id=message_id,
+            account=sub.account.system_id,
+            source=source,
+            destination=destination,
+            text=text,
+            data_coding=sub.data_coding,
+            binary=sub.payload if text is None else b"",
+            udh=sub.udh,
+            flash=sub.flash,
+            registered_delivery=sub.registered_delivery,
+            priority=sub.priority,
+            esm_class=sub.esm_class,
+            protocol_id=sub.protocol_id,
+            service_type=sub.service_type,
+            created_at=now,
+            schedule_at=sub.schedule_at,
+            expire_at=sub.expire_at or now + sub.account.default_validity,
+        )
+
+    def _route(self, message: Message) -> None:
+        text = message.text
+        if text is None:
+            chars, unicode = len(message.binary), False
+        else:
+            chars, unicode = self.chars(text, message.data_coding)
+        try:
+            message.route = self.router.route(message, chars=chars, unicode=unicode)
+        except NoRoute as e:
+            reason = RejectReason.TOO_LONG if "long" in e.reason else RejectReason.NO_ROUTE
+            raise Rejected(reason, e.reason) from None
+
+    # ------------------------------------------------------------------ concatenated parts
+
+    async def _accept_part(
+        self, sub: Submission, source: Address, destination: Address, now: float
+    ) -> str:
+        assert sub.concat is not None
+        reference, total, seqnum = sub.concat
+        if not 1 <= seqnum <= total:
+            raise Rejected(RejectReason.INVALID_CONCAT, f"part {seqnum} of {total}")
+        policy = sub.account
+        self._policies[policy.system_id] = policy
+        key = PartKey(policy.system_id, source.digits, destination.digits, reference)
+        message_id = self.message_id(policy)
+        meta = _PartMeta(
+            {
+                "source": [source.digits, source.ton, source.npi],
+                "destination": [destination.digits, destination.ton, destination.npi],
+                "data_coding": sub.data_coding,
+                "udh": sub.udh.hex(),
+                "flash": sub.flash,
+                "registered_delivery": sub.registered_delivery,
+                "priority": sub.priority,
+                "esm_class": sub.esm_class,
+                "protocol_id": sub.protocol_id,
+                "service_type": sub.service_type,
+                "schedule_at": sub.schedule_at,
+                "expire_at": sub.expire_at,
+                "alphabet": _alphabet(policy, sub.data_coding),
+                "validity": policy.default_validity,
+                "id_format": policy.message_id_format,
+            }
+        ).encode()
+        fragment = Fragment(key, seqnum, total, message_id, sub.payload, now, meta)
+        # Buffer first: a set this part supersedes shares its store key, so its parts must be
+        # gone from the store before this one is written. The writer runs operations in order,
+        # so concurrent parts of one message cannot overtake each other.
+        try:
+            assembled, displaced = self.reassembly.add(fragment)
+        except ValueError as e:
+            raise Rejected(RejectReason.INVALID_CONCAT, str(e)) from None
+        for inc in displaced:
+            await self._fail_incomplete(inc)
+        await self.store.add_part(
+            StoredPart(key.as_str(), seqnum, total, message_id, sub.payload, now, meta)
+        )
+        if assembled is not None:
+            await self._complete(assembled)
+        return message_id
+
+    def _assemble_sync(self, assembled: Assembled) -> Message:
+        first = assembled.first
+        meta = _PartMeta.decode(first.meta).values
+        src, dst = meta["source"], meta["destination"]
+        payload = assembled.payload
+        try:
+            text = self.decode(payload, meta["data_coding"], meta["alphabet"])
+        except ValueError:
+            text = None
+        now = self.clock()
+        message = Message(
+            id=first.message_id,
+            account=assembled.key.account,
+            source=Address(src[0], src[1], src[2]),
+            destination=Address(dst[0], dst[1], dst[2]),
+            text=text,
+            data_coding=meta["data_coding"],
+            binary=payload if text is None else b"",
+            udh=bytes.fromhex(meta["udh"]),
+            flash=meta["flash"],
+            registered_delivery=meta["registered_delivery"],
+            priority=meta["priority"],
+            esm_class=meta["esm_class"],
+            protocol_id=meta["protocol_id"],
+            service_type=meta["service_type"],
+            created_at=first.received_at,
+            schedule_at=meta["schedule_at"],
+            expire_at=meta["expire_at"] or first.received_at + meta["validity"],
+        )
+        message.part_ids = list(assembled.all_ids)
+        message.next_attempt_at = now
+        return message
+
+    async def _complete(self, assembled: Assembled) -> None:
+        message = self._assemble_sync(assembled)
+        key = assembled.key.as_str()
+        try:
+            self._route(message)
+        except Rejected as e:
+            # Every part already got ESME_ROK: the refusal travels as a receipt for each part.
+            await self.store.complete_parts(key, message)
+            await self.finisher.finish(message, MessageState.REJECTED, 0, e.reason.value)
+            return
+        await self.store.complete_parts(key, message)
+        self._queued += 1
+        self.dispatcher.submit(message)
+
+    async def _fail_incomplete(self, inc: Incomplete) -> None:
+        """An incomplete concatenated message: a failure receipt for every part received."""
+        self.incomplete += 1
+        frags = inc.fragments
+        if not frags:
+            return
+        first = min(frags, key=lambda f: f.seqnum)
+        meta = _PartMeta.decode(first.meta).values
+        src, dst = meta["source"], meta["destination"]
+        message = Message(
+            id=first.message_id,
+            account=inc.key.account,
+            source=Address(src[0], src[1], src[2]),
+            destination=Address(dst[0], dst[1], dst[2]),
+            text=None,
+            data_coding=meta["data_coding"],
+            registered_delivery=meta["registered_delivery"],
+            created_at=first.received_at,
+        )
+        message.part_ids = list(inc.all_ids)
+        log.warning(
+            "pipeline.incomplete_message",
+            message_id=message.id,
+            account=message.account,
+            parts=len(frags),
+            total=inc.total,
+            reason=inc.reason,
+        )
+        await self.store.complete_parts(inc.key.as_str(), message)
+        await self.finisher.finish(
+            message, MessageState.UNDELIVERABLE, 0, f"incomplete: {inc.reason}"
+        )
+
+    # ------------------------------------------------------------------ query, cancel, replace
+
+    def query(self, message_id: str, account: str) -> Message:
+        message = self.store.get_message(message_id)
+        if message is None or message.account != account:
+            raise Rejected(RejectReason.UNKNOWN_MESSAGE)
+        return message
+
+    async def cancel(self, message_id: str, account: str) -> None:
+        message = self.query(message_id, account)
+        if message.state.is_final or not self.dispatcher.cancel(message.id):
+            raise Rejected(RejectReason.NOT_CANCELLABLE)
+        self._queued = max(0, self._queued - 1)
+        await self.finisher.finish(message, MessageState.DELETED, 0, "cancelled by the ESME")
+
+    async def replace(
+        self,
+        message_id: str,
+        account: str,
+        payload: bytes,
+        *,
+        registered_delivery: int | None,
+        schedule_at: float | None,
+        expire_at: float | None,
+    ) -> None:
+        message = self.query(message_id, account)
+        if message.state.is_final or not self.dispatcher.cancel(message.id):
+            raise Rejected(RejectReason.NOT_CANCELLABLE)
+        policy = self._policies.get(account) or AccountPolicy(account)
+        text = self._decode(payload, message.data_coding, policy)
+        message.text = text
+        message.binary = payload if text is None else b""
+        if registered_delivery is not None:
+            message.registered_delivery = registered_delivery
+        if schedule_at is not None:
+            message.schedule_at = schedule_at
+        if expire_at is not None:
+            message.expire_at = expire_at
+        self._route(message)
+        await self.store.update_message(
+            message, StateChange(message.id, message.state, self.clock(), "replaced")
+        )
+        self.dispatcher.submit(message)
+
+    def note_dispatched(self) -> None:
+        """The dispatcher handed a message to a provider (keeps the queue-depth estimate)."""
+        self._queued = max(0, self._queued - 1)
+
