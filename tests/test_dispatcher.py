@@ -124,6 +124,9 @@ class RecordingFinisher:
         self.finished[message.id] = (state, error_code, detail)
         return True
 
+    async def correlated(self, provider: str, provider_message_id: str) -> bool:
+        return False
+
     async def on_report(self, report: DeliveryReport) -> bool:
         self.reports.append(report)
         message_id = self.store.lookup(report.provider, report.provider_message_id)

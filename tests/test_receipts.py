@@ -400,6 +400,21 @@ async def test_report_updates_message_and_queues_receipts() -> None:
     assert wakes.accounts == ["demo"]
 
 
+async def test_a_report_that_comes_before_its_correlation_applies_once_correlated() -> None:
+    store, clock = InMemoryStore(), Clock(DONE)
+    msg = message(provider="prov", provider_message_id="p-m1", registered_delivery=1)
+    await store.add_message(msg)
+    handler = ReportHandler(store, clock)
+    assert await handler.on_report(DeliveryReport("prov", "p-m1", D)) is False
+    assert queued(store) == []
+    await store.correlate("prov", "p-m1", msg.id, expires_at=DONE + 86400)
+    assert await handler.correlated("prov", "p-m1")
+    (r,) = queued(store)
+    assert isinstance(r, Receipt) and r.state == D
+    assert handler.unknown_reports == 0
+    assert not await handler.correlated("prov", "p-m1")
+
+
 async def test_report_failure_carries_error_and_defaults_done_at_to_now() -> None:
     store, clock = InMemoryStore(), Clock(DONE)
     await stored(store, registered_delivery=2)
@@ -413,10 +428,15 @@ async def test_report_failure_carries_error_and_defaults_done_at_to_now() -> Non
     assert got is not None and got.error_code == 1103
 
 
-async def test_unknown_report_is_counted_and_logged(logs: list[MutableMapping[str, Any]]) -> None:
-    store = InMemoryStore()
-    handler = ReportHandler(store, Clock())
+async def test_unknown_report_is_counted_and_logged_once_its_wait_is_over(
+    logs: list[MutableMapping[str, Any]],
+) -> None:
+    store, clock = InMemoryStore(), Clock()
+    handler = ReportHandler(store, clock, early_ttl=60)
     assert await handler.on_report(DeliveryReport("prov", "nope", D)) is False
+    assert (handler.early_reports, handler.unknown_reports) == (1, 0)
+    clock.now += 61
+    assert await handler.on_report(DeliveryReport("prov", "other", D)) is False
     assert handler.unknown_reports == 1
     (event,) = [e for e in logs if e["event"] == "report_unknown"]
     assert event["log_level"] == "info"

@@ -82,6 +82,10 @@ class Finisher(Protocol):
         """Apply a provider's report (here: one obtained by polling)."""
         ...
 
+    async def correlated(self, provider: str, provider_message_id: str) -> object:
+        """The correlation for a provider id is stored: a report that came early can apply."""
+        ...
+
 
 _Status = Literal["waiting", "queued", "sending"]
 
@@ -401,6 +405,8 @@ class Dispatcher:
             await self.store.correlate(
                 name, outcome.provider_message_id, message.id, now + self.correlation_ttl
             )
+            # Providers may push a report before their send call has returned to us.
+            await self.finisher.correlated(name, outcome.provider_message_id)
         self._note_dispatched()
         if outcome.state is not None and outcome.state.is_final:
             await self._call_finish(

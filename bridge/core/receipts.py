@@ -380,7 +380,13 @@ class ReportHandler:
     message are serialised, so two concurrent copies of the same report cannot both pass that
     check. ACCEPTED is final (§6); adapters map "accepted by the carrier / buffered" to ENROUTE.
 
-    Counters (for metrics): ``reports``, ``unknown_reports``, ``duplicate_reports``.
+    A report can arrive before the provider's answer to the send has been recorded (a fast
+    push, or the sandbox with no delay): such an *early* report is parked for ``early_ttl``
+    seconds and applied when :meth:`correlated` says the id is known; only a report still
+    unmatched after that counts as unknown.
+
+    Counters (for metrics): ``reports``, ``unknown_reports``, ``duplicate_reports``,
+    ``early_reports``.
     """
 
     def __init__(
@@ -388,6 +394,9 @@ class ReportHandler:
         store: Store,
         clock: Callable[[], float],
         on_receipts: Callable[[str], None] | None = None,
+        *,
+        early_ttl: float = 120.0,
+        max_early: int = 100_000,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -396,6 +405,10 @@ class ReportHandler:
         self.reports = 0
         self.unknown_reports = 0
         self.duplicate_reports = 0
+        self.early_reports = 0
+        self.early_ttl = early_ttl
+        self.max_early = max_early
+        self._early: dict[tuple[str, str], tuple[DeliveryReport, float]] = {}
 
     async def on_report(self, report: DeliveryReport) -> bool:
         """Apply a provider's report. True when it concerned one of our messages (including a
@@ -403,7 +416,7 @@ class ReportHandler:
         self.reports += 1
         message_id = self._store.lookup(report.provider, report.provider_message_id)
         if message_id is None:
-            return self._unknown(report)
+            return self._park(report)
         async with self._locks.hold(message_id):
             message = self._store.get_message(message_id)
             if message is None:
@@ -447,6 +460,36 @@ class ReportHandler:
                 message, state, error_code, self._clock(), detail, None, persist=stored is not None
             )
         return True
+
+    def _park(self, report: DeliveryReport) -> bool:
+        """Keep an unmatched report a while: its correlation may be about to be written."""
+        now = self._clock()
+        self._expire_early(now)
+        key = (report.provider, report.provider_message_id)
+        if key not in self._early:
+            if len(self._early) >= self.max_early:
+                oldest = next(iter(self._early))
+                self._unknown(self._early.pop(oldest)[0])
+            self.early_reports += 1
+        self._early[key] = (report, now)
+        return False
+
+    def _expire_early(self, now: float) -> None:
+        while self._early:
+            key, (report, at) = next(iter(self._early.items()))
+            if now - at < self.early_ttl:
+                break
+            del self._early[key]
+            self._unknown(report)
+
+    async def correlated(self, provider: str, provider_message_id: str) -> bool:
+        """The dispatcher stored the correlation for this id: apply a report that came early."""
+        if not self._early:
+            return False
+        parked = self._early.pop((provider, provider_message_id), None)
+        if parked is None:
+            return False
+        return await self.on_report(parked[0])
 
     def _unknown(self, report: DeliveryReport) -> bool:
         self.unknown_reports += 1

@@ -1,0 +1,320 @@
+"""``bridge bench e2e``: the whole bridge on the sandbox provider, against a do-nothing baseline.
+
+A load client (a separate process, so it has its own core) binds ``binds`` transceivers, keeps
+``window`` submit_sm (registered_delivery=1) in flight on each, answers every deliver_sm, and
+matches each receipt's receipted_message_id against the ids it was given. It reports:
+
+* submit_sm/s accepted (every ESME_ROK came after the message's durable commit),
+* submit → submit_sm_resp latency p50/p99,
+* messages/s end to end (first submit to last receipt), receipts matched, missing, duplicated.
+
+The baseline is the same client against a minimal responder that answers each submit_sm at once
+and sends its receipt straight away (no storage, no routing, no session rules): Python's ceiling
+on loopback for this traffic, so the bridge's figures are also given as a ratio to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import selectors
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bridge.smpp.pdu import CommandId, FrameReader, Pdu, decode, encode
+
+_HEADER = struct.Struct(">IIII")
+_RECEIPTED = 0x001E
+
+
+def _submit_template() -> bytearray:
+    return bytearray(
+        encode(
+            Pdu(
+                CommandId.submit_sm,
+                1,
+                0,
+                {
+                    "source_addr_ton": 1,
+                    "source_addr_npi": 1,
+                    "source_addr": "4930123456",
+                    "dest_addr_ton": 1,
+                    "dest_addr_npi": 1,
+                    "destination_addr": "4915112345678",
+                    "registered_delivery": 1,
+                    "short_message": b"Benchmark message: hello from smpp-bridge",
+                },
+            )
+        )
+    )
+
+
+def _receipted_id(frame: bytes) -> str | None:
+    try:
+        return decode(frame).tlv("receipted_message_id")  # type: ignore[no-any-return]
+    except Exception:
+        return None
+
+
+def client(port: int, binds: int, window: int, messages: int, timeout: float) -> dict[str, Any]:
+    """The load client (runs in its own process). Returns the measurements."""
+    sel = selectors.DefaultSelector()
+    bind = encode(
+        Pdu(
+            CommandId.bind_transceiver,
+            1,
+            0,
+            {"system_id": "demo", "password": "demopass", "interface_version": 0x34},
+        )
+    )
+    template = _submit_template()
+    conns: list[dict[str, Any]] = []
+    for _ in range(binds):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(bind)
+        reader = FrameReader(1 << 20)
+        while True:
+            reader.feed(s.recv(65536))
+            frames = list(reader.frames())
+            if frames:
+                break
+        if decode(frames[0]).command_status:
+            raise RuntimeError("bind refused")
+        s.setblocking(False)
+        conn = {"sock": s, "reader": reader, "out": bytearray(), "inflight": 0, "seq": 2}
+        conns.append(conn)
+        sel.register(s, selectors.EVENT_READ, conn)
+
+    sent_at: dict[tuple[int, int], float] = {}
+    latencies: list[float] = []
+    ids: set[str] = set()
+    receipts: set[str] = set()
+    duplicates = 0
+    refused = 0
+    sent = answered = 0
+    t0 = time.perf_counter()
+    submit_done = 0.0
+    deadline = t0 + timeout
+    last_progress = t0
+
+    def fill(i: int, conn: dict[str, Any], now: float) -> None:
+        nonlocal sent
+        out = conn["out"]
+        while conn["inflight"] < window and sent < messages:
+            seq = conn["seq"]
+            conn["seq"] = seq + 1
+            struct.pack_into(">I", template, 12, seq)
+            out += template
+            sent_at[(i, seq)] = now
+            conn["inflight"] += 1
+            sent += 1
+
+    def flush(conn: dict[str, Any]) -> None:
+        out = conn["out"]
+        while out:
+            try:
+                n = conn["sock"].send(out)
+            except BlockingIOError:
+                return
+            del out[:n]
+
+    index = {id(c): i for i, c in enumerate(conns)}
+    now = time.perf_counter()
+    for i, c in enumerate(conns):
+        fill(i, c, now)
+        flush(c)
+    while time.perf_counter() < deadline:
+        if answered >= messages and len(receipts) >= len(ids):
+            break
+        for key, _ in sel.select(0.5):
+            conn = key.data
+            i = index[id(conn)]
+            try:
+                data = conn["sock"].recv(1 << 18)
+            except BlockingIOError:
+                continue
+            if not data:
+                raise RuntimeError("server closed the connection")
+            conn["reader"].feed(data)
+            now = time.perf_counter()
+            for frame in conn["reader"].frames():
+                _, cid, status, seq = _HEADER.unpack_from(frame)
+                if cid == CommandId.submit_sm_resp:
+                    conn["inflight"] -= 1
+                    answered += 1
+                    started = sent_at.pop((i, seq), now)
+                    latencies.append(now - started)
+                    if status == 0:
+                        ids.add(frame[16:-1].decode("latin-1"))
+                    else:
+                        refused += 1
+                    if answered == messages:
+                        submit_done = now
+                elif cid == CommandId.deliver_sm:
+                    rid = _receipted_id(frame)
+                    if rid is not None:
+                        if rid in receipts:
+                            duplicates += 1
+                        receipts.add(rid)
+                    conn["out"] += _HEADER.pack(17, CommandId.deliver_sm_resp, 0, seq) + b"\0"
+                elif cid == CommandId.enquire_link:
+                    conn["out"] += _HEADER.pack(16, CommandId.enquire_link_resp, 0, seq)
+            fill(i, conn, now)
+            flush(conn)
+        if now - last_progress > 0.5:
+            last_progress = now
+            print(
+                f"\r  submitted {answered}/{messages}  receipts {len(receipts)}/{len(ids)}",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+        for c in conns:
+            if c["out"]:
+                flush(c)
+    end = time.perf_counter()
+    print(file=sys.stderr)
+    for c in conns:
+        with contextlib.suppress(OSError):
+            c["sock"].close()
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        if not latencies:
+            return 0.0
+        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
+
+    submit_elapsed = (submit_done or end) - t0
+    return {
+        "submit_per_s": answered / submit_elapsed if submit_elapsed else 0.0,
+        "latency_p50_ms": pct(0.50),
+        "latency_p99_ms": pct(0.99),
+        "end_to_end_per_s": len(receipts & ids) / (end - t0),
+        "accepted": len(ids),
+        "refused": refused,
+        "receipts_matched": len(receipts & ids),
+        "receipts_missing": len(ids - receipts),
+        "receipts_unknown": len(receipts - ids),
+        "receipts_duplicated": duplicates,
+    }
+
+
+def _run_client(
+    port: int, binds: int, window: int, messages: int, timeout: float
+) -> dict[str, Any]:
+    code = (
+        "import json; from bridge.bench_e2e import client; "
+        f"print(json.dumps(client({port}, {binds}, {window}, {messages}, {timeout})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, timeout=timeout + 60,
+        check=False,
+    )
+    if out.returncode:
+        raise RuntimeError("benchmark client failed")
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+class _Responder(asyncio.Protocol):
+    """Baseline: answers binds and submits at once and sends each receipt immediately."""
+
+    counter = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: Any = transport
+        self.reader = FrameReader()
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        out = []
+        for frame in self.reader.frames():
+            _, cid, _, seq = _HEADER.unpack_from(frame)
+            if cid == CommandId.submit_sm:
+                _Responder.counter += 1
+                mid = format(_Responder.counter, "x")
+                out.append(encode(Pdu(CommandId.submit_sm_resp, seq, 0, {"message_id": mid})))
+                receipt = Pdu(CommandId.deliver_sm, seq, 0, {"esm_class": 4})
+                receipt.set_tlv("receipted_message_id", mid)
+                receipt.set_tlv("message_state", 2)
+                out.append(encode(receipt))
+            elif cid in (CommandId.bind_transceiver, CommandId.unbind, CommandId.enquire_link):
+                out.append(encode(Pdu(cid | 0x80000000, seq, 0, {"system_id": "baseline"}
+                                      if cid == CommandId.bind_transceiver else {})))
+        if out:
+            self.transport.write(b"".join(out))
+
+
+def _config(data_dir: str, window: int) -> str:
+    return f"""
+[smpp]
+port = 0
+window = {window}
+[storage]
+data_dir = "{data_dir}"
+[logging]
+level = "error"
+[providers.sandbox]
+delay = 0.0
+concurrency = 64
+[pipeline]
+delivery_window = {window}
+[[accounts]]
+system_id = "demo"
+password = "demopass"
+max_outstanding = {window * 2}
+"""
+
+
+async def _bench(binds: int, window: int, messages: int, timeout: float) -> dict[str, Any]:
+    from bridge.app import Bridge
+    from bridge.config import load_config_text
+
+    loop = asyncio.get_running_loop()
+    bare = await loop.create_server(_Responder, "127.0.0.1", 0)
+    port = bare.sockets[0].getsockname()[1]
+    print("baseline (do-nothing responder):", file=sys.stderr)
+    baseline = await asyncio.to_thread(_run_client, port, binds, window, messages, timeout)
+    bare.close()
+    with tempfile.TemporaryDirectory() as tmp:
+        bridge = Bridge(load_config_text(_config(tmp, window), base_dir=Path(tmp)))
+        await bridge.start()
+        print("bridge (sandbox provider, SQLite store):", file=sys.stderr)
+        try:
+            result = await asyncio.to_thread(
+                _run_client, bridge.smpp.ports["smpp"], binds, window, messages, timeout
+            )
+        finally:
+            await bridge.stop()
+    return {"baseline": baseline, "bridge": result}
+
+
+def main(*, binds: int = 4, window: int = 64, messages: int = 50_000, timeout: float = 120) -> int:
+    from bridge.observability import configure_logging
+
+    configure_logging("error", "console")
+    loop_name = "asyncio"
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+        loop_name = "uvloop"
+    res = asyncio.run(_bench(binds, window, messages, timeout))
+    b, base = res["bridge"], res["baseline"]
+    res["ratios"] = {
+        "submit_per_s": b["submit_per_s"] / base["submit_per_s"],
+        "end_to_end_per_s": b["end_to_end_per_s"] / base["end_to_end_per_s"],
+    }
+    res["setup"] = {"binds": binds, "window": window, "messages": messages, "loop": loop_name,
+                    "cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    print(json.dumps(res, indent=2))
+    return 0
