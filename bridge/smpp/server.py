@@ -173,6 +173,7 @@ class _Connection(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._closed = False
+        self._flush_scheduled = False
         self._limiter: AsyncLimiter | None = None
         self.log = log
 
@@ -284,7 +285,7 @@ class _Connection(asyncio.Protocol):
             self.log.exception("smpp.handler_failed", command=pdu.name)
             resp = Pdu(pdu.command_id, command_status=Status.ESME_RSYSERR)
         self.session.respond(pdu, resp)
-        self._flush()
+        self._flush_soon()
         if self._linger is not None and self.session.outstanding == 0:
             self._close_soon()
 
@@ -361,7 +362,7 @@ class _Connection(asyncio.Protocol):
                     return None
         waiter: asyncio.Future[Pdu | None] = self.loop.create_future()
         self._waiters[seq] = waiter
-        self._flush()
+        self._flush_soon()
         return await waiter
 
     def _resolve(self, seq: int, pdu: Pdu | None) -> None:
@@ -386,7 +387,15 @@ class _Connection(asyncio.Protocol):
         self._tasks.discard(task)
         self.server._tasks.discard(task)
 
+    def _flush_soon(self) -> None:
+        """Write at the end of this loop iteration: responses and deliver_sm completed in the
+        same iteration leave in one write (one syscall, one TCP segment) instead of one each."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
     def _flush(self) -> None:
+        self._flush_scheduled = False
         data = self.session.take_output()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
