@@ -142,6 +142,7 @@ class Bridge:
         )
         self.handler.on_bound.append(self._on_bound)
         self._reaper: asyncio.Task[None] | None = None
+        self._housekeeper: asyncio.Task[None] | None = None
 
     def _wake_account(self, account: str) -> None:
         self.deliveries.wake(account)
@@ -166,6 +167,7 @@ class Bridge:
         await self.dispatcher.start()
         self.deliveries.start()
         self._reaper = asyncio.create_task(self._reap_parts(), name="reassembly-timeouts")
+        self._housekeeper = asyncio.create_task(self._housekeeping(), name="housekeeping")
         await self.smpp.start()
 
     async def _reap_parts(self) -> None:
@@ -180,12 +182,25 @@ class Bridge:
             except Exception:
                 log.exception("pipeline.expire_parts_failed")
 
+    async def _housekeeping(self, interval: float = 300.0) -> None:
+        """Forget provider-id correlations past their expiry (reports for them count as
+        unknown), so the table does not grow for ever."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                removed = await self.store.expire_correlations(self.clock())
+                if removed:
+                    log.info("store.correlations_expired", count=removed)
+            except Exception:
+                log.exception("store.housekeeping_failed")
+
     async def stop(self) -> None:
         await self.smpp.stop()
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
+        for task in (self._reaper, self._housekeeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.dispatcher.stop()
         await self.deliveries.stop()
         for provider in self.providers.values():

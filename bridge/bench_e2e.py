@@ -264,7 +264,7 @@ data_dir = "{data_dir}"
 [logging]
 level = "error"
 [providers.sandbox]
-delay = 0.0
+delay = 0.2  # like a fast real provider; 0 would make every report arrive before its correlation
 concurrency = 64
 [pipeline]
 delivery_window = {window}
