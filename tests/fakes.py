@@ -78,13 +78,21 @@ class InMemoryStore:
         for message in messages:
             self._put(message)
 
-    async def update_message(self, message: Message, change: StateChange | None = None) -> None:
+    async def update_message(
+        self,
+        message: Message,
+        change: StateChange | None = None,
+        *,
+        correlation: tuple[str, str, float] | None = None,
+    ) -> None:
         """An unknown id (cancelled meanwhile) is ignored, history included; part ids are fixed
         when the message is added (as in the SQLite store)."""
         await self._write()
         current = self.messages.get(message.id)
         if current is None:
             return
+        if correlation is not None:
+            self._correlations[(correlation[0], correlation[1])] = (message.id, correlation[2])
         self.messages[message.id] = replace(_copy(message), part_ids=list(current.part_ids))
         if change is not None:
             self._history.setdefault(message.id, []).append(change)

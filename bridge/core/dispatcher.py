@@ -398,13 +398,16 @@ class Dispatcher:
         # re-sent after a restart, though no report can be correlated to it.
         message.provider_message_id = outcome.provider_message_id or ""
         message.attempts += 1
+        # The correlation goes in the same transaction as the message: a crash between two
+        # commits would leave a taken message whose report (pushed or polled) matches nothing.
         await self.store.update_message(
-            message, StateChange(message.id, MessageState.ENROUTE, now, f"accepted by {name}")
+            message,
+            StateChange(message.id, MessageState.ENROUTE, now, f"accepted by {name}"),
+            correlation=(name, outcome.provider_message_id, now + self.correlation_ttl)
+            if outcome.provider_message_id
+            else None,
         )
         if outcome.provider_message_id:
-            await self.store.correlate(
-                name, outcome.provider_message_id, message.id, now + self.correlation_ttl
-            )
             # Providers may push a report before their send call has returned to us.
             await self.finisher.correlated(name, outcome.provider_message_id)
         self._note_dispatched()

@@ -70,9 +70,17 @@ class Store(Protocol):
         """Several at once (submit_multi), in one transaction."""
         ...
 
-    async def update_message(self, message: Message, change: StateChange | None = None) -> None:
+    async def update_message(
+        self,
+        message: Message,
+        change: StateChange | None = None,
+        *,
+        correlation: tuple[str, str, float] | None = None,
+    ) -> None:
         """Persist the message's current fields (state, attempts, provider ids …) and, if given,
-        append ``change`` to its history."""
+        append ``change`` to its history and store ``correlation`` = (provider,
+        provider_message_id, expires_at) for it — all in one transaction, so a crash can never
+        leave a message taken by a provider without the correlation its report needs."""
         ...
 
     def get_message(self, message_id: str) -> Message | None:

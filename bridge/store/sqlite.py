@@ -844,8 +844,16 @@ class SqliteStore:
             )
         )
 
-    async def update_message(self, message: Message, change: StateChange | None = None) -> None:
-        """Store the whole message again and, if given, append ``change`` to its history.
+    async def update_message(
+        self,
+        message: Message,
+        change: StateChange | None = None,
+        *,
+        correlation: tuple[str, str, float] | None = None,
+    ) -> None:
+        """Store the whole message again and, if given, append ``change`` to its history and
+        write ``correlation`` (provider, provider_message_id, expires_at) — one operation, so
+        one transaction.
 
         An unknown id (a message cancelled meanwhile) is ignored, history included. Part ids
         are fixed when the message is added.
@@ -872,6 +880,12 @@ class SqliteStore:
                         ],
                     ),
                     (_SQL_INSERT_HISTORY, history),
+                    (
+                        _SQL_CORRELATE,
+                        [(correlation[0], correlation[1], message.id, correlation[2])]
+                        if correlation is not None
+                        else [],
+                    ),
                 ],
             )
         )
