@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bridge.bench import _submit_bytes
 from bridge.smpp.pdu import CommandId, FrameReader, Pdu, decode, encode
 
 _HEADER = struct.Struct(">IIII")
@@ -36,25 +37,7 @@ _RECEIPTED = 0x001E
 
 
 def _submit_template() -> bytearray:
-    return bytearray(
-        encode(
-            Pdu(
-                CommandId.submit_sm,
-                1,
-                0,
-                {
-                    "source_addr_ton": 1,
-                    "source_addr_npi": 1,
-                    "source_addr": "4930123456",
-                    "dest_addr_ton": 1,
-                    "dest_addr_npi": 1,
-                    "destination_addr": "4915112345678",
-                    "registered_delivery": 1,
-                    "short_message": b"Benchmark message: hello from smpp-bridge",
-                },
-            )
-        )
-    )
+    return bytearray(_submit_bytes(1))
 
 
 def _receipted_id(frame: bytes) -> str | None:

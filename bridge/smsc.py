@@ -289,22 +289,30 @@ class SmscHandler:
 # --------------------------------------------------------------------------- outbound
 
 
+def _deliver_sm(source: Address, destination: Address, **fields: Any) -> Pdu:
+    return Pdu(
+        CommandId.deliver_sm,
+        fields={
+            "source_addr_ton": source.ton,
+            "source_addr_npi": source.npi,
+            "source_addr": source.digits[:20],
+            "dest_addr_ton": destination.ton,
+            "dest_addr_npi": destination.npi,
+            "destination_addr": destination.digits[:20],
+            **fields,
+        },
+    )
+
+
 def receipt_pdu(r: Receipt) -> Pdu:
     """A receipt deliver_sm: esm_class 0x04 (0x20 intermediate), Appendix B text and TLVs."""
     text = format_receipt_text(r).encode("ascii", "replace")
-    pdu = Pdu(
-        CommandId.deliver_sm,
-        fields={
-            "source_addr_ton": r.source.ton,
-            "source_addr_npi": r.source.npi,
-            "source_addr": r.source.digits[:20],
-            "dest_addr_ton": r.destination.ton,
-            "dest_addr_npi": r.destination.npi,
-            "destination_addr": r.destination.digits[:20],
-            "esm_class": 0x20 if r.intermediate else 0x04,
-            "data_coding": 0,
-            "short_message": text[:254],
-        },
+    pdu = _deliver_sm(
+        r.source,
+        r.destination,
+        esm_class=0x20 if r.intermediate else 0x04,
+        data_coding=0,
+        short_message=text[:254],
     )
     pdu.set_tlv("receipted_message_id", r.message_id)
     pdu.set_tlv("message_state", int(r.state))
@@ -323,18 +331,11 @@ def inbound_pdu(m: InboundMessage, default_alphabet: str = "gsm7") -> Pdu:
         payload = smstext.encode_text(m.text, 0x00, default_alphabet=default_alphabet)
     else:
         data_coding, payload = 0x08, m.text.encode("utf-16-be")
-    pdu = Pdu(
-        CommandId.deliver_sm,
-        fields={
-            "source_addr_ton": m.source.ton,
-            "source_addr_npi": m.source.npi,
-            "source_addr": m.source.digits[:20],
-            "dest_addr_ton": m.destination.ton,
-            "dest_addr_npi": m.destination.npi,
-            "destination_addr": m.destination.digits[:20],
-            "data_coding": data_coding,
-            "short_message": payload if len(payload) <= 254 else b"",
-        },
+    pdu = _deliver_sm(
+        m.source,
+        m.destination,
+        data_coding=data_coding,
+        short_message=payload if len(payload) <= 254 else b"",
     )
     if len(payload) > 254:
         pdu.set_tlv("message_payload", payload)
