@@ -742,3 +742,52 @@ def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
             assert s.get_message(message_ids[-1]) is not None
 
     asyncio.run(check())
+
+
+# ---------------------------------------------------------------------------- the hot cache
+
+
+async def test_a_cached_message_is_handed_out_as_a_copy(store: SqliteStore) -> None:
+    await store.add_message(msg("m1", part_ids=["m1", "m1b"]))
+    first = store.get_message("m1")
+    assert first is not None
+    first.text = "mutated by a caller"
+    first.route.append("elsewhere")
+    again = store.get_message("m1b")
+    assert again is not None and again.text == "hello m1" and "elsewhere" not in again.route
+
+
+async def test_a_failed_write_leaves_the_cache_as_the_table(store: SqliteStore) -> None:
+    await store.add_message(msg("m1"))
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.add_message(msg("m1", text="a duplicate that was refused"))
+    loaded = store.get_message("m1")
+    assert loaded is not None and loaded.text == "hello m1"
+
+
+async def test_cache_is_bounded_and_falls_back_to_the_table(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "b.sqlite", hot_messages=2)
+    await s.open()
+    try:
+        for i in range(5):
+            await s.add_message(msg(f"m{i}", part_ids=[f"m{i}", f"p{i}"]))
+        assert len(s._hot._messages) == 2
+        old = s.get_message("p0")  # evicted: read from the table by its part id
+        assert old is not None and old.id == "m0"
+    finally:
+        await s.close()
+
+
+async def test_deleted_message_is_gone_from_the_cache_too(store: SqliteStore) -> None:
+    await store.add_message(msg("m1", part_ids=["m1", "m1b"]))
+    assert await store.delete_message("m1b")
+    assert store.get_message("m1") is None
+    assert store.get_message("m1b") is None
+
+
+async def test_expired_correlations_are_forgotten_by_the_cache(store: SqliteStore) -> None:
+    await store.add_message(msg("m1"))
+    await store.correlate("sandbox", "P-1", "m1", expires_at=100.0)
+    assert store.lookup("sandbox", "P-1") == "m1"
+    assert await store.expire_correlations(200.0) == 1
+    assert store.lookup("sandbox", "P-1") is None
