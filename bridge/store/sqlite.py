@@ -35,13 +35,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import dataclasses
 import itertools
 import json
 import queue
 import sqlite3
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -495,76 +493,6 @@ def _is_single_statement(op: _Op) -> bool:
     return len(non_empty) <= 1 and all(len(rows) == 1 for rows in non_empty)
 
 
-class _HotCache:
-    """Copies of the last committed state of recently used messages, and recent correlations.
-
-    Only committed state goes in (callers put after the write returned), and every get hands out
-    a copy, so a caller mutating its message cannot change what the next caller sees — the same
-    contract as reading the row again, for a fraction of the cost. Bounded (oldest out first).
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._messages: OrderedDict[str, Message] = OrderedDict()
-        self._parts: dict[str, str] = {}  # part id -> message id
-        self._correlations: OrderedDict[tuple[str, str], str] = OrderedDict()
-
-    def snapshot(self, message: Message) -> Message | None:
-        """A copy taken when the write is called: what the table will hold once committed."""
-        return _copy_message(message) if self.size > 0 else None
-
-    def put(self, message: Message | None) -> None:
-        """Remember a snapshot (or a freshly loaded message nobody else holds)."""
-        if message is None:
-            return
-        old = self._messages.pop(message.id, None)
-        if old is not None:
-            message.part_ids = old.part_ids  # part ids are fixed when a message is added
-        self._messages[message.id] = message
-        for pid in message.part_ids:
-            self._parts[pid] = message.id
-        while len(self._messages) > self.size:
-            _, evicted = self._messages.popitem(last=False)
-            for pid in evicted.part_ids:
-                self._parts.pop(pid, None)
-
-    def update(self, message: Message | None) -> None:
-        """After update_message: refresh only a message known here (an unknown id may be a
-        deleted one, which the table ignores too)."""
-        if message is not None and message.id in self._messages:
-            self.put(message)
-
-    def get(self, message_id: str) -> Message | None:
-        found = self._messages.get(self._parts.get(message_id, message_id))
-        return _copy_message(found) if found is not None else None
-
-    def drop(self, message_id: str) -> None:
-        mid = self._parts.get(message_id, message_id)
-        found = self._messages.pop(mid, None)
-        if found is not None:
-            for pid in found.part_ids:
-                self._parts.pop(pid, None)
-
-    def correlate(self, provider: str, provider_message_id: str, message_id: str) -> None:
-        if self.size <= 0:
-            return
-        self._correlations[(provider, provider_message_id)] = message_id
-        while len(self._correlations) > self.size:
-            self._correlations.popitem(last=False)
-
-    def lookup(self, provider: str, provider_message_id: str) -> str | None:
-        return self._correlations.get((provider, provider_message_id))
-
-    def forget_correlations(self) -> None:
-        self._correlations.clear()
-
-
-def _copy_message(m: Message, part_ids: list[str] | None = None) -> Message:
-    return dataclasses.replace(
-        m, part_ids=list(m.part_ids if part_ids is None else part_ids), route=list(m.route)
-    )
-
-
 class SqliteStore:
     """:class:`bridge.store.base.Store` on one SQLite file: WAL, synchronous=FULL, group commit.
 
@@ -578,9 +506,7 @@ class SqliteStore:
     because one op failed).
     """
 
-    def __init__(
-        self, path: str | Path, *, max_batch: int = 2000, hot_messages: int = 50_000
-    ) -> None:
+    def __init__(self, path: str | Path, *, max_batch: int = 2000) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.path = Path(path)
@@ -599,7 +525,6 @@ class SqliteStore:
         self._open = False
         self._failure: RuntimeError | None = None
         self._delivery_ids: Iterator[int] = itertools.count(1)
-        self._hot = _HotCache(hot_messages)
 
     async def __aenter__(self) -> SqliteStore:
         await self.open()
@@ -895,7 +820,6 @@ class SqliteStore:
 
         Raises sqlite3.IntegrityError if its id (or one of its part ids) is already taken.
         """
-        snapshot = self._hot.snapshot(message)
         await self._submit(
             _Op(
                 "add_message",
@@ -905,13 +829,11 @@ class SqliteStore:
                 ],
             )
         )
-        self._hot.put(snapshot)
 
     async def add_messages(self, messages: Sequence[Message]) -> None:
         """Several at once (submit_multi), in one transaction: all or none."""
         if not messages:
             return
-        snapshots = [self._hot.snapshot(m) for m in messages]
         await self._submit(
             _Op(
                 "add_message",
@@ -921,8 +843,6 @@ class SqliteStore:
                 ],
             )
         )
-        for snapshot in snapshots:
-            self._hot.put(snapshot)
 
     async def update_message(
         self,
@@ -938,7 +858,6 @@ class SqliteStore:
         An unknown id (a message cancelled meanwhile) is ignored, history included. Part ids
         are fixed when the message is added.
         """
-        snapshot = self._hot.snapshot(message)
         history: list[Row] = []
         if change is not None:
             history.append(
@@ -970,20 +889,9 @@ class SqliteStore:
                 ],
             )
         )
-        self._hot.update(snapshot)
-        if correlation is not None:
-            self._hot.correlate(correlation[0], correlation[1], message.id)
 
     def get_message(self, message_id: str) -> Message | None:
-        """A message by any of its ids: the message id or one of its part ids.
-
-        Messages written or read recently come from a bounded in-memory copy of their last
-        committed state (a report usually concerns a message sent seconds ago): that saves a
-        query and a JSON decode on the report path.
-        """
-        hot = self._hot.get(message_id)
-        if hot is not None:
-            return hot
+        """A message by any of its ids: the message id or one of its part ids."""
         rows = self._rows("SELECT data FROM messages WHERE id = ?", (message_id,))
         if not rows:
             rows = self._rows(
@@ -993,9 +901,7 @@ class SqliteStore:
             )
             if not rows:
                 return None
-        message = _message_from_json(rows[0][0])
-        self._hot.put(self._hot.snapshot(message))
-        return message
+        return _message_from_json(rows[0][0])
 
     def history(self, message_id: str) -> list[StateChange]:
         """The recorded state changes of a message, in the order they were recorded."""
@@ -1045,10 +951,7 @@ class SqliteStore:
             conn.execute("DELETE FROM history WHERE message_id = ?", (target,))
             return True
 
-        self._hot.drop(message_id)
-        deleted = bool(await self._submit(_Op("", [], run=run)))
-        self._hot.drop(message_id)
-        return deleted
+        return bool(await self._submit(_Op("", [], run=run)))
 
     def queue_depth(self) -> int:
         """Messages not final and not yet handed to a provider (O(1): a trigger-kept counter)."""
@@ -1108,7 +1011,6 @@ class SqliteStore:
 
         If the message cannot be added (its id is taken), the parts stay.
         """
-        snapshot = self._hot.snapshot(message)
         await self._submit(
             _Op(
                 "",
@@ -1119,7 +1021,6 @@ class SqliteStore:
                 ],
             )
         )
-        self._hot.put(snapshot)
 
     async def drop_parts(self, key: str) -> None:
         """Delete the parts of an incomplete message (after its timeout outcome is queued)."""
@@ -1137,16 +1038,12 @@ class SqliteStore:
                 [(_SQL_CORRELATE, [(provider, provider_message_id, message_id, expires_at)])],
             )
         )
-        self._hot.correlate(provider, provider_message_id, message_id)
 
     def lookup(self, provider: str, provider_message_id: str) -> str | None:
         """Our message id for a provider's id, or None (unknown or expired).
 
         "Expired" means removed by :meth:`expire_correlations`: no clock is read here.
         """
-        hot = self._hot.lookup(provider, provider_message_id)
-        if hot is not None:
-            return hot
         rows = self._rows(
             "SELECT message_id FROM correlations WHERE provider = ? AND provider_message_id = ?",
             (provider, provider_message_id),
@@ -1159,9 +1056,7 @@ class SqliteStore:
         def run(conn: sqlite3.Connection) -> int:
             return conn.execute(_SQL_EXPIRE_CORRELATIONS, (now,)).rowcount
 
-        removed = int(await self._submit(_Op("", [], run=run)))
-        self._hot.forget_correlations()
-        return removed
+        return int(await self._submit(_Op("", [], run=run)))
 
     # ------------------------------------------------------------------ delivery queues
 
