@@ -240,6 +240,19 @@ def test_registered_delivery_2_gets_a_receipt_only_for_a_failure(
     assert stored(bt, delivered).state is MessageState.DELIVERED
 
 
+def test_registered_delivery_0x11_gets_an_intermediate_notification_then_the_final_receipt(
+    start_bridge: StartBridge,
+) -> None:
+    bt = start_bridge()
+    with Esme(bt.port) as esme:
+        esme.bind()
+        mid = esme.submit_ok(registered_delivery=0x11)
+        first, final = esme.receipts(2)
+    assert first.esm_class == 0x20 and receipt_fields(first)["stat"] == "ENROUTE"
+    assert final.esm_class == 0x04 and receipt_fields(final)["stat"] == "DELIVRD"
+    assert receipt_id(first) == receipt_id(final) == mid
+
+
 # --------------------------------------------------------------------------- provider outcomes
 
 

@@ -408,6 +408,12 @@ class Dispatcher:
             else None,
         )
         if outcome.provider_message_id:
+            if message.wants_intermediate and not (outcome.state and outcome.state.is_final):
+                # registered_delivery bit 0x10: say "handed to a provider" (an ENROUTE
+                # intermediate notification) before any final report.
+                await self.finisher.on_report(
+                    DeliveryReport(name, outcome.provider_message_id, MessageState.ENROUTE, 0, now)
+                )
             # Providers may push a report before their send call has returned to us.
             await self.finisher.correlated(name, outcome.provider_message_id)
         self._note_dispatched()
