@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import prometheus_client
 import structlog
 
 from bridge.config import (
@@ -35,8 +36,15 @@ from bridge.smpp.server import ServerConfig, SessionInfo, SmppServer
 from bridge.smpp.session import SessionConfig
 from bridge.smsc import SmppReceiptSender, SmscHandler, decode_payload, text_units
 from bridge.store.sqlite import SqliteStore
+from bridge.web.server import HealthReport, HttpServer, build_app
 
 log = structlog.get_logger("bridge.app")
+
+#: Provider health checks may be remote calls (a balance query): /readyz reuses a result this
+#: many seconds old rather than hitting every provider on every probe, and gives up on a
+#: provider that has not answered within PROVIDER_HEALTH_TIMEOUT (it counts as unhealthy).
+PROVIDER_HEALTH_TTL = 5.0
+PROVIDER_HEALTH_TIMEOUT = 2.0
 
 
 def server_config(cfg: Config) -> ServerConfig:
@@ -143,6 +151,15 @@ class Bridge:
         self.handler.on_bound.append(self._on_bound)
         self._reaper: asyncio.Task[None] | None = None
         self._housekeeper: asyncio.Task[None] | None = None
+        self._routed = frozenset(name for r in self.router.routes for name in r.providers)
+        self._provider_health: dict[str, bool] = {}
+        self._provider_health_at = float("-inf")
+        self._provider_health_lock = asyncio.Lock()
+        self.http = HttpServer(
+            cfg.http.host,
+            cfg.http.port,
+            build_app(metrics=self._metrics_text, health=self.health),
+        )
 
     def _wake_account(self, account: str) -> None:
         self.deliveries.wake(account)
@@ -153,6 +170,53 @@ class Bridge:
 
     def _dispatched(self) -> None:
         self.pipeline.note_dispatched()
+
+    def _metrics_text(self) -> bytes:
+        """GET /metrics: the text exposition of the bridge's registry."""
+        # The bridge's own CollectorRegistry (Bridge.registry) once the metrics wiring has
+        # one; until then the process-wide default (python_gc_*, process_* collectors).
+        registry = getattr(self, "registry", None)
+        if registry is None:
+            registry = prometheus_client.REGISTRY
+        return prometheus_client.generate_latest(registry)
+
+    async def health(self) -> HealthReport:
+        """GET /readyz: can this bridge take a message and keep its promise for it?
+
+        Store: a write transaction that changes nothing (expiring correlations up to time 0)
+        goes through the same writer thread and commit as a submit_sm, so it fails when the
+        store is closed, its writer died or the disk refuses writes. Listeners: the SMPP
+        sockets accept connections. Providers: each one's ``healthy()``, cached briefly.
+        """
+        try:
+            await asyncio.wait_for(self.store.expire_correlations(0.0), PROVIDER_HEALTH_TIMEOUT)
+            store_ok = True
+        except Exception as exc:
+            log.warning("health.store_failed", error=type(exc).__name__)
+            store_ok = False
+        listening = bool(self.smpp.ports) and self.smpp.listening
+        providers = await self._providers_health()
+        return HealthReport(store_ok, listening, providers, self._routed)
+
+    async def _providers_health(self) -> dict[str, bool]:
+        """Each provider's ``healthy()``, asked concurrently at most every PROVIDER_HEALTH_TTL
+        seconds (concurrent probes share one round); a timeout or an exception is unhealthy."""
+
+        async def check(name: str, provider: SandboxProvider) -> bool:
+            try:
+                return bool(await asyncio.wait_for(provider.healthy(), PROVIDER_HEALTH_TIMEOUT))
+            except Exception as exc:
+                log.warning("health.provider_failed", provider=name, error=type(exc).__name__)
+                return False
+
+        async with self._provider_health_lock:
+            now = time.monotonic()
+            if now - self._provider_health_at >= PROVIDER_HEALTH_TTL:
+                names = list(self.providers)
+                results = await asyncio.gather(*(check(n, self.providers[n]) for n in names))
+                self._provider_health = dict(zip(names, results, strict=True))
+                self._provider_health_at = time.monotonic()
+            return dict(self._provider_health)
 
     async def _inbound(self, message: InboundMessage) -> None:
         await self.store.enqueue_delivery(message.account, message, self.clock())
@@ -169,6 +233,11 @@ class Bridge:
         self._reaper = asyncio.create_task(self._reap_parts(), name="reassembly-timeouts")
         self._housekeeper = asyncio.create_task(self._housekeeping(), name="housekeeping")
         await self.smpp.start()
+        try:
+            await self.http.start()  # last: /readyz must not say ready before SMPP listens
+        except BaseException:
+            await self.stop()  # e.g. the HTTP port is taken: leave nothing half-started
+            raise
 
     async def _reap_parts(self) -> None:
         """Time out incomplete concatenated messages (each part gets a failure receipt)."""
@@ -195,6 +264,7 @@ class Bridge:
                 log.exception("store.housekeeping_failed")
 
     async def stop(self) -> None:
+        await self.http.stop()  # first (started last): no probe sees half-stopped parts
         await self.smpp.stop()
         for task in (self._reaper, self._housekeeper):
             if task is not None:
@@ -258,6 +328,7 @@ async def run(cfg: Config, overrides: dict[str, object] | None = None) -> None:
     log.info(
         "bridge.started",
         smpp=f"{cfg.smpp.host}:{bridge.smpp.ports['smpp']}",
+        http=bridge.http.address,
         accounts=len(bridge.accounts),
         data_dir=str(cfg.storage.data_dir),
     )

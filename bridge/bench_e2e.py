@@ -242,6 +242,8 @@ def _config(data_dir: str, window: int) -> str:
 [smpp]
 port = 0
 window = {window}
+[http]
+port = 0
 [storage]
 data_dir = "{data_dir}"
 [logging]

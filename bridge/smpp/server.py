@@ -606,3 +606,8 @@ class SmppServer:
     @property
     def connection_count(self) -> int:
         return len(self._connections)
+
+    @property
+    def listening(self) -> bool:
+        """True while every listener (plain and TLS) accepts connections: for /readyz."""
+        return bool(self._servers) and all(srv.is_serving() for srv in self._servers)

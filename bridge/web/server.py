@@ -1,0 +1,250 @@
+"""The bridge's HTTP side: ``/metrics``, ``/healthz`` and ``/readyz`` (Starlette on uvicorn).
+
+Why it looks like this:
+
+* uvicorn runs **in the bridge's own event loop** (DESIGN.md): the health endpoints then see the
+  loop the SMPP sessions run in, so ``/healthz`` answering at all proves that loop is
+  responsive, and ``/readyz`` can ask the live store and providers without any locking.
+* uvicorn must not own the process: ``Server.serve()`` would replace the SIGINT/SIGTERM
+  handlers with its own (``signal.signal``) and re-raise the signal when it returns, which
+  would race the bridge's graceful shutdown. :class:`_EmbeddedServer` turns that off, so
+  signals (SIGTERM, SIGHUP for reload) stay with :func:`bridge.app.run`.
+* The listening socket is bound here, before uvicorn starts: uvicorn reports a bind failure
+  with ``sys.exit()``, and a ``SystemExit`` raised inside a task escapes the event loop and
+  kills every other part of the bridge. Binding ourselves turns "port taken" into an ordinary
+  ``OSError`` from :meth:`HttpServer.start`, and gives the real port when port 0 was asked for.
+* The routes take plain callables (``metrics() -> bytes``, ``health() -> HealthReport``) and
+  know nothing of the bridge's parts, so this module stays a leaf that tests can drive alone.
+* Responses carry states and names only (booleans per check, provider names); no
+  configuration values, addresses or error texts, so nothing secret can leak through them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+import uvicorn
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+__all__ = ["METRICS_CONTENT_TYPE", "HealthReport", "HttpServer", "build_app"]
+
+log = structlog.get_logger("bridge.web")
+
+#: What ``prometheus_client.generate_latest()`` writes (its default, underscore-escaped names)
+#: is the classic text format 0.0.4. prometheus-client >= 0.22 names ``CONTENT_TYPE_LATEST``
+#: version 1.0.0 (UTF-8 metric names); its own exporters still answer a scrape without an
+#: Accept header with 0.0.4, and so do we: every Prometheus version parses it.
+METRICS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+
+#: /readyz gives up on a health check that takes longer than this and answers 503.
+READY_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    """The readiness checks of one bridge, as /readyz reports them.
+
+    ``providers`` maps every configured provider to whether its last health check passed;
+    ``routed`` names the providers some route can send to (None: all of them). A provider no
+    route uses cannot carry traffic, so only a routed one counts toward readiness.
+    """
+
+    store: bool
+    smpp_listener: bool
+    providers: Mapping[str, bool] = field(default_factory=dict)
+    routed: frozenset[str] | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Store writable, listeners up, and at least one routed provider healthy."""
+        usable = any(
+            ok for name, ok in self.providers.items() if self.routed is None or name in self.routed
+        )
+        return self.store and self.smpp_listener and usable
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ready": self.ready,
+            "checks": {
+                "store": self.store,
+                "smpp_listener": self.smpp_listener,
+                "providers": dict(sorted(self.providers.items())),
+            },
+        }
+
+
+def build_app(
+    *,
+    metrics: Callable[[], bytes],
+    health: Callable[[], Awaitable[HealthReport]],
+    ready_timeout: float = READY_TIMEOUT,
+) -> Starlette:
+    """The ASGI app: ``GET /metrics``, ``GET /healthz``, ``GET /readyz``.
+
+    Starlette answers unknown paths with 404 and other methods on these paths with 405 (HEAD
+    is allowed wherever GET is). Debug mode stays off: an exception gives a bare 500, never a
+    traceback.
+    """
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(metrics(), headers={"content-type": METRICS_CONTENT_TYPE})
+
+    async def healthz(request: Request) -> Response:
+        # Liveness only: this handler runs in the bridge's loop, so answering proves the
+        # process is alive and the loop is not blocked. Dependencies are /readyz's business;
+        # failing liveness for a provider outage would only get the process restarted.
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        try:
+            report = await asyncio.wait_for(health(), ready_timeout)
+        except Exception as exc:  # a failing or hanging check means "not ready", not a 500
+            log.warning("http.readyz_failed", error=type(exc).__name__)
+            return JSONResponse({"ready": False, "checks": {}}, status_code=503)
+        return JSONResponse(report.to_json(), status_code=200 if report.ready else 503)
+
+    return Starlette(
+        routes=[
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ]
+    )
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its signal handling: the bridge owns SIGINT/SIGTERM/SIGHUP."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on the first address ``host`` resolves to (IPv4 or IPv6)."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _type, _proto, _canon, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # As asyncio's create_server does on POSIX: a restart can rebind while old
+        # connections sit in TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(128)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class HttpServer:
+    """uvicorn serving ``app`` on ``host:port`` as a task of the running event loop.
+
+    :meth:`start` returns once the socket accepts connections (``port`` is then the bound
+    port, also for port 0); :meth:`stop` closes the listener, lets requests in progress finish
+    for up to ``shutdown_timeout`` seconds, then cancels what is left.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        app: Starlette,
+        *,
+        startup_timeout: float = 10.0,
+        shutdown_timeout: float = 5.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.app = app
+        self.startup_timeout = startup_timeout
+        self.shutdown_timeout = shutdown_timeout
+        self._server: _EmbeddedServer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as clients reach it (IPv6 hosts in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def serving(self) -> bool:
+        """True while the listener is up (started and neither stopping nor crashed)."""
+        server = self._server
+        return (
+            server is not None
+            and server.started
+            and not server.should_exit
+            and self._task is not None
+            and not self._task.done()
+        )
+
+    async def start(self) -> None:
+        sock = _listen(self.host, self.port)
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            host=self.host,
+            port=self.port,
+            log_config=None,  # logging is configured once, by bridge.observability
+            access_log=False,  # a scrape every few seconds is not worth a log line
+            lifespan="off",  # the bridge starts and stops its own parts
+            ws="none",
+            server_header=False,
+            timeout_graceful_shutdown=max(1, int(self.shutdown_timeout)),
+        )
+        server = _EmbeddedServer(config)
+        self._server = server
+        # uvicorn closes the socket on shutdown; on a failed start it is closed below.
+        self._task = asyncio.create_task(server.serve(sockets=[sock]), name="http-server")
+        try:
+            async with asyncio.timeout(self.startup_timeout):
+                while not server.started:
+                    if self._task.done():
+                        self._task.result()  # raises what made it fail
+                        raise RuntimeError("the HTTP server stopped while starting")
+                    await asyncio.sleep(0.01)
+        except BaseException:
+            await self._cancel()
+            sock.close()
+            raise
+        log.info("http.listening", address=self.address)
+
+    async def stop(self) -> None:
+        server, task = self._server, self._task
+        if server is None or task is None:
+            return
+        server.should_exit = True
+        try:
+            # uvicorn notices should_exit within 0.1 s, then waits up to
+            # timeout_graceful_shutdown for open requests; give it a little more than that.
+            await asyncio.wait_for(asyncio.shield(task), self.shutdown_timeout + 1.0)
+        except TimeoutError:
+            server.force_exit = True
+            await self._cancel()
+        except Exception:
+            log.exception("http.stop_failed")
+        self._server = None
+        self._task = None
+        log.info("http.stopped")
+
+    async def _cancel(self) -> None:
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
