@@ -105,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 2
-    configure_logging(cfg.logging.level, cfg.logging.format)
+    configure_logging(cfg.logging.level, cfg.logging.format, redact=cfg.logging.redact)
     if not args.no_uvloop:
         _install_uvloop()
     try:

@@ -44,6 +44,7 @@ from pydantic import (
 )
 
 from bridge.core.accounts import Account, BindType, IPNetwork
+from bridge.observability import DEFAULT_REDACT_KEYS
 from bridge.passwords import MAX_SMPP_PASSWORD_LENGTH, is_hashed, parse_hash
 
 __all__ = [
@@ -227,6 +228,11 @@ class LoggingConfig(_Section):
 
     level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)] = "info"
     format: Annotated[Literal["auto", "json", "console"], BeforeValidator(_lower)] = "auto"
+    # Event keys logged as "***": secrets and message content. Replaces the default list, so
+    # keep the secret names when adding to it; drop "text" only to debug text handling.
+    redact: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=lambda: list(DEFAULT_REDACT_KEYS)
+    )
 
 
 _ALL_BIND_TYPES = [BindType.TRANSMITTER, BindType.RECEIVER, BindType.TRANSCEIVER]

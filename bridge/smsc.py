@@ -137,10 +137,22 @@ class SmscHandler:
             if cid == CommandId.replace_sm:
                 return await self._replace(pdu, policy)
         except Rejected as e:
-            log.debug("smsc.rejected", account=policy.system_id, reason=e.reason.name)
+            log.debug(
+                "smsc.rejected",
+                message_id=pdu.fields.get("message_id"),  # query/cancel/replace; submits: None
+                account=policy.system_id,
+                command=pdu.name,
+                reason=e.reason.name,
+            )
             return Pdu(cid, command_status=status_for(e.reason, cid))
         except _Invalid as e:
-            log.debug("smsc.invalid", account=policy.system_id, detail=str(e))
+            log.debug(
+                "smsc.invalid",
+                message_id=pdu.fields.get("message_id"),
+                account=policy.system_id,
+                command=pdu.name,
+                detail=str(e),
+            )
             return Pdu(cid, command_status=e.status)
         return Pdu(cid, command_status=Status.ESME_RINVCMDID)
 

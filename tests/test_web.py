@@ -31,6 +31,7 @@ from bridge_harness import (
     start_bridge,
 )
 
+from bridge.providers.sandbox import SandboxProvider
 from bridge.web.server import HealthReport, HttpServer, build_app
 
 __all__ = ["start_bridge"]  # the fixture, imported for pytest
@@ -108,12 +109,12 @@ def test_readyz_503_when_the_store_is_closed(start_bridge: StartBridge) -> None:
 def test_readyz_503_when_no_provider_is_healthy(
     start_bridge: StartBridge, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bt = start_bridge()
-
-    async def unhealthy() -> bool:
+    # Patched before the start: the bridge checks its providers at once and caches the answer.
+    async def unhealthy(self: SandboxProvider) -> bool:
         return False
 
-    monkeypatch.setattr(bt.bridge.providers["sandbox"], "healthy", unhealthy)
+    monkeypatch.setattr(SandboxProvider, "healthy", unhealthy)
+    bt = start_bridge()
     status, _, body = get(http_port(bt), "/readyz")
     assert status == 503
     assert json.loads(body)["checks"]["providers"] == {"sandbox": False}
@@ -122,12 +123,11 @@ def test_readyz_503_when_no_provider_is_healthy(
 def test_readyz_503_when_a_provider_check_raises(
     start_bridge: StartBridge, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bt = start_bridge()
-
-    async def broken() -> bool:
+    async def broken(self: SandboxProvider) -> bool:
         raise ConnectionError("token=abc123 refused")  # must not reach the response
 
-    monkeypatch.setattr(bt.bridge.providers["sandbox"], "healthy", broken)
+    monkeypatch.setattr(SandboxProvider, "healthy", broken)
+    bt = start_bridge()
     status, _, body = get(http_port(bt), "/readyz")
     assert status == 503
     assert b"abc123" not in body
@@ -142,18 +142,19 @@ def test_readyz_503_when_the_smpp_listener_is_down(start_bridge: StartBridge) ->
     assert json.loads(body)["checks"]["smpp_listener"] is False
 
 
-def test_readyz_counts_only_providers_some_route_uses(start_bridge: StartBridge) -> None:
+def test_readyz_counts_only_providers_some_route_uses(
+    start_bridge: StartBridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # "spare" is healthy but no route names it: it cannot carry a message.
+    async def only_spare(self: SandboxProvider) -> bool:
+        return self.name == "spare"
+
+    monkeypatch.setattr(SandboxProvider, "healthy", only_spare)
     extra = '[providers.spare]\ndelay = 0.05\n[[routes]]\nproviders = ["sandbox"]\n'
     bt = start_bridge(extra=extra)
-    bt.bridge.providers["sandbox"].healthy = _false  # type: ignore[method-assign]
     status, _, body = get(http_port(bt), "/readyz")
     assert status == 503
     assert json.loads(body)["checks"]["providers"] == {"sandbox": False, "spare": True}
-
-
-async def _false() -> bool:
-    return False
 
 
 def test_metrics_exposition(start_bridge: StartBridge) -> None:

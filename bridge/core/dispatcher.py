@@ -290,7 +290,12 @@ class Dispatcher:
         for name in message.route[start:]:
             if name in self.providers:
                 return name
-            log.warning("route_provider_unknown", message_id=message.id, provider=name)
+            log.warning(
+                "route_provider_unknown",
+                message_id=message.id,
+                account=message.account,
+                provider=name,
+            )
         return None
 
     def _deadline(self, message: Message) -> float:
@@ -361,7 +366,12 @@ class Dispatcher:
             except Exception:
                 # A bug or a store failure: the message stays pending in the store and is
                 # resumed by the next start; dropping it here keeps this worker alive.
-                log.exception("dispatch_failed", message_id=entry.message.id, provider=name)
+                log.exception(
+                    "dispatch_failed",
+                    message_id=entry.message.id,
+                    account=entry.message.account,
+                    provider=name,
+                )
                 self._release(entry)
             finally:
                 self._busy.discard(task)
@@ -378,10 +388,20 @@ class Dispatcher:
             log.warning(
                 "provider_send_failed",
                 message_id=message.id,
+                account=message.account,
                 provider=name,
                 error=f"{type(exc).__name__}: {exc}"[:200],
             )
             outcome = Outcome(OutcomeKind.TRANSIENT, detail=f"exception {type(exc).__name__}")
+        # Per message, hot path: DEBUG only (a filtered call costs ~0.35 µs, a line ~10 µs).
+        log.debug(
+            "dispatch_outcome",
+            message_id=message.id,
+            account=message.account,
+            provider=name,
+            outcome=outcome.kind.value,
+            provider_message_id=outcome.provider_message_id,
+        )
         if outcome.kind is OutcomeKind.ACCEPTED:
             await self._accepted(entry, outcome)
         elif outcome.kind is OutcomeKind.PERMANENT:
@@ -464,7 +484,13 @@ class Dispatcher:
         following = self._next_provider(message, index + 1)
         if following is None:
             return False
-        log.info("failover", message_id=message.id, provider=name, to=following)
+        log.info(
+            "failover",
+            message_id=message.id,
+            account=message.account,
+            provider=name,
+            to=following,
+        )
         message.provider = following
         message.attempts = 0
         message.next_attempt_at = 0.0
@@ -480,7 +506,7 @@ class Dispatcher:
         try:
             await self.store.update_message(message, change)
         except Exception:
-            log.exception("dispatch_persist_failed", message_id=message.id)
+            log.exception("dispatch_persist_failed", message_id=message.id, account=message.account)
 
     def _release(self, entry: _Entry) -> None:
         if self._entries.get(entry.message.id) is entry:
@@ -506,7 +532,12 @@ class Dispatcher:
         try:
             await self.finisher.finish(message, state, error_code, detail)
         except Exception:
-            log.exception("dispatch_finish_failed", message_id=message.id, state=state.name)
+            log.exception(
+                "dispatch_finish_failed",
+                message_id=message.id,
+                account=message.account,
+                state=state.name,
+            )
 
     def _note_dispatched(self) -> None:
         if self.on_dispatched is not None:

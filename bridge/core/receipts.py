@@ -506,6 +506,7 @@ class ReportHandler:
         log.debug(
             "report_ignored",
             message_id=message.id,
+            account=message.account,
             current=message.state.name,
             reported=state.name,
             source=source,
@@ -548,10 +549,19 @@ class ReportHandler:
             try:
                 self._on_receipts(message.account)
             except Exception:  # the receipts are queued; a failed wake must not undo the report
-                log.exception("receipt_wake_failed", account=message.account)
+                log.exception("receipt_wake_failed", message_id=message.id, account=message.account)
 
 
 # --------------------------------------------------------------------------- delivery queue
+
+
+_DELIVERY_RESULT = {True: "acked", False: "refused", None: "unsent"}
+
+
+def _message_id(item: DeliveryItem) -> str | None:
+    """The message a queued delivery is about, for its log lines: a receipt's message id; an
+    MO message has none (its delivery_id names it)."""
+    return item.item.message_id if isinstance(item.item, Receipt) else None
 
 
 class ReceiptSender(Protocol):
@@ -780,8 +790,21 @@ class DeliveryQueue:
             try:
                 result = await self._sender.send(lane.account, item.item)
             except Exception:
-                log.exception("delivery_send_failed", account=lane.account, delivery_id=item.id)
+                log.exception(
+                    "delivery_send_failed",
+                    message_id=_message_id(item),
+                    account=lane.account,
+                    delivery_id=item.id,
+                )
                 result = None
+            # Per receipt, hot path: DEBUG only.
+            log.debug(
+                "delivery_attempt",
+                message_id=_message_id(item),
+                account=lane.account,
+                delivery_id=item.id,
+                result=_DELIVERY_RESULT[result],
+            )
             if result is True:
                 self.acked += 1
                 await self._store.remove_delivery(item.id)
@@ -796,6 +819,7 @@ class DeliveryQueue:
             if result is False and item.attempts % self._warn_after == 0:
                 log.warning(
                     "delivery_refused_repeatedly",
+                    message_id=_message_id(item),
                     account=lane.account,
                     delivery_id=item.id,
                     attempts=item.attempts,
@@ -805,7 +829,12 @@ class DeliveryQueue:
             retry = False  # stopping: the store still holds the item
             raise
         except Exception:  # a store error: keep the item in hand and try again later
-            log.exception("delivery_store_failed", account=lane.account, delivery_id=item.id)
+            log.exception(
+                "delivery_store_failed",
+                message_id=_message_id(item),
+                account=lane.account,
+                delivery_id=item.id,
+            )
         finally:
             if retry:
                 heapq.heappush(lane.retry, (loop.time() + self._retry_delay, item.id, item))

@@ -201,6 +201,9 @@ class HttpServer:
             host=self.host,
             port=self.port,
             log_config=None,  # logging is configured once, by bridge.observability
+            # Its start/stop lines ("Started server process") would only repeat
+            # http.listening / http.stopped; errors in a request still come through.
+            log_level="warning",
             access_log=False,  # a scrape every few seconds is not worth a log line
             lifespan="off",  # the bridge starts and stops its own parts
             ws="none",
