@@ -30,6 +30,7 @@ from bridge.core.model import InboundMessage
 from bridge.core.pipeline import AccountPolicy, Pipeline
 from bridge.core.receipts import DeliveryQueue, ReportHandler
 from bridge.core.router import Route, Router
+from bridge.observability import BridgeCollector, Metrics, Snapshot
 from bridge.providers.base import Capabilities
 from bridge.providers.sandbox import SandboxProvider, SandboxRule
 from bridge.smpp.server import ServerConfig, SessionInfo, SmppServer
@@ -45,6 +46,9 @@ log = structlog.get_logger("bridge.app")
 #: provider that has not answered within PROVIDER_HEALTH_TIMEOUT (it counts as unhealthy).
 PROVIDER_HEALTH_TTL = 5.0
 PROVIDER_HEALTH_TIMEOUT = 2.0
+#: bridge_provider_up: providers are checked this often in the background (and whenever /readyz
+#: asks); the gauge shows the last answer.
+PROVIDER_UP_INTERVAL = 30.0
 
 
 def server_config(cfg: Config) -> ServerConfig:
@@ -87,7 +91,11 @@ class Bridge:
         self.cfg = cfg
         self.clock = clock
         self.accounts = AccountRegistry(cfg.to_accounts())
-        self.store = SqliteStore(Path(cfg.storage.data_dir) / "bridge.db")
+        # Metrics: one registry per bridge (several bridges in one test process must not
+        # collide in the global default one); /metrics serves generate_latest(self.registry).
+        self.registry = prometheus_client.CollectorRegistry()
+        self.metrics = metrics = Metrics(self.registry)
+        self.store = SqliteStore(Path(cfg.storage.data_dir) / "bridge.db", metrics=metrics)
         self.providers: dict[str, SandboxProvider] = {
             name: SandboxProvider(
                 name,
@@ -116,7 +124,9 @@ class Bridge:
         ] or [Route([next(iter(self.providers), "sandbox")], name="default")]
         self.router = Router(routes, capabilities)
         pc = cfg.pipeline
-        self.reports = ReportHandler(self.store, clock, on_receipts=self._wake_account)
+        self.reports = ReportHandler(
+            self.store, clock, on_receipts=self._wake_account, metrics=metrics
+        )
         self.dispatcher = Dispatcher(
             self.store,
             self.providers,
@@ -125,6 +135,7 @@ class Bridge:
             backoff_base=pc.retry_base,
             backoff_max=pc.retry_max,
             on_dispatched=self._dispatched,
+            metrics=metrics,
         )
         self.pipeline = Pipeline(
             self.store,
@@ -136,10 +147,11 @@ class Bridge:
             max_queue=pc.max_queue,
             reassembly_timeout=pc.reassembly_timeout,
             chars=text_units,
+            metrics=metrics,
         )
         self.policies = {a.system_id: _policy(a) for a in cfg.accounts}
-        self.handler = SmscHandler(self.pipeline, self.policies)
-        self.smpp = SmppServer(server_config(cfg), self.accounts, self.handler)
+        self.handler = SmscHandler(self.pipeline, self.policies, metrics=metrics)
+        self.smpp = SmppServer(server_config(cfg), self.accounts, self.handler, metrics=metrics)
         self.deliveries = DeliveryQueue(
             self.store,
             SmppReceiptSender(self.smpp),
@@ -147,10 +159,12 @@ class Bridge:
             window=pc.delivery_window,
             retry_delay=pc.delivery_retry,
             max_age=pc.receipt_max_age,
+            metrics=metrics,
         )
         self.handler.on_bound.append(self._on_bound)
         self._reaper: asyncio.Task[None] | None = None
         self._housekeeper: asyncio.Task[None] | None = None
+        self._health_checker: asyncio.Task[None] | None = None
         self._routed = frozenset(name for r in self.router.routes for name in r.providers)
         self._provider_health: dict[str, bool] = {}
         self._provider_health_at = float("-inf")
@@ -160,6 +174,12 @@ class Bridge:
             cfg.http.port,
             build_app(metrics=self._metrics_text, health=self.health),
         )
+
+        self.registry.register(BridgeCollector(self.metrics_snapshot))
+        # What the default registry would have served: process CPU/memory/fds, GC, platform.
+        prometheus_client.ProcessCollector(registry=self.registry)
+        prometheus_client.PlatformCollector(registry=self.registry)
+        prometheus_client.GCCollector(registry=self.registry)
 
     def _wake_account(self, account: str) -> None:
         self.deliveries.wake(account)
@@ -218,6 +238,44 @@ class Bridge:
                 self._provider_health_at = time.monotonic()
             return dict(self._provider_health)
 
+    def metrics_snapshot(self) -> Snapshot:
+        """The scrape-time gauges (BridgeCollector); runs in the loop (the /metrics route)."""
+        sessions: dict[tuple[str, str], int] = {
+            (a.system_id, bt.value): 0
+            for a in self.accounts.accounts()
+            for bt in a.allowed_bind_types
+        }
+        sessions.update(self.smpp.session_counts())
+        now = self.clock()
+        queues = {
+            name: (self.dispatcher.queue_depth(name), self.dispatcher.oldest_age(name, now))
+            for name in self.providers
+        }
+        waiting = {a.system_id: 0 for a in self.accounts.accounts()}
+        try:
+            waiting.update(self.store.delivery_depths())
+        except Exception:  # the store is closed (stopping): no numbers rather than no page
+            waiting = {}
+        return Snapshot(
+            connections=self.smpp.connection_count,
+            sessions=sessions,
+            queues=queues,
+            providers_up=dict(self._provider_health),
+            circuit_open=dict.fromkeys(self.providers, False),  # no circuit breaker yet
+            deliveries_waiting=waiting,
+            reassembly_pending=len(self.pipeline.reassembly),
+            reassembly_parts=self.pipeline.reassembly.fragment_count,
+        )
+
+    async def _check_providers(self, interval: float = PROVIDER_UP_INTERVAL) -> None:
+        """Keep bridge_provider_up current even when nothing probes /readyz."""
+        while True:
+            try:
+                await self._providers_health()
+            except Exception:
+                log.exception("health.provider_check_failed")
+            await asyncio.sleep(interval)
+
     async def _inbound(self, message: InboundMessage) -> None:
         await self.store.enqueue_delivery(message.account, message, self.clock())
         self.deliveries.wake(message.account)
@@ -232,6 +290,9 @@ class Bridge:
         self.deliveries.start()
         self._reaper = asyncio.create_task(self._reap_parts(), name="reassembly-timeouts")
         self._housekeeper = asyncio.create_task(self._housekeeping(), name="housekeeping")
+        self._health_checker = asyncio.create_task(
+            self._check_providers(), name="provider-health"
+        )
         await self.smpp.start()
         try:
             await self.http.start()  # last: /readyz must not say ready before SMPP listens
@@ -266,7 +327,7 @@ class Bridge:
     async def stop(self) -> None:
         await self.http.stop()  # first (started last): no probe sees half-stopped parts
         await self.smpp.stop()
-        for task in (self._reaper, self._housekeeper):
+        for task in (self._reaper, self._housekeeper, self._health_checker):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

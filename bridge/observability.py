@@ -5,16 +5,43 @@ The filtering bound logger drops calls below the configured level before any for
 affordable on the hot path. Secrets never reach a log call in the first place; as a second line of
 defence, a :class:`Redactor` blanks any event key that names one, and message text too
 (``[logging] redact``). Stdlib ``logging`` (uvicorn, asyncio) is rendered the same way.
+
+Metrics (Prometheus, ``bridge_`` prefix): :class:`Metrics` holds every counter and histogram of
+one bridge on its own :class:`~prometheus_client.CollectorRegistry` (not the global default, so
+several bridges in one process do not collide), and :class:`BridgeCollector` turns a
+:class:`Snapshot` of the bridge's state (sessions, queues, provider health …) into gauges at
+scrape time. Hot paths keep their labelled children in dicts (a cached child costs ~0.6 µs a
+call, ``labels()`` each time ~1.4 µs). The per-PDU metrics of the SMPP layer are cheaper still:
+plain counts and :class:`LoopHistogram` buckets kept on the event loop and turned into
+samples at scrape time (~0.2 µs an event; the SMPP layer handles a submit_sm in ~10 µs, so
+children there would cost it a quarter of its throughput). Label values are bounded sets
+only: configured account and provider names, command and status names, fixed reasons — never a
+number or a message id.
+This module is a leaf: it imports nothing of ``bridge.smpp``, ``bridge.web`` or
+``bridge.providers``, so ``core/`` may use it.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, MutableMapping
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from bridge import __version__
 
 #: Event keys whose values never reach a log line (they become ``"***"``): secrets, and message
 #: content — what a subscriber wrote is not the operator's business, and a log is copied to
@@ -139,3 +166,459 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(numeric)
+
+
+# --------------------------------------------------------------------------- metrics
+
+#: submit_sm → submit_sm_resp: a durable accept is one group commit (~0.3–5 ms) away.
+SUBMIT_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+#: One HTTP (or upstream SMPP) call to a provider.
+PROVIDER_LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+#: Accept → receipt acknowledged: seconds for the sandbox, minutes to days for real handsets.
+RECEIPT_LATENCY_BUCKETS = (
+    0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 86400.0,
+    3 * 86400.0,
+)
+#: Ops (write calls) per SQLite transaction; the writer caps it at max_batch (2000).
+COMMIT_BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+#: One group commit: BEGIN … COMMIT including the fsync (≈ 0.3 ms on this machine).
+COMMIT_DURATION_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+)
+
+PROVIDER_OUTCOMES = ("accepted", "permanent", "transient", "error")
+REPORT_RESULTS = ("matched", "unknown", "duplicate", "early")
+DELIVER_RESULTS = ("acked", "refused", "unsent")
+REASSEMBLY_REASONS = ("timeout", "evicted", "superseded")
+
+
+#: Rows of bridge_smpp_pdus_total: (direction, command, status, count).
+PduSource = Callable[[], Iterable[tuple[str, str, str, float]]]
+
+
+class LoopHistogram:
+    """A histogram child for one event loop's hot path: bucket counts in a list, no lock.
+
+    Observe only from one thread (the loop); a scrape from another thread reads a consistent
+    enough copy (the list is copied in one step; ``sum`` may lag by an observation).
+    """
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Iterable[float]) -> None:
+        self.bounds = tuple(sorted(bounds))
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # bucket le=b holds the values <= b: the first bound >= value
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def observe_n(self, value: float, n: int) -> None:
+        """``n`` observations of the same value."""
+        self.counts[bisect_left(self.bounds, value)] += n
+        self.sum += value * n
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative (le, count) pairs, ending with +Inf."""
+        counts = list(self.counts)
+        out: list[tuple[str, float]] = []
+        total = 0
+        for bound, n in zip((*self.bounds, float("inf")), counts, strict=True):
+            total += n
+            out.append((floatToGoString(bound), total))  # type: ignore[no-untyped-call]
+        return out
+
+
+class _LoopCollector(Collector):
+    """bridge_smpp_pdus_total and bridge_smpp_submit_latency_seconds from loop-local state."""
+
+    _PDU_DOC = (
+        "SMPP PDUs received (in) and sent (out) by command (\"unknown\" outside SMPP 3.4) and "
+        "command_status name (\"other\" outside SMPP 3.4's status set)."
+    )
+    _LATENCY_DOC = (
+        "submit_sm, data_sm and submit_multi: arrival of the request until its response is "
+        "queued for writing (written at the end of that event-loop iteration)."
+    )
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def _families(self) -> tuple[CounterMetricFamily, HistogramMetricFamily]:
+        return (
+            CounterMetricFamily(
+                "bridge_smpp_pdus_total", self._PDU_DOC, labels=["direction", "command", "status"]
+            ),
+            HistogramMetricFamily(
+                "bridge_smpp_submit_latency_seconds", self._LATENCY_DOC, labels=["command"]
+            ),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        pdus, latency = self._families()
+        rows: dict[tuple[str, str, str], float] = {}
+        for source in list(self._metrics._pdu_sources):
+            for direction, command, status, n in source():
+                key = (direction, command, status)
+                rows[key] = rows.get(key, 0) + n
+        for key, n in sorted(rows.items()):
+            pdus.add_metric(list(key), n)
+        for command, hist in sorted(self._metrics._submit_latency.items()):
+            latency.add_metric([command], hist.buckets(), hist.sum)
+        yield pdus
+        yield latency
+
+
+class ProviderMetrics:
+    """The labelled children of one provider, resolved once (the dispatcher keeps one each)."""
+
+    __slots__ = ("duration", "failovers", "requests", "retries")
+
+    def __init__(self, metrics: Metrics, provider: str) -> None:
+        self.requests = {
+            outcome: metrics.provider_requests.labels(provider, outcome)
+            for outcome in PROVIDER_OUTCOMES
+        }
+        self.duration = metrics.provider_request_duration.labels(provider)
+        self.retries = metrics.provider_retries.labels(provider)
+        self.failovers = metrics.provider_failovers.labels(provider)
+
+    def request(self, outcome: str, seconds: float) -> None:
+        self.requests[outcome].inc()
+        self.duration.observe(seconds)
+
+
+class Metrics:
+    """Every counter and histogram of one bridge, on one registry.
+
+    Components take ``metrics: Metrics | None = None``; without one they make their own on a
+    private registry, so code that builds them directly (unit tests, benchmarks) still works
+    and pays the same costs as production. The helper methods cache labelled children in dicts;
+    call them from the event loop (the store's writer thread only calls :meth:`store_commit`,
+    whose histograms have no labels; prometheus-client values are thread-safe).
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        # -- SMPP server
+        self.smpp_binds = Counter(
+            "bridge_smpp_binds_total",
+            "Bind attempts by account (\"unknown\" for an unknown system_id), bind type and "
+            "result (ok, refused).",
+            ["account", "bind_type", "result"],
+            registry=r,
+        )
+        # bridge_smpp_pdus_total and bridge_smpp_submit_latency_seconds: loop-local, exported
+        # by _LoopCollector (see add_pdu_source and submit_latency).
+        self._pdu_sources: list[PduSource] = []
+        self._submit_latency: dict[str, LoopHistogram] = {}
+        r.register(_LoopCollector(self))
+        self.smpp_throttled = Counter(
+            "bridge_smpp_throttled_total",
+            "Requests answered ESME_RTHROTTLED, by account and reason (tps: the account's rate "
+            "limit; outstanding: too many requests awaiting their response).",
+            ["account", "reason"],
+            registry=r,
+        )
+        # -- pipeline
+        self.messages_accepted = Counter(
+            "bridge_messages_accepted_total",
+            "Messages accepted (stored durably, answered ESME_ROK); each part of a "
+            "concatenated message and each submit_multi destination counts once.",
+            ["account"],
+            registry=r,
+        )
+        self.messages_rejected = Counter(
+            "bridge_messages_rejected_total",
+            "Messages refused in the submit response, by account and reason (the pipeline's "
+            "reason in lower case, or the SMPP status name for a refusal while decoding).",
+            ["account", "reason"],
+            registry=r,
+        )
+        self.reassembly_timeouts = Counter(
+            "bridge_reassembly_timeouts_total",
+            "Concatenated messages given up incomplete, by reason (timeout, evicted, "
+            "superseded); each received part gets a failure receipt.",
+            ["reason"],
+            registry=r,
+        )
+        # -- providers
+        self.provider_requests = Counter(
+            "bridge_provider_requests_total",
+            "Send calls to providers by outcome (accepted, permanent, transient; error: the "
+            "adapter raised).",
+            ["provider", "outcome"],
+            registry=r,
+        )
+        self.provider_request_duration = Histogram(
+            "bridge_provider_request_duration_seconds",
+            "Duration of one send call to a provider.",
+            ["provider"],
+            buckets=PROVIDER_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.provider_retries = Counter(
+            "bridge_provider_retries_total",
+            "Transient failures scheduled for another try on the same provider.",
+            ["provider"],
+            registry=r,
+        )
+        self.provider_failovers = Counter(
+            "bridge_provider_failovers_total",
+            "Messages moved on to the next provider of their route, by the provider failed "
+            "away from.",
+            ["provider"],
+            registry=r,
+        )
+        self.provider_balance = Gauge(
+            "bridge_provider_balance",
+            "Account balance reported by a provider, in the provider's unit (only providers "
+            "that report one).",
+            ["provider"],
+            registry=r,
+        )
+        # -- reports and receipts
+        self.reports = Counter(
+            "bridge_reports_total",
+            "Delivery reports from providers by result: matched (applied to a message), "
+            "unknown (no message for the provider's id), duplicate (nothing new), early "
+            "(parked until the send's correlation is stored; counted again as matched or "
+            "unknown once resolved).",
+            ["provider", "result"],
+            registry=r,
+        )
+        self.receipts = Counter(
+            "bridge_receipts_total",
+            "Receipts queued for ESMEs, by Appendix B stat word (DELIVRD, UNDELIV, ...).",
+            ["state"],
+            registry=r,
+        )
+        self.receipt_delivery = Histogram(
+            "bridge_receipt_delivery_seconds",
+            "Message accepted until its final receipt deliver_sm was acknowledged by the ESME.",
+            buckets=RECEIPT_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.deliver_sm = Counter(
+            "bridge_deliver_sm_total",
+            "deliver_sm attempts (receipts and MO) by result: acked (deliver_sm_resp "
+            "ESME_ROK), refused (an error status), unsent (no receiver, timeout, connection "
+            "lost).",
+            ["result"],
+            registry=r,
+        )
+        self.deliveries_expired = Counter(
+            "bridge_deliveries_expired_total",
+            "Queued receipts and MO messages dropped unacknowledged after receipt_max_age.",
+            registry=r,
+        )
+        # -- store
+        self.store_commit_batch_size = Histogram(
+            "bridge_store_commit_batch_size",
+            "Write operations committed per SQLite transaction (group commit).",
+            buckets=COMMIT_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.store_commit_duration = Histogram(
+            "bridge_store_commit_duration_seconds",
+            "Duration of one SQLite transaction including its COMMIT (fsync).",
+            buckets=COMMIT_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "bridge_build_info", "Always 1; the bridge's version as a label.", ["version"],
+            registry=r,
+        )
+        self.build_info.labels(__version__).set(1)
+
+        self._accepted: dict[str, Any] = {}
+        self._rejected: dict[tuple[str, str], Any] = {}
+        self._throttled: dict[tuple[str, str], Any] = {}
+        self._reports: dict[tuple[str, str], Any] = {}
+        self._receipts: dict[str, Any] = {}
+        self._deliver = {result: self.deliver_sm.labels(result) for result in DELIVER_RESULTS}
+        self._reassembly = {
+            reason: self.reassembly_timeouts.labels(reason) for reason in REASSEMBLY_REASONS
+        }
+        self._providers: dict[str, ProviderMetrics] = {}
+
+    # ------------------------------------------------------------------ SMPP
+
+    def bind(self, account: str, bind_type: str, ok: bool) -> None:
+        """One bind answered; ``account`` must already be "unknown" for an unknown system_id."""
+        self.smpp_binds.labels(account, bind_type, "ok" if ok else "refused").inc()
+
+    def add_pdu_source(self, source: PduSource) -> None:
+        """Register the PDU counts of an SMPP server: ``source()`` yields (direction, command,
+        status, count) rows at scrape time; rows of every source with equal labels add up."""
+        self._pdu_sources.append(source)
+
+    def submit_latency(self, command: str) -> LoopHistogram:
+        """The bridge_smpp_submit_latency_seconds child for ``command`` (shared, made once)."""
+        hist = self._submit_latency.get(command)
+        if hist is None:
+            hist = self._submit_latency[command] = LoopHistogram(SUBMIT_LATENCY_BUCKETS)
+        return hist
+
+    def throttled(self, account: str, reason: str) -> None:
+        key = (account, reason)
+        child = self._throttled.get(key)
+        if child is None:
+            child = self._throttled[key] = self.smpp_throttled.labels(account, reason)
+        child.inc()
+
+    # ------------------------------------------------------------------ messages
+
+    def accepted(self, account: str) -> None:
+        child = self._accepted.get(account)
+        if child is None:
+            child = self._accepted[account] = self.messages_accepted.labels(account)
+        child.inc()
+
+    def rejected(self, account: str, reason: str) -> None:
+        key = (account, reason)
+        child = self._rejected.get(key)
+        if child is None:
+            child = self._rejected[key] = self.messages_rejected.labels(account, reason)
+        child.inc()
+
+    def reassembly_timeout(self, reason: str) -> None:
+        child = self._reassembly.get(reason)
+        if child is None:
+            child = self._reassembly[reason] = self.reassembly_timeouts.labels(reason)
+        child.inc()
+
+    # ------------------------------------------------------------------ providers
+
+    def provider(self, name: str) -> ProviderMetrics:
+        """The children of one provider (made on first use; callers keep the object)."""
+        pm = self._providers.get(name)
+        if pm is None:
+            pm = self._providers[name] = ProviderMetrics(self, name)
+        return pm
+
+    # ------------------------------------------------------------------ reports, receipts
+
+    def report(self, provider: str, result: str) -> None:
+        key = (provider, result)
+        child = self._reports.get(key)
+        if child is None:
+            child = self._reports[key] = self.reports.labels(provider, result)
+        child.inc()
+
+    def receipts_queued(self, state: str, count: int = 1) -> None:
+        child = self._receipts.get(state)
+        if child is None:
+            child = self._receipts[state] = self.receipts.labels(state)
+        child.inc(count)
+
+    def delivered(self, result: str) -> None:
+        """One deliver_sm attempt: ``result`` in :data:`DELIVER_RESULTS`."""
+        self._deliver[result].inc()
+
+    # ------------------------------------------------------------------ store
+
+    def store_commit(self, ops: int, seconds: float) -> None:
+        """One committed transaction (called from the store's writer thread)."""
+        self.store_commit_batch_size.observe(ops)
+        self.store_commit_duration.observe(seconds)
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """The bridge's state as gauges read it at scrape time (see :class:`BridgeCollector`)."""
+
+    connections: int = 0
+    #: bound sessions by (account, bind type)
+    sessions: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    #: per provider: (messages ready to send, seconds the oldest of them has waited)
+    queues: Mapping[str, tuple[int, float]] = field(default_factory=dict)
+    #: per provider: the last health check's answer (absent until the first check)
+    providers_up: Mapping[str, bool] = field(default_factory=dict)
+    #: per provider: circuit breaker open (no breaker yet: always False)
+    circuit_open: Mapping[str, bool] = field(default_factory=dict)
+    #: receipts and MO messages queued per account (waiting for a bound receiver or an ack)
+    deliveries_waiting: Mapping[str, int] = field(default_factory=dict)
+    reassembly_pending: int = 0
+    reassembly_parts: int = 0
+
+
+def _gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=list(labels)) if labels else GaugeMetricFamily(
+        name, doc
+    )
+
+
+_SCRAPE_GAUGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("bridge_smpp_connections", "Open SMPP connections (bound or not).", ()),
+    ("bridge_smpp_sessions", "Bound SMPP sessions by account and bind type.",
+     ("account", "bind_type")),
+    ("bridge_queue_depth", "Messages ready to be sent to a provider (not waiting for a retry "
+     "or schedule, not in flight).", ("provider",)),
+    ("bridge_queue_oldest_age_seconds", "How long the oldest message ready for a provider "
+     "has waited (0 when none).", ("provider",)),
+    ("bridge_provider_up", "1 if the provider's last health check passed, else 0.",
+     ("provider",)),
+    ("bridge_provider_circuit_open", "1 while the provider's circuit breaker is open (no "
+     "breaker yet: always 0).", ("provider",)),
+    ("bridge_deliveries_waiting", "Receipts and MO messages queued for an account, not yet "
+     "acknowledged (an account with no receiver bound keeps them here).", ("account",)),
+    ("bridge_reassembly_pending", "Concatenated messages waiting for more parts.", ()),
+    ("bridge_reassembly_parts", "Parts held in the reassembly buffer.", ()),
+)
+
+
+class BridgeCollector(Collector):
+    """Scrape-time gauges from one :class:`Snapshot` per scrape.
+
+    ``snapshot`` runs in the scraping thread: serve /metrics from the bridge's event loop (an
+    ``async`` endpoint), since the snapshot reads the loop's state and the store's read
+    connection. A snapshot that fails yields no samples for this scrape (logged), never an
+    error page: counters and histograms are still served.
+    """
+
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self._snapshot = snapshot
+
+    def describe(self) -> Iterator[Metric]:
+        for name, doc, labels in _SCRAPE_GAUGES:
+            yield _gauge(name, doc, labels)
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            snap = self._snapshot()
+        except Exception:
+            structlog.get_logger("bridge.metrics").exception("metrics.snapshot_failed")
+            return
+        families = {name: _gauge(name, doc, labels) for name, doc, labels in _SCRAPE_GAUGES}
+        families["bridge_smpp_connections"].add_metric([], snap.connections)
+        sessions = families["bridge_smpp_sessions"]
+        for (account, bind_type), n in sorted(snap.sessions.items()):
+            sessions.add_metric([account, bind_type], n)
+        depth = families["bridge_queue_depth"]
+        age = families["bridge_queue_oldest_age_seconds"]
+        for provider, (n, oldest) in sorted(snap.queues.items()):
+            depth.add_metric([provider], n)
+            age.add_metric([provider], oldest)
+        up = families["bridge_provider_up"]
+        for provider, ok in sorted(snap.providers_up.items()):
+            up.add_metric([provider], 1.0 if ok else 0.0)
+        circuit = families["bridge_provider_circuit_open"]
+        for provider, is_open in sorted(snap.circuit_open.items()):
+            circuit.add_metric([provider], 1.0 if is_open else 0.0)
+        waiting = families["bridge_deliveries_waiting"]
+        for account, n in sorted(snap.deliveries_waiting.items()):
+            waiting.add_metric([account], n)
+        families["bridge_reassembly_pending"].add_metric([], snap.reassembly_pending)
+        families["bridge_reassembly_parts"].add_metric([], snap.reassembly_parts)
+        yield from families.values()

@@ -18,6 +18,7 @@ from bridge.core.accounts import Account
 from bridge.core.model import Address, InboundMessage, Receipt
 from bridge.core.pipeline import AccountPolicy, Pipeline, Rejected, RejectReason, Submission
 from bridge.core.receipts import format_receipt_text
+from bridge.observability import Metrics
 from bridge.smpp import text as smstext
 from bridge.smpp.pdu import (
     CommandId,
@@ -83,6 +84,18 @@ def text_units(text: str, data_coding: int) -> tuple[int, bool]:
     return len(text.encode("utf-16-be")) // 2, True
 
 
+#: Commands whose refusals count in bridge_messages_rejected_total (query/cancel/replace do not).
+_SUBMITS = frozenset({CommandId.submit_sm, CommandId.data_sm, CommandId.submit_multi})
+
+
+def _status_reason(status: int) -> str:
+    """bridge_messages_rejected_total's reason for a refusal while decoding: the status name."""
+    try:
+        return Status(status).name
+    except ValueError:
+        return "other"
+
+
 class _Invalid(Exception):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
@@ -92,10 +105,17 @@ class _Invalid(Exception):
 class SmscHandler:
     """Implements :class:`bridge.smpp.server.SmppHandler` on top of a :class:`Pipeline`."""
 
-    def __init__(self, pipeline: Pipeline, policies: dict[str, AccountPolicy]) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        policies: dict[str, AccountPolicy],
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.policies = policies
         self.on_bound: list[Any] = []
+        self.metrics = metrics if metrics is not None else Metrics()
 
     def policy(self, account: Account | None, system_id: str | None) -> AccountPolicy:
         key = system_id or ""
@@ -122,6 +142,7 @@ class SmscHandler:
                 sub = self._submission(pdu, policy, pdu.fields["destination_addr"],
                                        pdu.fields["dest_addr_ton"], pdu.fields["dest_addr_npi"])
                 mid = await self.pipeline.accept(sub)
+                self.metrics.accepted(policy.system_id)
                 return Pdu(cid, fields={"message_id": mid})
             if cid == CommandId.data_sm:
                 return await self._data_sm(pdu, policy)
@@ -144,6 +165,8 @@ class SmscHandler:
                 command=pdu.name,
                 reason=e.reason.name,
             )
+            if cid in _SUBMITS:
+                self.metrics.rejected(policy.system_id, e.reason.name.lower())
             return Pdu(cid, command_status=status_for(e.reason, cid))
         except _Invalid as e:
             log.debug(
@@ -153,6 +176,8 @@ class SmscHandler:
                 command=pdu.name,
                 detail=str(e),
             )
+            if cid in _SUBMITS:
+                self.metrics.rejected(policy.system_id, _status_reason(e.status))
             return Pdu(cid, command_status=e.status)
         return Pdu(cid, command_status=Status.ESME_RINVCMDID)
 
@@ -235,6 +260,7 @@ class SmscHandler:
         sub = self._submission(pdu, policy, f["destination_addr"], f["dest_addr_ton"],
                                f["dest_addr_npi"])
         mid = await self.pipeline.accept(sub)
+        self.metrics.accepted(policy.system_id)
         return Pdu(pdu.command_id, fields={"message_id": mid})
 
     async def _submit_multi(self, pdu: Pdu, policy: AccountPolicy) -> Pdu:
@@ -244,17 +270,21 @@ class SmscHandler:
         for dest in pdu.fields["dest_addresses"]:
             if not isinstance(dest, DestAddress):
                 failed.append(UnsuccessSme(0, 0, dest.dl_name[:20], Status.ESME_RCNTSUBDL))
+                self.metrics.rejected(policy.system_id, Status.ESME_RCNTSUBDL.name)
                 continue
             try:
                 sub = self._submission(pdu, policy, dest.destination_addr, dest.dest_addr_ton,
                                        dest.dest_addr_npi)
                 mid = await self.pipeline.accept(sub)
+                self.metrics.accepted(policy.system_id)
                 first_id = first_id or mid
             except Rejected as e:
                 failed.append(UnsuccessSme(dest.dest_addr_ton, dest.dest_addr_npi,
                                            dest.destination_addr, status_for(e.reason, 0)))
+                self.metrics.rejected(policy.system_id, e.reason.name.lower())
             except _Invalid as e:
                 # A defect of the shared fields fails the whole PDU.
+                self.metrics.rejected(policy.system_id, _status_reason(e.status))
                 return Pdu(pdu.command_id, command_status=e.status)
         if not first_id:
             status = failed[0].error_status_code if failed else Status.ESME_RSUBMITFAIL

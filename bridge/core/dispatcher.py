@@ -52,6 +52,7 @@ import structlog
 from aiolimiter import AsyncLimiter
 
 from bridge.core.model import DeliveryReport, Message, MessageState, Outcome, OutcomeKind
+from bridge.observability import Metrics, ProviderMetrics
 from bridge.providers.base import Provider
 from bridge.store.base import StateChange, Store
 
@@ -128,6 +129,7 @@ class Dispatcher:
         page_size: int = 1000,
         on_dispatched: Callable[[], None] | None = None,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.providers = providers
@@ -144,6 +146,10 @@ class Dispatcher:
         self.page_size = max(1, page_size)
         self.on_dispatched = on_dispatched
         self._rng = rng or random.Random()
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._metrics: dict[str, ProviderMetrics] = {
+            name: self.metrics.provider(name) for name in providers
+        }
 
         self._entries: dict[str, _Entry] = {}
         self._heap: list[tuple[float, int, _Entry]] = []
@@ -382,9 +388,11 @@ class Dispatcher:
         if now >= self._deadline(message):
             await self._finish(entry, MessageState.EXPIRED, 0, "validity ended before dispatch")
             return
+        started = time.perf_counter()
         try:
             outcome = await provider.send(message)
         except Exception as exc:  # adapters should return Outcomes; be safe when they do not
+            self._metrics[name].request("error", time.perf_counter() - started)
             log.warning(
                 "provider_send_failed",
                 message_id=message.id,
@@ -393,6 +401,9 @@ class Dispatcher:
                 error=f"{type(exc).__name__}: {exc}"[:200],
             )
             outcome = Outcome(OutcomeKind.TRANSIENT, detail=f"exception {type(exc).__name__}")
+        else:
+            # OutcomeKind values are the outcome label values (accepted, permanent, transient)
+            self._metrics[name].request(outcome.kind.value, time.perf_counter() - started)
         # Per message, hot path: DEBUG only (a filtered call costs ~0.35 µs, a line ~10 µs).
         log.debug(
             "dispatch_outcome",
@@ -470,6 +481,7 @@ class Dispatcher:
             )
             return
         message.next_attempt_at = due
+        self._metrics[name].retries.inc()
         await self._persist(
             message,
             f"{detail}; attempt {message.attempts} failed, next in {delay:.2f}s",
@@ -484,6 +496,7 @@ class Dispatcher:
         following = self._next_provider(message, index + 1)
         if following is None:
             return False
+        self._metrics[name].failovers.inc()
         log.info(
             "failover",
             message_id=message.id,

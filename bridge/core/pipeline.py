@@ -26,6 +26,7 @@ import structlog
 from bridge.core.model import Address, Message, MessageState
 from bridge.core.reassembly import Assembled, Fragment, Incomplete, PartKey, ReassemblyBuffer
 from bridge.core.router import NoRoute, Router
+from bridge.observability import Metrics
 from bridge.store.base import StateChange, Store, StoredPart
 
 __all__ = [
@@ -220,6 +221,7 @@ class Pipeline:
         max_queue: int = 1_000_000,
         reassembly_timeout: float = 60.0,
         chars: Callable[[str, int], tuple[int, bool]] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.router = router
@@ -236,6 +238,7 @@ class Pipeline:
         self._policies: dict[str, AccountPolicy] = {}
         self.rejected = 0
         self.incomplete = 0
+        self.metrics = metrics if metrics is not None else Metrics()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -451,6 +454,7 @@ class Pipeline:
     async def _fail_incomplete(self, inc: Incomplete) -> None:
         """An incomplete concatenated message: a failure receipt for every part received."""
         self.incomplete += 1
+        self.metrics.reassembly_timeout(inc.reason)
         frags = inc.fragments
         if not frags:
             return

@@ -37,6 +37,7 @@ from bridge.core.model import (
     MessageState,
     Receipt,
 )
+from bridge.observability import Metrics
 from bridge.store.base import DeliveryItem, StateChange, Store
 
 __all__ = [
@@ -397,10 +398,12 @@ class ReportHandler:
         *,
         early_ttl: float = 120.0,
         max_early: int = 100_000,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._on_receipts = on_receipts
+        self.metrics = metrics if metrics is not None else Metrics()
         self._locks = _KeyedLocks()
         self.reports = 0
         self.unknown_reports = 0
@@ -423,12 +426,15 @@ class ReportHandler:
                 return self._unknown(report)
             if message.state.is_final:
                 self._duplicate(message, report.state, report.provider)
+                self.metrics.report(report.provider, "duplicate")
                 return True
             intermediate = not report.state.is_final
             detail = f"{'intermediate ' if intermediate else ''}report from {report.provider}"
             if intermediate and self._repeats_last(message.id, report.state, detail):
                 self._duplicate(message, report.state, report.provider)
+                self.metrics.report(report.provider, "duplicate")
                 return True
+            self.metrics.report(report.provider, "matched")
             done_at = report.done_at if report.done_at is not None else self._clock()
             await self._apply(
                 message,
@@ -471,6 +477,7 @@ class ReportHandler:
                 oldest = next(iter(self._early))
                 self._unknown(self._early.pop(oldest)[0])
             self.early_reports += 1
+            self.metrics.report(report.provider, "early")
         self._early[key] = (report, now)
         return False
 
@@ -493,6 +500,7 @@ class ReportHandler:
 
     def _unknown(self, report: DeliveryReport) -> bool:
         self.unknown_reports += 1
+        self.metrics.report(report.provider, "unknown")
         log.info(
             "report_unknown",
             provider=report.provider,
@@ -539,6 +547,7 @@ class ReportHandler:
         )
         if receipts:
             await self._store.enqueue_deliveries([(r.account, r) for r in receipts], at=now)
+            self.metrics.receipts_queued(state.stat_word, len(receipts))
         if state.is_final:
             message.state = state
             message.error_code = error_code
@@ -624,6 +633,7 @@ class DeliveryQueue:
         max_age: float | None = 3 * 86400,
         expire_interval: float = 60.0,
         warn_after: int = 10,
+        metrics: Metrics | None = None,
     ) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
@@ -642,6 +652,7 @@ class DeliveryQueue:
         self.refused = 0
         self.not_sent = 0
         self.expired = 0
+        self.metrics = metrics if metrics is not None else Metrics()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -715,6 +726,7 @@ class DeliveryQueue:
         count = await self._store.expire_deliveries(self._clock() - self._max_age)
         if count:
             self.expired += count
+            self.metrics.deliveries_expired.inc(count)
             log.warning("deliveries_expired", count=count, max_age=self._max_age)
         return count
 
@@ -807,13 +819,21 @@ class DeliveryQueue:
             )
             if result is True:
                 self.acked += 1
+                self.metrics.delivered("acked")
+                receipt = item.item
+                if isinstance(receipt, Receipt) and not receipt.intermediate:
+                    self.metrics.receipt_delivery.observe(
+                        max(0.0, self._clock() - receipt.submitted_at)
+                    )
                 await self._store.remove_delivery(item.id)
                 retry = False
                 return
             if result is False:
                 self.refused += 1
+                self.metrics.delivered("refused")
             else:
                 self.not_sent += 1
+                self.metrics.delivered("unsent")
             await self._store.note_delivery_attempt(item.id)
             item = replace(item, attempts=item.attempts + 1)
             if result is False and item.attempts % self._warn_after == 0:

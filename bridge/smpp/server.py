@@ -20,8 +20,10 @@ import asyncio
 import contextlib
 import itertools
 import ssl
+import struct
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, cast
 
@@ -30,7 +32,8 @@ from aiolimiter import AsyncLimiter
 
 from bridge.core.accounts import Account, AccountRegistry, BindThrottle
 from bridge.core.accounts import BindType as AccountBindType
-from bridge.smpp.pdu import CommandId, Pdu, Status
+from bridge.observability import LoopHistogram, Metrics
+from bridge.smpp.pdu import RESPONSE_BIT, CommandId, Pdu, Status
 from bridge.smpp.session import (
     BindRequested,
     BindType,
@@ -60,6 +63,29 @@ log = structlog.get_logger("bridge.smpp")
 _THROTTLED_COMMANDS = frozenset({CommandId.submit_sm, CommandId.submit_multi, CommandId.data_sm})
 # Pause reading from a peer whose unread responses exceed this many octets (slow reader).
 _HIGH_WATER = 256 * 1024
+
+# --- metrics: PDU label names (bounded: SMPP 3.4's commands and statuses, else one bucket)
+_COMMAND_NAMES = {int(c): c.name for c in CommandId}
+_STATUS_NAMES = {int(s): s.name for s in Status}
+_HEADER3 = struct.Struct(">III").unpack_from  # command_length, command_id, command_status
+_NO_MORE = -1  # _Connection._in_next once the input cannot be framed any more
+_OUTSIDE = 0xFFFFFFFF  # stands for every command id / status outside SMPP 3.4 in the counts
+_PduKey = tuple[int, int]  # (command_id, command_status)
+
+
+def pdu_labels(command_id: int, status: int) -> tuple[str, str]:
+    """(command, status) label values: SMPP names; "unknown" / "other" outside SMPP 3.4."""
+    return _COMMAND_NAMES.get(command_id, "unknown"), _STATUS_NAMES.get(status, "other")
+
+
+def _canonical(key: _PduKey) -> _PduKey:
+    """Fold ids outside SMPP 3.4 into one key, so a peer sending random command ids or
+    statuses cannot grow the counts without bound."""
+    cid, status = key
+    return (
+        cid if cid in _COMMAND_NAMES else _OUTSIDE,
+        status if status in _STATUS_NAMES else _OUTSIDE,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +201,13 @@ class _Connection(asyncio.Protocol):
         self._closed = False
         self._flush_scheduled = False
         self._limiter: AsyncLimiter | None = None
+        self._rx_at = 0.0  # perf_counter() when the last chunk arrived (submit latency)
+        # PDUs in (_count_in): where the next header starts in the next chunk, and the first
+        # bytes of a header split over two reads
+        self._in_next = 0
+        self._in_head = b""
+        # (command_id, arrival) of the message responses queued since the last write
+        self._answered: list[tuple[int, float]] = []
         self.log = log
 
     # ------------------------------------------------------------------ asyncio.Protocol
@@ -197,6 +230,9 @@ class _Connection(asyncio.Protocol):
         self._schedule_tick()
 
     def data_received(self, data: bytes) -> None:
+        self._rx_at = time.perf_counter()
+        if self._in_next >= 0:
+            self._count_in(data)
         events = self.session.receive_data(data, self.server.clock())
         if events:
             self._dispatch(events)
@@ -253,6 +289,8 @@ class _Connection(asyncio.Protocol):
             elif isinstance(ev, BindRequested):
                 self._spawn(self._bind(ev))
             elif isinstance(ev, ProtocolViolation):
+                if ev.status == Status.ESME_RTHROTTLED and not ev.command_id & RESPONSE_BIT:
+                    self.server.metrics.throttled(self.info.system_id or "unknown", "outstanding")
                 self.log.info(
                     "smpp.protocol_violation",
                     status=ev.status,
@@ -275,16 +313,18 @@ class _Connection(asyncio.Protocol):
         ):
             throttled = Pdu(pdu.command_id, command_status=Status.ESME_RTHROTTLED)
             self.session.respond(pdu, throttled)
+            self.server.metrics.throttled(self.info.system_id or "unknown", "tps")
             return
-        self._spawn(self._request(pdu))
+        self._spawn(self._request(pdu, self._rx_at))
 
-    async def _request(self, pdu: Pdu) -> None:
+    async def _request(self, pdu: Pdu, arrived: float) -> None:
         try:
             resp = await self.server.handler.handle_request(self.info, pdu)
         except Exception:
             self.log.exception("smpp.handler_failed", command=pdu.name)
             resp = Pdu(pdu.command_id, command_status=Status.ESME_RSYSERR)
         self.session.respond(pdu, resp)
+        self._answered.append((pdu.command_id, arrived))
         self._flush_soon()
         if self._linger is not None and self.session.outstanding == 0:
             self._close_soon()
@@ -311,6 +351,12 @@ class _Connection(asyncio.Protocol):
         if self._closed:
             return
         if status != 0 or account is None:
+            # Never the raw system_id of a failed bind as a label: unknown ones are unbounded.
+            server.metrics.bind(
+                account.system_id if account is not None else "unknown",
+                ev.bind_type.value,
+                ok=False,
+            )
             # The n-th consecutive failure waits base_delay * 2**(n-1), the first one included.
             delay = server.throttle.record_failure(ip, server.clock())
             self.log.warning(
@@ -330,6 +376,7 @@ class _Connection(asyncio.Protocol):
             return
         server.throttle.record_success(ip)
         self.session.accept_bind(max_outstanding=account.max_outstanding)
+        server.metrics.bind(account.system_id, ev.bind_type.value, ok=True)
         self.info.system_id = account.system_id
         self.info.bind_type = ev.bind_type
         self.info.account = account
@@ -400,6 +447,89 @@ class _Connection(asyncio.Protocol):
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
             self.session.note_sent(self.server.clock())
+            self._count_out(data)
+            if self._answered:
+                self._observe_latency()
+        if self._answered:
+            self._answered.clear()  # not written (closing): no latency to report
+
+    def _count_in(self, data: bytes) -> None:
+        """bridge_smpp_pdus_total, direction in: walk the PDU headers of a read as it arrives.
+
+        A PDU counts when its 16-octet header is in (before the session decodes it, so
+        undecodable PDUs and those the session answers by itself count too). One pass per read
+        instead of a hook per PDU: ~0.2 µs a PDU, where a prometheus-client child's ``inc()``
+        takes a lock and ~0.6 µs, on a path that handles a whole submit_sm in ~7 µs.
+        """
+        counts = self.server._pdus_in
+        offset = self._in_next
+        end = len(data)
+        if self._in_head:  # a header split over two reads
+            carried = self._in_head
+            head = carried + data[: 16 - len(carried)]
+            if len(head) < 16:
+                self._in_head = head
+                return
+            self._in_head = b""
+            length, cid, status = _HEADER3(head)
+            offset = length - len(carried)  # the PDU began len(carried) octets before `data`
+            key = (cid, status)
+            n = counts.get(key)
+            if n is None:
+                key = _canonical(key)
+                n = counts.get(key, 0)
+            counts[key] = n + 1
+            if length < 16:  # a framing error: the session closes the connection
+                self._in_next = _NO_MORE
+                return
+        while offset + 16 <= end:
+            length, cid, status = _HEADER3(data, offset)
+            key = (cid, status)
+            n = counts.get(key)
+            if n is None:
+                key = _canonical(key)
+                n = counts.get(key, 0)
+            counts[key] = n + 1
+            if length < 16:
+                self._in_next = _NO_MORE
+                return
+            offset += length
+        if offset < end:
+            self._in_head = data[offset:]
+            self._in_next = 0
+        else:
+            self._in_next = offset - end
+
+    def _count_out(self, data: bytes) -> None:
+        """bridge_smpp_pdus_total, direction out: the headers of what was just written, walked
+        once per write rather than a hook per PDU (~0.2 µs a PDU)."""
+        counts = self.server._pdus_out
+        end = len(data)
+        offset = 0
+        while offset < end:
+            length, cid, status = _HEADER3(data, offset)
+            key = (cid, status)
+            n = counts.get(key)
+            if n is None:
+                key = _canonical(key)
+                n = counts.get(key, 0)
+            counts[key] = n + 1
+            if length < 16:  # cannot happen: the session encoded these
+                break
+            offset += length
+
+    def _observe_latency(self) -> None:
+        """bridge_smpp_submit_latency_seconds: arrival of each request to the write of its
+        response. Responses to one read that leave in one write share their latency, so each
+        distinct (command, arrival) is observed once, n times (a pipelining ESME's responses
+        come in such runs)."""
+        now = time.perf_counter()
+        hists = self.server._submit_latency
+        for (cid, arrived), n in Counter(self._answered).items():
+            hist = hists.get(cid)
+            if hist is not None:
+                hist.observe_n(now - arrived, n)
+        self._answered.clear()
 
     def _close_soon(self) -> None:
         self._flush()
@@ -454,11 +584,20 @@ class SmppServer:
         handler: SmppHandler | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.accounts = accounts
         self.handler: SmppHandler = handler or RejectingHandler()
         self.clock = clock
+        self.metrics = metrics if metrics is not None else Metrics()
+        # Loop-local per-PDU metrics (see _MeteredSession and _request), read at scrape time.
+        self._pdus_in: dict[_PduKey, int] = {}
+        self._pdus_out: dict[_PduKey, int] = {}
+        self.metrics.add_pdu_source(self._pdu_rows)
+        self._submit_latency: dict[int, LoopHistogram] = {
+            int(cid): self.metrics.submit_latency(cid.name) for cid in _THROTTLED_COMMANDS
+        }
         self.throttle = BindThrottle(config.bind_failure_delay, config.bind_failure_delay_max)
         self._ids = itertools.count(1)
         self._connections: set[_Connection] = set()
@@ -606,6 +745,25 @@ class SmppServer:
     @property
     def connection_count(self) -> int:
         return len(self._connections)
+
+    def session_counts(self) -> dict[tuple[str, str], int]:
+        """Bound sessions by (system_id, bind type), for the sessions gauge."""
+        counts: dict[tuple[str, str], int] = {}
+        for conn in list(self._connections):
+            info = conn.info
+            if info.system_id is not None and info.bind_type is not None and (
+                conn.session.is_bound
+            ):
+                key = (info.system_id, info.bind_type.value)
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def _pdu_rows(self) -> Iterator[tuple[str, str, str, float]]:
+        """bridge_smpp_pdus_total rows (scrape time; the dicts are copied in one step each)."""
+        for direction, counts in (("in", self._pdus_in), ("out", self._pdus_out)):
+            for (command_id, status), n in list(counts.items()):
+                command, status_name = pdu_labels(command_id, status)
+                yield direction, command, status_name, n
 
     @property
     def listening(self) -> bool:

@@ -40,6 +40,7 @@ import json
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -48,6 +49,7 @@ from typing import Any
 import msgspec
 
 from bridge.core.model import Address, InboundMessage, Message, MessageState, Receipt
+from bridge.observability import Metrics
 from bridge.store.base import DeliveryItem, StateChange, StoredPart
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
@@ -506,11 +508,14 @@ class SqliteStore:
     because one op failed).
     """
 
-    def __init__(self, path: str | Path, *, max_batch: int = 2000) -> None:
+    def __init__(
+        self, path: str | Path, *, max_batch: int = 2000, metrics: Metrics | None = None
+    ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.path = Path(path)
         self.max_batch = max_batch
+        self.metrics = metrics if metrics is not None else Metrics()
         self.commits = 0
         self.ops_committed = 0
         self.largest_batch = 0
@@ -704,6 +709,7 @@ class SqliteStore:
         fail rarely (a duplicate id is a bug upstream), so the replay is the cheap way to
         isolate them.
         """
+        started = time.perf_counter()
         try:
             try:
                 outcomes = self._apply_fast(conn, batch)
@@ -719,6 +725,8 @@ class SqliteStore:
         self.commits += 1
         self.ops_committed += sum(1 for o in outcomes if not isinstance(o, BaseException))
         self.largest_batch = max(self.largest_batch, len(batch))
+        # The writer thread; prometheus-client values are thread-safe.
+        self.metrics.store_commit(len(batch), time.perf_counter() - started)
         return outcomes
 
     def _apply_fast(self, conn: sqlite3.Connection, batch: list[_Op]) -> list[Any]:
@@ -1130,6 +1138,13 @@ class SqliteStore:
             return conn.execute(_SQL_EXPIRE_DELIVERIES, (older_than,)).rowcount
 
         return int(await self._submit(_Op("", [], run=run)))
+
+    def delivery_depths(self) -> dict[str, int]:
+        """Items queued per account (accounts that ever had one; for the metrics gauge)."""
+        return {
+            str(account): int(n)
+            for account, n in self._rows("SELECT account, n FROM delivery_counts")
+        }
 
     def delivery_depth(self, account: str | None = None) -> int:
         """Items queued for ``account``, or for everyone (O(1): trigger-kept counters)."""
