@@ -525,11 +525,19 @@ class _Connection(asyncio.Protocol):
         come in such runs)."""
         now = time.perf_counter()
         hists = self.server._submit_latency
-        for (cid, arrived), n in Counter(self._answered).items():
-            hist = hists.get(cid)
+        answered = self._answered
+        first = answered[0]
+        # The usual cases first: one response, or one run (Counter costs ~1 µs to build).
+        if len(answered) == 1 or answered.count(first) == len(answered):
+            hist = hists.get(first[0])
             if hist is not None:
-                hist.observe_n(now - arrived, n)
-        self._answered.clear()
+                hist.observe_n(now - first[1], len(answered))
+        else:
+            for (cid, arrived), n in Counter(answered).items():
+                hist = hists.get(cid)
+                if hist is not None:
+                    hist.observe_n(now - arrived, n)
+        answered.clear()
 
     def _close_soon(self) -> None:
         self._flush()
