@@ -201,7 +201,7 @@ class _Connection(asyncio.Protocol):
         self._closed = False
         self._flush_scheduled = False
         self._limiter: AsyncLimiter | None = None
-        self._rx_at = 0.0  # perf_counter() when the last chunk arrived (submit latency)
+        self._rx_at = 0.0  # server.clock() when the last chunk arrived (submit latency)
         # PDUs in (_count_in): where the next header starts in the next chunk, and the first
         # bytes of a header split over two reads
         self._in_next = 0
@@ -230,10 +230,10 @@ class _Connection(asyncio.Protocol):
         self._schedule_tick()
 
     def data_received(self, data: bytes) -> None:
-        self._rx_at = time.perf_counter()
+        now = self._rx_at = self.server.clock()
         if self._in_next >= 0:
             self._count_in(data)
-        events = self.session.receive_data(data, self.server.clock())
+        events = self.session.receive_data(data, now)
         if events:
             self._dispatch(events)
         self._flush()
@@ -446,11 +446,12 @@ class _Connection(asyncio.Protocol):
         data = self.session.take_output()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
-            self.session.note_sent(self.server.clock())
+            now = self.server.clock()
+            self.session.note_sent(now)
             self._count_out(data)
             if self._answered:
-                self._observe_latency()
-        if self._answered:
+                self._observe_latency(now)
+        elif self._answered:
             self._answered.clear()  # not written (closing): no latency to report
 
     def _count_in(self, data: bytes) -> None:
@@ -518,12 +519,12 @@ class _Connection(asyncio.Protocol):
                 break
             offset += length
 
-    def _observe_latency(self) -> None:
+    def _observe_latency(self, now: float) -> None:
         """bridge_smpp_submit_latency_seconds: arrival of each request to the write of its
         response. Responses to one read that leave in one write share their latency, so each
         distinct (command, arrival) is observed once, n times (a pipelining ESME's responses
-        come in such runs)."""
-        now = time.perf_counter()
+        come in such runs). Both ends are read from ``server.clock`` (monotonic), which the
+        read and the write read anyway."""
         hists = self.server._submit_latency
         answered = self._answered
         first = answered[0]
