@@ -9,7 +9,9 @@ What can be checked without one is checked here:
 * the Dockerfile, compose.yaml, prometheus.yml and config/docker.toml agree with each other:
   ports, the config path, the data volume, the HEALTHCHECK port;
 * the HEALTHCHECK command itself passes against a running bridge;
-* the dashboard JSON is a well-formed Grafana model.
+* the dashboard JSON is a well-formed Grafana model, and every metric it queries exists in a
+  real ``/metrics`` scrape of a running bridge that has bound, accepted a message and delivered
+  its receipt (so the labelled series exist and their label names can be checked too).
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ import shlex
 import shutil
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
-from bridge_harness import StartBridge, start_bridge
+from bridge_harness import BridgeThread, Esme, StartBridge, start_bridge
+from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.config import Config, load_config
 
@@ -166,8 +170,74 @@ def _panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from panel.get("panels", [])
 
 
+def _queries(dashboard: dict[str, Any]) -> list[str]:
+    """Every PromQL expression: panel targets and template variable queries."""
+    exprs = [target["expr"] for panel in _panels(dashboard) for target in panel.get("targets", [])]
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            query = variable["query"]
+            exprs.append(query["query"] if isinstance(query, dict) else query)
+    return exprs
+
+
 _METRIC_RE = re.compile(r"\bbridge_[a-z0-9_]+\b")
+_SELECTOR_RE = re.compile(r"\b(bridge_[a-z0-9_]+)\s*\{([^}]*)\}")
+_MATCHER_RE = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
+_GROUPING_RE = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
 _LABEL_VALUES_RE = re.compile(r"label_values\(\s*(bridge_[a-z0-9_]+)\s*,\s*([a-zA-Z_]\w*)\s*\)")
+
+
+def _sample_names(exposition: str) -> dict[str, str]:
+    """Every sample name the families of the ``# TYPE`` lines expose -> its family.
+
+    ``# TYPE`` lines list every family, also those without samples yet (a labelled counter
+    before its first increment). In the Prometheus text format a counter's TYPE line already
+    names its ``_total`` sample (OpenMetrics names the family without it: both are accepted);
+    a histogram ``h`` has samples ``h_bucket``, ``h_sum`` and ``h_count``.
+    """
+    suffixes = {
+        "counter": ("_total",),
+        "gauge": ("",),
+        "histogram": ("_bucket", "_sum", "_count"),
+        "summary": ("", "_sum", "_count"),
+        "untyped": ("",),
+        "unknown": ("",),
+    }
+    names: dict[str, str] = {}
+    for line in exposition.splitlines():
+        if not line.startswith("# TYPE "):
+            continue
+        _, _, family, kind = line.split(maxsplit=3)
+        family = family.removesuffix("_total") if kind == "counter" else family
+        for suffix in suffixes.get(kind.strip(), ("",)):
+            names[family + suffix] = family
+    return names
+
+
+def _sample_labels(exposition: str) -> dict[str, set[str]]:
+    """Label names seen on the samples of each sample name."""
+    labels: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            labels.setdefault(sample.name, set()).update(sample.labels)
+    return labels
+
+
+def _scrape(bt: BridgeThread) -> str:
+    """GET /metrics of the running bridge (or its registry, when it serves no HTTP)."""
+    bridge: Any = bt.bridge
+    http = getattr(bridge, "http", None)
+    port = getattr(http, "port", None)
+    if port:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            assert resp.status == 200
+            return str(resp.read().decode("utf-8"))
+    registry = getattr(bridge, "registry", None)
+    if registry is None:
+        pytest.fail("the Bridge serves no /metrics (no .http.port) and has no .registry")
+    from prometheus_client import generate_latest
+
+    return generate_latest(registry).decode("utf-8")
 
 
 # --------------------------------------------------------------------------- Dockerfile
@@ -409,3 +479,51 @@ def test_dashboard_is_a_well_formed_grafana_model() -> None:
         "Reassembly",
     ):
         assert section in rows, section
+
+
+def test_every_dashboard_metric_exists_in_a_real_scrape(start_bridge: StartBridge) -> None:
+    bt = start_bridge()
+    with Esme(bt.port) as esme:
+        esme.bind("transceiver")
+        esme.submit_ok(registered_delivery=1)
+        (receipt,) = esme.receipts(1)
+        assert receipt.esm_class & 0x04
+        # A refused submit (not a number), so the rejection series exist too.
+        assert esme.submit(destination_addr="not-a-number").status != 0
+        if getattr(bt.bridge, "http", None) is not None:
+            # /readyz runs the provider health checks (bridge_provider_up).
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{bt.bridge.http.port}/readyz", timeout=5
+            ) as resp:
+                assert resp.status == 200
+        exposition = _scrape(bt)
+
+    known = _sample_names(exposition)
+    labels = _sample_labels(exposition)
+    queries = _queries(_dashboard())
+    used = {name for expr in queries for name in _METRIC_RE.findall(expr)}
+    missing = sorted(used - known.keys())
+    assert not missing, f"the dashboard queries metrics the bridge does not expose: {missing}"
+    assert {known[name] for name in used} >= {"bridge_messages_accepted", "bridge_smpp_pdus"}
+    assert len(used) >= 25
+
+    # Label names: every label an expression selects on or groups by exists on the samples of
+    # the metrics it queries (checked for every metric the scrape has samples of).
+    for expr in queries:
+        names = set(_METRIC_RE.findall(expr))
+        used_labels = {
+            label
+            for _name, matchers in _SELECTOR_RE.findall(expr)
+            for label in _MATCHER_RE.findall(matchers)
+        }
+        used_labels |= {
+            label.strip()
+            for group in _GROUPING_RE.findall(expr)
+            for label in group.split(",")
+            if label.strip()
+        }
+        used_labels |= {m.group(2) for m in _LABEL_VALUES_RE.finditer(expr)}
+        used_labels.discard("le")
+        for name in names & labels.keys():
+            unknown = used_labels - labels[name]
+            assert not unknown, f"{expr}: {name} has no label {sorted(unknown)}"
