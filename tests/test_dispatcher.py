@@ -297,7 +297,11 @@ async def test_provider_exception_is_transient_and_logged_without_text(rig: Rig)
 
 async def test_transient_until_expiry_finishes_expired(rig: Rig) -> None:
     p1 = FakeProvider("p1", repeat=Outcome(OutcomeKind.TRANSIENT, error_code=8))
-    d = rig.dispatcher(p1, backoff_base=0.01, backoff_max=0.05)
+    # With the rig's seeded rng the retries are due at ~0.013 s and ~0.18 s, and the third
+    # backoff (~0.31 s) ends past the validity: > 0.1 s from the deadline each time, so the
+    # expiry is found after a transient outcome (its error code 8), never by a retry that
+    # wakes a few ms late at the deadline (error code 0). Short backoffs made that a race.
+    d = rig.dispatcher(p1, backoff_base=0.1, backoff_max=1.0)
     await d.start()
     await rig.add(d, make_message(expire_at=time.time() + 0.3))
     await until(lambda: "m1" in rig.finisher.finished)
