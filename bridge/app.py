@@ -10,7 +10,7 @@ import contextlib
 import dataclasses
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import prometheus_client
@@ -111,18 +111,7 @@ class Bridge:
         }
         for name, p in self.providers.items():
             p.capabilities = capabilities[name]
-        routes = [
-            Route(
-                list(r.providers),
-                accounts=r.accounts,
-                countries=r.countries,
-                prefixes=r.prefixes,
-                regex=r.regex,
-                name=r.name,
-            )
-            for r in cfg.routes
-        ] or [Route([next(iter(self.providers), "sandbox")], name="default")]
-        self.router = Router(routes, capabilities)
+        self.router = Router(_routes(cfg, self.providers), capabilities)
         pc = cfg.pipeline
         self.reports = ReportHandler(
             self.store, clock, on_receipts=self._wake_account, metrics=metrics
@@ -350,11 +339,34 @@ class Bridge:
         except ConfigError as e:
             log.error("config.reload_failed", errors=str(e))
             return False
+        if set(new.providers) != set(self.providers):
+            # Provider instances hold pools and timers: adding or removing one needs a restart.
+            log.error(
+                "config.reload_failed",
+                errors="the [providers] set changed; restart the bridge to apply it",
+            )
+            return False
         self.accounts.replace(new.to_accounts())
         self.policies.clear()
         self.policies.update({a.system_id: _policy(a) for a in new.accounts})
-        log.info("config.reloaded", accounts=len(self.accounts))
+        self.router.replace_routes(_routes(new, self.providers))
+        log.info("config.reloaded", accounts=len(self.accounts), routes=len(new.routes))
         return True
+
+
+def _routes(cfg: Config, providers: Mapping[str, object]) -> list[Route]:
+    """The configured routing rules; with none, everything goes to the first provider."""
+    return [
+        Route(
+            list(r.providers),
+            accounts=r.accounts,
+            countries=r.countries,
+            prefixes=r.prefixes,
+            regex=r.regex,
+            name=r.name,
+        )
+        for r in cfg.routes
+    ] or [Route([next(iter(providers), "sandbox")], name="default")]
 
 
 def _policy(a: AccountConfig) -> AccountPolicy:

@@ -50,6 +50,15 @@ def test_account_rule() -> None:
     assert route(r, msg(account="demo")) == ["b"]
 
 
+def test_replaced_routes_apply_to_the_next_message() -> None:
+    r = router(Route(["a"]))
+    r.replace_routes([Route(["b"], countries=["FR"]), Route(["c"])])
+    assert route(r, msg("33612345678")) == ["b"]
+    assert route(r, msg()) == ["c"]
+    r.replace_routes([])
+    assert route(r, msg()) == ["sandbox"]
+
+
 @pytest.mark.parametrize(
     ("digits", "region"),
     [

@@ -168,6 +168,11 @@ class Router:
         # Only parse the destination when some rule asks for a country.
         self._needs_country = any(r.countries is not None for r in self.routes)
 
+    def replace_routes(self, routes: Sequence[Route]) -> None:
+        """Swap the rules (config reload); messages already routed keep their provider list."""
+        self.routes = list(routes) or [Route([DEFAULT_PROVIDER], name="default")]
+        self._needs_country = any(r.countries is not None for r in self.routes)
+
     def rule_for(self, message: Message) -> Route | None:
         """The first rule that matches, or None."""
         country = country_of(message.destination.digits) if self._needs_country else None
