@@ -122,6 +122,27 @@ def test_ucs2_with_an_emoji_is_accepted_and_decoded(start_bridge: StartBridge) -
     assert stored(bt, mid).text == text
 
 
+def test_incomplete_concatenated_message_gets_a_failure_receipt_for_every_part_received(
+    start_bridge: StartBridge,
+) -> None:
+    bt = start_bridge(pipeline={"reassembly_timeout": 0.3})
+    text = ("The quick brown fox jumps over the lazy dog. " * 9)[:400]
+    parts, encoding, esm_class = smpplib.gsm.make_parts(text)
+    with Esme(bt.port) as esme:
+        esme.bind()
+        ids = [
+            esme.submit_ok(
+                short_message=part, esm_class=esm_class, data_coding=encoding,
+                registered_delivery=1,
+            )
+            for part in parts[:2]
+        ]  # part 3 never comes
+        receipts = by_id(esme.receipts(2, timeout=5.0))
+    assert set(receipts) == set(ids)
+    assert {receipt_fields(r)["stat"] for r in receipts.values()} == {"UNDELIV"}
+    assert bt.bridge.pipeline.incomplete == 1
+
+
 def test_udh_concatenated_message_gets_an_id_and_a_receipt_per_part(
     start_bridge: StartBridge,
 ) -> None:

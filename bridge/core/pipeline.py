@@ -391,24 +391,25 @@ class Pipeline:
             await self._complete(assembled)
         return message_id
 
-    def _assemble_sync(self, assembled: Assembled) -> Message:
-        first = assembled.first
+    def _from_first_part(self, first: Fragment, account: str, payload: bytes | None) -> Message:
+        """The message a set of parts stands for, built from the fields stored with its first
+        part; ``payload`` None for an incomplete set (no content to decode)."""
         meta = _PartMeta.decode(first.meta).values
         src, dst = meta["source"], meta["destination"]
-        payload = assembled.payload
-        try:
-            text = self.decode(payload, meta["data_coding"], meta["alphabet"])
-        except ValueError:
-            text = None
-        now = self.clock()
-        message = Message(
+        text = None
+        if payload is not None:
+            try:
+                text = self.decode(payload, meta["data_coding"], meta["alphabet"])
+            except ValueError:
+                text = None  # kept as binary: the parts were each accepted already
+        return Message(
             id=first.message_id,
-            account=assembled.key.account,
+            account=account,
             source=Address(src[0], src[1], src[2]),
             destination=Address(dst[0], dst[1], dst[2]),
             text=text,
             data_coding=meta["data_coding"],
-            binary=payload if text is None else b"",
+            binary=payload if payload is not None and text is None else b"",
             udh=bytes.fromhex(meta["udh"]),
             flash=meta["flash"],
             registered_delivery=meta["registered_delivery"],
@@ -420,8 +421,11 @@ class Pipeline:
             schedule_at=meta["schedule_at"],
             expire_at=meta["expire_at"] or first.received_at + meta["validity"],
         )
+
+    def _assemble_sync(self, assembled: Assembled) -> Message:
+        message = self._from_first_part(assembled.first, assembled.key.account, assembled.payload)
         message.part_ids = list(assembled.all_ids)
-        message.next_attempt_at = now
+        message.next_attempt_at = self.clock()
         return message
 
     async def _complete(self, assembled: Assembled) -> None:
@@ -459,18 +463,7 @@ class Pipeline:
         if not frags:
             return
         first = min(frags, key=lambda f: f.seqnum)
-        meta = _PartMeta.decode(first.meta).values
-        src, dst = meta["source"], meta["destination"]
-        message = Message(
-            id=first.message_id,
-            account=inc.key.account,
-            source=Address(src[0], src[1], src[2]),
-            destination=Address(dst[0], dst[1], dst[2]),
-            text=None,
-            data_coding=meta["data_coding"],
-            registered_delivery=meta["registered_delivery"],
-            created_at=first.received_at,
-        )
+        message = self._from_first_part(first, inc.key.account, None)
         message.part_ids = list(inc.all_ids)
         log.warning(
             "pipeline.incomplete_message",
