@@ -303,15 +303,32 @@ class Bridge:
 
     async def _housekeeping(self, interval: float = 300.0) -> None:
         """Forget provider-id correlations past their expiry (reports for them count as
-        unknown), so the table does not grow for ever."""
+        unknown) and purge final messages past ``[storage] retention``, so the database does
+        not grow for ever. Purging runs in batches of short transactions."""
         while True:
             await asyncio.sleep(interval)
             try:
                 removed = await self.store.expire_correlations(self.clock())
                 if removed:
                     log.info("store.correlations_expired", count=removed)
+                retention = self.cfg.storage.retention
+                if retention > 0:
+                    purged = await self._purge(self.clock() - retention)
+                    if purged:
+                        log.info("store.messages_purged", count=purged)
             except Exception:
                 log.exception("store.housekeeping_failed")
+
+    async def _purge(self, created_before: float, batch: int = 10_000) -> int:
+        """Purge in batches, one short transaction each, so live writes are never held up
+        for long, until the backlog is gone."""
+        total = 0
+        while True:
+            n = await self.store.purge_final(created_before, batch)
+            total += n
+            if n < batch:
+                return total
+            await asyncio.sleep(0)
 
     async def stop(self) -> None:
         await self.http.stop()  # first (started last): no probe sees half-stopped parts
@@ -390,14 +407,16 @@ def _with_limits(caps: Capabilities, pc: ProviderConfig) -> Capabilities:
 async def run(cfg: Config, overrides: dict[str, object] | None = None) -> None:
     """Run until SIGINT/SIGTERM, then shut down gracefully."""
     bridge = Bridge(cfg)
-    await bridge.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    # Handlers first: a signal that arrives while the listeners open (a supervisor's early
+    # SIGHUP, say) must not hit the default action, which for SIGHUP is to terminate.
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     with contextlib.suppress(NotImplementedError, AttributeError):
         loop.add_signal_handler(signal.SIGHUP, bridge.reload, overrides)
+    await bridge.start()
     log.info(
         "bridge.started",
         smpp=f"{cfg.smpp.host}:{bridge.smpp.ports['smpp']}",

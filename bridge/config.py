@@ -216,6 +216,9 @@ class StorageConfig(_Section):
     """``[storage]``: where the durable queue lives."""
 
     data_dir: Annotated[PathField, Field(validate_default=True)] = Path("data")
+    # Messages in a final state are kept this long (for query_sm and history), then purged;
+    # 0 keeps them for ever.
+    retention: NonNegFloat = 7 * 86400.0
 
     @field_validator("data_dir")
     @classmethod

@@ -174,6 +174,18 @@ class InMemoryStore:
         found = self._correlations.get((provider, provider_message_id))
         return found[0] if found is not None else None
 
+    async def purge_final(self, created_before: float, limit: int = 10_000) -> int:
+        await self._write()
+        gone = [
+            m for m in self.messages.values() if m.state.is_final and m.created_at < created_before
+        ][:limit]
+        for m in gone:
+            del self.messages[m.id]
+            self._history.pop(m.id, None)
+            for pid in m.part_ids:
+                self._part_index.pop(pid, None)
+        return len(gone)
+
     async def expire_correlations(self, now: float) -> int:
         await self._write()
         gone = [k for k, (_, expires_at) in self._correlations.items() if expires_at <= now]

@@ -742,3 +742,33 @@ def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
             assert s.get_message(message_ids[-1]) is not None
 
     asyncio.run(check())
+
+
+# ---------------------------------------------------------------------------- retention
+
+
+async def test_purge_removes_old_final_messages_with_parts_and_history(store: SqliteStore) -> None:
+    old = msg("old", part_ids=["old", "old-2"], created_at=100.0)
+    live = msg("live", created_at=100.0)  # ENROUTE: never purged, however old
+    recent = msg("recent", created_at=900.0)
+    for m in (old, live, recent):
+        await store.add_message(m)
+    for m in (old, recent):
+        m.state = MessageState.DELIVERED
+        await store.update_message(m, StateChange(m.id, MessageState.DELIVERED, 950.0, "dlr"))
+    assert await store.purge_final(created_before=500.0) == 1
+    assert store.get_message("old") is None and store.get_message("old-2") is None
+    assert store.history("old") == []
+    assert store.get_message("live") is not None
+    assert store.get_message("recent") is not None
+    assert store.queue_depth() == 1  # the live one; the counters were not disturbed
+
+
+async def test_purge_works_in_batches(store: SqliteStore) -> None:
+    for i in range(5):
+        m = msg(f"m{i}", created_at=1.0, state=MessageState.REJECTED)
+        await store.add_message(m)
+    assert await store.purge_final(created_before=10.0, limit=2) == 2
+    assert await store.purge_final(created_before=10.0, limit=2) == 2
+    assert await store.purge_final(created_before=10.0, limit=2) == 1
+    assert await store.purge_final(created_before=10.0, limit=2) == 0

@@ -134,6 +134,12 @@ class Store(Protocol):
 
     async def expire_correlations(self, now: float) -> int: ...
 
+    async def purge_final(self, created_before: float, limit: int = 10_000) -> int:
+        """Retention: delete up to ``limit`` messages in a final state created before
+        ``created_before``, with their part ids and history; returns how many.
+        Live (ENROUTE) messages are never purged, however old."""
+        ...
+
     # ---------------------------------------------------------------- delivery queues
     async def enqueue_delivery(
         self, account: str, item: Receipt | InboundMessage, at: float

@@ -76,6 +76,7 @@ CREATE INDEX IF NOT EXISTS messages_pending ON messages(id)
     WHERE state = 1 AND provider_message_id IS NULL;
 CREATE INDEX IF NOT EXISTS messages_awaiting ON messages(id)
     WHERE state = 1 AND provider_message_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_final_age ON messages(created_at) WHERE state != 1;
 
 -- part ids other than the message id itself (a single-part message needs no row here)
 CREATE TABLE IF NOT EXISTS message_parts (
@@ -1057,6 +1058,28 @@ class SqliteStore:
             (provider, provider_message_id),
         )
         return str(rows[0][0]) if rows else None
+
+    async def purge_final(self, created_before: float, limit: int = 10_000) -> int:
+        """Retention: delete up to ``limit`` final messages created before ``created_before``
+        with their part ids and history (one transaction); returns how many. Their provider
+        correlations go with :meth:`expire_correlations` (no index by message id is kept for
+        them: that would cost every send an index update)."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            ids = [
+                (row[0],)
+                for row in conn.execute(
+                    "SELECT id FROM messages WHERE state != 1 AND created_at < ? LIMIT ?",
+                    (created_before, limit),
+                )
+            ]
+            if ids:
+                conn.executemany("DELETE FROM message_parts WHERE message_id = ?", ids)
+                conn.executemany("DELETE FROM history WHERE message_id = ?", ids)
+                conn.executemany("DELETE FROM messages WHERE id = ?", ids)
+            return len(ids)
+
+        return int(await self._submit(_Op("", [], run=run)))
 
     async def expire_correlations(self, now: float) -> int:
         """Drop correlations with ``expires_at <= now``; returns how many."""
