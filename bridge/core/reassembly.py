@@ -175,12 +175,32 @@ class Fragment:
         )
 
 
-def _ids(fragments: tuple[Fragment, ...], replaced: tuple[Fragment, ...]) -> list[str]:
-    return [f.message_id for f in fragments] + [f.message_id for f in replaced]
+class _PartIds:
+    """The ids a set of parts was given, shared by :class:`Assembled` and :class:`Incomplete`:
+    every one of them must end in a receipt."""
+
+    __slots__ = ()
+    fragments: tuple[Fragment, ...]
+    replaced: tuple[Fragment, ...]
+
+    @property
+    def part_ids(self) -> list[str]:
+        """The message_id of each part kept, in part order (``Message.part_ids``)."""
+        return [f.message_id for f in self.fragments]
+
+    @property
+    def extra_ids(self) -> list[str]:
+        """Ids of replaced duplicate parts: each must get a receipt too."""
+        return [f.message_id for f in self.replaced]
+
+    @property
+    def all_ids(self) -> list[str]:
+        """Every id the ESME was given: :attr:`part_ids` + :attr:`extra_ids`."""
+        return self.part_ids + self.extra_ids
 
 
 @dataclass(frozen=True, slots=True)
-class Assembled:
+class Assembled(_PartIds):
     """All parts of a message are present.
 
     ``fragments`` are ordered by seqnum 1..total (for a retransmitted part, the latest copy).
@@ -198,21 +218,6 @@ class Assembled:
         return b"".join(f.payload for f in self.fragments)
 
     @property
-    def part_ids(self) -> list[str]:
-        """The message_id of each part, in part order (``Message.part_ids``)."""
-        return [f.message_id for f in self.fragments]
-
-    @property
-    def extra_ids(self) -> list[str]:
-        """Ids of replaced duplicate parts: each must get a receipt too."""
-        return [f.message_id for f in self.replaced]
-
-    @property
-    def all_ids(self) -> list[str]:
-        """Every id the ESME was given for this message: :attr:`part_ids` + :attr:`extra_ids`."""
-        return _ids(self.fragments, self.replaced)
-
-    @property
     def first(self) -> Fragment:
         """Part 1 (its ``meta`` carries the first-part fields)."""
         return self.fragments[0]
@@ -223,7 +228,7 @@ class Assembled:
 
 
 @dataclass(frozen=True, slots=True)
-class Incomplete:
+class Incomplete(_PartIds):
     """A message that left the buffer without all its parts: it must end in a failure receipt
     for every id in :attr:`all_ids` (never a silent drop).
 
@@ -237,19 +242,6 @@ class Incomplete:
     total: int
     reason: IncompleteReason
     replaced: tuple[Fragment, ...] = ()  # earlier copies of retransmitted parts, other ids
-
-    @property
-    def part_ids(self) -> list[str]:
-        return [f.message_id for f in self.fragments]
-
-    @property
-    def extra_ids(self) -> list[str]:
-        return [f.message_id for f in self.replaced]
-
-    @property
-    def all_ids(self) -> list[str]:
-        """Every id the ESME was given for the parts received: each needs a failure receipt."""
-        return _ids(self.fragments, self.replaced)
 
     @property
     def missing(self) -> list[int]:
