@@ -14,14 +14,11 @@ response decoded with our own codec, over smpplib's socket.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +28,7 @@ import smpplib.client
 import smpplib.consts
 import smpplib.exceptions
 import smpplib.smpp
+from loop_thread import LoopThread
 
 from bridge.app import Bridge
 from bridge.config import load_config_text
@@ -121,7 +119,7 @@ def bridge_config(
 # --------------------------------------------------------------------------- the daemon
 
 
-class BridgeThread:
+class BridgeThread(LoopThread):
     """A :class:`Bridge` built from :func:`bridge_config` text, running in a background loop.
 
     ``Bridge.start()`` runs inside that loop (it creates tasks and the listener there).
@@ -130,14 +128,12 @@ class BridgeThread:
     def __init__(self, data_dir: Path, **config: Any) -> None:
         self.data_dir = data_dir
         self.config_text = bridge_config(data_dir, **config)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
+        super().__init__()
         self._stopped = False
         try:
             self.bridge: Bridge = self.call(self._start(), timeout=15.0)
         except BaseException:
-            self._close_loop()
+            self.close_loop()
             raise
         self.port: int = self.bridge.smpp.ports["smpp"]
 
@@ -145,21 +141,6 @@ class BridgeThread:
         bridge = Bridge(load_config_text(self.config_text))
         await bridge.start()
         return bridge
-
-    def submit(self, coro: Any) -> Future[Any]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def call(self, coro: Any, timeout: float = 10.0) -> Any:
-        """Run a coroutine in the bridge's loop and wait for its result."""
-        return self.submit(coro).result(timeout)
-
-    def run(self, fn: Callable[[], T]) -> T:
-        """Run a plain function in the bridge's loop (to read its state safely)."""
-
-        async def wrapper() -> T:
-            return fn()
-
-        return self.call(wrapper())  # type: ignore[no-any-return]
 
     def has_receiver(self, system_id: str = SYSTEM_ID) -> bool:
         return self.run(lambda: self.bridge.smpp.has_receiver(system_id))
@@ -171,13 +152,7 @@ class BridgeThread:
         try:
             self.call(self.bridge.stop(), timeout=15.0)
         finally:
-            self._close_loop()
-
-    def _close_loop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        if not self.thread.is_alive():
-            self.loop.close()
+            self.close_loop()
 
 
 StartBridge = Callable[..., BridgeThread]

@@ -18,13 +18,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import structlog
+from loop_thread import LoopThread
 
 from bridge.core.accounts import LOOPBACK_NETWORKS, Account, AccountRegistry, BindType
 from bridge.smpp.pdu import CommandId, FrameReader, Pdu, decode, encode
@@ -67,7 +67,7 @@ def make_account(**overrides: Any) -> Account:
     return Account(**values)
 
 
-class ServerThread:
+class ServerThread(LoopThread):
     """A SmppServer on 127.0.0.1:<free port> in a background event loop.
 
     ``server_kw`` overrides :class:`ServerConfig` fields; the bind-failure delay is off unless
@@ -81,9 +81,7 @@ class ServerThread:
         session: SessionConfig | None = None,
         **server_kw: Any,
     ) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
+        super().__init__()
         values: dict[str, Any] = {
             "host": "127.0.0.1",
             "port": 0,
@@ -103,22 +101,6 @@ class ServerThread:
         await server.start()
         return server
 
-    def submit(self, coro: Any) -> Future[Any]:
-        """Start a coroutine in the server's loop without waiting for it."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def call(self, coro: Any, timeout: float = 10.0) -> Any:
-        """Run a coroutine in the server's loop and wait for its result."""
-        return self.submit(coro).result(timeout)
-
-    def run(self, fn: Callable[[], T]) -> T:
-        """Run a plain function in the server's loop (to read its state safely)."""
-
-        async def wrapper() -> T:
-            return fn()
-
-        return self.call(wrapper())  # type: ignore[no-any-return]
-
     def connection_count(self) -> int:
         return self.run(lambda: self.server.connection_count)
 
@@ -128,9 +110,7 @@ class ServerThread:
         try:
             self.call(self.server.stop(timeout=2.0))
         finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(5)
-            self.loop.close()
+            self.close_loop()
 
 
 StartServer = Callable[..., ServerThread]

@@ -1,0 +1,44 @@
+"""An asyncio event loop on a background thread, for tests that drive blocking ESME libraries
+(smpplib) from the test thread against a server living in that loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """Starts a loop on a daemon thread; ``call`` / ``run`` execute work inside it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def submit(self, coro: Any) -> Future[Any]:
+        """Start a coroutine in the loop without waiting for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def call(self, coro: Any, timeout: float = 10.0) -> Any:
+        """Run a coroutine in the loop and wait for its result."""
+        return self.submit(coro).result(timeout)
+
+    def run(self, fn: Callable[[], T]) -> T:
+        """Run a plain function in the loop (to read its state safely)."""
+
+        async def wrapper() -> T:
+            return fn()
+
+        return self.call(wrapper())  # type: ignore[no-any-return]
+
+    def close_loop(self) -> None:
+        """Stop the loop and join the thread; close the loop once the thread has ended."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        if not self.thread.is_alive():
+            self.loop.close()
