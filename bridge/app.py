@@ -8,10 +8,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
+import hmac
+import os
+import secrets
 import signal
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import prometheus_client
 import structlog
@@ -21,6 +26,7 @@ from bridge.config import (
     Config,
     ConfigError,
     ProviderConfig,
+    SandboxConfig,
     apply_overrides,
     load_config,
 )
@@ -31,13 +37,20 @@ from bridge.core.pipeline import AccountPolicy, Pipeline
 from bridge.core.receipts import DeliveryQueue, ReportHandler
 from bridge.core.router import Route, Router
 from bridge.observability import BridgeCollector, Metrics, Snapshot
-from bridge.providers.base import Capabilities
+from bridge.providers import isms_http, isms_smpp, mycoolsms, phlymail, sms1601, smsflatrate
+from bridge.providers.base import (
+    CallbackKind,
+    CallbackProvider,
+    Capabilities,
+    Provider,
+    ProviderContext,
+)
 from bridge.providers.sandbox import SandboxProvider, SandboxRule
 from bridge.smpp.server import ServerConfig, SessionInfo, SmppServer
 from bridge.smpp.session import SessionConfig
 from bridge.smsc import SmppReceiptSender, SmscHandler, decode_payload, text_units
 from bridge.store.sqlite import SqliteStore
-from bridge.web.server import HealthReport, HttpServer, build_app
+from bridge.web.server import CallbackEndpoint, HealthReport, HttpServer, build_app
 
 log = structlog.get_logger("bridge.app")
 
@@ -49,6 +62,18 @@ PROVIDER_HEALTH_TIMEOUT = 2.0
 #: bridge_provider_up: providers are checked this often in the background (and whenever /readyz
 #: asks); the gauge shows the last answer.
 PROVIDER_UP_INTERVAL = 30.0
+
+#: Provider modules by config ``type`` (the sandbox is built here: it takes no HTTP settings).
+_PROVIDER_MODULES: dict[str, Any] = {
+    "phlymail": phlymail,
+    "smsflatrate": smsflatrate,
+    "mycoolsms": mycoolsms,
+    "sms1601": sms1601,
+    "isms_http": isms_http,
+    "isms_smpp": isms_smpp,
+}
+
+CALLBACK_SECRET_FILE = "callback.secret"
 
 
 def server_config(cfg: Config) -> ServerConfig:
@@ -96,15 +121,16 @@ class Bridge:
         self.registry = prometheus_client.CollectorRegistry()
         self.metrics = metrics = Metrics(self.registry)
         self.store = SqliteStore(Path(cfg.storage.data_dir) / "bridge.db", metrics=metrics)
-        self.providers: dict[str, SandboxProvider] = {
-            name: SandboxProvider(
-                name,
-                delay=pc.delay,
-                rules=[SandboxRule(r.suffix, r.outcome, r.error_code) for r in pc.rules],
-                clock=clock,
-            )
+        self._callback_secret = _callback_secret(cfg)
+        self.callback_tokens = {
+            name: _callback_token(self._callback_secret, name, pc)
             for name, pc in cfg.providers.items()
         }
+        self.providers: dict[str, Provider] = {
+            name: _build_provider(name, pc, self._provider_context(name))
+            for name, pc in cfg.providers.items()
+        }
+        self._owners = _inbound_owners(cfg.accounts)
         capabilities = {
             name: _with_limits(p.capabilities, cfg.providers[name])
             for name, p in self.providers.items()
@@ -161,7 +187,16 @@ class Bridge:
         self.http = HttpServer(
             cfg.http.host,
             cfg.http.port,
-            build_app(metrics=self._metrics_text, health=self.health),
+            build_app(
+                metrics=self._metrics_text,
+                health=self.health,
+                callbacks={
+                    name: CallbackEndpoint(self.callback_tokens[name], provider)
+                    for name, provider in self.providers.items()
+                    if isinstance(provider, CallbackProvider)
+                },
+                metrics_sink=metrics,
+            ),
         )
 
         self.registry.register(BridgeCollector(self.metrics_snapshot))
@@ -169,6 +204,31 @@ class Bridge:
         prometheus_client.ProcessCollector(registry=self.registry)
         prometheus_client.PlatformCollector(registry=self.registry)
         prometheus_client.GCCollector(registry=self.registry)
+
+    def _provider_context(self, name: str) -> ProviderContext:
+        balance = self.metrics.provider_balance.labels(name)
+
+        def callback_url(kind: CallbackKind) -> str | None:
+            return self.callback_url(name, kind)
+
+        return ProviderContext(
+            name=name, clock=self.clock, callback_url=callback_url, set_balance=balance.set
+        )
+
+    def callback_url(self, provider: str, kind: CallbackKind) -> str | None:
+        """Where ``provider`` pushes ``kind`` (token included): ``[http] public_url``, else
+        this server's own address (right for local simulators; set public_url in production)."""
+        token = self.callback_tokens.get(provider)
+        if token is None:
+            return None
+        base = self.cfg.http.public_url
+        if base is None:
+            host = self.cfg.http.host
+            if host in ("", "0.0.0.0", "::"):
+                host = "127.0.0.1"
+            host = f"[{host}]" if ":" in host else host
+            base = f"http://{host}:{self.http.port}"
+        return f"{base}/callbacks/{provider}/{token}/{kind}"
 
     def _wake_account(self, account: str) -> None:
         self.deliveries.wake(account)
@@ -211,7 +271,7 @@ class Bridge:
         """Each provider's ``healthy()``, asked concurrently at most every PROVIDER_HEALTH_TTL
         seconds (concurrent probes share one round); a timeout or an exception is unhealthy."""
 
-        async def check(name: str, provider: SandboxProvider) -> bool:
+        async def check(name: str, provider: Provider) -> bool:
             try:
                 return bool(await asyncio.wait_for(provider.healthy(), PROVIDER_HEALTH_TIMEOUT))
             except Exception as exc:
@@ -265,9 +325,30 @@ class Bridge:
                 log.exception("health.provider_check_failed")
             await asyncio.sleep(interval)
 
-    async def _inbound(self, message: InboundMessage) -> None:
-        await self.store.enqueue_delivery(message.account, message, self.clock())
-        self.deliveries.wake(message.account)
+    def owner_of(self, number: str) -> str | None:
+        """The account whose ``inbound_numbers`` match ``number`` (exact, else the longest
+        ``prefix*``), or None."""
+        return _owner(self._owners, number)
+
+    async def _inbound(self, message: InboundMessage) -> bool:
+        """The providers' inbound sink: queue the MO durably for its account (the one the
+        adapter named, else the owner of the receiving number)."""
+        account = message.account or self.owner_of(message.destination.digits)
+        if account is None or self.accounts.get(account) is None:
+            log.warning(
+                "inbound_unowned",
+                provider=message.provider,
+                destination=message.destination.digits,
+                account=account,
+            )
+            self.metrics.inbound(message.provider, "unowned")
+            return False
+        if account != message.account:
+            message = dataclasses.replace(message, account=account)
+        await self.store.enqueue_delivery(account, message, self.clock())
+        self.metrics.inbound(message.provider, "queued")
+        self.deliveries.wake(account)
+        return True
 
     async def start(self) -> None:
         Path(self.cfg.storage.data_dir).mkdir(parents=True, exist_ok=True)
@@ -364,6 +445,7 @@ class Bridge:
             )
             return False
         self.accounts.replace(new.to_accounts())
+        self._owners = _inbound_owners(new.accounts)
         self.policies.clear()
         self.policies.update({a.system_id: _policy(a) for a in new.accounts})
         self.router.replace_routes(_routes(new, self.providers))
@@ -396,6 +478,67 @@ def _policy(a: AccountConfig) -> AccountPolicy:
         strict_numbers=a.strict_numbers,
         default_validity=a.default_validity,
     )
+
+
+def _build_provider(name: str, pc: ProviderConfig, ctx: ProviderContext) -> Provider:
+    """The adapter a ``[providers.NAME]`` table describes."""
+    if isinstance(pc, SandboxConfig):
+        return SandboxProvider(
+            name,
+            delay=pc.delay,
+            rules=[SandboxRule(r.suffix, r.outcome, r.error_code) for r in pc.rules],
+            clock=ctx.clock,
+        )
+    provider: Provider = _PROVIDER_MODULES[pc.type].create(name, pc, ctx)
+    return provider
+
+
+def _callback_secret(cfg: Config) -> bytes:
+    """``[http] callback_secret``, else a random secret kept in the data directory (created
+    once, mode 0600), so callback URLs handed to providers survive restarts."""
+    if cfg.http.callback_secret is not None:
+        return cfg.http.callback_secret.get_secret_value().encode()
+    directory = Path(cfg.storage.data_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CALLBACK_SECRET_FILE
+    try:
+        return path.read_bytes().strip()
+    except FileNotFoundError:
+        pass
+    value = secrets.token_hex(32).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(value + b"\n")
+    return value
+
+
+def _callback_token(secret: bytes, name: str, pc: ProviderConfig) -> str:
+    """The provider's ``callback_token``, else HMAC-SHA256(secret, name): unguessable without
+    the secret, stable across restarts, different per provider."""
+    token = getattr(pc, "callback_token", None)
+    if token is not None:
+        return str(token.get_secret_value())
+    return hmac.new(secret, f"callback:{name}".encode(), hashlib.sha256).hexdigest()[:40]
+
+
+def _inbound_owners(accounts: list[AccountConfig]) -> dict[str, str]:
+    """``inbound_numbers`` → account; prefixes keep their trailing ``*``."""
+    owners: dict[str, str] = {}
+    for a in accounts:
+        for number in a.inbound_numbers:
+            owners.setdefault(number.lstrip("+"), a.system_id)
+    return owners
+
+
+def _owner(owners: Mapping[str, str], number: str) -> str | None:
+    digits = number.lstrip("+")
+    if digits in owners:
+        return owners[digits]
+    for end in range(len(digits), 0, -1):
+        owner = owners.get(digits[:end] + "*")
+        if owner is not None:
+            return owner
+    return None
 
 
 def _with_limits(caps: Capabilities, pc: ProviderConfig) -> Capabilities:

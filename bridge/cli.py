@@ -1,10 +1,11 @@
-"""Command line: ``bridge run | check-config | hash-password | bench``."""
+"""Command line: ``bridge run | check-config | hash-password | bench | simulate``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import getpass
+import importlib
 import sys
 from pathlib import Path
 
@@ -33,7 +34,49 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--messages", type=int, default=20000, help="submit_sm per run")
     bench.add_argument("--binds", type=int, default=4, help="ESME binds (e2e)")
     bench.add_argument("--window", type=int, default=64, help="submit_sm in flight per bind (e2e)")
+
+    from bridge.simulators import SIMULATORS
+
+    sim = sub.add_parser(
+        "simulate", help="run a local simulator of a provider API (for tests and demos)"
+    )
+    sim.add_argument("provider", choices=sorted(SIMULATORS))
+    sim.add_argument("--host", default="127.0.0.1", help="listen address (127.0.0.1)")
+    sim.add_argument("--port", type=int, default=0, help="listen port (0: any free port)")
+    sim.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="simulator setting, repeatable (see the simulator's module docstring)",
+    )
     return p
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from bridge.observability import configure_logging
+    from bridge.simulators import SIMULATORS
+
+    options: dict[str, str] = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            print(f"bridge simulate: --option wants KEY=VALUE, got {item!r}", file=sys.stderr)
+            return 2
+        options[key] = value
+    configure_logging("info", "auto")
+    module = importlib.import_module(SIMULATORS[args.provider])
+    try:
+        asyncio.run(module.serve(args.host, args.port, options))
+    except ValueError as e:
+        print(f"bridge simulate: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"bridge simulate: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def _install_uvloop() -> str:
@@ -51,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         return _check_config(args.config)
     if args.command == "hash-password":
         return _hash_password(args.password)
+    if args.command == "simulate":
+        return _simulate(args)
     if args.command == "bench":
         if args.what == "e2e":
             from bridge.bench_e2e import main as e2e_main

@@ -35,8 +35,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     SecretStr,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -46,6 +48,8 @@ from pydantic import (
 from bridge.core.accounts import Account, BindType, IPNetwork
 from bridge.observability import DEFAULT_REDACT_KEYS
 from bridge.passwords import MAX_SMPP_PASSWORD_LENGTH, is_hashed, parse_hash
+from bridge.providers import isms_http, isms_smpp, mycoolsms, phlymail, sms1601, smsflatrate
+from bridge.providers.settings import ProviderSettings, Secret
 
 __all__ = [
     "AccountConfig",
@@ -54,6 +58,8 @@ __all__ = [
     "ConfigProblem",
     "HttpConfig",
     "LoggingConfig",
+    "ProviderConfig",
+    "SandboxConfig",
     "SmppConfig",
     "StorageConfig",
     "TlsConfig",
@@ -63,6 +69,9 @@ __all__ = [
 ]
 
 DEFAULT_SMPP_HOST = "127.0.0.1"
+PROVIDER_TYPES = (
+    "sandbox", "phlymail", "smsflatrate", "mycoolsms", "sms1601", "isms_http", "isms_smpp"
+)
 MAX_SYSTEM_ID_LENGTH = 15  # SMPP 3.4: C-Octet String, max 16 octets including the NUL
 
 
@@ -210,6 +219,21 @@ class HttpConfig(_Section):
 
     host: str = "127.0.0.1"
     port: Port = 8080
+    # How providers reach this server, for the callback URLs given to them (dlr-url,
+    # callbackurl …): "https://bridge.example.com" behind a proxy. Default: http://host:port.
+    public_url: str | None = None
+    # Secret the per-provider callback tokens are derived from (env:VAR allowed). Default: a
+    # random one created in the data directory at first start (callback.secret).
+    callback_secret: Secret | None = None
+
+    @field_validator("public_url")
+    @classmethod
+    def _absolute_http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", value):
+                raise ValueError('must be an absolute http(s) URL such as "https://bridge.example.com"')
+            value = value.rstrip("/")
+        return value
 
 
 class StorageConfig(_Section):
@@ -266,6 +290,11 @@ class AccountConfig(_Section):
     # Also check numbers against the numbering-plan metadata (which lags new ranges): opt-in.
     strict_numbers: bool = False
     default_validity: PosFloat = 48 * 3600.0  # seconds, when the ESME gives no validity_period
+    # Receiving numbers whose inbound SMS (MO) this account gets as deliver_sm: E.164 digits
+    # ("491701234567"), or a prefix ending in "*" ("4917012345*"). The longest match wins.
+    inbound_numbers: list[Annotated[str, Field(pattern=r"^\+?[0-9]{1,15}\*?$")]] = Field(
+        default_factory=list
+    )
 
     @field_validator("password", mode="before")
     @classmethod
@@ -351,14 +380,39 @@ class SandboxRuleConfig(_Section):
     error_code: Annotated[int, Field(ge=0, le=999)] = 0
 
 
-class ProviderConfig(_Section):
-    """``[providers.NAME]``: one provider instance (today: the sandbox)."""
+class SandboxConfig(ProviderSettings):
+    """``[providers.NAME] type = "sandbox"`` (the default type): no network, see
+    :mod:`bridge.providers.sandbox`."""
 
     type: Literal["sandbox"] = "sandbox"
     delay: NonNegFloat = 1.0  # seconds before the sandbox reports
-    requests_per_second: NonNegFloat = 0.0  # 0 = unlimited
-    concurrency: Annotated[int, Field(ge=1)] = 16
     rules: list[SandboxRuleConfig] = Field(default_factory=list)
+
+
+def _provider_type(value: Any) -> str:
+    """The union's tag: ``type``, "sandbox" when the table has none."""
+    if isinstance(value, dict):
+        tag = value.get("type", "sandbox")
+        return tag if isinstance(tag, str) else ""
+    return str(getattr(value, "type", ""))
+
+
+#: One ``[providers.NAME]`` table; its ``type`` says which adapter and which keys.
+ProviderConfig = Annotated[
+    Annotated[SandboxConfig, Tag("sandbox")]
+    | Annotated[phlymail.Settings, Tag("phlymail")]
+    | Annotated[smsflatrate.Settings, Tag("smsflatrate")]
+    | Annotated[mycoolsms.Settings, Tag("mycoolsms")]
+    | Annotated[sms1601.Settings, Tag("sms1601")]
+    | Annotated[isms_http.Settings, Tag("isms_http")]
+    | Annotated[isms_smpp.Settings, Tag("isms_smpp")],
+    Discriminator(
+        _provider_type,
+        custom_error_type="provider_type",
+        custom_error_message="unknown provider type; one of: "
+        + ", ".join(PROVIDER_TYPES),
+    ),
+]
 
 
 class RouteConfig(_Section):
@@ -371,6 +425,10 @@ class RouteConfig(_Section):
     countries: list[str] | None = None  # ISO 3166 alpha-2 of the destination
     prefixes: list[str] | None = None  # E.164 digit prefixes of the destination
     regex: str | None = None  # on the E.164 destination digits
+
+
+def _default_providers() -> dict[str, ProviderConfig]:
+    return {"sandbox": SandboxConfig()}
 
 
 _SECTIONS = ("smpp", "http", "storage", "logging", "pipeline")
@@ -386,7 +444,7 @@ class Config(_Section):
     pipeline: PipelineConfig
     accounts: Annotated[list[AccountConfig], Field(min_length=1)]
     providers: dict[str, ProviderConfig] = Field(
-        default_factory=lambda: {"sandbox": ProviderConfig()}
+        default_factory=lambda: _default_providers()
     )
     routes: list[RouteConfig] = Field(default_factory=list)
     source_path: PathField | None = None
@@ -666,6 +724,8 @@ def _load(
     except ValidationError as exc:
         for error in exc.errors(include_url=False, include_context=False):
             loc = tuple(error["loc"])
+            if len(loc) > 3 and loc[0] == "providers" and loc[2] in PROVIDER_TYPES:
+                loc = loc[:2] + loc[3:]  # the union's tag is not a key of the file
             found.append((loc, _message(error), error.get("input")))
 
     if found or config is None:

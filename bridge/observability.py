@@ -397,6 +397,21 @@ class Metrics:
             ["provider", "result"],
             registry=r,
         )
+        self.callbacks = Counter(
+            "bridge_callbacks_total",
+            "Provider pushes to /callbacks by provider, kind (report, inbound) and HTTP status "
+            "answered (4xx: forged or malformed, changed nothing). Requests for unknown "
+            "providers or with a wrong token count under provider \"-\".",
+            ["provider", "kind", "status"],
+            registry=r,
+        )
+        self.inbound_messages = Counter(
+            "bridge_inbound_messages_total",
+            "Inbound SMS (MO) from providers by result: queued (for the owning account's "
+            "deliver_sm), unowned (no account owns the receiving number; dropped and logged).",
+            ["provider", "result"],
+            registry=r,
+        )
         self.receipts = Counter(
             "bridge_receipts_total",
             "Receipts queued for ESMEs, by Appendix B stat word (DELIVRD, UNDELIV, ...).",
@@ -515,6 +530,12 @@ class Metrics:
         if child is None:
             child = self._reports[key] = self.reports.labels(provider, result)
         child.inc()
+
+    def callback(self, provider: str, kind: str, status: int) -> None:
+        self.callbacks.labels(provider, kind, str(status)).inc()
+
+    def inbound(self, provider: str, result: str) -> None:
+        self.inbound_messages.labels(provider, result).inc()
 
     def receipts_queued(self, state: str, count: int = 1) -> None:
         child = self._receipts.get(state)

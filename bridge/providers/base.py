@@ -8,16 +8,35 @@ Adapters are translators (DESIGN.md): a :class:`~bridge.core.model.Message` in, 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
 
 from bridge.core.model import DeliveryReport, InboundMessage, Message, Outcome
 
-__all__ = ["Capabilities", "InboundSink", "Provider", "ReportSink"]
+__all__ = [
+    "CallbackKind",
+    "CallbackProvider",
+    "CallbackReply",
+    "CallbackRequest",
+    "Capabilities",
+    "InboundSink",
+    "Provider",
+    "ProviderContext",
+    "ReportSink",
+]
 
+#: Apply a report; True when it concerned one of our messages (False: unknown id, counted and
+#: logged by the receiver).
 ReportSink = Callable[[DeliveryReport], Awaitable[bool]]
-InboundSink = Callable[[InboundMessage], Awaitable[None]]
+#: Queue an inbound message durably for its account; True once it is stored, False when no
+#: account owns the receiving number (logged and counted by the receiver). An adapter leaves
+#: ``InboundMessage.account`` empty unless its config names the account: the bridge finds the
+#: owner of the destination number (``[[accounts]] inbound_numbers``).
+InboundSink = Callable[[InboundMessage], Awaitable[bool]]
+
+CallbackKind = Literal["report", "inbound"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,3 +78,80 @@ class Provider(Protocol):
     async def healthy(self) -> bool:
         """Connection test / balance call for /readyz."""
         ...
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackRequest:
+    """A provider's HTTP push, as the web layer received it (already past the token check).
+
+    ``query`` and ``form`` keep the first value of each name; ``form`` is the parsed
+    application/x-www-form-urlencoded (or multipart) body, empty for other bodies, whose raw
+    bytes are in ``body`` (JSON pushes).
+    """
+
+    method: str
+    query: Mapping[str, str] = field(default_factory=dict)
+    form: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    content_type: str = ""
+    remote: str = ""
+
+    def param(self, name: str, default: str | None = None) -> str | None:
+        """A parameter from the query string or, failing that, the form body."""
+        value = self.query.get(name)
+        if value is None:
+            value = self.form.get(name, default)
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackReply:
+    """What the web layer answers the provider. A 4xx for a forged or malformed push (nothing
+    changed); 200 once the report or message is stored, or known to be unknown (a provider that
+    got an error would only resend what we cannot use)."""
+
+    status: int = 200
+    body: str = "OK"
+    content_type: str = "text/plain; charset=utf-8"
+
+
+@runtime_checkable
+class CallbackProvider(Protocol):
+    """A provider that takes pushes at ``/callbacks/<name>/<token>/<kind>``."""
+
+    callback_kinds: tuple[CallbackKind, ...]
+
+    async def handle_callback(self, kind: CallbackKind, request: CallbackRequest) -> CallbackReply:
+        """Parse the push, hand reports/inbound messages to the sinks given at ``start``, and
+        say what to answer. Never raises for bad input: that is a 4xx reply."""
+        ...
+
+
+# --------------------------------------------------------------------------- construction
+
+
+def _no_callback_url(kind: CallbackKind) -> str | None:
+    return None
+
+
+def _no_balance(value: float) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderContext:
+    """What the wiring (app.py) gives a provider it builds, beside the provider's settings.
+
+    ``callback_url(kind)`` is the absolute URL, token included, at which this bridge takes the
+    provider's pushes of that kind (None when the bridge has no HTTP server); it is a function
+    because the HTTP port is known only once the server listens. ``set_balance`` feeds the
+    ``bridge_provider_balance`` gauge.
+    """
+
+    name: str
+    clock: Callable[[], float] = time.time
+    callback_url: Callable[[CallbackKind], str | None] = _no_callback_url
+    set_balance: Callable[[float], None] = _no_balance

@@ -1,1 +1,15 @@
-"""smpp-bridge."""
+"""Faithful local fakes of the provider APIs (real servers), for tests, demos and trying a config.
+
+``bridge simulate NAME --port N [--option key=value ...]`` runs one; each module here exposes
+``async def serve(host: str, port: int, options: Mapping[str, str]) -> None`` which runs until
+cancelled. :data:`SIMULATORS` maps the command-line names to the modules.
+"""
+
+SIMULATORS = {
+    "phlymail": "bridge.simulators.phlymail",
+    "smsflatrate": "bridge.simulators.smsflatrate",
+    "mycoolsms": "bridge.simulators.mycoolsms",
+    "sms1601": "bridge.simulators.sms1601",
+    "isms-http": "bridge.simulators.isms_http",
+    "smpp-upstream": "bridge.simulators.smpp_upstream",
+}

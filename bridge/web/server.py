@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import socket
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -36,7 +37,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-__all__ = ["METRICS_CONTENT_TYPE", "HealthReport", "HttpServer", "build_app"]
+from bridge.observability import Metrics
+from bridge.providers.base import CallbackProvider, CallbackReply, CallbackRequest
+
+__all__ = ["METRICS_CONTENT_TYPE", "CallbackEndpoint", "HealthReport", "HttpServer", "build_app"]
 
 log = structlog.get_logger("bridge.web")
 
@@ -83,13 +87,40 @@ class HealthReport:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class CallbackEndpoint:
+    """A provider's callback routes: its secret path token and the provider that parses them."""
+
+    token: str
+    provider: CallbackProvider
+
+
+#: Largest callback body read (a report or an MO is a few hundred bytes; JSON batches a few KB).
+MAX_CALLBACK_BODY = 1 << 20
+
+
+def _first_values(items: Any) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in items.multi_items():
+        if isinstance(value, str):
+            out.setdefault(key, value)
+    return out
+
+
 def build_app(
     *,
     metrics: Callable[[], bytes],
     health: Callable[[], Awaitable[HealthReport]],
+    callbacks: Mapping[str, CallbackEndpoint] | None = None,
+    metrics_sink: Metrics | None = None,
     ready_timeout: float = READY_TIMEOUT,
 ) -> Starlette:
-    """The ASGI app: ``GET /metrics``, ``GET /healthz``, ``GET /readyz``.
+    """The ASGI app: ``GET /metrics``, ``GET /healthz``, ``GET /readyz``, and
+    ``GET|POST /callbacks/{provider}/{token}/{kind}`` for provider pushes.
+
+    A callback with an unknown provider, a wrong token or a kind the provider does not take
+    gets the same bare 404 (the token is compared in constant time), so the path cannot be
+    probed for valid provider names or tokens.
 
     Starlette answers unknown paths with 404 and other methods on these paths with 405 (HEAD
     is allowed wherever GET is). Debug mode stays off: an exception gives a bare 500, never a
@@ -113,8 +144,66 @@ def build_app(
             return JSONResponse({"ready": False, "checks": {}}, status_code=503)
         return JSONResponse(report.to_json(), status_code=200 if report.ready else 503)
 
+    endpoints = dict(callbacks or {})
+
+    def count(provider: str, kind: str, status: int) -> None:
+        if metrics_sink is not None:
+            metrics_sink.callback(provider, kind, status)
+
+    async def callback(request: Request) -> Response:
+        name = request.path_params["provider"]
+        token = request.path_params["token"]
+        kind = request.path_params["kind"]
+        endpoint = endpoints.get(name)
+        valid = endpoint is not None and hmac.compare_digest(
+            token.encode(), endpoint.token.encode()
+        )
+        if endpoint is None or not valid or kind not in endpoint.provider.callback_kinds:
+            log.warning("callback_refused", provider=name if endpoint else "-", kind=kind)
+            count("-", "-", 404)
+            return Response("Not Found", status_code=404, media_type="text/plain")
+        body = b""
+        form: dict[str, str] = {}
+        if request.method == "POST":
+            content_type = request.headers.get("content-type", "")
+            length = request.headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > MAX_CALLBACK_BODY:
+                count(name, kind, 413)
+                return Response("Payload Too Large", status_code=413, media_type="text/plain")
+            body = await request.body()
+            if len(body) > MAX_CALLBACK_BODY:
+                count(name, kind, 413)
+                return Response("Payload Too Large", status_code=413, media_type="text/plain")
+            if content_type.startswith(
+                ("application/x-www-form-urlencoded", "multipart/form-data")
+            ):
+                try:
+                    form = _first_values(await request.form())
+                except Exception:
+                    count(name, kind, 400)
+                    return Response("Bad Request", status_code=400, media_type="text/plain")
+        cb = CallbackRequest(
+            method=request.method,
+            query=_first_values(request.query_params),
+            form=form,
+            body=body,
+            content_type=request.headers.get("content-type", ""),
+            remote=request.client.host if request.client else "",
+        )
+        try:
+            reply: CallbackReply = await endpoint.provider.handle_callback(kind, cb)
+        except Exception:
+            log.exception("callback_failed", provider=name, kind=kind)
+            count(name, kind, 500)
+            return Response("Internal Server Error", status_code=500, media_type="text/plain")
+        count(name, kind, reply.status)
+        return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
+
     return Starlette(
         routes=[
+            Route(
+                "/callbacks/{provider}/{token}/{kind}", callback, methods=["GET", "POST"]
+            ),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),

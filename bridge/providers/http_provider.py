@@ -1,0 +1,159 @@
+"""What every HTTP provider adapter has in common: the Provider protocol over pure translators.
+
+A concrete adapter subclasses :class:`HttpProvider` and supplies plain functions (DESIGN.md:
+"provider adapters are pure translators"): :meth:`HttpProvider.build_send` (Message →
+HttpRequest) and :meth:`HttpProvider.parse_send` (HttpResponse → Outcome), optionally
+``build_health``/``parse_health``, ``poll`` and ``handle_callback``. This class owns the parts
+that must behave the same for all of them:
+
+* no answer (timeout, refused or reset connection) and HTTP 5xx/408/429 are TRANSIENT outcomes,
+  so the dispatcher retries with backoff and fails over; the adapter's parser sees only real
+  answers;
+* a message the adapter cannot express for this provider (a character outside its charset, a
+  sender it refuses) is raised by ``build_send`` as :class:`Unsendable` and becomes a PERMANENT
+  outcome: the next route may be able to carry it;
+* the connection test / balance call feeds ``/readyz`` and ``bridge_provider_balance``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import structlog
+
+from bridge.core.model import DeliveryReport, Message, Outcome, OutcomeKind
+from bridge.providers.base import (
+    CallbackKind,
+    Capabilities,
+    InboundSink,
+    ProviderContext,
+    ReportSink,
+)
+from bridge.providers.http import HttpClient, HttpError, HttpRequest, HttpResponse, create_client
+from bridge.providers.settings import HttpProviderSettings
+
+__all__ = ["HttpProvider", "Unsendable", "classify_http_status"]
+
+log = structlog.get_logger("bridge.providers")
+
+#: err: value of receipts for messages no route could express (bridge-defined, see README).
+ERR_UNSENDABLE = 1
+
+
+class Unsendable(ValueError):
+    """``build_send`` cannot express this message for this provider (permanent, fail over)."""
+
+    def __init__(self, detail: str, error_code: int = ERR_UNSENDABLE) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.error_code = error_code
+
+
+def classify_http_status(status: int) -> OutcomeKind | None:
+    """TRANSIENT for statuses that say "not now" (5xx, 408 timeout, 429 too many requests);
+    None for the rest, which the adapter's parser reads."""
+    if status >= 500 or status in (408, 429):
+        return OutcomeKind.TRANSIENT
+    return None
+
+
+class HttpProvider:
+    """Base of the HTTP adapters (see the module docstring). Not a provider by itself."""
+
+    callback_kinds: tuple[CallbackKind, ...] = ()
+
+    def __init__(
+        self,
+        name: str,
+        settings: HttpProviderSettings,
+        ctx: ProviderContext,
+        capabilities: Capabilities,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.ctx = ctx
+        self.capabilities = capabilities
+        self.client: HttpClient | None = None
+        self.reports: ReportSink | None = None
+        self.inbound: InboundSink | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self, reports: ReportSink, inbound: InboundSink) -> None:
+        self.reports = reports
+        self.inbound = inbound
+        if self.client is None:
+            s = self.settings
+            self.client = create_client(
+                s.transport,
+                timeout=s.timeout,
+                connect_timeout=s.connect_timeout,
+                # Polls and balance calls share the pool with sends: a little headroom.
+                pool_size=s.concurrency + 4,
+            )
+
+    async def stop(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+
+    async def call(self, request: HttpRequest) -> HttpResponse:
+        """One request through the pool (raises :class:`HttpError` when there is no answer)."""
+        if self.client is None:
+            raise HttpError("connect", "provider not started")
+        return await self.client.request(request)
+
+    # ------------------------------------------------------------------ sending
+    async def send(self, message: Message) -> Outcome:
+        try:
+            request = self.build_send(message)
+        except Unsendable as exc:
+            return Outcome(OutcomeKind.PERMANENT, detail=exc.detail, error_code=exc.error_code)
+        try:
+            response = await self.call(request)
+        except HttpError as exc:
+            return Outcome(OutcomeKind.TRANSIENT, detail=f"no answer ({exc.reason})")
+        kind = classify_http_status(response.status)
+        if kind is not None:
+            return Outcome(kind, detail=f"HTTP {response.status}")
+        return self.parse_send(message, response)
+
+    def build_send(self, message: Message) -> HttpRequest:
+        """The request that sends ``message`` (raise :class:`Unsendable` if it cannot)."""
+        raise NotImplementedError
+
+    def parse_send(self, message: Message, response: HttpResponse) -> Outcome:
+        """The outcome of a send that got an HTTP answer (not 5xx/408/429)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ reports
+    async def poll(self, messages: Sequence[Message]) -> list[DeliveryReport]:
+        """Providers without polling return nothing (the dispatcher then waits for pushes)."""
+        return []
+
+    # ------------------------------------------------------------------ health
+    def build_health(self) -> HttpRequest | None:
+        """The connection-test / balance request, or None when the provider has none."""
+        return None
+
+    def parse_health(self, response: HttpResponse) -> tuple[bool, float | None]:
+        """(reachable with valid credentials, balance or None)."""
+        return 200 <= response.status < 300, None
+
+    async def healthy(self) -> bool:
+        request = self.build_health()
+        if request is None:
+            return True
+        try:
+            response = await self.call(request)
+        except HttpError as exc:
+            log.warning("provider_health_failed", provider=self.name, reason=exc.reason)
+            return False
+        if classify_http_status(response.status) is not None:
+            log.warning("provider_health_failed", provider=self.name, status=response.status)
+            return False
+        ok, balance = self.parse_health(response)
+        if balance is not None:
+            self.ctx.set_balance(balance)
+        if not ok:
+            log.warning("provider_health_failed", provider=self.name, status=response.status)
+        return ok

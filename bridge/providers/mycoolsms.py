@@ -1,0 +1,21 @@
+"""My-Cool-SMS adapter. IN PROGRESS (issue 4): only the settings exist so far."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from bridge.providers.base import Provider, ProviderContext
+from bridge.providers.settings import HttpProviderSettings
+
+__all__ = ["Settings", "create"]
+
+
+class Settings(HttpProviderSettings):
+    """``[providers.NAME] type = "mycoolsms"``."""
+
+    type: Literal["mycoolsms"]
+    base_url: str = "https://www.my-cool-sms.com/api-socket.php"
+
+
+def create(name: str, settings: Settings, ctx: ProviderContext) -> Provider:
+    raise NotImplementedError("mycoolsms adapter not built yet")
