@@ -149,6 +149,8 @@ class Bridge:
             clock,
             backoff_base=pc.retry_base,
             backoff_max=pc.retry_max,
+            poll_interval=pc.poll_interval,
+            poll_backoff_max=max(pc.poll_backoff_max, pc.poll_interval),
             on_dispatched=self._dispatched,
             metrics=metrics,
         )

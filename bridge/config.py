@@ -362,6 +362,10 @@ class PipelineConfig(_Section):
     delivery_retry: PosFloat = 5.0  # seconds before a refused or unanswered deliver_sm is retried
     retry_base: PosFloat = 1.0  # provider retry backoff: base * 2**attempt, with jitter
     retry_max: PosFloat = 300.0
+    # Providers without push (or messages whose push never came) are polled: first after
+    # poll_interval seconds, then at doubling intervals up to poll_backoff_max.
+    poll_interval: PosFloat = 60.0
+    poll_backoff_max: PosFloat = 1800.0
 
 
 class SandboxRuleConfig(_Section):
