@@ -88,7 +88,7 @@ class CallbackRequest:
     """A provider's HTTP push, as the web layer received it (already past the token check).
 
     ``query`` and ``form`` keep the first value of each name; ``form`` is the parsed
-    application/x-www-form-urlencoded (or multipart) body, empty for other bodies, whose raw
+    application/x-www-form-urlencoded body, empty for other bodies (JSON, multipart), whose raw
     bytes are in ``body`` (JSON pushes).
     """
 

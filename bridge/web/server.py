@@ -28,6 +28,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl
 
 import structlog
 import uvicorn
@@ -97,6 +98,26 @@ class CallbackEndpoint:
 
 #: Largest callback body read (a report or an MO is a few hundred bytes; JSON batches a few KB).
 MAX_CALLBACK_BODY = 1 << 20
+
+
+def _parse_form(body: bytes, content_type: str) -> dict[str, str]:
+    """An application/x-www-form-urlencoded body (first value of each name), in the charset the
+    content type declares (UTF-8 by default); undecodable octets become U+FFFD."""
+    charset = "utf-8"
+    for part in content_type.split(";")[1:]:
+        key, _, value = part.strip().partition("=")
+        if key.lower() == "charset" and value:
+            charset = value.strip().strip('"')
+    try:
+        pairs = parse_qsl(
+            body.decode("latin-1"), keep_blank_values=True, encoding=charset, errors="replace"
+        )
+    except LookupError:  # an unknown charset name
+        pairs = parse_qsl(body.decode("latin-1"), keep_blank_values=True, errors="replace")
+    out: dict[str, str] = {}
+    for key, value in pairs:
+        out.setdefault(key, value)
+    return out
 
 
 def _first_values(items: Any) -> dict[str, str]:
@@ -174,14 +195,8 @@ def build_app(
             if len(body) > MAX_CALLBACK_BODY:
                 count(name, kind, 413)
                 return Response("Payload Too Large", status_code=413, media_type="text/plain")
-            if content_type.startswith(
-                ("application/x-www-form-urlencoded", "multipart/form-data")
-            ):
-                try:
-                    form = _first_values(await request.form())
-                except Exception:
-                    count(name, kind, 400)
-                    return Response("Bad Request", status_code=400, media_type="text/plain")
+            if content_type.startswith("application/x-www-form-urlencoded"):
+                form = _parse_form(body, content_type)
         cb = CallbackRequest(
             method=request.method,
             query=_first_values(request.query_params),
@@ -201,9 +216,7 @@ def build_app(
 
     return Starlette(
         routes=[
-            Route(
-                "/callbacks/{provider}/{token}/{kind}", callback, methods=["GET", "POST"]
-            ),
+            Route("/callbacks/{provider}/{token}/{kind}", callback, methods=["GET", "POST"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
