@@ -47,8 +47,16 @@ def _receipted_id(frame: bytes) -> str | None:
         return None
 
 
-def client(port: int, binds: int, window: int, messages: int, timeout: float) -> dict[str, Any]:
-    """The load client (runs in its own process). Returns the measurements."""
+def client(
+    port: int,
+    binds: int,
+    window: int,
+    messages: int,
+    timeout: float,
+    expect_receipts: bool = True,
+) -> dict[str, Any]:
+    """The load client (runs in its own process). Returns the measurements. Without
+    ``expect_receipts`` it stops once every submit_sm is answered (a server that sends none)."""
     sel = selectors.DefaultSelector()
     bind = encode(
         Pdu(
@@ -116,7 +124,7 @@ def client(port: int, binds: int, window: int, messages: int, timeout: float) ->
         fill(i, c, now)
         flush(c)
     while time.perf_counter() < deadline:
-        if answered >= messages and len(receipts) >= len(ids):
+        if answered >= messages and (not expect_receipts or len(receipts) >= len(ids)):
             break
         for key, _ in sel.select(0.5):
             conn = key.data
@@ -192,11 +200,17 @@ def client(port: int, binds: int, window: int, messages: int, timeout: float) ->
 
 
 def _run_client(
-    port: int, binds: int, window: int, messages: int, timeout: float
+    port: int,
+    binds: int,
+    window: int,
+    messages: int,
+    timeout: float,
+    expect_receipts: bool = True,
 ) -> dict[str, Any]:
     code = (
         "import json; from bridge.bench_e2e import client; "
-        f"print(json.dumps(client({port}, {binds}, {window}, {messages}, {timeout})))"
+        f"print(json.dumps(client({port}, {binds}, {window}, {messages}, {timeout}, "
+        f"{expect_receipts})))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, timeout=timeout + 60,

@@ -30,7 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     hp.add_argument("--password", help="the password (prompted for when omitted)")
 
     bench = sub.add_parser("bench", help="measure codec and SMPP round-trip throughput")
-    bench.add_argument("what", nargs="?", choices=["codec", "smpp", "e2e", "all"], default="all")
+    bench.add_argument(
+        "what", nargs="?", choices=["codec", "smpp", "e2e", "provider", "all"], default="all"
+    )
     bench.add_argument("--messages", type=int, default=20000, help="submit_sm per run")
     bench.add_argument("--binds", type=int, default=4, help="ESME binds (e2e)")
     bench.add_argument("--window", type=int, default=64, help="submit_sm in flight per bind (e2e)")
@@ -97,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "simulate":
         return _simulate(args)
     if args.command == "bench":
+        if args.what == "provider":
+            from bridge.bench_provider import main as provider_main
+
+            return provider_main(binds=args.binds, window=args.window, messages=args.messages)
         if args.what == "e2e":
             from bridge.bench_e2e import main as e2e_main
 
