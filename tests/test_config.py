@@ -83,8 +83,14 @@ def test_shipped_bridge_toml_loads_and_runs_on_loopback() -> None:
 
 def test_full_example_loads_with_every_option() -> None:
     cfg = load_config(
-        REPO / "config" / "examples" / "full.toml", env={"BRIDGE_BILLING_PASSWORD": "s3cret"}
+        REPO / "config" / "examples" / "full.toml",
+        env={"BRIDGE_BILLING_PASSWORD": "s3cret", "BRIDGE_CALLBACK_SECRET": "cb-secret"},
     )
+    assert cfg.http.public_url == "https://sms-bridge.example.com"
+    assert cfg.http.callback_secret is not None
+    assert cfg.http.callback_secret.get_secret_value() == "cb-secret"
+    assert cfg.pipeline.poll_interval == 60
+    assert [r.name for r in cfg.routes] == ["germany", "everything else"]
     assert cfg.smpp.tls is not None
     assert cfg.smpp.tls.cert == REPO / "config" / "examples" / "tls" / "bridge.crt"
     accounts = {a.system_id: a for a in cfg.to_accounts()}
