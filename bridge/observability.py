@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -276,6 +277,44 @@ class _LoopCollector(Collector):
             latency.add_metric([command], hist.buckets(), hist.sum)
         yield pdus
         yield latency
+
+
+class SampledLog:
+    """At most one log line per key every ``interval`` seconds; the rest are counted.
+
+    For per-message failures that come in floods during an outage (a provider down, every
+    message failing over): the first occurrence is logged at once, later ones at most once per
+    interval with ``suppressed`` = how many were not logged since the previous line. The
+    metrics still count every one; the log says that it is happening and to what.
+    """
+
+    def __init__(
+        self,
+        logger: Any,
+        interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 1000,
+    ) -> None:
+        self._log = logger
+        self.interval = interval
+        self._clock = clock
+        self._max_keys = max_keys
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def __call__(self, level: str, event: str, key: str, **fields: Any) -> bool:
+        """Log ``event`` at ``level`` unless one for (event, key) was logged within the
+        interval. Returns True when a line was written."""
+        now = self._clock()
+        k = (event, key)
+        last = self._last.get(k)
+        if last is not None and now - last[0] < self.interval:
+            self._last[k] = (last[0], last[1] + 1)
+            return False
+        if last is None and len(self._last) >= self._max_keys:
+            self._last.clear()  # bounded: keys are provider names in practice
+        self._last[k] = (now, 0)
+        getattr(self._log, level)(event, suppressed=last[1] if last else 0, **fields)
+        return True
 
 
 class ProviderMetrics:

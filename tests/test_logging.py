@@ -214,3 +214,28 @@ def test_per_message_lines_at_debug_carry_id_and_account(
     raw = buffer.getvalue()
     assert SECRET_TEXT not in raw
     assert PASSWORD not in raw
+
+
+def test_sampled_log_writes_the_first_line_then_one_per_interval_with_a_count() -> None:
+    from bridge.observability import SampledLog
+
+    now = [0.0]
+    lines: list[tuple[str, dict[str, object]]] = []
+
+    class Sink:
+        def warning(self, event: str, **fields: object) -> None:
+            lines.append((event, fields))
+
+    sampled = SampledLog(Sink(), interval=10.0, clock=lambda: now[0])
+    assert sampled("warning", "provider_down", "p1", message_id="m1") is True
+    for i in range(5):
+        now[0] += 1
+        assert sampled("warning", "provider_down", "p1", message_id=f"x{i}") is False
+    assert sampled("warning", "provider_down", "p2", message_id="m2") is True  # another key
+    now[0] = 10.5
+    assert sampled("warning", "provider_down", "p1", message_id="m3") is True
+    assert [(e, f["message_id"], f["suppressed"]) for e, f in lines] == [
+        ("provider_down", "m1", 0),
+        ("provider_down", "m2", 0),
+        ("provider_down", "m3", 5),
+    ]

@@ -52,7 +52,7 @@ import structlog
 from aiolimiter import AsyncLimiter
 
 from bridge.core.model import DeliveryReport, Message, MessageState, Outcome, OutcomeKind
-from bridge.observability import Metrics, ProviderMetrics
+from bridge.observability import Metrics, ProviderMetrics, SampledLog
 from bridge.providers.base import Provider
 from bridge.store.base import StateChange, Store
 
@@ -168,6 +168,9 @@ class Dispatcher:
                 self._limiters[name] = (
                     AsyncLimiter(rps, 1) if rps >= 1 else AsyncLimiter(1, 1 / rps)
                 )
+        # Per-message failures come in floods when a provider is down: one line per provider
+        # and event every 10 s (with the number not logged); the metrics count every one.
+        self._sampled = SampledLog(log)
         self._wake = asyncio.Event()
         self._consumers: list[asyncio.Task[None]] = []
         self._busy: set[asyncio.Task[None]] = set()
@@ -393,8 +396,10 @@ class Dispatcher:
             outcome = await provider.send(message)
         except Exception as exc:  # adapters should return Outcomes; be safe when they do not
             self._metrics[name].request("error", time.perf_counter() - started)
-            log.warning(
+            self._sampled(
+                "warning",
                 "provider_send_failed",
+                name,
                 message_id=message.id,
                 account=message.account,
                 provider=name,
@@ -466,6 +471,15 @@ class Dispatcher:
         now = self.clock()
         message.attempts += 1
         detail = f"{name}: {outcome.detail or 'temporary failure'}"
+        self._sampled(
+            "warning",
+            "provider_transient_failure",
+            name,
+            provider=name,
+            detail=outcome.detail or "temporary failure",
+            message_id=message.id,
+            account=message.account,
+        )
         if (
             self.failover_after > 0
             and message.attempts >= self.failover_after
@@ -497,8 +511,10 @@ class Dispatcher:
         if following is None:
             return False
         self._metrics[name].failovers.inc()
-        log.info(
+        self._sampled(
+            "info",
             "failover",
+            name,
             message_id=message.id,
             account=message.account,
             provider=name,
