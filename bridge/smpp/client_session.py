@@ -546,9 +546,7 @@ class ClientSession:
         cfg = self.config
         deadline = self._bind_deadline
         if cfg.enquire_link_interval and self.state in _BOUND and self._enquire_seq is None:
-            deadline = min(
-                deadline, max(self._last_rx, self._last_tx) + cfg.enquire_link_interval
-            )
+            deadline = min(deadline, max(self._last_rx, self._last_tx) + cfg.enquire_link_interval)
         return deadline
 
     def handle_timers(self, now: float) -> list[Event]:
