@@ -1,0 +1,271 @@
+"""End to end over iSMS HTTP: smpplib ESME → bridge → iSMS simulator → receipt deliver_sm.
+
+The simulator (``bridge.simulators.isms_http``) runs in a thread of its own and pushes reports
+to the bridge's real callback URL (the ``dlr-url`` the adapter sends); outcomes are chosen by
+the destination's last two digits (table in the simulator's docstring).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import smpplib.consts
+import smpplib.gsm
+from bridge_harness import (
+    BridgeThread,
+    Esme,
+    StartBridge,
+    receipt_fields,
+    receipt_id,
+    start_bridge,
+    wait_until,
+)
+from sim_harness import SimulatorThread, StartSimulator, start_simulator
+
+from bridge.core.model import MessageState
+from bridge.simulators.isms_http import IsmsHttpSimulator
+
+__all__ = ["start_bridge", "start_simulator"]  # the fixtures, imported for pytest
+
+pytestmark = pytest.mark.timeout(30)
+
+DELIVERED = "306912345600"
+FAILED = "306912345601"
+PENDING_THEN_DELIVERED = "306912345603"
+NOT_PUSHED = "306912345604"
+NO_RECIPIENTS = "306912345691"
+INVALID_SENDER = "306912345692"
+NO_CREDITS = "306912345693"
+BAD_SCHEDULE = "306912345694"
+AUTH_ERROR = "306912345695"
+FLAKY = "306912345697"
+
+
+def isms_bridge(
+    start_bridge: StartBridge,
+    sim: SimulatorThread,
+    *,
+    provider: str = "",
+    data_dir: Any = None,
+    **config: Any,
+) -> BridgeThread:
+    """A bridge whose only route is the iSMS adapter pointed at ``sim``."""
+    extra = f"""
+[providers.isms]
+type = "isms_http"
+base_url = "{sim.url}/api/http/"
+username = "test"
+password = "test"
+timeout = 2.0
+{provider}
+[[routes]]
+providers = ["isms"]
+"""
+    return start_bridge(data_dir=data_dir, extra=extra, **config)
+
+
+def sim_state(sim: SimulatorThread, fn: Any) -> Any:
+    return sim.run(fn)
+
+
+def sends(sim: IsmsHttpSimulator) -> list[dict[str, str]]:
+    """The send.php requests the simulator got (the bridge also calls credits.php)."""
+    return [r for r in sim.requests if r["script"] == "send.php"]
+
+
+def by_id(receipts: list[Any]) -> dict[str, Any]:
+    out = {receipt_id(r): r for r in receipts}
+    assert len(out) == len(receipts), "duplicate receipts"
+    return out
+
+
+def stored(bt: BridgeThread, message_id: str) -> Any:
+    return bt.run(lambda: bt.bridge.store.get_message(message_id))
+
+
+def submit(esme: Esme, to: str, **fields: Any) -> str:
+    values: dict[str, Any] = {"destination_addr": to, "source_addr": "Bridge"}
+    values.update(fields)
+    return esme.submit_ok(**values)
+
+
+# --------------------------------------------------------------------------- happy paths
+
+
+def test_gsm_and_ucs2_messages_get_delivrd_receipts_through_the_dlr_url(
+    start_bridge: StartBridge, start_simulator: StartSimulator
+) -> None:
+    sim_app = IsmsHttpSimulator(delay=0.05)
+    sim = start_simulator(sim_app.app)
+    bt = isms_bridge(start_bridge, sim)
+    greek = "Καλημέρα από την Αθήνα"
+    with Esme(bt.port) as esme:
+        esme.bind()
+        plain = submit(esme, DELIVERED, short_message=b"Hello from the ESME")
+        ucs2 = submit(esme, DELIVERED, short_message=greek.encode("utf-16-be"), data_coding=8)
+        receipts = by_id(esme.receipts(2))
+    assert set(receipts) == {plain, ucs2}
+    for r in receipts.values():
+        fields = receipt_fields(r)
+        assert (fields["stat"], fields["err"], fields["dlvrd"]) == ("DELIVRD", "000", "001")
+    requests = sim_state(sim, lambda: sends(sim_app))
+    by_text = {r["message"]: r for r in requests}
+    assert by_text["Hello from the ESME"]["coding"] == "GSM"
+    assert by_text[greek]["coding"] == "UTF-8"
+    assert by_text[greek]["from"] == "Bridge"
+    callback = bt.run(lambda: bt.bridge.callback_url("isms", "report"))
+    assert {r["dlr-url"] for r in requests} == {callback}
+    assert stored(bt, plain).state is MessageState.DELIVERED
+
+
+def test_three_udh_parts_are_one_request_and_get_three_receipts(
+    start_bridge: StartBridge, start_simulator: StartSimulator
+) -> None:
+    sim_app = IsmsHttpSimulator(delay=0.05)
+    sim = start_simulator(sim_app.app)
+    bt = isms_bridge(start_bridge, sim)
+    text = ("Long messages travel whole to iSMS, which concatenates them. " * 8)[:400]
+    parts, encoding, esm_class = smpplib.gsm.make_parts(text)
+    assert len(parts) == 3
+    with Esme(bt.port) as esme:
+        esme.bind()
+        ids = [
+            submit(esme, DELIVERED, short_message=p, esm_class=esm_class, data_coding=encoding)
+            for p in parts
+        ]
+        receipts = by_id(esme.receipts(3))
+        esme.pump(0.1)
+        assert len(esme.delivered) == 3
+    assert set(receipts) == set(ids)
+    assert all(receipt_fields(r)["stat"] == "DELIVRD" for r in receipts.values())
+    assert [r["message"] for r in sim_state(sim, lambda: sends(sim_app))] == [text]
+    assert sim_state(sim, lambda: sim_app.credits) == 1000.0 - 3
+
+
+def test_without_a_receipt_request_no_dlr_url_is_sent_and_the_message_ends_accepted(
+    start_bridge: StartBridge, start_simulator: StartSimulator
+) -> None:
+    sim_app = IsmsHttpSimulator(delay=0.05)
+    sim = start_simulator(sim_app.app)
+    bt = isms_bridge(start_bridge, sim)
+    with Esme(bt.port) as esme:
+        esme.bind()
+        silent = submit(esme, DELIVERED, registered_delivery=0)
+        assert wait_until(lambda: stored(bt, silent).state is MessageState.ACCEPTED)
+        assert esme.query(silent).message_state == MessageState.ACCEPTED
+        esme.pump(0.2)
+        assert esme.delivered == []
+    [send] = sim_state(sim, lambda: sends(sim_app))
+    assert "dlr-url" not in send
+
+
+def test_registered_delivery_0x11_gets_pending_as_enroute_then_delivrd(
+    start_bridge: StartBridge, start_simulator: StartSimulator
+) -> None:
+    sim_app = IsmsHttpSimulator(delay=0.05)
+    sim = start_simulator(sim_app.app)
+    bt = isms_bridge(start_bridge, sim)
+    with Esme(bt.port) as esme:
+        esme.bind()
+        mid = submit(esme, PENDING_THEN_DELIVERED, registered_delivery=0x11)
+        receipts = esme.receipts(2)
+        esme.pump(0.2)
+    stats = [receipt_fields(r)["stat"] for r in esme.delivered]
+    assert stats[0] == "ENROUTE" and stats[-1] == "DELIVRD"
+    assert {receipt_id(r) for r in receipts} == {mid}
+    assert receipts[-1].esm_class == 0x04
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_every_documented_error_reaches_the_esme_as_its_receipt(
+    start_bridge: StartBridge, start_simulator: StartSimulator
+) -> None:
+    sim_app = IsmsHttpSimulator(delay=0.05)
+    sim = start_simulator(sim_app.app)
+    bt = isms_bridge(start_bridge, sim)
+    expected = {
+        FAILED: ("UNDELIV", "020"),
+        AUTH_ERROR: ("REJECTD", "011"),
+        NO_RECIPIENTS: ("REJECTD", "012"),
+        INVALID_SENDER: ("REJECTD", "013"),
+        NO_CREDITS: ("EXPIRED", "014"),  # transient: retried until the validity ends
+        BAD_SCHEDULE: ("REJECTD", "015"),
+        FLAKY: ("DELIVRD", "000"),  # HTTP 500 once, then accepted
+    }
+    with Esme(bt.port) as esme:
+        esme.bind()
+        ids = {submit(esme, to, validity_period="000000000001000R"): to for to in expected}
+        receipts = by_id(esme.receipts(len(expected), timeout=8.0))
+    assert set(receipts) == set(ids)
+    for mid, r in receipts.items():
+        fields = receipt_fields(r)
+        assert (fields["stat"], fields["err"]) == expected[ids[mid]], ids[mid]
+    tried = [r["to"] for r in sim_state(sim, lambda: sends(sim_app))]
+    assert tried.count(FLAKY) == 2
+    assert tried.count(NO_CREDITS) > 1
+    assert tried.count(AUTH_ERROR) == 1  # permanent: not retried
+
+
+def test_a_too_long_alphanumeric_sender_is_refused_at_submit(
+    start_bridge: StartBridge, start_simulator: StartSimulator
+) -> None:
+    sim_app = IsmsHttpSimulator(delay=0.05)
+    sim = start_simulator(sim_app.app)
+    bt = isms_bridge(start_bridge, sim)
+    with Esme(bt.port) as esme:
+        esme.bind()
+        resp = esme.submit(
+            destination_addr=DELIVERED,
+            source_addr="TwelveLetter",
+            source_addr_ton=smpplib.consts.SMPP_TON_ALNUM,
+        )
+        assert resp.status != 0
+    assert sim_state(sim, lambda: sends(sim_app)) == []
+
+
+# --------------------------------------------------------------------------- polling
+
+
+def test_poll_mode_gets_receipts_from_query_php(
+    start_bridge: StartBridge, start_simulator: StartSimulator
+) -> None:
+    sim_app = IsmsHttpSimulator(delay=0.05)
+    sim = start_simulator(sim_app.app)
+    bt = isms_bridge(
+        start_bridge, sim, provider='reports = "poll"', pipeline={"poll_interval": 0.2}
+    )
+    with Esme(bt.port) as esme:
+        esme.bind()
+        ok = submit(esme, DELIVERED)
+        bad = submit(esme, FAILED)
+        receipts = by_id(esme.receipts(2))
+    assert (receipt_fields(receipts[ok])["stat"], receipt_fields(receipts[bad])["err"]) == (
+        "DELIVRD",
+        "020",
+    )
+    requests = sim_state(sim, lambda: list(sim_app.requests))
+    assert all("dlr-url" not in r for r in requests if r["script"] == "send.php")
+    assert any(r["script"] == "query.php" for r in requests)
+    assert sim_state(sim, lambda: len(sim_app.pushes)) == 0
+
+
+def test_a_report_lost_while_the_bridge_was_down_comes_from_the_start_up_poll(
+    start_bridge: StartBridge, start_simulator: StartSimulator
+) -> None:
+    sim_app = IsmsHttpSimulator(delay=0.05)
+    sim = start_simulator(sim_app.app)
+    first = isms_bridge(start_bridge, sim)
+    with Esme(first.port) as esme:
+        esme.bind()
+        mid = submit(esme, NOT_PUSHED)  # iSMS delivers it but never pushes
+        assert wait_until(lambda: stored(first, mid).provider_message_id)
+    first.stop()
+    second = isms_bridge(start_bridge, sim, data_dir=first.data_dir)
+    with Esme(second.port) as esme:
+        esme.bind()
+        [receipt] = esme.receipts(1)
+    assert receipt_id(receipt) == mid
+    assert receipt_fields(receipt)["stat"] == "DELIVRD"
