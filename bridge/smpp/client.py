@@ -175,7 +175,7 @@ class _Connection(asyncio.Protocol):
         events = self.session.receive_data(data, self.client.clock())
         if events:
             self._dispatch(events)
-        if self.session._out:
+        if self.session.has_output:
             self._flush()
 
     def eof_received(self) -> bool | None:
@@ -383,7 +383,7 @@ class _Connection(asyncio.Protocol):
         events = self.session.handle_timers(self.client.clock())
         if events:
             self._dispatch(events)
-        if self.session._out:
+        if self.session.has_output:
             self._flush()
         if not self.closed.done():
             self._schedule_tick()

@@ -293,6 +293,11 @@ class ClientSession:
     def window_free(self) -> int:
         return self.config.window - self._in_flight
 
+    @property
+    def has_output(self) -> bool:
+        """Something awaits :meth:`take_output` (cheaper to ask than to join and discard)."""
+        return bool(self._out)
+
     def take_output(self) -> bytes:
         """Everything the session wants written to the SMSC since the last call."""
         out = self._out
