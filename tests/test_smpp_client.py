@@ -622,3 +622,38 @@ async def test_the_smscs_own_shutdown_unbind_is_taken_in_stride(
     await eventually(lambda: client.bound_count == 0)
     assert all(not t.done() for t in client._loops)
     assert not RESPONSE_BIT & CommandId.unbind
+
+
+async def test_submits_queued_for_a_window_slot_survive_a_reconnect(
+    raw_smsc: RawSmsc, make_client: MakeClient
+) -> None:
+    raw_smsc.submit_mode = "ignore"
+    client = make_client(raw_smsc.port, window=1)
+    await client.start()
+    assert await client.wait_bound(TIMEOUT)
+    first = asyncio.ensure_future(client.submit(submit_sm(b"first")))
+    await eventually(lambda: bool(raw_smsc.pdus(CommandId.submit_sm)))
+    queued = [asyncio.ensure_future(client.submit(submit_sm(b"queued"))) for _ in range(2)]
+    await asyncio.sleep(0.02)
+    assert len(raw_smsc.pdus(CommandId.submit_sm)) == 1  # the window holds them back
+    raw_smsc.submit_mode = "answer"
+    raw_smsc.conns[0].abort()
+    with pytest.raises(ConnectionLost):
+        await first  # it was on the wire: outcome unknown, the caller decides
+    results = await asyncio.wait_for(asyncio.gather(*queued), TIMEOUT)
+    assert all(r.command_status == 0 for r in results)  # never sent before: sent after rebind
+    assert raw_smsc.connections == 2
+
+
+async def test_the_password_is_never_logged(raw_smsc: RawSmsc, make_client: MakeClient) -> None:
+    from structlog.testing import capture_logs
+
+    raw_smsc.bind_status = Status.ESME_RINVPASWD
+    with capture_logs() as logs:
+        client = make_client(raw_smsc.port, password="hunter2", reconnect_max=0.05)
+        await client.start()
+        await eventually(lambda: len(raw_smsc.pdus(CommandId.bind_transceiver)) >= 2)
+        await client.stop()
+    assert any(entry["event"] == "smpp_client.bind_refused" for entry in logs)
+    assert "hunter2" not in repr(logs)
+    assert "hunter2" not in repr(client.config)
