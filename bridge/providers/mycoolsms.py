@@ -63,10 +63,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import structlog
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from bridge.core.model import (
     Address,
@@ -87,7 +87,7 @@ from bridge.providers.base import (
 )
 from bridge.providers.http import HttpError, HttpRequest, HttpResponse
 from bridge.providers.http_provider import HttpProvider, Unsendable, classify_http_status
-from bridge.providers.settings import HttpProviderSettings, Secret
+from bridge.providers.settings import HttpProviderSettings, Secret, resolve_env
 from bridge.smpp.text import TextError, gsm7_decode, gsm7_septet_count, is_gsm7
 
 __all__ = [
@@ -216,7 +216,7 @@ class Settings(HttpProviderSettings):
 
     type: Literal["mycoolsms"]
     base_url: str = DEFAULT_URL
-    username: str = Field(min_length=1)
+    username: Annotated[str, BeforeValidator(resolve_env), Field(min_length=1)]  # or env:VAR
     password: Secret
     # "json": application/json bodies (the document's main form); "form": urlencoded POST.
     request_format: Literal["json", "form"] = "json"
