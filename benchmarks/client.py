@@ -106,12 +106,25 @@ def _serve(port_queue: Any) -> None:
 def _submit_sm() -> Pdu:
     return Pdu(
         CommandId.submit_sm,
+        # Every mandatory field, as a provider adapter builds it (a missing one costs the codec
+        # a second pass with the defaults merged in).
         fields={
+            "service_type": "",
             "source_addr_ton": 5,
+            "source_addr_npi": 0,
             "source_addr": "Bridge",
             "dest_addr_ton": 1,
             "dest_addr_npi": 1,
             "destination_addr": "4915112345678",
+            "esm_class": 0,
+            "protocol_id": 0,
+            "priority_flag": 0,
+            "schedule_delivery_time": "",
+            "validity_period": "",
+            "registered_delivery": 1,
+            "replace_if_present_flag": 0,
+            "data_coding": 0,
+            "sm_default_msg_id": 0,
             "short_message": b"Your code is 123456. It expires in 10 minutes.",
         },
     )
