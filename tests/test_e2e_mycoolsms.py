@@ -1,0 +1,270 @@
+"""End to end with My-Cool-SMS: smpplib ESME → bridge → the My-Cool-SMS simulator (real HTTP,
+JSON ``sendSms``) → ``pushDeliveryReport`` to the message's ``callbackurl`` (or
+``getDeliveryReports`` polling) → receipt deliver_sm back to the ESME; and a
+``pushIncomingSms`` → deliver_sm. Outcomes are chosen by the destination's last digits (see
+``bridge.simulators.mycoolsms``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import smpplib.gsm
+from bridge_harness import (
+    BridgeThread,
+    Esme,
+    StartBridge,
+    receipt_fields,
+    receipt_id,
+    start_bridge,
+    wait_until,
+)
+from sim_harness import SimulatorThread, StartSimulator, start_simulator
+
+from bridge.providers.mycoolsms import to_ucs2_hex
+from bridge.simulators.mycoolsms import API_PATH, MyCoolSmsSimulator
+
+__all__ = ["start_bridge", "start_simulator"]  # the fixtures, imported for pytest
+
+pytestmark = pytest.mark.timeout(30)
+
+MOBILE = "49151123456"  # + two digits choosing the simulator's outcome
+VIRTUAL_NUMBER = "+4915790000000"  # the account's My-Cool-SMS number for inbound SMS
+
+
+@dataclass
+class Setup:
+    bt: BridgeThread
+    sim: MyCoolSmsSimulator
+    sim_thread: SimulatorThread
+    report_url: str
+    inbound_url: str
+
+    def sends(self) -> list[dict[str, Any]]:
+        """Parameters of the sendSms calls the simulator got."""
+        return self.sim_thread.run(
+            lambda: [
+                r["params"] for r in self.sim.requests if r["params"].get("function") == "sendSms"
+            ]
+        )
+
+    def functions(self) -> list[str]:
+        return self.sim_thread.run(
+            lambda: [str(r["params"].get("function")) for r in self.sim.requests]
+        )
+
+
+@pytest.fixture
+def setup(start_bridge: StartBridge, start_simulator: StartSimulator) -> Iterator[Any]:
+    """``setup(pipeline=None, **provider keys)``: a simulator and a bridge routing everything
+    to it as provider ``mycoolsms``."""
+    made: list[Setup] = []
+
+    def make(pipeline: dict[str, object] | None = None, **keys: Any) -> Setup:
+        sim = MyCoolSmsSimulator(username="bridge", password="secret", delay=0.05)
+        sim_thread = start_simulator(sim.app)
+        provider = {
+            "type": "mycoolsms",
+            "base_url": f"{sim_thread.url}{API_PATH}",
+            "username": "bridge",
+            "password": "secret",
+            "timeout": 2.0,
+            **keys,
+        }
+        extra = "[providers.mycoolsms]\n"
+        extra += "".join(f"{k} = {_toml(v)}\n" for k, v in provider.items())
+        extra += '[[routes]]\nproviders = ["mycoolsms"]\n'
+        bt = start_bridge(
+            extra=extra, account={"inbound_numbers": [VIRTUAL_NUMBER]}, pipeline=pipeline
+        )
+        report_url = bt.run(lambda: bt.bridge.callback_url("mycoolsms", "report"))
+        inbound_url = bt.run(lambda: bt.bridge.callback_url("mycoolsms", "inbound"))
+        s = Setup(bt, sim, sim_thread, report_url, inbound_url)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.sim_thread.call(s.sim.close())
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return '"' + str(value) + '"'
+
+
+def test_gsm_message_goes_as_send_sms_and_the_pushed_delivered_becomes_a_delivrd_receipt(
+    setup: Any,
+) -> None:
+    s: Setup = setup()
+    with Esme(s.bt.port) as esme:
+        esme.bind()
+        mid = esme.submit_ok(
+            short_message=b"Hello from the ESME",
+            destination_addr=MOBILE + "78",
+            registered_delivery=1,
+        )
+        [receipt] = esme.receipts(1)
+    fields = receipt_fields(receipt)
+    assert (fields["id"], fields["stat"], fields["err"]) == (mid, "DELIVRD", "000")
+    [params] = s.sends()
+    assert params == {
+        "username": "bridge",
+        "password": "secret",
+        "function": "sendSms",
+        "number": "+4915112345678",
+        "message": "Hello from the ESME",
+        "unicode": False,
+        "senderid": "Bridge",
+        "callbackurl": s.report_url,
+    }
+    pushes = s.sim_thread.run(lambda: list(s.sim.pushes))
+    assert [(p.url, p.status) for p in pushes] == [(s.report_url, 200)]
+
+
+def test_ucs2_text_goes_in_ucs2_notation_and_is_delivered(setup: Any) -> None:
+    s: Setup = setup()
+    text = "Привет, 繁体中文!"
+    with Esme(s.bt.port) as esme:
+        esme.bind()
+        mid = esme.submit_ok(
+            short_message=text.encode("utf-16-be"),
+            data_coding=8,
+            destination_addr=MOBILE + "78",
+        )
+        [receipt] = esme.receipts(1)
+    assert (receipt_id(receipt), receipt_fields(receipt)["stat"]) == (mid, "DELIVRD")
+    [params] = s.sends()
+    assert (params["unicode"], params["message"]) == (True, to_ucs2_hex(text))
+    bodies = s.sim_thread.run(lambda: [m.body for m in s.sim.messages.values()])
+    assert bodies == [text]
+
+
+def test_three_udh_parts_are_one_send_sms_and_each_part_gets_its_receipt(setup: Any) -> None:
+    s: Setup = setup()
+    text = ("The quick brown fox jumps over the lazy dog. " * 9)[:400]
+    parts, encoding, esm_class = smpplib.gsm.make_parts(text)
+    assert len(parts) == 3
+    with Esme(s.bt.port) as esme:
+        esme.bind()
+        ids = [
+            esme.submit_ok(
+                short_message=part,
+                esm_class=esm_class,
+                data_coding=encoding,
+                destination_addr=MOBILE + "78",
+            )
+            for part in parts
+        ]
+        receipts = esme.receipts(3)
+    assert sorted(receipt_id(r) for r in receipts) == sorted(ids)
+    assert {receipt_fields(r)["stat"] for r in receipts} == {"DELIVRD"}
+    [params] = s.sends()
+    assert params["message"] == text
+    counts = s.sim_thread.run(lambda: [m.smscount for m in s.sim.messages.values()])
+    assert counts == [3]
+
+
+def test_failure_statuses_reach_the_esme_as_receipts_with_their_err(setup: Any) -> None:
+    s: Setup = setup()
+    expected = {
+        "01": ("UNDELIV", "301"),  # SMS_STATUS_BOUNCED
+        "02": ("EXPIRED", "302"),  # SMS_STATUS_EXPIRED
+        "03": ("UNDELIV", "303"),  # SMS_STATUS_ERROR
+    }
+    with Esme(s.bt.port) as esme:
+        esme.bind()
+        ids = {
+            esme.submit_ok(destination_addr=MOBILE + suffix, registered_delivery=1): suffix
+            for suffix in expected
+        }
+        receipts = esme.receipts(3)
+    got = {
+        ids[receipt_id(r)]: (receipt_fields(r)["stat"], receipt_fields(r)["err"]) for r in receipts
+    }
+    assert got == expected
+
+
+def test_refused_sends_reach_the_esme_as_rejectd_with_the_providers_code(setup: Any) -> None:
+    s: Setup = setup()
+    with Esme(s.bt.port) as esme:
+        esme.bind()
+        ids = {
+            esme.submit_ok(destination_addr="491511234" + rule): code
+            for rule, code in (("9210", "210"), ("9216", "216"), ("9101", "101"))
+        }
+        receipts = esme.receipts(3)
+    got = {
+        ids[receipt_id(r)]: (receipt_fields(r)["stat"], receipt_fields(r)["err"]) for r in receipts
+    }
+    assert got == {code: ("REJECTD", code) for code in ("210", "216", "101")}
+
+
+def test_an_alphanumeric_sender_the_provider_refuses_is_rejected_without_a_request(
+    setup: Any,
+) -> None:
+    s: Setup = setup()
+    with Esme(s.bt.port) as esme:
+        esme.bind()
+        mid = esme.submit_ok(source_addr="My Shop", destination_addr=MOBILE + "78")
+        [receipt] = esme.receipts(1)
+    fields = receipt_fields(receipt)
+    assert (fields["id"], fields["stat"], fields["err"]) == (mid, "REJECTD", "216")
+    assert s.sends() == []
+
+
+def test_a_transient_107_is_retried_then_delivered(setup: Any) -> None:
+    s: Setup = setup()
+    with Esme(s.bt.port) as esme:
+        esme.bind()
+        mid = esme.submit_ok(destination_addr=MOBILE + "07")
+        [receipt] = esme.receipts(1)
+    assert (receipt_id(receipt), receipt_fields(receipt)["stat"]) == (mid, "DELIVRD")
+    assert len(s.sends()) == 2
+
+
+def test_without_a_push_the_report_is_polled_with_get_delivery_reports(setup: Any) -> None:
+    s: Setup = setup(pipeline={"poll_interval": 0.2, "poll_backoff_max": 0.4})
+    with Esme(s.bt.port) as esme:
+        esme.bind()
+        mid = esme.submit_ok(destination_addr=MOBILE + "06")  # the simulator never pushes
+        [receipt] = esme.receipts(1)
+    assert (receipt_id(receipt), receipt_fields(receipt)["stat"]) == (mid, "DELIVRD")
+    assert "getDeliveryReports" in s.functions()
+    assert s.sim_thread.run(lambda: list(s.sim.pushes)) == []
+
+
+def test_a_scheduled_message_goes_at_once_with_its_scheduletime(setup: Any) -> None:
+    s: Setup = setup()
+    with Esme(s.bt.port) as esme:
+        esme.bind()
+        esme.submit_ok(
+            destination_addr=MOBILE + "78", schedule_delivery_time="000000010000000R"
+        )  # relative: in one hour
+        assert wait_until(lambda: len(s.sends()) == 1)
+    [params] = s.sends()
+    assert params["scheduletime"].endswith("+00:00")
+    statuses = s.sim_thread.run(lambda: [m.status for m in s.sim.messages.values()])
+    assert statuses == ["SMS_STATUS_QUEUED"]
+
+
+def test_an_inbound_sms_pushed_by_the_provider_becomes_a_deliver_sm(setup: Any) -> None:
+    s: Setup = setup()
+    with Esme(s.bt.port) as esme:
+        esme.bind("receiver")
+        status = s.sim_thread.call(
+            s.sim.push_inbound(
+                "Ja, gerne", sender="+491701234567", to=VIRTUAL_NUMBER, url=s.inbound_url
+            )
+        )
+        assert status == 200
+        [mo] = esme.receipts(1)
+    assert mo.esm_class & 0x3C == 0  # a plain message, not a receipt
+    assert mo.source_addr == b"491701234567"
+    assert mo.destination_addr == VIRTUAL_NUMBER[1:].encode()
+    assert mo.short_message == b"Ja, gerne"
