@@ -1,0 +1,271 @@
+"""End to end with smsflatrate.net: smpplib ESME → bridge → the smsflatrate simulator (real
+HTTP) → status push (or status.php polling) → receipt deliver_sm back to the ESME, and an
+inbound push → deliver_sm. Outcomes are chosen by the destination's last three digits (see
+``bridge.simulators.smsflatrate``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import smpplib.gsm
+from bridge_harness import (
+    BridgeThread,
+    Esme,
+    StartBridge,
+    receipt_fields,
+    start_bridge,
+    wait_until,
+)
+from sim_harness import SimulatorThread, StartSimulator, start_simulator
+
+from bridge.core.model import MessageState
+from bridge.providers.smsflatrate import push_url
+from bridge.simulators.smsflatrate import SmsflatrateSimulator
+
+__all__ = ["start_bridge", "start_simulator"]  # the fixtures, imported for pytest
+
+pytestmark = pytest.mark.timeout(30)
+
+MOBILE = "4915112345"  # + three digits choosing the simulator's outcome
+
+
+def receipt_id(pdu: Any) -> str:
+    return receipt_fields(pdu)["id"]
+
+
+@dataclass
+class Setup:
+    bt: BridgeThread
+    sim: SmsflatrateSimulator
+    sim_thread: SimulatorThread
+
+    def sim_state(self, fn: Any) -> Any:
+        return self.sim_thread.run(fn)
+
+    def sends(self) -> list[dict[str, str]]:
+        """The send calls the simulator got (not the bridge's request=credits checks)."""
+        return self.sim_state(lambda: [r for r in self.sim.requests if "to" in r])
+
+
+@pytest.fixture
+def setup(start_bridge: StartBridge, start_simulator: StartSimulator) -> Iterator[Any]:
+    """``setup(push=True, **provider keys)``: a simulator and a bridge routing everything to
+    it; with ``push`` the simulator's account Push-URL is the bridge's report callback."""
+    made: list[Setup] = []
+
+    def make(push: bool = True, pipeline: dict[str, object] | None = None, **keys: Any) -> Setup:
+        sim = SmsflatrateSimulator(delay=0.05, rate_limit=0)
+        sim_thread = start_simulator(sim.app)
+        provider = {
+            "type": "smsflatrate",
+            "base_url": f"{sim_thread.url}/schnittstelle.php",
+            "key": "testkey",
+            "gateway": "auto10or11",
+            "timeout": 2.0,
+            "push_reports": push,
+            **keys,
+        }
+        extra = "[providers.sf]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in provider.items())
+        extra += '[[routes]]\nproviders = ["sf"]\n'
+        bt = start_bridge(
+            extra=extra,
+            account={"inbound_numbers": ["491624675000"]},
+            pipeline=pipeline,
+        )
+        report_url = bt.run(lambda: bt.bridge.callback_url("sf", "report"))
+        inbound_url = bt.run(lambda: bt.bridge.callback_url("sf", "inbound"))
+
+        def configure() -> None:
+            sim.push_url = push_url(report_url) if push else None
+            sim.inbound_push_url = inbound_url
+
+        sim_thread.run(configure)
+        s = Setup(bt, sim, sim_thread)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.sim_thread.call(s.sim.close())
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return '"' + str(value) + '"'
+
+
+def test_gsm_message_is_sent_and_a_pushed_101_becomes_a_delivrd_receipt(setup: Any) -> None:
+    s: Setup = setup()
+    with Esme(s.bt.port) as esme:
+        esme.bind()
+        mid = esme.submit_ok(short_message=b"Hello from the ESME", registered_delivery=1)
+        [receipt] = esme.receipts(1)
+    fields = receipt_fields(receipt)
+    assert (fields["id"], fields["stat"], fields["err"]) == (mid, "DELIVRD", "000")
+    [request] = s.sends()
+    assert request["text"] == "Hello from the ESME"
+    assert request["to"] == "004915112345678"
+    assert request["from"] == "Bridge"
+    assert request["type"] == "auto10or11"
+    assert (request["status"], request["uid"], request["cost"]) == ("1", mid, "1")
+    pushes = s.sim_state(lambda: list(s.sim.pushes))
+    assert [p.status for p in pushes] == [200]
+
+
+def test_ucs2_text_reaches_the_provider_as_utf8(setup: Any) -> None:
+    s: Setup = setup()
+    text = "Grüße, Привет 😀"
+    with Esme(s.bt.port) as esme:
+        esme.bind()
+        mid = esme.submit_ok(
+            short_message=text.encode("utf-16-be"), data_coding=8, registered_delivery=1
+        )
+        [receipt] = esme.receipts(1)
+    assert receipt_fields(receipt)["stat"] == "DELIVRD"
+    assert receipt_id(receipt) == mid
+    [taken] = s.sim_state(lambda: list(s.sim.messages.values()))
+    assert taken.text == text
+
+
+def test_three_udh_parts_are_one_provider_request_and_three_receipts(setup: Any) -> None:
+    s: Setup = setup()
+    text = ("The quick brown fox jumps over the lazy dog. " * 9)[:400]
+    parts, encoding, esm_class = smpplib.gsm.make_parts(text)
+    assert len(parts) == 3
+    with Esme(s.bt.port) as esme:
+        esme.bind()
+        ids = [
+            esme.submit_ok(
+                short_message=part,
+                esm_class=esm_class,
+                data_coding=encoding,
+                registered_delivery=1,
+            )
+            for part in parts
+        ]
+        receipts = esme.receipts(3)
+    assert {receipt_id(r) for r in receipts} == set(ids)
+    assert {receipt_fields(r)["stat"] for r in receipts} == {"DELIVRD"}
+    requests = s.sends()
+    assert [r["text"] for r in requests] == [text]
+    [taken] = s.sim_state(lambda: list(s.sim.messages.values()))
+    assert taken.cost == pytest.approx(3 * 0.07)  # three 153-character parts
+
+
+#: destination suffix → (stat, err) of the receipt the ESME gets.
+EXPECTED = {
+    # refusals at send time: no provider left to fail over to → REJECTD with the code
+    **{
+        str(code): ("REJECTD", f"{code:03d}")
+        for code in (110, 130, 131, 132, 133, 140, 150, 170, 171, 180, 231)
+    },
+    # reports
+    "103": ("UNDELIV", "103"),
+    "104": ("EXPIRED", "104"),
+    "102": ("DELIVRD", "000"),  # 102 first (not final), then 101
+    # transient: 404 on the first try, taken on the retry
+    "405": ("DELIVRD", "000"),
+}
+
+
+def test_every_documented_failure_reaches_the_esme_as_the_right_receipt(setup: Any) -> None:
+    s: Setup = setup()
+    with Esme(s.bt.port) as esme:
+        esme.bind()
+        ids = {
+            esme.submit_ok(destination_addr=MOBILE + suffix, registered_delivery=1): suffix
+            for suffix in EXPECTED
+        }
+        receipts = esme.receipts(len(EXPECTED), timeout=10.0)
+        esme.pump(0.2)
+        assert len(esme.delivered) == len(EXPECTED)  # no duplicates (the 102 was not final)
+    got = {
+        ids[receipt_id(r)]: (receipt_fields(r)["stat"], receipt_fields(r)["err"]) for r in receipts
+    }
+    assert got == EXPECTED
+    tries = [r["to"] for r in s.sends()]
+    assert tries.count("00" + MOBILE + "405") == 2  # the transient 404 was retried
+
+
+def test_transient_codes_are_retried_until_the_message_expires(setup: Any) -> None:
+    # 120 (no credit) never clears here: retried with backoff, then EXPIRED at its validity.
+    s: Setup = setup()
+    with Esme(s.bt.port) as esme:
+        esme.bind()
+        mid = esme.submit_ok(
+            destination_addr=MOBILE + "120",
+            registered_delivery=1,
+            validity_period="000000000002000R",  # 2 seconds
+        )
+        [receipt] = esme.receipts(1, timeout=10.0)
+    fields = receipt_fields(receipt)
+    assert (fields["id"], fields["stat"]) == (mid, "EXPIRED")
+    tries = [r["to"] for r in s.sends()]
+    assert tries.count("00" + MOBILE + "120") >= 2
+
+
+def test_without_a_push_url_receipts_come_from_polling_status_php(setup: Any) -> None:
+    s: Setup = setup(push=False, pipeline={"poll_interval": 0.2})
+    with Esme(s.bt.port) as esme:
+        esme.bind()
+        delivered = esme.submit_ok(destination_addr=MOBILE + "678", registered_delivery=1)
+        undeliv = esme.submit_ok(destination_addr=MOBILE + "103", registered_delivery=1)
+        receipts = {receipt_id(r): receipt_fields(r) for r in esme.receipts(2, timeout=10.0)}
+    assert receipts[delivered]["stat"] == "DELIVRD"
+    assert (receipts[undeliv]["stat"], receipts[undeliv]["err"]) == ("UNDELIV", "103")
+    assert s.sim_state(lambda: list(s.sim.pushes)) == []
+    polled = s.sim_state(lambda: [r for r in s.sim.requests if "key" not in r])
+    assert polled and all(set(r) == {"id"} for r in polled)
+
+
+def test_no_receipt_requested_means_no_status_and_the_message_ends_accepted(setup: Any) -> None:
+    s: Setup = setup()
+    with Esme(s.bt.port) as esme:
+        esme.bind()
+        mid = esme.submit_ok(short_message=b"fire and forget", registered_delivery=0)
+
+        def stored() -> Any:
+            return s.bt.run(lambda: s.bt.bridge.store.get_message(mid))
+
+        assert wait_until(lambda: stored() is not None and stored().state.is_final)
+        esme.pump(0.2)
+        assert esme.delivered == []
+    assert stored().state is MessageState.ACCEPTED
+    [request] = s.sends()
+    assert "status" not in request
+
+
+def test_a_scheduled_message_goes_with_time_and_gets_an_acceptd_receipt(setup: Any) -> None:
+    s: Setup = setup()
+    with Esme(s.bt.port) as esme:
+        esme.bind()
+        mid = esme.submit_ok(
+            schedule_delivery_time="000000010000000R",
+            registered_delivery=1,  # in one hour
+        )
+        [receipt] = esme.receipts(1)
+    fields = receipt_fields(receipt)
+    assert (fields["id"], fields["stat"], fields["err"]) == (mid, "ACCEPTD", "000")
+    [request] = s.sends()
+    assert "status" not in request and "time" in request
+
+
+def test_inbound_push_becomes_a_deliver_sm(setup: Any) -> None:
+    s: Setup = setup()
+    with Esme(s.bt.port) as esme:
+        esme.bind("receiver")
+        status = s.sim_thread.call(s.sim.push_inbound("00491606543210", "Ja, passt ✓"))
+        assert status == 200
+        [pdu] = esme.receipts(1)
+    assert pdu.esm_class & 0x3C == 0  # a message, not a receipt
+    assert pdu.source_addr == b"491606543210"
+    assert pdu.destination_addr == b"491624675000"
+    payload = pdu.short_message
+    text = payload.decode("utf-16-be") if pdu.data_coding == 8 else payload.decode()
+    assert text == "Ja, passt ✓"
