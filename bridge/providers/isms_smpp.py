@@ -76,7 +76,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 import structlog
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 
 from bridge.core.model import (
     Address,
@@ -90,7 +90,13 @@ from bridge.core.model import (
 from bridge.core.receipts import ERR_MAX, parse_receipt_text, receipt_id_variants
 from bridge.observability import SampledLog
 from bridge.providers.base import Capabilities, InboundSink, Provider, ProviderContext, ReportSink
-from bridge.providers.settings import NonNegFloat, PosFloat, ProviderSettings, Secret
+from bridge.providers.settings import (
+    NonNegFloat,
+    PosFloat,
+    ProviderSettings,
+    Secret,
+    resolve_env,
+)
 from bridge.smpp.client import ClientConfig, ClientError, SmppClient
 from bridge.smpp.pdu import CommandId, Pdu, Status, status_name
 from bridge.smpp.text import (
@@ -149,7 +155,8 @@ class Settings(ProviderSettings):
     concurrency: Annotated[int, Field(ge=1)] = 32
     host: Annotated[str, Field(min_length=1)]
     port: Annotated[int, Field(ge=1, le=65535)] = 2775
-    system_id: Annotated[str, Field(min_length=1, max_length=15)]
+    # plain or "env:VAR"
+    system_id: Annotated[str, BeforeValidator(resolve_env), Field(min_length=1, max_length=15)]
     password: Secret
     system_type: Annotated[str, Field(max_length=12)] = ""
     address_range: Annotated[str, Field(max_length=40)] = ""
@@ -496,12 +503,19 @@ class _Group:
     done: bool = False
 
 
+def _norm(upstream_id: str) -> str:
+    """The index key of an id: leading zeros and letter case do not tell ids apart."""
+    return upstream_id.lstrip("0").upper() or "0"
+
+
 class PartCorrelator:
     """Upstream part ids awaiting a receipt → their message (the first part's id) and the
     aggregation of the parts' receipts into one report (see the module docstring).
 
-    Bounded: at most ``max_ids`` ids are kept; beyond, the oldest go (their receipts then pass
-    through under their own id, which the bridge counts as unknown unless it is a first part).
+    Ids are indexed without leading zeros and case (:func:`_norm`), so that a receipt id in
+    another base is found through :func:`~bridge.core.receipts.receipt_id_variants`. Bounded:
+    at most ``max_ids`` ids are kept; beyond, the oldest go (their receipts then pass through
+    under their own id, which the bridge counts as unknown unless it is a first part).
     """
 
     def __init__(self, provider: str, max_ids: int = 500_000) -> None:
@@ -522,23 +536,30 @@ class PartCorrelator:
         group.part_ids.append(upstream_id)
         if not upstream_id or group.done:
             return
-        self._ids[upstream_id] = (group, index)
+        self._ids[_norm(upstream_id)] = (group, index)
         while len(self._ids) > self.max_ids:
             self._ids.popitem(last=False)
 
     def close(self, group: _Group) -> None:
-        """No more reports for this message are wanted (final, or ended by the send)."""
+        """No report for this message is wanted any more (final, or ended by the send). The
+        ids of parts whose receipt is still to come stay until it comes, so that it is
+        swallowed here rather than counted as unknown by the bridge."""
         group.done = True
-        for uid in group.part_ids:
-            entry = self._ids.get(uid)
-            if entry is not None and entry[0] is group:
-                del self._ids[uid]
+        for index, uid in enumerate(group.part_ids):
+            if index in group.finals:
+                self._forget(group, uid)
+
+    def _forget(self, group: _Group, uid: str) -> None:
+        key = _norm(uid)
+        entry = self._ids.get(key)
+        if entry is not None and entry[0] is group:
+            del self._ids[key]
 
     def find(self, receipt_id: str, *, variants: bool) -> tuple[_Group, int] | None:
-        entry = self._ids.get(receipt_id)
+        entry = self._ids.get(_norm(receipt_id))
         if entry is None and variants:
             for v in receipt_id_variants(receipt_id)[1:]:
-                entry = self._ids.get(v)
+                entry = self._ids.get(_norm(v))
                 if entry is not None:
                     break
         return entry
@@ -560,6 +581,8 @@ class PartCorrelator:
             )
         group, index = entry
         if group.done:
+            if receipt.state.is_final:
+                self._forget(group, group.part_ids[index])
             return None
         if not receipt.state.is_final:
             if group.intermediate_sent or not group.first_id:

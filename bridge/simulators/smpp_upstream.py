@@ -34,7 +34,8 @@ failures, 0 none). A receipt that finds no receiver bound, or is refused, is ret
 
 Misbehaviour on demand (methods, for tests): :meth:`~SmppUpstreamSimulator.drop_connections`
 (abort every TCP connection), :meth:`~SmppUpstreamSimulator.throttle_next` (ESME_RTHROTTLED to
-the next n submits), :attr:`~SmppUpstreamSimulator.response_delay` (answer slowly),
+the next n submits), :meth:`~SmppUpstreamSimulator.answer_next` (any status to the next n,
+optionally after letting some pass), :attr:`~SmppUpstreamSimulator.response_delay` (answer slowly),
 :meth:`~SmppUpstreamSimulator.stop_answering` / :meth:`~SmppUpstreamSimulator.resume_answering`
 (take submits and say nothing), :meth:`~SmppUpstreamSimulator.stop` and
 :meth:`~SmppUpstreamSimulator.start` again on the same port (the upstream down for a while).
@@ -213,7 +214,7 @@ class SmppUpstreamSimulator:
         self.binds = 0  # successful binds so far
         self._ids = itertools.count(0x8FABD)
         self._refs = itertools.count(1)
-        self._throttle = 0
+        self._forced: tuple[int, int, int] = (0, 0, 0)  # (let pass, then answer, status)
         self._answering = asyncio.Event()
         self._answering.set()
         self._refused_once: set[tuple[str, bytes]] = set()
@@ -285,7 +286,11 @@ class SmppUpstreamSimulator:
 
     def throttle_next(self, n: int) -> None:
         """Answer the next ``n`` submit_sm with ESME_RTHROTTLED."""
-        self._throttle = n
+        self.answer_next(Status.ESME_RTHROTTLED, n)
+
+    def answer_next(self, status: int, count: int = 1, *, after: int = 0) -> None:
+        """Let ``after`` submit_sm pass as usual, then answer ``count`` with ``status``."""
+        self._forced = (after, count, status)
 
     def stop_answering(self) -> None:
         """Keep taking submit_sm but answer none of them (until :meth:`resume_answering`)."""
@@ -312,10 +317,11 @@ class SmppUpstreamSimulator:
         if self.response_delay > 0:
             await asyncio.sleep(self.response_delay)
         await self._answering.wait()
-        if self._throttle > 0:
-            self._throttle -= 1
-            return pdu.response(Status.ESME_RTHROTTLED)
-        status = self._submit_status(pdu)
+        status = self._forced_status()
+        if status == Status.ESME_RTHROTTLED:
+            return pdu.response(status)  # not even recorded: the SMSC did not look at it
+        if status == 0:
+            status = self._submit_status(pdu)
         message_id = format(next(self._ids), "08X") if status == 0 else ""
         sub = Submitted(
             message_id=message_id,
@@ -342,6 +348,16 @@ class SmppUpstreamSimulator:
             return pdu.response(status)
         self._spawn(self._report_later(sub))
         return pdu.response(0, message_id=message_id)
+
+    def _forced_status(self) -> int:
+        after, count, status = self._forced
+        if count <= 0:
+            return 0
+        if after > 0:
+            self._forced = (after - 1, count, status)
+            return 0
+        self._forced = (0, count - 1, status)
+        return status
 
     def _submit_status(self, pdu: Pdu) -> int:
         rule = OUTCOMES.get(str(pdu.get("destination_addr", ""))[-2:])
