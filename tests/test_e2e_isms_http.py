@@ -197,7 +197,7 @@ def test_every_documented_error_reaches_the_esme_as_its_receipt(
     }
     with Esme(bt.port) as esme:
         esme.bind()
-        ids = {submit(esme, to, validity_period="000000000001000R"): to for to in expected}
+        ids = {submit(esme, to, validity_period="000000000002000R"): to for to in expected}
         receipts = by_id(esme.receipts(len(expected), timeout=8.0))
     assert set(receipts) == set(ids)
     for mid, r in receipts.items():

@@ -483,7 +483,7 @@ async def _serve(app: Starlette) -> HttpServer:
 
 @pytest.fixture
 async def harness() -> AsyncIterator[Harness]:
-    sim = IsmsHttpSimulator(delay=0.05, hang=3.0)
+    sim = IsmsHttpSimulator(delay=0.05, hang=1.0)
     server = await _serve(sim.app)
     h = Harness(sim, f"http://127.0.0.1:{server.port}")
     try:
@@ -616,6 +616,7 @@ async def test_poll_mode_sends_no_dlr_url_and_query_php_gives_the_states(
     harness: Harness,
 ) -> None:
     harness.callback = "http://127.0.0.1:1/never"
+    harness.sim.delay = 0.5  # the first poll comes before the reports are due
     provider = await harness.provider(reports="poll")
     assert provider.capabilities.reports == "poll"
     delivered = message(to="306912345600")
