@@ -81,6 +81,7 @@ def setup(start_bridge: StartBridge, start_simulator: StartSimulator) -> Iterato
         )
         report_url = bt.run(lambda: bt.bridge.callback_url("mycoolsms", "report"))
         inbound_url = bt.run(lambda: bt.bridge.callback_url("mycoolsms", "inbound"))
+        assert report_url is not None and inbound_url is not None
         s = Setup(bt, sim, sim_thread, report_url, inbound_url)
         made.append(s)
         return s
