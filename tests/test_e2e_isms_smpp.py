@@ -1,0 +1,256 @@
+"""End to end over SMPP both ways: smpplib ESME → bridge → the upstream SMSC simulator (as iSMS's
+SMPP service) → receipt deliver_sm from the upstream → receipt deliver_sm to the ESME; MO from
+the upstream to the owning account; the upstream dropping the connection, throttling, and being
+down for a while (nothing lost). The simulator runs in a loop of its own thread, the bridge in
+another; every wait is bounded."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import smpplib.consts
+from bridge_harness import (
+    Esme,
+    StartBridge,
+    receipt_fields,
+    receipt_id,
+    start_bridge,
+    wait_until,
+)
+from loop_thread import LoopThread
+
+from bridge.providers.isms_smpp import IsmsSmppProvider
+from bridge.simulators.smpp_upstream import SmppUpstreamSimulator
+from bridge.smpp.pdu import Status
+
+__all__ = ["start_bridge"]  # the fixture, imported for pytest
+
+pytestmark = pytest.mark.timeout(60)
+
+MOBILE = "306912345678"
+INBOUND_NUMBER = "306999999999"
+GREEK = "Καλημέρα από την Αθήνα"
+
+
+class UpstreamThread(LoopThread):
+    """The simulator in a loop of its own thread; ``run``/``call`` reach into it."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__()
+        self.sim = SmppUpstreamSimulator(**options)
+        self.call(self.sim.start())
+        self.port = self.sim.port
+
+    def close(self) -> None:
+        try:
+            self.call(self.sim.close())
+        finally:
+            self.close_loop()
+
+
+@pytest.fixture
+def upstream() -> Iterator[UpstreamThread]:
+    up = UpstreamThread(delay=0.05, retry=0.1, tps=0)
+    yield up
+    up.close()
+
+
+def isms_config(port: int, **keys: Any) -> str:
+    values: dict[str, Any] = {
+        "type": "isms_smpp",
+        "host": "127.0.0.1",
+        "port": port,
+        "system_id": "isms",
+        "password": "isms",
+        "reconnect_min": 0.05,
+        "reconnect_max": 0.3,
+        "response_timeout": 1.0,
+        "throttle_pause": 0.05,
+    }
+    values.update(keys)
+    lines = ["[providers.isms]"]
+    for key, value in values.items():
+        lines.append(f"{key} = {value!r}".replace("'", '"'))
+    return "\n".join(lines) + '\n\n[[routes]]\nproviders = ["isms"]\n'
+
+
+def start(start_bridge: StartBridge, upstream: UpstreamThread, **keys: Any) -> Any:
+    bt = start_bridge(
+        extra=isms_config(upstream.port, **keys),
+        account={"inbound_numbers": [INBOUND_NUMBER]},
+    )
+    provider = bt.bridge.providers["isms"]
+    assert isinstance(provider, IsmsSmppProvider)
+    assert bt.call(provider.client.wait_bound(5.0))
+    return bt
+
+
+def submitted(upstream: UpstreamThread) -> list[Any]:
+    return upstream.run(lambda: [s for s in upstream.sim.submitted if s.status == 0])
+
+
+# --------------------------------------------------------------------------- receipts
+
+
+def test_a_gsm_message_reaches_the_upstream_and_its_delivrd_receipt_the_esme(
+    start_bridge: StartBridge, upstream: UpstreamThread
+) -> None:
+    bt = start(start_bridge, upstream)
+    with Esme(bt.port) as esme:
+        esme.bind("transceiver")
+        mid = esme.submit_ok(destination_addr=MOBILE, short_message=b"Hello iSMS")
+        [receipt] = esme.receipts(1)
+    fields = receipt_fields(receipt)
+    assert receipt_id(receipt) == mid and fields["id"] == mid
+    assert (fields["stat"], fields["err"]) == ("DELIVRD", "000")
+    [sub] = submitted(upstream)
+    assert (sub.text, sub.destination, sub.source, sub.source_ton) == (
+        "Hello iSMS",
+        MOBILE,
+        "Bridge",
+        5,
+    )
+    assert sub.registered_delivery == 1
+
+
+def test_ucs2_greek_text_goes_as_ucs2(
+    start_bridge: StartBridge, upstream: UpstreamThread
+) -> None:
+    bt = start(start_bridge, upstream)
+    with Esme(bt.port) as esme:
+        esme.bind("transceiver")
+        mid = esme.submit_ok(
+            destination_addr=MOBILE,
+            data_coding=smpplib.consts.SMPP_ENCODING_ISO10646,
+            short_message=GREEK.encode("utf-16-be"),
+        )
+        [receipt] = esme.receipts(1)
+    assert receipt_id(receipt) == mid and receipt_fields(receipt)["stat"] == "DELIVRD"
+    [sub] = submitted(upstream)
+    assert sub.data_coding == 0x08 and sub.text == GREEK
+
+
+def test_a_long_message_in_three_parts_gets_a_receipt_for_each_part(
+    start_bridge: StartBridge, upstream: UpstreamThread
+) -> None:
+    bt = start(start_bridge, upstream)
+    text = "".join(f"{i:03d} " for i in range(100))  # 400 GSM characters
+    chunks = [text[:153], text[153:306], text[306:]]
+    with Esme(bt.port) as esme:
+        esme.bind("transceiver")
+        ids = [
+            esme.submit_ok(
+                destination_addr=MOBILE,
+                esm_class=0x40,
+                short_message=bytes([5, 0, 3, 0x77, 3, n]) + chunk.encode("ascii"),
+            )
+            for n, chunk in enumerate(chunks, 1)
+        ]
+        receipts = esme.receipts(3)
+    assert sorted(receipt_id(r) for r in receipts) == sorted(ids)
+    assert {receipt_fields(r)["stat"] for r in receipts} == {"DELIVRD"}
+    parts = submitted(upstream)
+    assert len(parts) == 3
+    assert "".join(p.text for p in parts) == text
+    assert [p.concat.seqnum for p in parts] == [1, 2, 3]
+    assert upstream.run(lambda: len(upstream.sim.receipts)) == 3
+
+
+def test_an_undeliverable_message_and_a_refused_one_reach_the_esme_as_failure_receipts(
+    start_bridge: StartBridge, upstream: UpstreamThread
+) -> None:
+    bt = start(start_bridge, upstream)
+    with Esme(bt.port) as esme:
+        esme.bind("transceiver")
+        undeliv = esme.submit_ok(destination_addr="306912345601")
+        refused = esme.submit_ok(destination_addr="306912345690")
+        receipts = {receipt_id(r): receipt_fields(r) for r in esme.receipts(2)}
+    assert (receipts[undeliv]["stat"], receipts[undeliv]["err"]) == ("UNDELIV", "001")
+    # ESME_RINVDSTADR (0x0B) from the upstream: REJECTD with err 011
+    assert (receipts[refused]["stat"], receipts[refused]["err"]) == ("REJECTD", "011")
+
+
+def test_a_transient_submit_error_is_retried_until_accepted(
+    start_bridge: StartBridge, upstream: UpstreamThread
+) -> None:
+    bt = start(start_bridge, upstream)
+    with Esme(bt.port) as esme:
+        esme.bind("transceiver")
+        mid = esme.submit_ok(destination_addr="306912345692")  # MSGQFUL once, then accepted
+        [receipt] = esme.receipts(1)
+    assert receipt_id(receipt) == mid and receipt_fields(receipt)["stat"] == "DELIVRD"
+    statuses = upstream.run(lambda: [s.status for s in upstream.sim.submitted])
+    assert statuses == [Status.ESME_RMSGQFUL, 0]
+
+
+# --------------------------------------------------------------------------- a rough upstream
+
+
+def test_the_bridge_rebinds_after_the_upstream_drops_the_connection(
+    start_bridge: StartBridge, upstream: UpstreamThread
+) -> None:
+    bt = start(start_bridge, upstream)
+    assert upstream.run(upstream.sim.drop_connections) == 1
+    assert wait_until(lambda: upstream.run(lambda: upstream.sim.binds) == 2)
+    with Esme(bt.port) as esme:
+        esme.bind("transceiver")
+        mid = esme.submit_ok(destination_addr=MOBILE)
+        [receipt] = esme.receipts(1)
+    assert receipt_id(receipt) == mid and receipt_fields(receipt)["stat"] == "DELIVRD"
+
+
+def test_throttling_slows_the_bridge_down_and_every_message_is_still_delivered(
+    start_bridge: StartBridge, upstream: UpstreamThread
+) -> None:
+    bt = start(start_bridge, upstream, throttle_retries=1)
+    upstream.run(lambda: upstream.sim.throttle_next(8))
+    with Esme(bt.port) as esme:
+        esme.bind("transceiver")
+        ids = [esme.submit_ok(destination_addr=MOBILE, short_message=b"m%d" % i) for i in range(5)]
+        receipts = esme.receipts(5, timeout=15)
+    assert sorted(receipt_id(r) for r in receipts) == sorted(ids)
+    assert {receipt_fields(r)["stat"] for r in receipts} == {"DELIVRD"}
+    provider = bt.bridge.providers["isms"]
+    assert isinstance(provider, IsmsSmppProvider)
+    assert bt.run(lambda: provider.throttled) == 8
+    assert len(submitted(upstream)) == 5
+
+
+def test_messages_taken_while_the_upstream_is_down_are_delivered_once_it_is_back(
+    start_bridge: StartBridge, upstream: UpstreamThread
+) -> None:
+    bt = start(start_bridge, upstream)
+    upstream.call(upstream.sim.stop())
+    with Esme(bt.port) as esme:
+        esme.bind("transceiver")
+        ids = [esme.submit_ok(destination_addr=MOBILE, short_message=b"d%d" % i) for i in range(3)]
+        esme.pump(0.5)
+        assert esme.delivered == []
+        assert submitted(upstream) == []
+        upstream.call(upstream.sim.start())
+        receipts = esme.receipts(3, timeout=15)
+    assert sorted(receipt_id(r) for r in receipts) == sorted(ids)
+    assert {receipt_fields(r)["stat"] for r in receipts} == {"DELIVRD"}
+
+
+# --------------------------------------------------------------------------- MO
+
+
+def test_an_mo_from_the_upstream_reaches_the_account_owning_the_number(
+    start_bridge: StartBridge, upstream: UpstreamThread
+) -> None:
+    bt = start(start_bridge, upstream)
+    with Esme(bt.port) as esme:
+        esme.bind("transceiver")
+        assert wait_until(bt.has_receiver)
+        statuses = upstream.call(
+            upstream.sim.send_mo("306900000001", INBOUND_NUMBER, "Reply from a handset")
+        )
+        assert statuses == [0]
+        [mo] = esme.receipts(1)
+    assert mo.esm_class & 0x3C == 0  # a message, not a receipt
+    assert mo.source_addr.decode() == "306900000001"
+    assert mo.destination_addr.decode() == INBOUND_NUMBER
+    assert mo.short_message.decode("ascii") == "Reply from a handset"
