@@ -67,6 +67,7 @@ def _simulate(args: argparse.Namespace) -> int:
             return 2
         options[key] = value
     configure_logging("info", "auto")
+    _install_uvloop()
     module = importlib.import_module(SIMULATORS[args.provider])
     try:
         asyncio.run(module.serve(args.host, args.port, options))
