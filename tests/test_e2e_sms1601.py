@@ -1,0 +1,318 @@
+"""End to end with 1601SMS: smpplib as the ESME → the whole bridge → the 1601SMS simulator over
+HTTP → the report pushed (or polled) back → a receipt deliver_sm to the ESME.
+
+The simulator answers by the destination's last digits (bridge/simulators/sms1601.py): ``99`` +
+code forces that error, 81/82/83 end NOT DELIVERED/REJECTED/NONE, 84 goes through BUFFERED,
+96/97 fail once (error 150, HTTP 500) and then succeed. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import smpplib.gsm
+from bridge_harness import Esme, StartBridge, receipt_fields, receipt_id, start_bridge, wait_until
+from sim_harness import SimulatorThread, StartSimulator, start_simulator
+
+from bridge.core.model import MessageState
+from bridge.simulators.sms1601 import DEFAULT_PASSWORD, DEFAULT_USERNAME, Sms1601Simulator
+from bridge.smpp.pdu import Status
+
+__all__ = ["start_bridge", "start_simulator"]  # the fixtures, imported for pytest
+
+pytestmark = pytest.mark.timeout(60)
+
+MOBILE = "32478123456"  # the API page's example number (Belgian mobile)
+#: The page's refusals that no retry fixes: REJECTD with err = the code.
+PERMANENT_CODES = [c for c in [*range(100, 127), 150] if c not in {108, 115, 120, 121, 150}]
+
+
+class Rig:
+    """A bridge routing everything to 1601SMS, and the simulator it talks to."""
+
+    def __init__(
+        self,
+        start_bridge: StartBridge,
+        start_simulator: StartSimulator,
+        *,
+        push: bool = True,
+        provider: dict[str, object] | None = None,
+        pipeline: dict[str, object] | None = None,
+        extra_routes: str = "",
+    ) -> None:
+        self.sim = Sms1601Simulator(delay=0.05)
+        self.sim_thread: SimulatorThread = start_simulator(self.sim.app)
+        settings: dict[str, object] = {
+            "type": "sms1601",
+            "base_url": f"{self.sim_thread.url}/module/gateway.php",
+            "username": DEFAULT_USERNAME,
+            "password": DEFAULT_PASSWORD,
+            "timeout": 2.0,
+        }
+        settings.update(provider or {})
+        table = "[providers.sms1601]\n" + "".join(
+            f"{key} = {_toml(value)}\n" for key, value in settings.items()
+        )
+        routes = extra_routes or '[[routes]]\nproviders = ["sms1601"]\n'
+        self.bt = start_bridge(extra=table + routes, pipeline=pipeline)
+        if push:
+            url = self.bt.run(lambda: self.bt.bridge.callback_url("sms1601", "report"))
+            self.sim_thread.run(lambda: setattr(self.sim, "push_url", url))
+
+    def requests(self) -> list[dict[str, str]]:
+        """The sends the gateway got (not the bridge's ``action=credits`` health checks)."""
+        return self.sim_thread.run(lambda: [r for r in self.sim.requests if "action" not in r])
+
+    def stored(self, message_id: str) -> Any:
+        return self.bt.run(lambda: self.bt.bridge.store.get_message(message_id))
+
+    def esme(self) -> Esme:
+        esme = Esme(self.bt.port)
+        esme.bind()
+        return esme
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value + '"'
+    return repr(value)
+
+
+def by_id(receipts: list[Any]) -> dict[str, dict[str, str]]:
+    out = {receipt_id(r): receipt_fields(r) for r in receipts}
+    assert len(out) == len(receipts), "duplicate receipts"
+    return out
+
+
+# --------------------------------------------------------------------------- the happy paths
+
+
+def test_gsm_message_is_sent_with_dutch_parameters_and_a_delivrd_receipt_comes_back(
+    start_bridge: StartBridge, start_simulator: StartSimulator
+) -> None:
+    rig = Rig(start_bridge, start_simulator)
+    with rig.esme() as esme:
+        mid = esme.submit_ok(short_message=b"Hello from the ESME", destination_addr=MOBILE)
+        [receipt] = esme.receipts(1)
+    fields = receipt_fields(receipt)
+    assert (receipt_id(receipt), fields["stat"], fields["err"]) == (mid, "DELIVRD", "000")
+    [sent] = rig.requests()
+    assert sent["bericht"] == "Hello from the ESME"
+    assert (sent["naar"], sent["afzender"], sent["delivery"]) == (MOBILE, "Bridge", "ja")
+    assert sent["referentie"] == mid
+    assert rig.stored(mid).state is MessageState.DELIVERED
+
+
+def test_ucs2_text_of_gsm_characters_is_sent_and_other_unicode_is_refused_at_submit(
+    start_bridge: StartBridge, start_simulator: StartSimulator
+) -> None:
+    rig = Rig(start_bridge, start_simulator)
+    with rig.esme() as esme:
+        mid = esme.submit_ok(
+            short_message="Grüße aus Köln, 5€".encode("utf-16-be"),
+            data_coding=8,
+            destination_addr=MOBILE,
+        )
+        [receipt] = esme.receipts(1)
+        refused = esme.submit(
+            short_message="Привет".encode("utf-16-be"), data_coding=8, destination_addr=MOBILE
+        )
+    assert receipt_id(receipt) == mid
+    assert receipt_fields(receipt)["stat"] == "DELIVRD"
+    assert refused.status == Status.ESME_RSUBMITFAIL  # no route carries Unicode
+    assert [r["bericht"] for r in rig.requests()] == ["Grüße aus Köln, 5€"]
+
+
+def test_three_udh_parts_become_one_type_long_request_and_three_receipts(
+    start_bridge: StartBridge, start_simulator: StartSimulator
+) -> None:
+    rig = Rig(start_bridge, start_simulator)
+    text = ("The quick brown fox jumps over the lazy dog. " * 9)[:400]
+    parts, encoding, esm_class = smpplib.gsm.make_parts(text)
+    assert len(parts) == 3
+    with rig.esme() as esme:
+        ids = [
+            esme.submit_ok(
+                short_message=part,
+                esm_class=esm_class,
+                data_coding=encoding,
+                destination_addr=MOBILE,
+            )
+            for part in parts
+        ]
+        receipts = by_id(esme.receipts(3))
+    assert set(receipts) == set(ids)
+    assert {f["stat"] for f in receipts.values()} == {"DELIVRD"}
+    [sent] = rig.requests()
+    assert (sent["bericht"], sent["type"]) == (text, "long")
+    charged = rig.sim_thread.run(lambda: 1000 - rig.sim.credits)
+    assert charged == 3
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_every_permanent_gateway_error_reaches_the_esme_as_rejectd_with_its_code(
+    start_bridge: StartBridge, start_simulator: StartSimulator
+) -> None:
+    rig = Rig(start_bridge, start_simulator)
+    with rig.esme() as esme:
+        ids = {esme.submit_ok(destination_addr=f"32478199{code}"): code for code in PERMANENT_CODES}
+        receipts = by_id(esme.receipts(len(ids), timeout=10.0))
+    assert set(receipts) == set(ids)
+    for mid, code in ids.items():
+        assert (receipts[mid]["stat"], receipts[mid]["err"]) == ("REJECTD", f"{code:03d}")
+
+
+def test_report_words_become_receipt_states(
+    start_bridge: StartBridge, start_simulator: StartSimulator
+) -> None:
+    rig = Rig(start_bridge, start_simulator)
+    with rig.esme() as esme:
+        expected = {
+            esme.submit_ok(destination_addr="32478123481"): ("UNDELIV", "002"),  # NOT DELIVERED
+            esme.submit_ok(destination_addr="32478123482"): ("REJECTD", "003"),  # REJECTED
+            esme.submit_ok(destination_addr="32478123483"): ("UNKNOWN", "004"),  # NONE
+            esme.submit_ok(destination_addr="32478123484"): ("DELIVRD", "000"),  # via BUFFERED
+        }
+        receipts = by_id(esme.receipts(4))
+        esme.pump(0.1)
+        assert len(esme.delivered) == 4  # BUFFERED is intermediate: not asked for
+    assert {mid: (f["stat"], f["err"]) for mid, f in receipts.items()} == expected
+
+
+def test_http_500_and_maintenance_are_retried_until_delivered(
+    start_bridge: StartBridge, start_simulator: StartSimulator
+) -> None:
+    rig = Rig(start_bridge, start_simulator)
+    with rig.esme() as esme:
+        ids = [esme.submit_ok(destination_addr=n) for n in ("32478123497", "32478123496")]
+        receipts = by_id(esme.receipts(2))
+    assert {f["stat"] for f in receipts.values()} == {"DELIVRD"}
+    assert set(receipts) == set(ids)
+    assert sorted(r["naar"] for r in rig.requests()) == [
+        "32478123496",
+        "32478123496",
+        "32478123497",
+        "32478123497",
+    ]
+
+
+def test_no_credits_is_retried_until_the_validity_ends_then_expired_with_err_108(
+    start_bridge: StartBridge, start_simulator: StartSimulator
+) -> None:
+    rig = Rig(start_bridge, start_simulator)
+    with rig.esme() as esme:
+        mid = esme.submit_ok(destination_addr="32478199108", validity_period="000000000001000R")
+        [receipt] = esme.receipts(1, timeout=5.0)
+    fields = receipt_fields(receipt)
+    assert (receipt_id(receipt), fields["stat"]) == (mid, "EXPIRED")
+    # err:108 when the validity ends as a retry is planned; a retry timer that fires just after
+    # the deadline ends it "before dispatch", where the dispatcher does not keep the last code.
+    assert fields["err"] in ("108", "000")
+    sent = rig.requests()
+    assert len(sent) > 1 and all(r["naar"] == "32478199108" for r in sent)
+
+
+def test_a_sender_the_gateway_refuses_is_rejected_with_its_code_before_any_request(
+    start_bridge: StartBridge, start_simulator: StartSimulator
+) -> None:
+    rig = Rig(start_bridge, start_simulator)
+    with rig.esme() as esme:
+        mid = esme.submit_ok(source_addr="Shop-24", destination_addr=MOBILE)
+        [receipt] = esme.receipts(1)
+    fields = receipt_fields(receipt)
+    assert (receipt_id(receipt), fields["stat"], fields["err"]) == (mid, "REJECTD", "113")
+    assert rig.requests() == []
+
+
+def test_an_unsendable_message_fails_over_to_the_next_provider(
+    start_bridge: StartBridge, start_simulator: StartSimulator
+) -> None:
+    rig = Rig(
+        start_bridge,
+        start_simulator,
+        extra_routes='[[routes]]\nproviders = ["sms1601", "sandbox"]\n',
+    )
+    with rig.esme() as esme:
+        mid = esme.submit_ok(source_addr="Shop-24", destination_addr=MOBILE)
+        [receipt] = esme.receipts(1)
+    assert receipt_fields(receipt)["stat"] == "DELIVRD"
+    assert rig.stored(mid).provider == "sandbox"
+    assert rig.requests() == []
+
+
+# --------------------------------------------------------------------------- options
+
+
+def test_polling_mode_gets_the_receipt_from_gatewayrapport(
+    start_bridge: StartBridge, start_simulator: StartSimulator
+) -> None:
+    rig = Rig(
+        start_bridge,
+        start_simulator,
+        push=False,
+        provider={"reports": "poll"},
+        pipeline={"poll_interval": 0.2},
+    )
+    with rig.esme() as esme:
+        mid = esme.submit_ok(destination_addr="32478123481")
+        [receipt] = esme.receipts(1, timeout=5.0)
+    fields = receipt_fields(receipt)
+    assert (receipt_id(receipt), fields["stat"], fields["err"]) == (mid, "UNDELIV", "002")
+    assert rig.sim_thread.run(lambda: len(rig.sim.status_requests)) >= 1
+    assert rig.sim_thread.run(lambda: list(rig.sim.pushes)) == []
+
+
+def test_without_a_receipt_request_no_delivery_ja_and_the_message_ends_accepted(
+    start_bridge: StartBridge, start_simulator: StartSimulator
+) -> None:
+    rig = Rig(start_bridge, start_simulator)
+    with rig.esme() as esme:
+        mid = esme.submit_ok(registered_delivery=0, destination_addr=MOBILE)
+        assert wait_until(lambda: rig.stored(mid).state is MessageState.ACCEPTED, 3.0)
+        esme.pump(0.1)
+        assert esme.delivered == []
+    [sent] = rig.requests()
+    assert "delivery" not in sent
+
+
+def test_schedule_delivery_time_becomes_datum_and_the_gateway_holds_it(
+    start_bridge: StartBridge, start_simulator: StartSimulator
+) -> None:
+    rig = Rig(start_bridge, start_simulator)
+    with rig.esme() as esme:
+        mid = esme.submit_ok(schedule_delivery_time="000000010000000R", destination_addr=MOBILE)
+        assert wait_until(lambda: len(rig.requests()) == 1, 3.0)
+    [sent] = rig.requests()
+    assert len(sent["datum"]) == 12 and sent["emailen"] == "nee"
+    outbox = rig.sim_thread.run(lambda: [m.referentie for m in rig.sim.messages.values()])
+    assert outbox == [mid]
+    assert rig.sim_thread.run(lambda: next(iter(rig.sim.messages.values())).in_outbox)
+
+
+def test_test_mode_ends_accepted_at_once_and_charges_nothing(
+    start_bridge: StartBridge, start_simulator: StartSimulator
+) -> None:
+    rig = Rig(start_bridge, start_simulator, provider={"test": True})
+    with rig.esme() as esme:
+        mid = esme.submit_ok(destination_addr=MOBILE)
+        [receipt] = esme.receipts(1)
+    fields = receipt_fields(receipt)
+    assert (receipt_id(receipt), fields["stat"], fields["err"]) == (mid, "ACCEPTD", "000")
+    assert rig.requests()[0]["test"] == "ja"
+    assert rig.sim_thread.run(lambda: rig.sim.credits) == 1000
+
+
+def test_the_readiness_check_reports_the_credit_balance(
+    start_bridge: StartBridge, start_simulator: StartSimulator
+) -> None:
+    rig = Rig(start_bridge, start_simulator)
+    rig.sim_thread.run(lambda: setattr(rig.sim, "credits", 476))
+    provider = rig.bt.bridge.providers["sms1601"]
+    assert rig.bt.call(provider.healthy()) is True
+    gauge = rig.bt.bridge.metrics.provider_balance.labels("sms1601")
+    assert gauge._value.get() == 476
