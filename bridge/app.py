@@ -482,6 +482,30 @@ def _policy(a: AccountConfig) -> AccountPolicy:
     )
 
 
+def callback_urls(cfg: Config) -> dict[str, dict[str, str]]:
+    """Each push-capable provider's callback URLs by kind, as a running bridge on ``cfg`` would
+    hand them out (``bridge callback-urls``): for provider web interfaces that want the URL
+    typed in (an account-level push URL). Uses the same secret as the bridge (the data
+    directory's ``callback.secret`` is created if it does not exist yet)."""
+    secret = _callback_secret(cfg)
+    http = cfg.http
+    base = http.public_url
+    if base is None:
+        host = "127.0.0.1" if http.host in ("", "0.0.0.0", "::") else http.host
+        host = f"[{host}]" if ":" in host else host
+        base = f"http://{host}:{http.port}"
+    urls: dict[str, dict[str, str]] = {}
+    for name, pc in cfg.providers.items():
+        provider = _build_provider(name, pc, ProviderContext(name=name))
+        if isinstance(provider, CallbackProvider):
+            token = _callback_token(secret, name, pc)
+            urls[name] = {
+                kind: f"{base}/callbacks/{name}/{token}/{kind}"
+                for kind in provider.callback_kinds
+            }
+    return urls
+
+
 def _build_provider(name: str, pc: ProviderConfig, ctx: ProviderContext) -> Provider:
     """The adapter a ``[providers.NAME]`` table describes."""
     if isinstance(pc, SandboxConfig):

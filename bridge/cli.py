@@ -26,6 +26,13 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and report every error")
     check.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
 
+    cu = sub.add_parser(
+        "callback-urls",
+        help="print each provider's callback URLs (for providers whose push URL is set in "
+        "their web interface)",
+    )
+    cu.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+
     hp = sub.add_parser("hash-password", help="print a pbkdf2_sha256 hash for an account password")
     hp.add_argument("--password", help="the password (prompted for when omitted)")
 
@@ -97,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         return _check_config(args.config)
     if args.command == "hash-password":
         return _hash_password(args.password)
+    if args.command == "callback-urls":
+        return _callback_urls(args.config)
     if args.command == "simulate":
         return _simulate(args)
     if args.command == "bench":
@@ -123,6 +132,24 @@ def _check_config(path: str) -> int:
         print(str(e), file=sys.stderr)
         return 2
     print(f"{Path(path)}: OK ({len(cfg.accounts)} account(s))")
+    return 0
+
+
+def _callback_urls(path: str) -> int:
+    from bridge.app import callback_urls
+    from bridge.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(path)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    urls = callback_urls(cfg)
+    if not urls:
+        print("no configured provider takes pushes", file=sys.stderr)
+    for name, kinds in urls.items():
+        for kind, url in kinds.items():
+            print(f"{name}\t{kind}\t{url}")
     return 0
 
 

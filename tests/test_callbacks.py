@@ -257,3 +257,28 @@ def test_inbound_message_for_an_owned_number_is_delivered(start_bridge: StartBri
     metrics = bt.bridge.metrics
     assert metrics.inbound_messages.labels("sandbox", "queued")._value.get() == 1
     assert metrics.inbound_messages.labels("sandbox", "unowned")._value.get() == 1
+
+
+def test_callback_urls_command_prints_what_the_running_bridge_hands_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bridge.cli import main
+
+    extra = (
+        '[providers.mcs]\ntype = "mycoolsms"\nusername = "u"\npassword = "p"\n'
+        'base_url = "http://127.0.0.1:9/api-socket.php"\n'
+    )
+    text = bridge_config(tmp_path / "data", extra=extra).replace(
+        "[http]\nhost = \"127.0.0.1\"\nport = 0\n",
+        '[http]\nhost = "127.0.0.1"\nport = 8099\n',
+    )
+    path = tmp_path / "bridge.toml"
+    path.write_text(text)
+    assert main(["callback-urls", str(path)]) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    bridge = Bridge(load_config_text(text))
+    bridge.http.port = 8099
+    assert [name for name, _, _ in lines] == ["mcs"] * len(lines)  # the sandbox takes no pushes
+    assert {kind for _, kind, _ in lines} == {"report", "inbound"}
+    for name, kind, url in lines:
+        assert url == bridge.callback_url(name, kind)  # type: ignore[arg-type]
