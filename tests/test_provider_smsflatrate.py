@@ -185,8 +185,10 @@ def test_document_example_reply_variant_2_uses_the_pool_number_as_sender() -> No
     # Not on gateways that do not take it, and never with a schedule ("nicht möglich mit ...
     # terminierten SMS").
     assert "reply" not in params(message(), settings(gateway="1", reply=2))
-    scheduled = message(schedule_at=1000.0)
-    assert "reply" not in params(scheduled, settings(gateway="10", reply=2), now=0.0)
+    # With a schedule the ESME's own sender goes out (the pool number only carries replies).
+    scheduled = params(message(schedule_at=1000.0), settings(gateway="10", reply=2), now=0.0)
+    assert "reply" not in scheduled
+    assert scheduled["from"] == "00491601234567"
 
 
 def test_reply_variant_1_on_gateway_3() -> None:
@@ -246,10 +248,11 @@ def test_sender_with_spaces_umlauts_or_over_11_characters_is_unsendable_with_err
     assert info.value.error_code == 132
 
 
-def test_empty_sender_uses_default_sender_or_is_left_out() -> None:
-    assert "from" not in params(message(source=Address("", 0, 0)))
-    s = settings(gateway="1", default_sender="Alerts")
-    assert params(message(source=Address("", 0, 0)), s)["from"] == "Alerts"
+def test_national_numbers_and_short_codes_are_sent_as_the_esme_sent_them() -> None:
+    assert params(message(source=Address("12345", 3, 0)))["from"] == "12345"
+    assert params(message(source=Address("01601234567", 2, 1)))["from"] == "01601234567"
+    with pytest.raises(Unsendable):
+        url(message(source=Address("1" * 17, 0, 1)))
 
 
 def test_binary_messages_are_unsendable() -> None:
@@ -512,7 +515,7 @@ def test_settings_validate_gateways_and_zones() -> None:
     with pytest.raises(ValidationError):
         settings(timezone="Mars/Olympus")
     with pytest.raises(ValidationError):
-        settings(default_sender="with space")
+        settings(reply_number="not a number")
     with pytest.raises(ValidationError):
         sf.Settings.model_validate({"type": "smsflatrate"})  # key is required
 
@@ -800,3 +803,64 @@ async def test_scheduled_message_goes_with_time_and_finishes_accepted(rig: Rig) 
 async def test_schedule_beyond_360_days_is_171(rig: Rig) -> None:
     outcome = await rig.provider.send(message(schedule_at=time.time() + 400 * 86400))
     assert (outcome.kind, outcome.error_code) == (OutcomeKind.PERMANENT, 171)
+
+
+# --------------------------------------------------------------------------- the simulator itself
+
+GOOD = {
+    "key": "testkey",
+    "from": "00491601234567",
+    "to": "00491606543210",
+    "text": "hello germany",
+    "type": "1",
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "answer"),
+    [
+        ({}, "100"),
+        ({"key": "wrong"}, "110"),
+        ({"type": "5"}, "130"),
+        ({"from": ""}, "130"),
+        ({"from": "My Shop"}, "132"),
+        ({"from": "1" * 17}, "132"),
+        ({"to": "0160654321"}, "131"),
+        ({"text": ""}, "133"),
+        ({"text": "x" * 1072}, "133"),
+        ({"type": "3", "from": "", "text": "x" * 736}, "133"),
+        ({"flash": "1"}, "130"),
+        ({"flash": "1", "type": "10", "text": "x" * 161}, "133"),
+        ({"time": "24.12.2012 13:45"}, "170"),
+        ({"time": "31.12.2999-23:59"}, "171"),
+        ({"to": "00447700900123"}, "150"),
+        ({"togroup": "kundengruppe"}, "231"),
+        ({"reply": "2", "type": "10"}, "132"),
+        ({"reply": "1"}, "130"),
+        ({"status": "1", "cost": "1"}, "100,<id>,0.07"),
+        ({"cost": "1", "to": "00491606543210;0049151123456789", "bulk": "1"}, "100,0.14"),
+    ],
+)
+async def test_simulator_validates_like_the_document(change: dict[str, str], answer: str) -> None:
+    sim = SmsflatrateSimulator(delay=0.05)
+    reply = await sim.handle({**GOOD, **change})
+    assert isinstance(reply, str)
+    if "<id>" in answer:
+        [taken] = sim.messages
+        answer = answer.replace("<id>", taken)
+    assert reply == answer
+
+
+async def test_simulator_balance_and_price_requests() -> None:
+    sim = SmsflatrateSimulator(balance=145.15)
+    assert await sim.handle({"key": "testkey", "request": "credits"}) == "145.1500"
+    assert await sim.handle({"key": "testkey", "request": "price"}) == "0.0700"
+    sim.balance = 0.05
+    assert await sim.handle(GOOD) == "120"
+
+
+async def test_simulate_command_refuses_unknown_options() -> None:
+    from bridge.simulators.smsflatrate import serve
+
+    with pytest.raises(ValueError, match="bogus"):
+        await serve("127.0.0.1", 0, {"bogus": "1"})

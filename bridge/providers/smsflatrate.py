@@ -104,6 +104,7 @@ __all__ = [
     "parse_status_reply",
     "push_url",
     "report_state",
+    "send_params",
     "status_url_for",
 ]
 
@@ -213,7 +214,6 @@ class Settings(HttpProviderSettings):
     native_scheduling: bool = True
     timezone: str = "Europe/Berlin"
     unsupported_flash: Literal["send_normal", "refuse"] = "send_normal"
-    default_sender: str | None = None
     reply: Literal[0, 1, 2] = 0
     reply_number: str = DOCUMENTED_REPLY_NUMBER
     inbound_number: str = DOCUMENTED_REPLY_NUMBER
@@ -236,13 +236,6 @@ class Settings(HttpProviderSettings):
         if digits is None:
             raise ValueError("must be an international number (+49…, 0049… or 49…)")
         return digits
-
-    @field_validator("default_sender")
-    @classmethod
-    def _sender_ok(cls, value: str | None) -> str | None:
-        if value is not None and _sender_value(Address(value, 5, 0)) is None:
-            raise ValueError("must be up to 11 letters/digits or up to 16 digits")
-        return value
 
     def gateway_for(self, account: str) -> str:
         return self.account_gateways.get(account, self.gateway)
@@ -287,14 +280,15 @@ def _international_digits(number: str) -> str | None:
 
 
 def _sender_value(source: Address) -> str | None:
-    """``from=`` for a sender, or None when the document's rules refuse it: up to 16 digits
-    in international form (``0049…``), or up to 11 letters/digits, no spaces or umlauts."""
+    """``from=`` for a sender, or None when the document's rules refuse it: "maximal 16
+    Ziffern" (international numbers as ``0049…``, others as the ESME sent them), or "maximal 11
+    Buchstaben" / letters with digits, without spaces, umlauts or other special characters."""
     text = source.digits
     if source.ton != 5 and text.isdigit():
-        numeric = "00" + text
-        if len(numeric) <= 16:
-            return numeric
-        return f"+{text}" if len(text) <= 16 else None
+        if source.ton == 1:
+            numeric = "00" + text
+            return numeric if len(numeric) <= 16 else f"+{text}"  # E.164: at most 15 digits
+        return text if len(text) <= 16 else None
     return text if _ALNUM.fullmatch(text) else None
 
 
@@ -305,21 +299,13 @@ def format_time(when: float, zone: ZoneInfo) -> str:
     return datetime.fromtimestamp(minute, zone).strftime("%d.%m.%Y-%H:%M")
 
 
-@dataclass(frozen=True, slots=True)
-class SendPlan:
-    """What one message becomes: the request pairs and the facts parse_send needs."""
-
-    params: list[tuple[str, str]]
-    gateway: str  # the effective fixed gateway
-    scheduled: bool
-    status: bool
-
-
 def _length(text: str, unicode: bool) -> int:
     return len(text.encode("utf-16-le")) // 2 if unicode else gsm7_septet_count(text)
 
 
-def plan_send(message: Message, settings: Settings, key: str, now: float) -> SendPlan:
+def send_params(
+    message: Message, settings: Settings, key: str, now: float
+) -> list[tuple[str, str]]:
     """The ``schnittstelle.php`` parameters for ``message`` (raises :class:`Unsendable`).
 
     Pure: everything comes from the message, the settings, the key and ``now``.
@@ -342,26 +328,23 @@ def plan_send(message: Message, settings: Settings, key: str, now: float) -> Sen
     if not message.destination.digits.isdigit() or len(to) < 8:
         raise Unsendable("destination must have at least 8 digits (return value 131)", 131)
 
+    scheduled = (
+        settings.native_scheduling and message.schedule_at is not None and message.schedule_at > now
+    )
+    # Replies: only on the gateways of the chosen variant, and "nicht möglich mit ...
+    # terminierten SMS".
+    reply = settings.reply if info.reply == settings.reply and not scheduled else 0
+
     params: list[tuple[str, str]] = [("key", key)]
-    reply = settings.reply if settings.reply and info.reply == settings.reply else 0
     if info.sender:
-        if reply == 2:
-            sender: str | None = "00" + settings.reply_number
-        else:
-            source = message.source
-            if not source.digits and settings.default_sender:
-                source = Address(settings.default_sender, 5, 0)
-            sender = None
-            if source.digits:
-                sender = _sender_value(source)
-                if sender is None:
-                    raise Unsendable(
-                        "sender must be up to 11 letters/digits or up to 16 digits "
-                        "(return value 132)",
-                        132,
-                    )
-        if sender is not None:
-            params.append(("from", sender))
+        # reply=2: "Parameter from muss eine Nummer aus unserem Nummernpool sein".
+        sender = "00" + settings.reply_number if reply == 2 else _sender_value(message.source)
+        if sender is None:
+            raise Unsendable(
+                "sender must be up to 11 letters/digits or up to 16 digits (return value 132)",
+                132,
+            )
+        params.append(("from", sender))
     params += [("to", to), ("text", text), ("type", gateway_setting)]
 
     if message.flash:
@@ -372,27 +355,24 @@ def plan_send(message: Message, settings: Settings, key: str, now: float) -> Sen
             why = f"gateway {gateway} has no flash" if not info.flash else "flash > 1 SMS"
             raise Unsendable(f"flash SMS not possible: {why}", ERR_UNSENDABLE)
 
-    scheduled = (
-        settings.native_scheduling and message.schedule_at is not None and message.schedule_at > now
-    )
     if scheduled:
         assert message.schedule_at is not None
         params.append(("time", format_time(message.schedule_at, ZoneInfo(settings.timezone))))
+    # Status reports are "nicht möglich mit ... terminierten SMS" and not on gateway 21.
     wants_report = message.wants_failure_receipt or message.wants_intermediate
     status = wants_report and info.status and not scheduled
     if status:
         params.append(("status", "1"))
-    # Replies are "not possible with delayed SMS".
-    if reply and not scheduled:
+    if reply:
         params.append(("reply", str(reply)))
     params += [("uid", message.id), ("cost", "1")]
-    return SendPlan(params, gateway, scheduled, status)
+    return params
 
 
 def build_send_request(message: Message, settings: Settings, key: str, now: float) -> HttpRequest:
-    """The GET that sends ``message`` (see :func:`plan_send`)."""
-    plan = plan_send(message, settings, key, now)
-    return HttpRequest("GET", settings.base_url, params=plan.params, charset="utf-8")
+    """The GET that sends ``message`` (see :func:`send_params`)."""
+    params = send_params(message, settings, key, now)
+    return HttpRequest("GET", settings.base_url, params=params, charset="utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,7 +384,8 @@ class SendCode:
 
 
 #: Every documented return value of ``schnittstelle.php`` except 100 (taken). 101–109 are
-#: report codes and never answer a send; should one come, it is an unexpected reply.
+#: report codes and never answer a send; any value not listed here (those included) is a
+#: permanent refusal with the value as ``err:``.
 SEND_CODES: Final[Mapping[int, SendCode]] = {
     110: SendCode(OutcomeKind.PERMANENT, "wrong gateway key or account locked"),
     # Topping up fixes it: retried until the message's validity ends (or failover_after).
@@ -727,6 +708,9 @@ class SmsflatrateProvider(HttpProvider):
                 return CallbackReply()
             inbound = parse_inbound(self.name, request, now, self.config.inbound_number)
         except BadPush as exc:
+            # Names only, never values (texts, numbers): enough to see an unexpected format.
+            names = sorted({*request.query, *request.form})
+            log.warning("smsflatrate_push_refused", kind=kind, reason=str(exc), params=names)
             return CallbackReply(400, f"bad request: {exc}")
         if self.inbound is None:
             return CallbackReply(503, "not started")
