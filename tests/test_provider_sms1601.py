@@ -356,7 +356,16 @@ def test_an_undocumented_error_code_is_permanent_with_that_err() -> None:
     assert "undocumented" in outcome.detail
 
 
-@pytest.mark.parametrize("body", ["", "<html>Bad Gateway</html>", "OK OK OK", "ERROR", "476"])
+def test_an_ok_followed_by_words_is_a_success_without_an_id() -> None:
+    # Re-sending what the gateway took would send it twice: a leading OK is a success.
+    for body in ("OK - message sent", "OK sent", "ok"):
+        outcome = p.parse_send_reply(body)
+        assert (outcome.kind, outcome.provider_message_id) == (K.ACCEPTED, None), body
+        assert outcome.state is MessageState.ACCEPTED
+    assert p.parse_send_reply("ok: 42").provider_message_id == "42"
+
+
+@pytest.mark.parametrize("body", ["", "<html>Bad Gateway</html>", "OKAY", "ERROR", "476"])
 def test_an_unreadable_reply_is_transient(body: str) -> None:
     outcome = p.parse_send_reply(body)
     assert outcome.kind is K.TRANSIENT

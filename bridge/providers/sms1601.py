@@ -380,7 +380,11 @@ def build_send_request(message: Message, account: Account, now: float) -> HttpRe
     return HttpRequest("GET", account.url, params=params, charset=account.charset)
 
 
-_OK_RE = re.compile(r"OK(?:[\s:]+(?P<id>[A-Za-z0-9._-]{1,64}))?", re.IGNORECASE)
+# "OK", "OK 1234567"; an id has a digit (the page's are numbers), so "OK - sent" has none.
+_OK_RE = re.compile(
+    r"OK(?![A-Za-z0-9])(?:[\s:]+(?P<id>[A-Za-z0-9._-]{0,63}[0-9][A-Za-z0-9._-]{0,63})(?!\S))?.*",
+    re.IGNORECASE | re.DOTALL,
+)
 _ERROR_RE = re.compile(
     r"ERR(?:OR)?\s*[:#-]?\s*(?P<code>\d{1,3})(?!\d).*", re.IGNORECASE | re.DOTALL
 )
@@ -391,14 +395,16 @@ def parse_send_reply(body: str, *, parts: int = 1, test: bool = False) -> Outcom
 
     ``OK 1234567`` → ACCEPTED with that id (a report will follow); ``OK`` alone (no
     ``delivery=ja``) or any OK in test mode → ACCEPTED and final at once (state ACCEPTED: no
-    report can come); ``ERROR n`` → the kind :data:`ERRORS` gives, err = n (an undocumented code:
-    permanent); anything else → transient (the message was most likely not taken: a proxy's
-    page, a truncated reply — a retry is safer than losing it).
+    report can come); an answer that starts with the word OK is a success whatever follows
+    (re-sending a message the gateway took would duplicate it). ``ERROR n`` → the kind
+    :data:`ERRORS` gives, err = n (an undocumented code: permanent). Anything else →
+    transient (the message was most likely not taken: a proxy's page, a truncated reply — a
+    retry is safer than losing it).
     """
     text = body.strip()
     ok = _OK_RE.fullmatch(text)
     if ok is not None:
-        provider_id = ok["id"]
+        provider_id = ok["id"] if ok["id"] and len(ok["id"]) <= 64 else None
         if test:
             return Outcome(
                 OutcomeKind.ACCEPTED,
