@@ -830,3 +830,68 @@ async def test_forged_and_malformed_pushes_change_nothing(
     assert rig.sinks.reports == []
     assert await asyncio.to_thread(_get, f"{base}/{TOKEN}/report?{good}") == 200
     assert [r.provider_message_id for r in rig.sinks.reports] == ["1234567"]
+
+
+# --------------------------------------------------------------------------- the simulator itself
+
+
+def sim_params(**overrides: str) -> dict[str, str]:
+    values = {
+        "klantuser": DEFAULT_USERNAME,
+        "klantpwd": DEFAULT_PASSWORD,
+        "bericht": "this is a test",
+        "naar": BELGIAN_MOBILE,
+        "afzender": "Bridge",
+    }
+    values.update(overrides)
+    return {k: v for k, v in values.items() if v != "<absent>"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "answer"),
+    [
+        ({"klantuser": ""}, "ERROR 100"),
+        ({"klantpwd": "<absent>"}, "ERROR 101"),
+        ({"klantpwd": "nope"}, "ERROR 104"),
+        ({"bericht": ""}, "ERROR 102"),
+        ({"naar": ""}, "ERROR 103"),
+        ({"afzender": ""}, "ERROR 109"),
+        ({"afzender": "31612345678"}, "ERROR 110"),
+        ({"afzender": "ABCDEFGHIJKLM"}, "ERROR 111"),
+        ({"afzender": "Shop-24"}, "ERROR 113"),
+        ({"afzender": "Blocked"}, "ERROR 117"),
+        ({"naar": "groep", "groep": "klanten"}, "ERROR 125"),
+        ({"naar": "0612345678"}, "ERROR 106"),
+        ({"bericht": "x" * 161}, "ERROR 105"),
+        ({"bericht": "x" * 460, "type": "long"}, "ERROR 118"),
+        ({"datum": "201510261215"}, "ERROR 121"),  # in the past
+        ({"datum": "2015102612"}, "ERROR 121"),
+        ({"naar": "32478199119"}, "ERROR 119"),
+        ({"afzender": "+31612345678", "delivery": "ja"}, "OK 1234567"),
+        ({}, "OK"),
+    ],
+)
+async def test_simulator_checks_what_the_page_lists(overrides: dict[str, str], answer: str) -> None:
+    sim = Sms1601Simulator(delay=0.01)
+    try:
+        assert sim.handle(sim_params(**overrides)) == answer
+    finally:
+        await sim.aclose()
+
+
+async def test_simulator_outbox_and_report_calls() -> None:
+    sim = Sms1601Simulator()
+    try:
+        later = datetime.now(UTC).timestamp() + 7200
+        datum = p.format_datum(later, AMSTERDAM)
+        assert sim.handle(sim_params(datum=datum, outboxid="ja")) == "OK 1234567"
+        assert sim.messages["1234567"].in_outbox
+        creds = {"klantuser": DEFAULT_USERNAME, "klantpwd": DEFAULT_PASSWORD}
+        assert sim.handle({**creds, "action": "verwijderbericht", "id": "1234567"}) == "OK"
+        assert sim.handle({**creds, "action": "verwijderoutbox"}) == "ERROR 122"
+        assert sim.handle({**creds, "action": "rapport"}) == "ERROR 123"
+        assert sim.handle({**creds, "action": "rapport", "aantal": "veel"}) == "ERROR 124"
+        assert sim.status_reply({}) == "ERROR 123"
+        assert sim.status_reply({"smsid": "1234567"}) == "ERROR 124"  # removed
+    finally:
+        await sim.aclose()
