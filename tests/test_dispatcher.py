@@ -312,6 +312,18 @@ async def test_transient_until_expiry_finishes_expired(rig: Rig) -> None:
     assert len(p1.sent) == sends and d.held == 0
 
 
+async def test_expiry_found_by_a_late_retry_keeps_the_last_error_code(rig: Rig) -> None:
+    # Tiny backoffs: the validity usually ends while a retry is waiting, and the retry that
+    # wakes at the deadline finds the message expired "before dispatch"; the receipt still
+    # says why it was never sent (the last transient failure's code), not err:000.
+    p1 = FakeProvider("p1", repeat=Outcome(OutcomeKind.TRANSIENT, error_code=8))
+    d = rig.dispatcher(p1, backoff_base=0.001, backoff_max=0.01)
+    await d.start()
+    await rig.add(d, make_message(expire_at=time.time() + 0.2))
+    await until(lambda: "m1" in rig.finisher.finished)
+    assert rig.finisher.finished["m1"][:2] == (MessageState.EXPIRED, 8)
+
+
 async def test_default_validity_applies_without_expire_at(rig: Rig) -> None:
     p1 = FakeProvider("p1", repeat=TRANSIENT)
     d = rig.dispatcher(p1, default_validity=0.2)

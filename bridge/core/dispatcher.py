@@ -389,7 +389,10 @@ class Dispatcher:
         message, name = entry.message, entry.provider
         now = self.clock()
         if now >= self._deadline(message):
-            await self._finish(entry, MessageState.EXPIRED, 0, "validity ended before dispatch")
+            # err: the last transient failure's code (e.g. "no credit"), 0 if it was never tried.
+            await self._finish(
+                entry, MessageState.EXPIRED, message.error_code, "validity ended before dispatch"
+            )
             return
         started = time.perf_counter()
         try:
@@ -470,6 +473,7 @@ class Dispatcher:
         message, name = entry.message, entry.provider
         now = self.clock()
         message.attempts += 1
+        message.error_code = outcome.error_code  # what an expiry will report
         detail = f"{name}: {outcome.detail or 'temporary failure'}"
         self._sampled(
             "warning",
