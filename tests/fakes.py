@@ -84,6 +84,7 @@ class InMemoryStore:
         change: StateChange | None = None,
         *,
         correlation: tuple[str, str, float] | None = None,
+        other_ids: Sequence[str] = (),
     ) -> None:
         """An unknown id (cancelled meanwhile) is ignored, history included; part ids are fixed
         when the message is added (as in the SQLite store)."""
@@ -92,7 +93,8 @@ class InMemoryStore:
         if current is None:
             return
         if correlation is not None:
-            self._correlations[(correlation[0], correlation[1])] = (message.id, correlation[2])
+            for pmid in (correlation[1], *other_ids):
+                self._correlations[(correlation[0], pmid)] = (message.id, correlation[2])
         self.messages[message.id] = replace(_copy(message), part_ids=list(current.part_ids))
         if change is not None:
             self._history.setdefault(message.id, []).append(change)

@@ -225,6 +225,15 @@ async def test_accepted_stores_provider_id_and_correlation(rig: Rig) -> None:
     assert "accepted by p1" in rig.details()
 
 
+async def test_accepted_parts_ids_are_all_correlated_with_the_message(rig: Rig) -> None:
+    accepted = Outcome(OutcomeKind.ACCEPTED, provider_message_id="U1", other_ids=("U2", "U3"))
+    d = rig.dispatcher(FakeProvider("p1", [accepted]))
+    await d.start()
+    await rig.add(d, make_message())
+    await until(lambda: rig.store.lookup("p1", "U1") == "m1")
+    assert rig.store.lookup("p1", "U2") == "m1" and rig.store.lookup("p1", "U3") == "m1"
+
+
 async def test_accepted_with_final_state_finishes_at_once(rig: Rig) -> None:
     p1 = FakeProvider("p1", [Outcome(OutcomeKind.ACCEPTED, state=MessageState.DELIVERED)])
     d = rig.dispatcher(p1)

@@ -693,6 +693,9 @@ async def test_a_long_greek_message_goes_in_three_parts_and_is_reported_once(
     assert len({c.reference for c in concats if c}) == 1
     assert "".join(s.text or "" for s in sim.submitted) == text
     assert all(s.data_coding == 0x08 for s in sim.submitted)
+    # The other parts' upstream ids go to the bridge for durable correlation (restarts).
+    assert outcome.provider_message_id == sim.submitted[0].message_id
+    assert outcome.other_ids == tuple(s.message_id for s in sim.submitted[1:])
     await until(lambda: len(sim.receipts) == 3)
     await until(lambda: bool(sinks.reports))
     await asyncio.sleep(0.05)

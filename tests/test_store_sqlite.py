@@ -374,6 +374,17 @@ async def test_correlations_lookup_replace_and_expiry(store: SqliteStore) -> Non
     assert await store.expire_correlations(150.0) == 0
 
 
+async def test_update_message_correlates_every_part_id_in_one_transaction(
+    store: SqliteStore,
+) -> None:
+    m = msg("m1")
+    await store.add_messages([m])
+    m.provider, m.provider_message_id = "up", "A1"
+    await store.update_message(m, correlation=("up", "A1", 500.0), other_ids=("A2", "A3"))
+    assert [store.lookup("up", pmid) for pmid in ("A1", "A2", "A3")] == ["m1"] * 3
+    assert await store.expire_correlations(500.0) == 3
+
+
 # --------------------------------------------------------------------------- deliveries
 
 

@@ -445,6 +445,7 @@ class Dispatcher:
             correlation=(name, outcome.provider_message_id, now + self.correlation_ttl)
             if outcome.provider_message_id
             else None,
+            other_ids=outcome.other_ids if outcome.provider_message_id else (),
         )
         if outcome.provider_message_id:
             if message.wants_intermediate and not (outcome.state and outcome.state.is_final):
@@ -455,6 +456,8 @@ class Dispatcher:
                 )
             # Providers may push a report before their send call has returned to us.
             await self.finisher.correlated(name, outcome.provider_message_id)
+            for other in outcome.other_ids:
+                await self.finisher.correlated(name, other)
         self._note_dispatched()
         if outcome.state is not None and outcome.state.is_final:
             await self._call_finish(

@@ -136,6 +136,10 @@ class Outcome:
     parts: int = 1
     cost: float | None = None
     state: MessageState | None = None  # a provider that reports a final state at once
+    # The provider's ids of the message's other parts, for a provider that takes the parts of a
+    # long message separately (an SMPP upstream): they are correlated durably with the message
+    # too, so a report under any of them finds it (also after a restart).
+    other_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,8 +35,9 @@ Long messages: correlation and partial sends
     The other parts' ids map to it in memory (:class:`PartCorrelator`), and the message's report
     is *aggregated*: the first failure of any part ends it (with that part's stat and err); it
     is DELIVRD only when every part reported DELIVRD (ACCEPTD when some said ACCEPTD); the first
-    intermediate report goes through once. The mapping lives as long as the process (bounded;
-    after a restart only the first part's receipt can be matched, and it then decides alone).
+    intermediate report goes through once. The aggregation lives as long as the process
+    (bounded); every part's id is also correlated durably (``Outcome.other_ids``), so after a
+    restart a receipt for any part still finds the message, and the first final one decides.
     A part refused permanently after earlier parts were taken cannot be recalled: the message
     ends UNDELIV with that part's status as ``err`` (no failover, which would deliver the first
     parts twice). A part that fails transiently leaves the parts already taken recorded, and
@@ -893,8 +894,15 @@ class IsmsSmppProvider:
             progress.ids.append(uid)
             if wants_receipts:
                 self.correlator.add(progress.group, index, uid)
-        return Outcome(OutcomeKind.ACCEPTED, provider_message_id=progress.ids[0] or None,
-                       parts=total)
+        # Every part's id is correlated durably too: after a restart (when the in-memory part
+        # map is gone) a later part's receipt still finds the message.
+        others = tuple(uid for uid in progress.ids[1:] if uid) if wants_receipts else ()
+        return Outcome(
+            OutcomeKind.ACCEPTED,
+            provider_message_id=progress.ids[0] or None,
+            parts=total,
+            other_ids=others,
+        )
 
     def _keep(self, message_id: str, progress: _Progress) -> None:
         """Remember the parts already taken, for the retry (bounded, oldest dropped)."""

@@ -76,11 +76,13 @@ class Store(Protocol):
         change: StateChange | None = None,
         *,
         correlation: tuple[str, str, float] | None = None,
+        other_ids: Sequence[str] = (),
     ) -> None:
         """Persist the message's current fields (state, attempts, provider ids …) and, if given,
         append ``change`` to its history and store ``correlation`` = (provider,
         provider_message_id, expires_at) for it — all in one transaction, so a crash can never
-        leave a message taken by a provider without the correlation its report needs."""
+        leave a message taken by a provider without the correlation its report needs.
+        ``other_ids`` are more provider ids (other parts) correlated the same way."""
         ...
 
     def get_message(self, message_id: str) -> Message | None:

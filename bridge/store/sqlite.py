@@ -859,10 +859,11 @@ class SqliteStore:
         change: StateChange | None = None,
         *,
         correlation: tuple[str, str, float] | None = None,
+        other_ids: Sequence[str] = (),
     ) -> None:
         """Store the whole message again and, if given, append ``change`` to its history and
-        write ``correlation`` (provider, provider_message_id, expires_at) — one operation, so
-        one transaction.
+        write ``correlation`` (provider, provider_message_id, expires_at), plus one row per
+        ``other_ids`` (same provider and expiry) — one operation, so one transaction.
 
         An unknown id (a message cancelled meanwhile) is ignored, history included. Part ids
         are fixed when the message is added.
@@ -891,7 +892,10 @@ class SqliteStore:
                     (_SQL_INSERT_HISTORY, history),
                     (
                         _SQL_CORRELATE,
-                        [(correlation[0], correlation[1], message.id, correlation[2])]
+                        [
+                            (correlation[0], pmid, message.id, correlation[2])
+                            for pmid in (correlation[1], *other_ids)
+                        ]
                         if correlation is not None
                         else [],
                     ),
