@@ -334,6 +334,25 @@ def test_registered_delivery_rules(registered: int, state: MessageState) -> None
         assert r.intermediate is (state is E)
 
 
+@pytest.mark.parametrize(
+    ("state", "wanted"),
+    [
+        (MessageState.ACCEPTED, False),  # taken by a provider that never reports: no failure
+        (MessageState.DELIVERED, False),
+        (MessageState.UNDELIVERABLE, True),
+        (MessageState.EXPIRED, True),
+        (MessageState.REJECTED, True),
+        (MessageState.DELETED, True),
+        (MessageState.UNKNOWN, True),
+    ],
+)
+def test_failure_only_receipts_skip_delivered_and_accepted(
+    state: MessageState, wanted: bool
+) -> None:
+    got = receipts_for(message(registered_delivery=2), state, done_at=DONE)
+    assert bool(got) is wanted
+
+
 def test_accepted_is_intermediate_only_when_told() -> None:
     msg = message(registered_delivery=0x10)
     assert receipts_for(msg, MessageState.ACCEPTED, done_at=DONE) == []

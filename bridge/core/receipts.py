@@ -295,6 +295,9 @@ def receipt_id_variants(receipt_id: str) -> list[str]:
 # --------------------------------------------------------------------------- which receipts
 
 
+_NOT_FAILURES = frozenset({MessageState.DELIVERED, MessageState.ACCEPTED})
+
+
 def receipts_for(
     message: Message,
     state: MessageState,
@@ -307,8 +310,9 @@ def receipts_for(
     """The receipts the ESME asked for (registered_delivery, §8) when ``message`` reaches
     ``state``: one per part id, or none.
 
-    * final outcome: sent when bits 1..0 are 01 (always) or 10 and the state is not DELIVERED
-      (failure only);
+    * final outcome: sent when bits 1..0 are 01 (always) or 10 and the state is a failure
+      (failure only: not DELIVERED, and not ACCEPTED, which a provider without delivery
+      reports ends with once it took the message — that is not a delivery failure);
     * intermediate notification: sent only when bit 4 (0x10) is set. ENROUTE is always
       intermediate; ACCEPTED is intermediate when ``intermediate`` says so (§6: final, but often a
       progress step). For any other state ``intermediate`` is ignored: a final outcome is never
@@ -322,7 +326,7 @@ def receipts_for(
         wanted = bool(reg & 0x10)
     else:
         mode = reg & 0x03
-        wanted = mode == 1 or (mode == 2 and state is not MessageState.DELIVERED)
+        wanted = mode == 1 or (mode == 2 and state not in _NOT_FAILURES)
     if not wanted:
         return []
     head = message.text[:TEXT_HEAD_LENGTH] if message.text is not None else ""
