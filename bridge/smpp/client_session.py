@@ -36,6 +36,9 @@ from bridge.smpp.pdu import (
     is_known_command,
 )
 
+# The events both sides of a connection have are the same classes (one definition).
+from bridge.smpp.session import ConnectionClosed, ProtocolViolation, ResponseTimedOut, Unbound
+
 __all__ = [
     "AUTH_FAILURES",
     "SUBMIT_COMMANDS",
@@ -185,41 +188,10 @@ class ResponseReceived:
 
 
 @dataclass(slots=True)
-class ResponseTimedOut:
-    """No answer within response_timeout to a request we sent (or the connection is gone)."""
-
-    request: Pdu
-    context: Any
-
-
-@dataclass(slots=True)
 class DeliverRequested:
     """deliver_sm or data_sm from the SMSC: answer with :meth:`ClientSession.respond`."""
 
     pdu: Pdu
-
-
-@dataclass(slots=True)
-class Unbound:
-    """The session is unbound (by the SMSC's unbind, or by the answer to ours)."""
-
-    initiated_by_peer: bool
-
-
-@dataclass(slots=True)
-class ConnectionClosed:
-    """The connection must be closed once the output is flushed; reason is for logs."""
-
-    reason: str
-
-
-@dataclass(slots=True)
-class ProtocolViolation:
-    """Something the SMSC did wrong that the session answered or ignored by itself; for logs."""
-
-    status: int
-    command_id: int
-    detail: str
 
 
 Event = (

@@ -135,7 +135,7 @@ class ResponseReceived:
 
 @dataclass(slots=True)
 class ResponseTimedOut:
-    """No answer within response_timeout to a request we sent."""
+    """No answer within response_timeout to a request we sent (or the connection is gone)."""
 
     request: Pdu
     context: Any
@@ -143,7 +143,7 @@ class ResponseTimedOut:
 
 @dataclass(slots=True)
 class Unbound:
-    """The session is unbound (by the ESME, or by us after its unbind_resp): close it."""
+    """The session is unbound (by the peer's unbind, or by the answer to ours): close it."""
 
     initiated_by_peer: bool
 
@@ -157,7 +157,8 @@ class ConnectionClosed:
 
 @dataclass(slots=True)
 class ProtocolViolation:
-    """Something the peer did wrong that the session answered by itself; for logs and metrics."""
+    """Something the peer did wrong that the session answered or ignored by itself; for logs
+    and metrics."""
 
     status: int
     command_id: int
