@@ -344,3 +344,34 @@ async def test_base_health_fails_when_the_provider_is_down() -> None:
         assert (await p.send(_message())).kind is OutcomeKind.TRANSIENT
     finally:
         await p.stop()
+
+
+async def test_simulators_read_urlencoded_post_bodies_without_python_multipart() -> None:
+    from starlette.responses import JSONResponse
+
+    from bridge.simulators.common import request_params
+
+    async def echo(request: Request) -> Response:
+        return JSONResponse(await request_params(request))
+
+    http = HttpServer(
+        "127.0.0.1",
+        0,
+        Starlette(routes=[Route("/p", echo, methods=["GET", "POST"])]),
+        shutdown_timeout=0.5,
+    )
+    await http.start()
+    client = create_client(timeout=5)
+    try:
+        resp = await client.request(
+            HttpRequest(
+                "POST",
+                f"http://127.0.0.1:{http.port}/p",
+                params=[("a", "q"), ("b", "q")],
+                form=[("b", "Grüße"), ("b", "second"), ("c", "")],
+            )
+        )
+    finally:
+        await client.close()
+        await http.stop()
+    assert resp.json() == {"a": "q", "b": "Grüße", "c": ""}  # the body wins, first value

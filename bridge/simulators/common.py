@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from urllib.parse import parse_qsl
 
 import structlog
 from starlette.applications import Starlette
+from starlette.requests import Request
 
 from bridge.web.server import HttpServer
 
-__all__ = ["option_bool", "option_float", "serve_app"]
+__all__ = ["option_bool", "option_float", "request_params", "serve_app"]
 
 log = structlog.get_logger("bridge.simulators")
 
@@ -45,3 +47,21 @@ def option_bool(options: Mapping[str, str], key: str, default: bool) -> bool:
     if value.lower() in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"--option {key}=: not a boolean: {value!r}")
+
+
+async def request_params(request: Request, charset: str = "utf-8") -> dict[str, str]:
+    """The query parameters, plus an application/x-www-form-urlencoded POST body's (the body
+    wins), each name's first value; percent-escapes decoded in ``charset``. Parsed here rather
+    than with Starlette's ``request.form()``, which needs python-multipart even for urlencoded
+    bodies."""
+    params = dict(request.query_params)
+    if request.method == "POST" and request.headers.get("content-type", "").startswith(
+        "application/x-www-form-urlencoded"
+    ):
+        body = (await request.body()).decode("latin-1")
+        form: dict[str, str] = {}
+        pairs = parse_qsl(body, keep_blank_values=True, encoding=charset, errors="replace")
+        for key, value in pairs:
+            form.setdefault(key, value)
+        params.update(form)
+    return params

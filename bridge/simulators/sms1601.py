@@ -72,7 +72,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from bridge.simulators.common import option_float, serve_app
+from bridge.simulators.common import option_float, request_params, serve_app
 
 __all__ = ["DEFAULT_PASSWORD", "DEFAULT_USERNAME", "SimMessage", "Sms1601Simulator", "serve"]
 
@@ -161,11 +161,7 @@ class Sms1601Simulator:
 
     @staticmethod
     async def _params(request: Request) -> dict[str, str]:
-        params = dict(request.query_params)
-        if request.method == "POST":
-            form = await request.form()
-            params.update({k: v for k, v in form.items() if isinstance(v, str)})
-        return params
+        return await request_params(request)
 
     def _later(self, delay: float, fn: Callable[[], None]) -> None:
         loop = asyncio.get_running_loop()

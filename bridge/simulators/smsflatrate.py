@@ -77,7 +77,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from bridge.providers.http import HttpClient, HttpError, HttpRequest, create_client
-from bridge.simulators.common import option_float, serve_app
+from bridge.simulators.common import option_float, request_params, serve_app
 from bridge.smpp.text import is_gsm7
 
 __all__ = ["DEFAULT_KEY", "SimMessage", "SmsflatrateSimulator", "serve"]
@@ -221,11 +221,7 @@ class SmsflatrateSimulator:
 
     @staticmethod
     async def _params(request: Request) -> dict[str, str]:
-        params = dict(request.query_params)
-        if request.method == "POST":
-            form = await request.form()
-            params.update({k: v for k, v in form.items() if isinstance(v, str)})
-        return params
+        return await request_params(request)
 
     async def close(self) -> None:
         """Cancel pending pushes and close the push client (call it from the loop that served
