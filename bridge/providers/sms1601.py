@@ -636,7 +636,7 @@ class Sms1601Provider(HttpProvider):
         try:
             pushed = parse_report_callback(request, self.account.timezone)
         except ValueError as exc:
-            log.debug("sms1601_push_malformed", provider=self.name, reason=str(exc))
+            log.warning("sms1601_push_malformed", provider=self.name, reason=str(exc))
             return CallbackReply(400, f"malformed report: {exc}")
         if self.reports is None:
             return CallbackReply(503, "not ready")
