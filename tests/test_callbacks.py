@@ -282,3 +282,15 @@ def test_callback_urls_command_prints_what_the_running_bridge_hands_out(
     assert {kind for _, kind, _ in lines} == {"report", "inbound"}
     for name, kind, url in lines:
         assert url == bridge.callback_url(name, kind)  # type: ignore[arg-type]
+
+
+async def test_other_methods_and_malformed_paths_are_refused(
+    served: tuple[Recording, Metrics, int],
+) -> None:
+    provider, _, port = served
+    assert (await _call(port, "PUT", f"/callbacks/p1/{TOKEN}/report?smsid=1"))[0] == 405
+    assert (await _call(port, "GET", f"/callbacks/p1/{TOKEN}/report/x?smsid=1"))[0] == 404
+    assert (await _call(port, "GET", "/callbacks/p1?smsid=1"))[0] == 404
+    assert provider.seen == []
+    # Everything else still goes to the ordinary routes.
+    assert (await _call(port, "GET", "/healthz"))[0] == 200
