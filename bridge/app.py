@@ -44,6 +44,7 @@ from bridge.providers.base import (
     Capabilities,
     Provider,
     ProviderContext,
+    StatsProvider,
 )
 from bridge.providers.sandbox import SandboxProvider, SandboxRule
 from bridge.smpp.server import ServerConfig, SessionInfo, SmppServer
@@ -307,6 +308,14 @@ class Bridge:
             waiting.update(self.store.delivery_depths())
         except Exception:  # the store is closed (stopping): no numbers rather than no page
             waiting = {}
+        upstream: dict[str, tuple[int, int]] = {}
+        upstream_events: dict[tuple[str, str], int] = {}
+        for name, provider in self.providers.items():
+            if isinstance(provider, StatsProvider):
+                stats = provider.stats()
+                upstream[name] = (stats.binds, stats.in_flight)
+                for event, n in stats.events.items():
+                    upstream_events[(name, event)] = n
         return Snapshot(
             connections=self.smpp.connection_count,
             sessions=sessions,
@@ -316,6 +325,8 @@ class Bridge:
             deliveries_waiting=waiting,
             reassembly_pending=len(self.pipeline.reassembly),
             reassembly_parts=self.pipeline.reassembly.fragment_count,
+            upstream=upstream,
+            upstream_events=upstream_events,
         )
 
     async def _check_providers(self, interval: float = PROVIDER_UP_INTERVAL) -> None:

@@ -611,6 +611,10 @@ class Snapshot:
     deliveries_waiting: Mapping[str, int] = field(default_factory=dict)
     reassembly_pending: int = 0
     reassembly_parts: int = 0
+    #: per connection-oriented provider (SMPP upstream): (binds up, requests in flight)
+    upstream: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    #: per (provider, event): monotonic counts (reconnects, throttling, …)
+    upstream_events: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
 
 def _gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
@@ -620,6 +624,10 @@ def _gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFami
 
 
 _SCRAPE_GAUGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("bridge_upstream_binds", "Sessions of an SMPP upstream provider that are bound and take "
+     "submits.", ("provider",)),
+    ("bridge_upstream_in_flight", "Requests sent to an SMPP upstream awaiting their response.",
+     ("provider",)),
     ("bridge_smpp_connections", "Open SMPP connections (bound or not).", ()),
     ("bridge_smpp_sessions", "Bound SMPP sessions by account and bind type.",
      ("account", "bind_type")),
@@ -638,6 +646,16 @@ _SCRAPE_GAUGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 )
 
 
+def _upstream_events() -> CounterMetricFamily:
+    return CounterMetricFamily(
+        "bridge_upstream_events",
+        "Events of connection-oriented providers (the SMPP upstream) by kind: disconnect "
+        "(a bound session lost), bind_refused, connect_failed, throttled (ESME_RTHROTTLED or "
+        "MSGQFUL: sending paused), receipt_unreadable, mo_incomplete (MO parts given up).",
+        labels=["provider", "event"],
+    )
+
+
 class BridgeCollector(Collector):
     """Scrape-time gauges from one :class:`Snapshot` per scrape.
 
@@ -653,6 +671,7 @@ class BridgeCollector(Collector):
     def describe(self) -> Iterator[Metric]:
         for name, doc, labels in _SCRAPE_GAUGES:
             yield _gauge(name, doc, labels)
+        yield _upstream_events()
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -681,4 +700,13 @@ class BridgeCollector(Collector):
             waiting.add_metric([account], n)
         families["bridge_reassembly_pending"].add_metric([], snap.reassembly_pending)
         families["bridge_reassembly_parts"].add_metric([], snap.reassembly_parts)
+        binds = families["bridge_upstream_binds"]
+        in_flight = families["bridge_upstream_in_flight"]
+        for provider, (n_binds, n_flight) in sorted(snap.upstream.items()):
+            binds.add_metric([provider], n_binds)
+            in_flight.add_metric([provider], n_flight)
         yield from families.values()
+        events = _upstream_events()
+        for (provider, event), n in sorted(snap.upstream_events.items()):
+            events.add_metric([provider, event], n)
+        yield events

@@ -199,6 +199,13 @@ def test_the_bridge_rebinds_after_the_upstream_drops_the_connection(
         mid = esme.submit_ok(destination_addr=MOBILE)
         [receipt] = esme.receipts(1)
     assert receipt_id(receipt) == mid and receipt_fields(receipt)["stat"] == "DELIVRD"
+    # The operator sees it: binds back up, one lost session counted.
+    snap = bt.run(bt.bridge.metrics_snapshot)
+    assert snap.upstream["isms"][0] >= 1
+    assert snap.upstream_events[("isms", "disconnect")] >= 1
+    text = bt.run(bt.bridge._metrics_text).decode()
+    assert 'bridge_upstream_binds{provider="isms"}' in text
+    assert 'bridge_upstream_events_total{event="disconnect",provider="isms"}' in text
 
 
 def test_throttling_slows_the_bridge_down_and_every_message_is_still_delivered(
@@ -215,6 +222,7 @@ def test_throttling_slows_the_bridge_down_and_every_message_is_still_delivered(
     provider = bt.bridge.providers["isms"]
     assert isinstance(provider, IsmsSmppProvider)
     assert bt.run(lambda: provider.throttled) == 8
+    assert bt.run(bt.bridge.metrics_snapshot).upstream_events[("isms", "throttled")] == 8
     assert len(submitted(upstream)) == 5
 
 

@@ -24,7 +24,9 @@ __all__ = [
     "InboundSink",
     "Provider",
     "ProviderContext",
+    "ProviderStats",
     "ReportSink",
+    "StatsProvider",
 ]
 
 #: Apply a report; True when it concerned one of our messages (False: unknown id, counted and
@@ -155,3 +157,28 @@ class ProviderContext:
     clock: Callable[[], float] = time.time
     callback_url: Callable[[CallbackKind], str | None] = _no_callback_url
     set_balance: Callable[[float], None] = _no_balance
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderStats:
+    """A connection-oriented provider's state for the scrape-time metrics.
+
+    ``binds``: sessions up that take submits (``bridge_upstream_binds``); ``in_flight``:
+    requests awaiting their answer (``bridge_upstream_in_flight``); ``events``: monotonic
+    counts by event name (``bridge_upstream_events_total``: reconnects, bind refusals,
+    throttling, unreadable receipts …). A small fixed set of names: they become label values.
+    """
+
+    binds: int
+    in_flight: int
+    events: Mapping[str, int] = field(default_factory=dict)
+
+
+@runtime_checkable
+class StatsProvider(Protocol):
+    """A provider with :class:`ProviderStats` (the SMPP upstream)."""
+
+    def stats(self) -> ProviderStats: ...

@@ -90,7 +90,14 @@ from bridge.core.model import (
 )
 from bridge.core.receipts import ERR_MAX, parse_receipt_text, receipt_id_variants
 from bridge.observability import SampledLog
-from bridge.providers.base import Capabilities, InboundSink, Provider, ProviderContext, ReportSink
+from bridge.providers.base import (
+    Capabilities,
+    InboundSink,
+    Provider,
+    ProviderContext,
+    ProviderStats,
+    ReportSink,
+)
 from bridge.providers.settings import (
     NonNegFloat,
     PosFloat,
@@ -822,6 +829,22 @@ class IsmsSmppProvider:
             self._sweeper = asyncio.get_running_loop().create_task(
                 self._sweep_mo(), name=f"{self.name}-mo-reassembly"
             )
+
+    def stats(self) -> ProviderStats:
+        """Binds, in-flight submits and event counts for the scrape-time metrics."""
+        client = self.client
+        return ProviderStats(
+            binds=client.bound_count,
+            in_flight=client.in_flight,
+            events={
+                "disconnect": client.disconnects,
+                "bind_refused": client.bind_refusals,
+                "connect_failed": client.connect_failures,
+                "throttled": self.throttled,
+                "receipt_unreadable": self.bad_receipts,
+                "mo_incomplete": self.mo_incomplete,
+            },
+        )
 
     async def stop(self) -> None:
         """Unbind (in-flight submits get their answers), then hand on incomplete MO as is."""

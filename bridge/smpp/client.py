@@ -424,6 +424,11 @@ class SmppClient:
         self._stop_event = asyncio.Event()
         self._stopping = False
         self._deliver_failures = _LogThrottle()
+        # Event counts for metrics: connections lost after a bind, binds refused, connects
+        # that got no bind answer.
+        self.disconnects = 0
+        self.bind_refusals = 0
+        self.connect_failures = 0
         self.limiter: AsyncLimiter | None = None
         if config.tps > 0:
             burst = config.tps_burst or max(1.0, config.tps * _AUTO_BURST_SECONDS)
@@ -643,6 +648,7 @@ class SmppClient:
                 delay = backoff_delay(attempt, cfg.reconnect_min, cfg.reconnect_max, self._jitter())
                 attempt += 1
             if status is not None and status != 0:
+                self.bind_refusals += 1
                 blog.warning(
                     "smpp_client.bind_refused",
                     status=status_name(status),
@@ -650,8 +656,10 @@ class SmppClient:
                     retry_in=round(delay, 3),
                 )
             elif status is None:
+                self.connect_failures += 1
                 blog.warning("smpp_client.connect_failed", error=error, retry_in=round(delay, 3))
             else:
+                self.disconnects += 1
                 blog.info("smpp_client.reconnecting", retry_in=round(delay, 3))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop_event.wait(), delay)
