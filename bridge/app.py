@@ -151,6 +151,9 @@ class Bridge:
             backoff_base=pc.retry_base,
             backoff_max=pc.retry_max,
             poll_interval=pc.poll_interval,
+            breaker_failures=pc.breaker_failures,
+            breaker_cooldown=pc.breaker_cooldown,
+            breaker_cooldown_max=max(pc.breaker_cooldown_max, pc.breaker_cooldown),
             poll_backoff_max=max(pc.poll_backoff_max, pc.poll_interval),
             on_dispatched=self._dispatched,
             metrics=metrics,
@@ -321,7 +324,7 @@ class Bridge:
             sessions=sessions,
             queues=queues,
             providers_up=dict(self._provider_health),
-            circuit_open=dict.fromkeys(self.providers, False),  # no circuit breaker yet
+            circuit_open={name: b.is_open for name, b in self.dispatcher.breakers.items()},
             deliveries_waiting=waiting,
             reassembly_pending=len(self.pipeline.reassembly),
             reassembly_parts=self.pipeline.reassembly.fragment_count,

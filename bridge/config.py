@@ -366,6 +366,13 @@ class PipelineConfig(_Section):
     # poll_interval seconds, then at doubling intervals up to poll_backoff_max.
     poll_interval: PosFloat = 60.0
     poll_backoff_max: PosFloat = 1800.0
+    # Circuit breaker per provider: this many transient failures in a row (no answer, 5xx,
+    # throttled) stop sends to it for breaker_cooldown seconds (doubling while its probes fail,
+    # up to breaker_cooldown_max); messages with another provider on their route fail over at
+    # once. 0 disables it.
+    breaker_failures: Annotated[int, Field(ge=0)] = 10
+    breaker_cooldown: PosFloat = 5.0
+    breaker_cooldown_max: PosFloat = 300.0
 
 
 class SandboxRuleConfig(_Section):

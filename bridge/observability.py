@@ -605,7 +605,7 @@ class Snapshot:
     queues: Mapping[str, tuple[int, float]] = field(default_factory=dict)
     #: per provider: the last health check's answer (absent until the first check)
     providers_up: Mapping[str, bool] = field(default_factory=dict)
-    #: per provider: circuit breaker open (no breaker yet: always False)
+    #: per provider: circuit breaker open or probing
     circuit_open: Mapping[str, bool] = field(default_factory=dict)
     #: receipts and MO messages queued per account (waiting for a bound receiver or an ack)
     deliveries_waiting: Mapping[str, int] = field(default_factory=dict)
@@ -637,8 +637,8 @@ _SCRAPE_GAUGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      "has waited (0 when none).", ("provider",)),
     ("bridge_provider_up", "1 if the provider's last health check passed, else 0.",
      ("provider",)),
-    ("bridge_provider_circuit_open", "1 while the provider's circuit breaker is open (no "
-     "breaker yet: always 0).", ("provider",)),
+    ("bridge_provider_circuit_open", "1 while the provider's circuit breaker is open or "
+     "probing (no sends after repeated transient failures).", ("provider",)),
     ("bridge_deliveries_waiting", "Receipts and MO messages queued for an account, not yet "
      "acknowledged (an account with no receiver bound keeps them here).", ("account",)),
     ("bridge_reassembly_pending", "Concatenated messages waiting for more parts.", ()),

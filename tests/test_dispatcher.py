@@ -662,3 +662,51 @@ async def _drop(_: DeliveryReport) -> bool:
 
 async def _no_inbound(_: Any) -> None:
     pass
+
+
+# --------------------------------------------------------------------------- circuit breaker
+
+
+async def test_circuit_opens_after_repeated_transient_failures_and_holds_messages(rig: Rig) -> None:
+    p1 = FakeProvider("p1", repeat=TRANSIENT)
+    d = rig.dispatcher(p1, breaker_failures=3, breaker_cooldown=0.5)
+    await d.start()
+    for i in range(5):
+        await rig.add(d, make_message(id=f"m{i}"))
+    await until(lambda: d.breakers["p1"].is_open)
+    await asyncio.sleep(0.2)  # well inside the cooldown: nothing more goes to p1
+    sent = len(p1.sent)
+    await asyncio.sleep(0.2)
+    assert len(p1.sent) == sent
+    p1.repeat = None  # the provider is back: the probe succeeds, the circuit closes
+    await until(lambda: all(rig.store.lookup("p1", f"p1-{n}") for n in range(1, 6)))
+    assert not d.breakers["p1"].is_open
+    assert rig.finisher.finished == {}
+
+
+async def test_messages_for_an_open_circuit_fail_over_at_once(rig: Rig) -> None:
+    p1, p2 = FakeProvider("p1", repeat=TRANSIENT), FakeProvider("p2")
+    d = rig.dispatcher(p1, p2, breaker_failures=2, breaker_cooldown=60)
+    await d.start()
+    await rig.add(d, make_message(id="a"))
+    await rig.add(d, make_message(id="b"))
+    await until(lambda: d.breakers["p1"].is_open)
+    tried = len(p1.sent)
+    await rig.add(d, make_message(id="c", route=["p1", "p2"]))
+    await until(lambda: rig.store.lookup("p2", "p2-1") == "c")
+    assert len(p1.sent) == tried  # not one attempt spent on the dead provider
+    assert any("circuit open; failing over to p2" in detail for detail in rig.details("c"))
+
+
+async def test_a_message_waiting_on_an_open_circuit_still_expires_on_time(rig: Rig) -> None:
+    p1 = FakeProvider("p1", repeat=TRANSIENT)
+    d = rig.dispatcher(p1, breaker_failures=1, breaker_cooldown=60)
+    await d.start()
+    await rig.add(d, make_message(id="a"))
+    await until(lambda: d.breakers["p1"].is_open)
+    started = time.monotonic()
+    await rig.add(d, make_message(id="b", expire_at=time.time() + 0.3))
+    await until(lambda: "b" in rig.finisher.finished)
+    assert rig.finisher.finished["b"][0] is MessageState.EXPIRED
+    assert time.monotonic() - started < 30  # the validity, not the 60 s cooldown, ended it
+    assert d.breakers["p1"].state.value == "open"  # no probe was spent on it

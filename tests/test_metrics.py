@@ -285,6 +285,26 @@ def test_retries_and_failovers_are_counted_by_provider(start_bridge: StartBridge
     assert v("bridge_reports_total", provider="spare", result="matched") == 1
 
 
+def test_an_open_circuit_shows_in_the_gauge_and_closes_when_the_provider_answers(
+    start_bridge: StartBridge,
+) -> None:
+    bt = start_bridge(
+        rules=[Rule("07", "transient")],
+        pipeline={"breaker_failures": 3, "breaker_cooldown": 0.3, "retry_base": 0.01},
+    )
+    with Esme(bt.port) as esme:
+        esme.bind("transceiver")
+        esme.submit_ok(destination_addr="4915112345607", validity_period="000000000005000R")
+
+        def circuit() -> float | None:
+            return value(scraped_values(bt), "bridge_provider_circuit_open", provider="sandbox")
+
+        assert wait_until(lambda: circuit() == 1, 10)
+        # Another destination succeeds: the half-open probe is answered and the circuit closes.
+        esme.submit_ok(destination_addr="4915112345600")
+        assert wait_until(lambda: circuit() == 0, 10)
+
+
 # --------------------------------------------------------------------------- reassembly
 
 

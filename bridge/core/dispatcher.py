@@ -51,6 +51,7 @@ from typing import Literal, Protocol
 import structlog
 from aiolimiter import AsyncLimiter
 
+from bridge.core.breaker import BreakerState, CircuitBreaker
 from bridge.core.model import DeliveryReport, Message, MessageState, Outcome, OutcomeKind
 from bridge.observability import Metrics, ProviderMetrics, SampledLog
 from bridge.providers.base import Provider
@@ -130,6 +131,9 @@ class Dispatcher:
         on_dispatched: Callable[[], None] | None = None,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
+        breaker_failures: int = 10,
+        breaker_cooldown: float = 5.0,
+        breaker_cooldown_max: float = 300.0,
     ) -> None:
         self.store = store
         self.providers = providers
@@ -157,6 +161,11 @@ class Dispatcher:
         self._queues: dict[str, asyncio.PriorityQueue[tuple[int, int, _Entry]]] = {}
         self._ready: dict[str, dict[str, _Entry]] = {}  # insertion order = ready order
         self._limiters: dict[str, AsyncLimiter] = {}
+        #: Per provider (see bridge.core.breaker); times are the loop's monotonic clock.
+        self.breakers = {
+            name: CircuitBreaker(breaker_failures, breaker_cooldown, breaker_cooldown_max)
+            for name in providers
+        }
         for name, provider in providers.items():
             self._queues[name] = asyncio.PriorityQueue()
             self._ready[name] = {}
@@ -359,10 +368,20 @@ class Dispatcher:
         limiter = self._limiters.get(name)
         task = asyncio.current_task()
         assert task is not None
+        breaker = self.breakers[name]
         while not self._stopping:
             _, _, entry = await queue.get()
             if not self._current(entry, "queued"):
                 continue  # cancelled or superseded while queued
+            probe = False
+            if breaker.is_open:
+                if await self._fail_over_open_circuit(entry):
+                    continue
+                probe = await self._wait_for_circuit(entry, breaker)
+                if not self._current(entry, "queued"):
+                    if probe:
+                        breaker.abandon_probe(self._now())
+                    continue
             if limiter is not None:
                 await limiter.acquire()
                 if not self._current(entry, "queued"):
@@ -372,6 +391,8 @@ class Dispatcher:
             self._busy.add(task)
             try:
                 await self._attempt(entry, provider)
+                if probe and breaker.state is BreakerState.HALF_OPEN:
+                    breaker.abandon_probe(self._now())  # it expired instead of being sent
             except Exception:
                 # A bug or a store failure: the message stays pending in the store and is
                 # resumed by the next start; dropping it here keeps this worker alive.
@@ -384,6 +405,50 @@ class Dispatcher:
                 self._release(entry)
             finally:
                 self._busy.discard(task)
+
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
+
+    def _record_breaker(self, name: str, outcome: Outcome) -> None:
+        breaker = self.breakers[name]
+        was_open = breaker.is_open
+        if breaker.record(outcome.kind is not OutcomeKind.TRANSIENT, self._now()):
+            log.warning(
+                "circuit_open",
+                provider=name,
+                failures=breaker.failures,
+                cooldown=breaker.cooldown,
+                detail=outcome.detail,
+            )
+        elif was_open and not breaker.is_open:
+            log.info("circuit_closed", provider=name)
+
+    async def _fail_over_open_circuit(self, entry: _Entry) -> bool:
+        """A message for a provider whose circuit is open goes to the next provider of its
+        route at once, when it has one (no attempt is spent on the dead one)."""
+        message, name = entry.message, entry.provider
+        index = message.route.index(name) if name in message.route else len(message.route)
+        if self._next_provider(message, index + 1) is None:
+            return False
+        entry.status = "sending"
+        self._ready[name].pop(message.id, None)
+        if await self._failover(entry, f"{name}: circuit open"):
+            return True
+        entry.status = "queued"  # cannot happen (checked above); keep the entry usable
+        return False
+
+    async def _wait_for_circuit(self, entry: _Entry, breaker: CircuitBreaker) -> bool:
+        """Wait until the circuit lets a send through or the message's validity ends (it is
+        then expired on time by _attempt). True when this sender is the half-open probe."""
+        while True:
+            delay = breaker.wait(self._now())
+            if delay <= 0:
+                return breaker.state is BreakerState.HALF_OPEN
+            remaining = self._deadline(entry.message) - self.clock()
+            if remaining <= 0 or self._stopping:
+                return False
+            await asyncio.sleep(min(delay, remaining, 1.0))
 
     async def _attempt(self, entry: _Entry, provider: Provider) -> None:
         message, name = entry.message, entry.provider
@@ -421,6 +486,7 @@ class Dispatcher:
             outcome=outcome.kind.value,
             provider_message_id=outcome.provider_message_id,
         )
+        self._record_breaker(name, outcome)
         if outcome.kind is OutcomeKind.ACCEPTED:
             await self._accepted(entry, outcome)
         elif outcome.kind is OutcomeKind.PERMANENT:
