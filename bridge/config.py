@@ -366,6 +366,9 @@ class PipelineConfig(_Section):
     # poll_interval seconds, then at doubling intervals up to poll_backoff_max.
     poll_interval: PosFloat = 60.0
     poll_backoff_max: PosFloat = 1800.0
+    # Providers that push reports are asked too when a message's report has not come this many
+    # seconds after its send (a push lost on the way, or sent while the bridge was down). 0: never.
+    push_poll_after: NonNegFloat = 900.0
     # Circuit breaker per provider: this many transient failures in a row (no answer, 5xx,
     # throttled) stop sends to it for breaker_cooldown seconds (doubling while its probes fail,
     # up to breaker_cooldown_max); messages with another provider on their route fail over at

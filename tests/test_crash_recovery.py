@@ -25,10 +25,13 @@ from typing import Any
 import pytest
 import smpplib.exceptions
 from bridge_harness import Esme, bridge_config, receipt_fields, receipt_id
+from sim_harness import StartSimulator, start_simulator
 
 from bridge.core.model import MessageState
 from bridge.smpp.pdu import Status
 from bridge.store.sqlite import SqliteStore
+
+__all__ = ["start_simulator"]  # the fixture, imported for pytest
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -52,6 +55,7 @@ class Daemon:
         self.config, self.data_dir, self.log_path = config, data_dir, log
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.http_port = 0  # 0: any free port at each start; set it to keep one across restarts
 
     def start(self) -> Daemon:
         self.port = free_port()
@@ -61,7 +65,8 @@ class Daemon:
             log.flush()
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "bridge", "run", "--config", str(self.config),
-                 "--smpp-port", str(self.port), "--data-dir", str(self.data_dir)],
+                 "--smpp-port", str(self.port), "--data-dir", str(self.data_dir),
+                 "--http-port", str(self.http_port)],
                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         deadline = time.monotonic() + START_TIMEOUT
@@ -221,6 +226,53 @@ def test_every_acknowledged_message_gets_its_receipt_after_sigkill(daemon: Any) 
             f"{len(missing)} of {len(acked)} acknowledged ids got no receipt: {missing}; "
             f"of those, taken by the provider but without a correlation row: {gap}"
         )
+
+
+@pytest.mark.parametrize("same_callback_url", [True, False], ids=["same-url", "url-changed"])
+def test_an_http_provider_loses_no_receipt_across_sigkill(
+    daemon: Any, start_simulator: StartSimulator, same_callback_url: bool
+) -> None:
+    """The same promise through a real HTTP provider (the iSMS simulator): reports come back
+    as pushes to the bridge's callback URL, pushes that fail are not repeated.
+
+    ``same-url``: like production, the restarted bridge listens where the pushes go.
+    ``url-changed``: every push scheduled before the kill goes to a dead port, and reports not
+    yet final at the start-up sweep can only be recovered by polling push providers when a
+    report is late (``push_poll_after``)."""
+    from bridge.simulators.isms_http import IsmsHttpSimulator
+
+    sim = start_simulator(IsmsHttpSimulator(delay=1.0).app)
+    extra = f"""
+[providers.isms]
+type = "isms_http"
+base_url = "{sim.url}/api/http/"
+username = "test"
+password = "test"
+timeout = 2.0
+[[routes]]
+providers = ["isms"]
+"""
+    d = daemon(extra=extra, pipeline={"poll_interval": 0.5, "push_poll_after": 2.0})
+    if same_callback_url:
+        d.http_port = free_port()
+    d.start()
+    with Esme(d.port) as tx:
+        tx.bind("transmitter")
+        reported = [tx.submit_ok(short_message=f"early {i}".encode()) for i in range(30)]
+        wait_final(tx, reported, timeout=15.0)
+        burst, unanswered = submit_until_killed(tx, d, kill_at=120)
+    acked = reported + burst
+
+    d.start()
+    with Esme(d.port) as rx:
+        rx.bind("receiver")
+        counts = collect_receipts(rx, set(acked), RECOVERY_TIMEOUT, quiet=8.0)
+        receipts = list(rx.delivered)
+    missing = [mid for mid in acked if mid not in counts]
+    assert not missing, f"{len(missing)} of {len(acked)} acknowledged ids got no receipt"
+    assert [mid for mid in reported if counts[mid] > 1] == []
+    assert len(set(counts) - set(acked)) <= unanswered
+    assert {receipt_fields(r)["stat"] for r in receipts} == {"DELIVRD"}
 
 
 def uncorrelated(data_dir: Path, ids: list[str]) -> list[str]:

@@ -565,14 +565,36 @@ async def test_poll_only_provider_is_polled_periodically_with_backoff(rig: Rig) 
     assert len(p1.polled) >= 3
 
 
-async def test_push_provider_is_polled_only_at_start(rig: Rig) -> None:
-    await rig.store.add_message(make_message(provider="p1", provider_message_id="p1-old"))
+async def test_push_provider_is_polled_at_start_then_only_when_a_report_is_late(
+    rig: Rig,
+) -> None:
+    await rig.store.add_message(
+        make_message(provider="p1", provider_message_id="p1-old", created_at=time.time())
+    )
     p1 = FakeProvider("p1")  # reports="push", answers nothing
-    d = rig.dispatcher(p1, poll_interval=0.01)
+    d = rig.dispatcher(p1, poll_interval=0.01, push_poll_after=3600)
     await d.start()
     await until(lambda: len(p1.polled) == 1)
     await asyncio.sleep(0.08)
-    assert p1.polled == [["m1"]]
+    assert p1.polled == [["m1"]]  # its push may still come: not asked again yet
+
+
+async def test_push_provider_whose_push_never_came_is_polled_as_a_safety_net(
+    rig: Rig,
+) -> None:
+    await rig.store.add_message(
+        make_message(provider="p1", provider_message_id="p1-old", created_at=time.time() - 60)
+    )
+    await rig.store.correlate("p1", "p1-old", "m1", time.time() + 3600)
+    p1 = FakeProvider("p1")  # reports="push"
+    p1.poll_answers["p1-old"] = deque(
+        [None, DeliveryReport("p1", "p1-old", MessageState.DELIVERED)]
+    )
+    d = rig.dispatcher(p1, poll_interval=0.01, poll_backoff_max=0.02, push_poll_after=30)
+    await d.start()
+    await until(lambda: "m1" in rig.finisher.finished)  # the start-up sweep, then the net
+    assert rig.finisher.finished["m1"][0] is MessageState.DELIVERED
+    assert len(p1.polled) == 2
 
 
 async def test_failing_poll_is_survived(rig: Rig) -> None:

@@ -125,6 +125,7 @@ class Dispatcher:
         correlation_ttl: float = 14 * 86400,
         poll_interval: float = 60.0,
         poll_backoff_max: float = 1800.0,
+        push_poll_after: float = 900.0,
         poll_batch: int = 100,
         failover_after: int = 0,
         page_size: int = 1000,
@@ -145,6 +146,7 @@ class Dispatcher:
         self.correlation_ttl = correlation_ttl
         self.poll_interval = poll_interval
         self.poll_backoff_max = poll_backoff_max
+        self.push_poll_after = push_poll_after
         self.poll_batch = max(1, poll_batch)
         self.failover_after = failover_after
         self.page_size = max(1, page_size)
@@ -671,7 +673,9 @@ class Dispatcher:
 
         A message is polled when due; each poll that brings no final report doubles its
         interval (``poll_interval`` … ``poll_backoff_max``), so old messages cost little.
-        ``everyone`` polls every provider (push ones too) and ignores the schedule. A message
+        ``everyone`` polls every provider (push ones too) and ignores the schedule. Messages of
+        push providers are polled too once ``push_poll_after`` seconds have passed since their
+        send without a final report (a safety net for lost pushes), on the same schedule. A message
         with no report within ``correlation_ttl`` of its last attempt can never get one (the
         correlation is gone): it is finished UNKNOWN so nothing stays ENROUTE for ever.
         """
@@ -690,7 +694,11 @@ class Dispatcher:
             if provider is None:
                 continue
             if not everyone:
-                if provider.capabilities.reports != "poll":
+                if provider.capabilities.reports != "poll" and not (
+                    # A push that never came (lost on the way, or sent while we were down
+                    # and not yet final at the start-up sweep): ask, as a safety net.
+                    self.push_poll_after > 0 and now - last_try >= self.push_poll_after
+                ):
                     continue
                 if self._poll_due.get(message.id, (0.0, 0))[0] > now:
                     continue
@@ -723,8 +731,7 @@ class Dispatcher:
             if report.state.is_final:
                 answered.add(report.provider_message_id)
         for message in messages:
-            if message.provider_message_id in answered or provider.capabilities.reports != "poll":
-                # Push providers are polled only in the start-up sweep: no schedule to keep.
+            if message.provider_message_id in answered:
                 self._poll_due.pop(message.id, None)
                 continue
             polls = self._poll_due.get(message.id, (0.0, 0))[1] + 1
