@@ -45,7 +45,8 @@ PASSWORD = "demopass"
 # --------------------------------------------------------------------------- config
 
 
-def _toml_value(value: object) -> str:
+def toml_value(value: object) -> str:
+    """A Python value as a TOML value (strings escaped; lists and inline tables too)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -53,13 +54,15 @@ def _toml_value(value: object) -> str:
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"no TOML for {value!r}")
 
 
 def _table(header: str, values: Mapping[str, object]) -> str:
     lines = [header]
-    lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+    lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -405,6 +408,13 @@ def receipt_id(pdu: Any) -> str:
     return rid.decode() if isinstance(rid, bytes) else str(rid)
 
 
+def receipts_by_id(receipts: list[Any]) -> dict[str, Any]:
+    """Receipts by receipted id; asserts that no id came twice."""
+    out = {receipt_id(r): r for r in receipts}
+    assert len(out) == len(receipts), "duplicate receipts"
+    return out
+
+
 __all__ = [
     "IO_TIMEOUT",
     "PASSWORD",
@@ -417,6 +427,8 @@ __all__ = [
     "bridge_config",
     "receipt_fields",
     "receipt_id",
+    "receipts_by_id",
     "start_bridge",
+    "toml_value",
     "wait_until",
 ]

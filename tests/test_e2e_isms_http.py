@@ -18,6 +18,7 @@ from bridge_harness import (
     StartBridge,
     receipt_fields,
     receipt_id,
+    receipts_by_id,
     start_bridge,
     wait_until,
 )
@@ -74,12 +75,6 @@ def sends(sim: IsmsHttpSimulator) -> list[dict[str, str]]:
     return [r for r in sim.requests if r["script"] == "send.php"]
 
 
-def by_id(receipts: list[Any]) -> dict[str, Any]:
-    out = {receipt_id(r): r for r in receipts}
-    assert len(out) == len(receipts), "duplicate receipts"
-    return out
-
-
 def stored(bt: BridgeThread, message_id: str) -> Any:
     return bt.run(lambda: bt.bridge.store.get_message(message_id))
 
@@ -104,7 +99,7 @@ def test_gsm_and_ucs2_messages_get_delivrd_receipts_through_the_dlr_url(
         esme.bind()
         plain = submit(esme, DELIVERED, short_message=b"Hello from the ESME")
         ucs2 = submit(esme, DELIVERED, short_message=greek.encode("utf-16-be"), data_coding=8)
-        receipts = by_id(esme.receipts(2))
+        receipts = receipts_by_id(esme.receipts(2))
     assert set(receipts) == {plain, ucs2}
     for r in receipts.values():
         fields = receipt_fields(r)
@@ -134,7 +129,7 @@ def test_three_udh_parts_are_one_request_and_get_three_receipts(
             submit(esme, DELIVERED, short_message=p, esm_class=esm_class, data_coding=encoding)
             for p in parts
         ]
-        receipts = by_id(esme.receipts(3))
+        receipts = receipts_by_id(esme.receipts(3))
         esme.pump(0.1)
         assert len(esme.delivered) == 3
     assert set(receipts) == set(ids)
@@ -198,7 +193,7 @@ def test_every_documented_error_reaches_the_esme_as_its_receipt(
     with Esme(bt.port) as esme:
         esme.bind()
         ids = {submit(esme, to, validity_period="000000000002000R"): to for to in expected}
-        receipts = by_id(esme.receipts(len(expected), timeout=8.0))
+        receipts = receipts_by_id(esme.receipts(len(expected), timeout=8.0))
     assert set(receipts) == set(ids)
     for mid, r in receipts.items():
         fields = receipt_fields(r)
@@ -241,7 +236,7 @@ def test_poll_mode_gets_receipts_from_query_php(
         esme.bind()
         ok = submit(esme, DELIVERED)
         bad = submit(esme, FAILED)
-        receipts = by_id(esme.receipts(2))
+        receipts = receipts_by_id(esme.receipts(2))
     assert (receipt_fields(receipts[ok])["stat"], receipt_fields(receipts[bad])["err"]) == (
         "DELIVRD",
         "020",

@@ -19,6 +19,7 @@ from bridge_harness import (
     receipt_fields,
     receipt_id,
     start_bridge,
+    toml_value,
     wait_until,
 )
 from sim_harness import SimulatorThread, StartSimulator, start_simulator
@@ -74,7 +75,7 @@ def setup(start_bridge: StartBridge, start_simulator: StartSimulator) -> Iterato
             **keys,
         }
         extra = "[providers.mycoolsms]\n"
-        extra += "".join(f"{k} = {_toml(v)}\n" for k, v in provider.items())
+        extra += "".join(f"{k} = {toml_value(v)}\n" for k, v in provider.items())
         extra += '[[routes]]\nproviders = ["mycoolsms"]\n'
         bt = start_bridge(
             extra=extra, account={"inbound_numbers": [VIRTUAL_NUMBER]}, pipeline=pipeline
@@ -89,14 +90,6 @@ def setup(start_bridge: StartBridge, start_simulator: StartSimulator) -> Iterato
     yield make
     for s in made:
         s.sim_thread.call(s.sim.close())
-
-
-def _toml(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return '"' + str(value) + '"'
 
 
 def test_gsm_message_goes_as_send_sms_and_the_pushed_delivered_becomes_a_delivrd_receipt(

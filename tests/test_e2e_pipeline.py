@@ -20,6 +20,7 @@ from bridge_harness import (
     StartBridge,
     receipt_fields,
     receipt_id,
+    receipts_by_id,
     start_bridge,
     wait_until,
 )
@@ -56,12 +57,6 @@ RULES = [
 def stored(bt: Any, message_id: str) -> Any:
     """The message as the store has it (read in the bridge's loop)."""
     return bt.run(lambda: bt.bridge.store.get_message(message_id))
-
-
-def by_id(receipts: list[Any]) -> dict[str, Any]:
-    out = {receipt_id(r): r for r in receipts}
-    assert len(out) == len(receipts), "duplicate receipts"
-    return out
 
 
 # --------------------------------------------------------------------------- the basic flow
@@ -132,12 +127,14 @@ def test_incomplete_concatenated_message_gets_a_failure_receipt_for_every_part_r
         esme.bind()
         ids = [
             esme.submit_ok(
-                short_message=part, esm_class=esm_class, data_coding=encoding,
+                short_message=part,
+                esm_class=esm_class,
+                data_coding=encoding,
                 registered_delivery=1,
             )
             for part in parts[:2]
         ]  # part 3 never comes
-        receipts = by_id(esme.receipts(2, timeout=5.0))
+        receipts = receipts_by_id(esme.receipts(2, timeout=5.0))
     assert set(receipts) == set(ids)
     assert {receipt_fields(r)["stat"] for r in receipts.values()} == {"UNDELIV"}
     assert bt.bridge.pipeline.incomplete == 1
@@ -157,7 +154,7 @@ def test_udh_concatenated_message_gets_an_id_and_a_receipt_per_part(
             esme.submit_ok(short_message=part, esm_class=esm_class, data_coding=encoding)
             for part in parts
         ]
-        receipts = by_id(esme.receipts(3))
+        receipts = receipts_by_id(esme.receipts(3))
         esme.pump(0.2)
         assert len(esme.delivered) == 3
     assert len(set(ids)) == 3
@@ -191,7 +188,7 @@ def test_parts_received_before_a_restart_complete_the_message_after_it(
         ids.append(
             esme.submit_ok(short_message=parts[2], esm_class=esm_class, data_coding=encoding)
         )
-        receipts = by_id(esme.receipts(3))
+        receipts = receipts_by_id(esme.receipts(3))
     assert set(receipts) == set(ids)
     assert stored(second, ids[0]).text == text
 
@@ -210,7 +207,7 @@ def test_sar_tlv_parts_get_a_receipt_each(start_bridge: StartBridge) -> None:
             )
             for seq, chunk in enumerate(chunks, start=1)
         ]
-        receipts = by_id(esme.receipts(2))
+        receipts = receipts_by_id(esme.receipts(2))
     assert set(receipts) == set(ids)
     assert stored(bt, ids[0]).text == b"".join(chunks).decode()
 
@@ -253,7 +250,7 @@ def test_registered_delivery_2_gets_a_receipt_only_for_a_failure(
         delivered = esme.submit_ok(registered_delivery=2)
         failed = esme.submit_ok(registered_delivery=2, destination_addr=UNDELIV)
         marker = esme.submit_ok(registered_delivery=1)
-        receipts = by_id(esme.receipts(2))
+        receipts = receipts_by_id(esme.receipts(2))
         esme.pump(0.2)
         assert len(esme.delivered) == 2
     assert set(receipts) == {failed, marker}
@@ -441,7 +438,7 @@ def test_decimal_message_id_format(start_bridge: StartBridge) -> None:
     with Esme(bt.port) as esme:
         esme.bind()
         ids = [esme.submit_ok() for _ in range(3)]
-        receipts = by_id(esme.receipts(3))
+        receipts = receipts_by_id(esme.receipts(3))
     assert all(i.isdigit() for i in ids), ids
     assert len(set(ids)) == 3
     assert set(receipts) == set(ids)

@@ -12,7 +12,16 @@ from typing import Any
 
 import pytest
 import smpplib.gsm
-from bridge_harness import Esme, StartBridge, receipt_fields, receipt_id, start_bridge, wait_until
+from bridge_harness import (
+    Esme,
+    StartBridge,
+    receipt_fields,
+    receipt_id,
+    receipts_by_id,
+    start_bridge,
+    toml_value,
+    wait_until,
+)
 from sim_harness import SimulatorThread, StartSimulator, start_simulator
 
 from bridge.core.model import MessageState
@@ -52,7 +61,7 @@ class Rig:
         }
         settings.update(provider or {})
         table = "[providers.sms1601]\n" + "".join(
-            f"{key} = {_toml(value)}\n" for key, value in settings.items()
+            f"{key} = {toml_value(value)}\n" for key, value in settings.items()
         )
         routes = extra_routes or '[[routes]]\nproviders = ["sms1601"]\n'
         self.bt = start_bridge(extra=table + routes, pipeline=pipeline)
@@ -73,18 +82,9 @@ class Rig:
         return esme
 
 
-def _toml(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value + '"'
-    return repr(value)
-
-
 def by_id(receipts: list[Any]) -> dict[str, dict[str, str]]:
-    out = {receipt_id(r): receipt_fields(r) for r in receipts}
-    assert len(out) == len(receipts), "duplicate receipts"
-    return out
+    """Each receipt's text fields by its id (no id twice)."""
+    return {mid: receipt_fields(r) for mid, r in receipts_by_id(receipts).items()}
 
 
 # --------------------------------------------------------------------------- the happy paths

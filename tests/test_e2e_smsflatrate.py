@@ -17,6 +17,7 @@ from bridge_harness import (
     StartBridge,
     receipt_fields,
     start_bridge,
+    toml_value,
     wait_until,
 )
 from sim_harness import SimulatorThread, StartSimulator, start_simulator
@@ -68,7 +69,9 @@ def setup(start_bridge: StartBridge, start_simulator: StartSimulator) -> Iterato
             "push_reports": push,
             **keys,
         }
-        extra = "[providers.sf]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in provider.items())
+        extra = "[providers.sf]\n" + "".join(
+            f"{k} = {toml_value(v)}\n" for k, v in provider.items()
+        )
         extra += '[[routes]]\nproviders = ["sf"]\n'
         bt = start_bridge(
             extra=extra,
@@ -90,14 +93,6 @@ def setup(start_bridge: StartBridge, start_simulator: StartSimulator) -> Iterato
     yield make
     for s in made:
         s.sim_thread.call(s.sim.close())
-
-
-def _toml(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return '"' + str(value) + '"'
 
 
 def test_gsm_message_is_sent_and_a_pushed_101_becomes_a_delivrd_receipt(setup: Any) -> None:
