@@ -17,6 +17,7 @@ that must behave the same for all of them:
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 
 import structlog
@@ -57,8 +58,9 @@ def classify_http_status(status: int) -> OutcomeKind | None:
     return None
 
 
-class HttpProvider:
-    """Base of the HTTP adapters (see the module docstring). Not a provider by itself."""
+class HttpProvider(abc.ABC):
+    """Base of the HTTP adapters (see the module docstring). Not a provider by itself: an
+    adapter that forgets ``build_send`` or ``parse_send`` cannot be instantiated."""
 
     callback_kinds: tuple[CallbackKind, ...] = ()
 
@@ -117,13 +119,13 @@ class HttpProvider:
             return Outcome(kind, detail=f"HTTP {response.status}")
         return self.parse_send(message, response)
 
+    @abc.abstractmethod
     def build_send(self, message: Message) -> HttpRequest:
         """The request that sends ``message`` (raise :class:`Unsendable` if it cannot)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def parse_send(self, message: Message, response: HttpResponse) -> Outcome:
         """The outcome of a send that got an HTTP answer (not 5xx/408/429)."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ reports
     async def poll(self, messages: Sequence[Message]) -> list[DeliveryReport]:
