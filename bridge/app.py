@@ -228,14 +228,7 @@ class Bridge:
         token = self.callback_tokens.get(provider)
         if token is None:
             return None
-        base = self.cfg.http.public_url
-        if base is None:
-            host = self.cfg.http.host
-            if host in ("", "0.0.0.0", "::"):
-                host = "127.0.0.1"
-            host = f"[{host}]" if ":" in host else host
-            base = f"http://{host}:{self.http.port}"
-        return f"{base}/callbacks/{provider}/{token}/{kind}"
+        return _callback_url(_callback_base(self.cfg, self.http.port), provider, token, kind)
 
     def _wake_account(self, account: str) -> None:
         self.deliveries.wake(account)
@@ -503,22 +496,32 @@ def callback_urls(cfg: Config) -> dict[str, dict[str, str]]:
     typed in (an account-level push URL). Uses the same secret as the bridge (the data
     directory's ``callback.secret`` is created if it does not exist yet)."""
     secret = _callback_secret(cfg)
-    http = cfg.http
-    base = http.public_url
-    if base is None:
-        host = "127.0.0.1" if http.host in ("", "0.0.0.0", "::") else http.host
-        host = f"[{host}]" if ":" in host else host
-        base = f"http://{host}:{http.port}"
+    base = _callback_base(cfg, cfg.http.port)
     urls: dict[str, dict[str, str]] = {}
     for name, pc in cfg.providers.items():
         provider = _build_provider(name, pc, ProviderContext(name=name))
         if isinstance(provider, CallbackProvider):
             token = _callback_token(secret, name, pc)
             urls[name] = {
-                kind: f"{base}/callbacks/{name}/{token}/{kind}"
-                for kind in provider.callback_kinds
+                kind: _callback_url(base, name, token, kind) for kind in provider.callback_kinds
             }
     return urls
+
+
+def _callback_base(cfg: Config, port: int) -> str:
+    """``[http] public_url``, else this server's own address on ``port`` (a wildcard listen
+    address becomes loopback: right for local simulators; production sets public_url)."""
+    if cfg.http.public_url is not None:
+        return cfg.http.public_url
+    host = cfg.http.host
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}"
+
+
+def _callback_url(base: str, provider: str, token: str, kind: str) -> str:
+    return f"{base}/callbacks/{provider}/{token}/{kind}"
 
 
 def _build_provider(name: str, pc: ProviderConfig, ctx: ProviderContext) -> Provider:
