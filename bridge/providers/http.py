@@ -21,7 +21,7 @@ import json as jsonlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 __all__ = [
     "HttpClient",
@@ -29,7 +29,9 @@ __all__ = [
     "HttpRequest",
     "HttpResponse",
     "Transport",
+    "content_type_charset",
     "create_client",
+    "decode_pairs",
     "encode_pairs",
 ]
 
@@ -80,6 +82,29 @@ def encode_pairs(pairs: Sequence[tuple[str, str]], charset: str = "utf-8") -> st
     return urlencode(list(pairs), encoding=charset, errors="strict")
 
 
+def decode_pairs(data: bytes, charset: str = "utf-8") -> dict[str, str]:
+    """A query string or urlencoded body, first value of each name, percent-escapes decoded in
+    ``charset`` (UTF-8 for an unknown charset name); undecodable octets become U+FFFD."""
+    text = data.decode("latin-1")
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, encoding=charset, errors="replace")
+    except LookupError:
+        pairs = parse_qsl(text, keep_blank_values=True, errors="replace")
+    out: dict[str, str] = {}
+    for key, value in pairs:
+        out.setdefault(key, value)
+    return out
+
+
+def content_type_charset(content_type: str) -> str | None:
+    """The ``charset`` parameter of a Content-Type header value, or None."""
+    for part in content_type.split(";")[1:]:
+        key, _, value = part.strip().partition("=")
+        if key.lower() == "charset" and value:
+            return value.strip().strip('"')
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class HttpResponse:
     """What came back: status, raw body, headers (names lower-cased)."""
@@ -90,12 +115,7 @@ class HttpResponse:
 
     @property
     def charset(self) -> str | None:
-        content_type = self.headers.get("content-type", "")
-        for part in content_type.split(";")[1:]:
-            key, _, value = part.strip().partition("=")
-            if key.lower() == "charset" and value:
-                return value.strip().strip('"')
-        return None
+        return content_type_charset(self.headers.get("content-type", ""))
 
     def text(self, default_charset: str = "utf-8") -> str:
         """The body decoded with the declared charset (else ``default_charset``); undecodable

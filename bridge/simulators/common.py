@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from urllib.parse import parse_qsl
 
 import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
 
+from bridge.providers.http import decode_pairs
 from bridge.web.server import HttpServer
 
 __all__ = ["option_bool", "option_float", "request_params", "serve_app"]
@@ -58,10 +58,5 @@ async def request_params(request: Request, charset: str = "utf-8") -> dict[str, 
     if request.method == "POST" and request.headers.get("content-type", "").startswith(
         "application/x-www-form-urlencoded"
     ):
-        body = (await request.body()).decode("latin-1")
-        form: dict[str, str] = {}
-        pairs = parse_qsl(body, keep_blank_values=True, encoding=charset, errors="replace")
-        for key, value in pairs:
-            form.setdefault(key, value)
-        params.update(form)
+        params.update(decode_pairs(await request.body(), charset))
     return params

@@ -28,7 +28,6 @@ import socket
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
 
 import structlog
 import uvicorn
@@ -41,6 +40,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bridge.observability import Metrics
 from bridge.providers.base import CallbackProvider, CallbackReply, CallbackRequest
+from bridge.providers.http import content_type_charset, decode_pairs
 
 __all__ = ["METRICS_CONTENT_TYPE", "CallbackEndpoint", "HealthReport", "HttpServer", "build_app"]
 
@@ -99,26 +99,6 @@ class CallbackEndpoint:
 
 #: Largest callback body read (a report or an MO is a few hundred bytes; JSON batches a few KB).
 MAX_CALLBACK_BODY = 1 << 20
-
-
-def _parse_form(body: bytes, content_type: str) -> dict[str, str]:
-    """An application/x-www-form-urlencoded body (first value of each name), in the charset the
-    content type declares (UTF-8 by default); undecodable octets become U+FFFD."""
-    charset = "utf-8"
-    for part in content_type.split(";")[1:]:
-        key, _, value = part.strip().partition("=")
-        if key.lower() == "charset" and value:
-            charset = value.strip().strip('"')
-    try:
-        pairs = parse_qsl(
-            body.decode("latin-1"), keep_blank_values=True, encoding=charset, errors="replace"
-        )
-    except LookupError:  # an unknown charset name
-        pairs = parse_qsl(body.decode("latin-1"), keep_blank_values=True, errors="replace")
-    out: dict[str, str] = {}
-    for key, value in pairs:
-        out.setdefault(key, value)
-    return out
 
 
 def build_app(
@@ -268,12 +248,8 @@ class _CallbackApp:
                     break
             body = b"".join(chunks)
             if content_type.startswith("application/x-www-form-urlencoded"):
-                form = _parse_form(body, content_type)
-        query: dict[str, str] = {}
-        raw_query = scope.get("query_string", b"")
-        if raw_query:
-            for key, value in parse_qsl(raw_query.decode("latin-1"), keep_blank_values=True):
-                query.setdefault(key, value)
+                form = decode_pairs(body, content_type_charset(content_type) or "utf-8")
+        query = decode_pairs(scope.get("query_string", b""))
         client = scope.get("client")
         request = CallbackRequest(
             method=method,
