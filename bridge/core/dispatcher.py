@@ -429,15 +429,12 @@ class Dispatcher:
     async def _fail_over_open_circuit(self, entry: _Entry) -> bool:
         """A message for a provider whose circuit is open goes to the next provider of its
         route at once, when it has one (no attempt is spent on the dead one)."""
-        message, name = entry.message, entry.provider
-        index = message.route.index(name) if name in message.route else len(message.route)
-        if self._next_provider(message, index + 1) is None:
-            return False
+        name = entry.provider
         entry.status = "sending"
-        self._ready[name].pop(message.id, None)
         if await self._failover(entry, f"{name}: circuit open"):
+            self._ready[name].pop(entry.message.id, None)
             return True
-        entry.status = "queued"  # cannot happen (checked above); keep the entry usable
+        entry.status = "queued"  # the end of its route: it waits for the circuit
         return False
 
     async def _wait_for_circuit(self, entry: _Entry, breaker: CircuitBreaker) -> bool:
