@@ -105,8 +105,6 @@ class _NaiveForwarder(asyncio.Protocol):
             elif cid in (CommandId.bind_transceiver, CommandId.unbind, CommandId.enquire_link):
                 fields = {"system_id": "naive"} if cid == CommandId.bind_transceiver else {}
                 self.transport.write(encode(Pdu(cid | 0x80000000, seq, 0, fields)))
-            elif cid == CommandId.deliver_sm_resp:
-                pass
 
     async def _forward(self, seq: int) -> None:
         params = {
