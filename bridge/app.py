@@ -50,7 +50,7 @@ from bridge.providers.sandbox import SandboxProvider, SandboxRule
 from bridge.smpp.server import ServerConfig, SessionInfo, SmppServer
 from bridge.smpp.session import SessionConfig
 from bridge.smsc import SmppReceiptSender, SmscHandler, decode_payload, text_units
-from bridge.store.sqlite import SqliteStore
+from bridge.store.embedded import EmbeddedStore
 from bridge.web.server import CallbackEndpoint, HealthReport, HttpServer, build_app
 
 log = structlog.get_logger("bridge.app")
@@ -121,7 +121,7 @@ class Bridge:
         # collide in the global default one); /metrics serves generate_latest(self.registry).
         self.registry = prometheus_client.CollectorRegistry()
         self.metrics = metrics = Metrics(self.registry)
-        self.store = SqliteStore(Path(cfg.storage.data_dir) / "bridge.db", metrics=metrics)
+        self.store = EmbeddedStore(Path(cfg.storage.data_dir) / "store", metrics=metrics)
         self._callback_secret = _callback_secret(cfg)
         self.callback_tokens = {
             name: _callback_token(self._callback_secret, name, pc)

@@ -479,14 +479,20 @@ class Metrics:
         # -- store
         self.store_commit_batch_size = Histogram(
             "bridge_store_commit_batch_size",
-            "Write operations committed per SQLite transaction (group commit).",
+            "Records made durable per journal write + fdatasync (group commit).",
             buckets=COMMIT_BATCH_BUCKETS,
             registry=r,
         )
         self.store_commit_duration = Histogram(
             "bridge_store_commit_duration_seconds",
-            "Duration of one SQLite transaction including its COMMIT (fsync).",
+            "Duration of one journal batch write including its fdatasync.",
             buckets=COMMIT_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.store_write_errors = Counter(
+            "bridge_store_write_errors_total",
+            "Journal records that could not be written (disk full, I/O error); see the log's"
+            " store.* lines.",
             registry=r,
         )
         self.build_info = Gauge(
@@ -589,9 +595,13 @@ class Metrics:
     # ------------------------------------------------------------------ store
 
     def store_commit(self, ops: int, seconds: float) -> None:
-        """One committed transaction (called from the store's writer thread)."""
+        """One durable journal batch (called on the event loop)."""
         self.store_commit_batch_size.observe(ops)
         self.store_commit_duration.observe(seconds)
+
+    def store_error(self) -> None:
+        """One journal record that could not be written."""
+        self.store_write_errors.inc()
 
 
 @dataclass(slots=True)

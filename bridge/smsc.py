@@ -149,7 +149,7 @@ class SmscHandler:
             if cid == CommandId.submit_multi:
                 return await self._submit_multi(pdu, policy)
             if cid == CommandId.query_sm:
-                return self._query(pdu, policy)
+                return await self._query(pdu, policy)
             if cid == CommandId.cancel_sm:
                 if not pdu.fields["message_id"]:
                     raise _Invalid(Status.ESME_RCANCELFAIL, "cancel by address is not supported")
@@ -292,8 +292,8 @@ class SmscHandler:
                        fields={"message_id": "", "unsuccess_smes": failed})
         return Pdu(pdu.command_id, fields={"message_id": first_id, "unsuccess_smes": failed})
 
-    def _query(self, pdu: Pdu, policy: AccountPolicy) -> Pdu:
-        m = self.pipeline.query(pdu.fields["message_id"], policy.system_id)
+    async def _query(self, pdu: Pdu, policy: AccountPolicy) -> Pdu:
+        m = await self.pipeline.query(pdu.fields["message_id"], policy.system_id)
         final = m.state.is_final and m.done_at is not None
         return Pdu(
             pdu.command_id,

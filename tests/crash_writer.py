@@ -1,6 +1,6 @@
-"""Helper for the crash test: write to a SqliteStore forever, acknowledging each write on stdout.
+"""Helper for the crash test: write to an EmbeddedStore forever, acknowledging each write on stdout.
 
-Usage: ``python tests/crash_writer.py DB_PATH [PRODUCERS]``
+Usage: ``python tests/crash_writer.py STORE_DIR [PRODUCERS]``
 
 Each producer adds messages (every fifth one through ``add_messages`` as a pair, like a
 submit_multi) and queues a receipt now and then. A line is printed — and flushed — only AFTER
@@ -10,7 +10,7 @@ the awaited write returned, i.e. after the store said it is durable:
 * ``d <delivery id>`` for each queued receipt.
 
 The test kills this process with SIGKILL at a random moment and checks that everything it
-printed is in the database.
+printed is in the store after it is opened again (journal replay).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import itertools
 import sys
 
 from bridge.core.model import Address, Message, MessageState, Receipt
-from bridge.store.sqlite import SqliteStore
+from bridge.store.embedded import EmbeddedStore
 
 
 def _message(message_id: str) -> Message:
@@ -37,7 +37,7 @@ def _message(message_id: str) -> Message:
 
 
 async def main(path: str, producers: int) -> None:
-    store = SqliteStore(path)
+    store = EmbeddedStore(path, segment_bytes=256 * 1024)  # snapshots happen mid-run too
     await store.open()
     counter = itertools.count()
     out = sys.stdout

@@ -99,14 +99,14 @@ class InMemoryStore:
         if change is not None:
             self._history.setdefault(message.id, []).append(change)
 
-    def get_message(self, message_id: str) -> Message | None:
+    def get_message_now(self, message_id: str) -> Message | None:
         message = self.messages.get(self._part_index.get(message_id, message_id))
         return _copy(message) if message is not None else None
 
-    def history(self, message_id: str) -> list[StateChange]:
+    def history_now(self, message_id: str) -> list[StateChange]:
         return list(self._history.get(self._part_index.get(message_id, message_id), []))
 
-    def pending_messages(self, limit: int = 10_000, after_id: str = "") -> list[Message]:
+    def pending_messages_now(self, limit: int = 10_000, after_id: str = "") -> list[Message]:
         found = sorted(
             (
                 m
@@ -117,7 +117,7 @@ class InMemoryStore:
         )
         return [_copy(m) for m in found[:limit]]
 
-    def awaiting_report(self, limit: int = 10_000, after_id: str = "") -> list[Message]:
+    def awaiting_report_now(self, limit: int = 10_000, after_id: str = "") -> list[Message]:
         found = sorted(
             (
                 m
@@ -150,11 +150,11 @@ class InMemoryStore:
         await self._write()
         self._parts.setdefault(part.key, {})[part.seqnum] = part
 
-    def parts(self, key: str) -> list[StoredPart]:
+    def parts_now(self, key: str) -> list[StoredPart]:
         return [p for _, p in sorted(self._parts.get(key, {}).items())]
 
-    def all_parts(self) -> list[StoredPart]:
-        return [p for key in self._parts for p in self.parts(key)]
+    def all_parts_now(self) -> list[StoredPart]:
+        return [p for key in self._parts for p in self.parts_now(key)]
 
     async def complete_parts(self, key: str, message: Message) -> None:
         await self._write()
@@ -172,7 +172,7 @@ class InMemoryStore:
         await self._write()
         self._correlations[(provider, provider_message_id)] = (message_id, expires_at)
 
-    def lookup(self, provider: str, provider_message_id: str) -> str | None:
+    def lookup_now(self, provider: str, provider_message_id: str) -> str | None:
         found = self._correlations.get((provider, provider_message_id))
         return found[0] if found is not None else None
 
@@ -216,7 +216,7 @@ class InMemoryStore:
         await self._write()
         return [self._enqueue(account, item, at) for account, item in items]
 
-    def pending_deliveries(
+    def pending_deliveries_now(
         self, account: str, limit: int = 1000, after: int = 0
     ) -> list[DeliveryItem]:
         out: list[DeliveryItem] = []
@@ -227,7 +227,7 @@ class InMemoryStore:
                     break
         return out
 
-    def delivery_accounts(self) -> list[str]:
+    def delivery_accounts_now(self) -> list[str]:
         return sorted(account for account, items in self._deliveries.items() if items)
 
     async def remove_delivery(self, delivery_id: int) -> None:
@@ -258,3 +258,48 @@ class InMemoryStore:
         if account is not None:
             return len(self._deliveries.get(account, {}))
         return sum(len(items) for items in self._deliveries.values())
+
+    async def get_message(
+        self, message_id: str
+    ) -> Message | None:
+        return self.get_message_now(message_id)
+
+    async def history(
+        self, message_id: str
+    ) -> list[StateChange]:
+        return self.history_now(message_id)
+
+    async def pending_messages(
+        self, limit: int = 10_000, after_id: str = ""
+    ) -> list[Message]:
+        return self.pending_messages_now(limit, after_id)
+
+    async def awaiting_report(
+        self, limit: int = 10_000, after_id: str = ""
+    ) -> list[Message]:
+        return self.awaiting_report_now(limit, after_id)
+
+    async def parts(
+        self, key: str
+    ) -> list[StoredPart]:
+        return self.parts_now(key)
+
+    async def all_parts(
+        self
+    ) -> list[StoredPart]:
+        return self.all_parts_now()
+
+    async def lookup(
+        self, provider: str, provider_message_id: str
+    ) -> str | None:
+        return self.lookup_now(provider, provider_message_id)
+
+    async def pending_deliveries(
+        self, account: str, limit: int = 1000, after: int = 0
+    ) -> list[DeliveryItem]:
+        return self.pending_deliveries_now(account, limit, after)
+
+    async def delivery_accounts(
+        self
+    ) -> list[str]:
+        return self.delivery_accounts_now()

@@ -29,7 +29,7 @@ from sim_harness import StartSimulator, start_simulator
 
 from bridge.core.model import MessageState
 from bridge.smpp.pdu import Status
-from bridge.store.sqlite import SqliteStore
+from bridge.store.embedded import EmbeddedStore
 
 __all__ = ["start_simulator"]  # the fixture, imported for pytest
 
@@ -279,18 +279,18 @@ def uncorrelated(data_dir: Path, ids: list[str]) -> list[str]:
     """Of ``ids``, those the store holds as ENROUTE with a provider id but no correlation."""
 
     async def check() -> list[str]:
-        store = SqliteStore(data_dir / "bridge.db")
+        store = EmbeddedStore(data_dir / "store")
         await store.open()
         try:
             out = []
             for mid in ids:
-                m = store.get_message(mid)
+                m = store.get_message_now(mid)
                 if (
                     m is not None
                     and m.state is MessageState.ENROUTE
                     and m.provider
                     and m.provider_message_id
-                    and store.lookup(m.provider, m.provider_message_id) is None
+                    and store.lookup_now(m.provider, m.provider_message_id) is None
                 ):
                     out.append(mid)
             return out

@@ -129,8 +129,8 @@ class RecordingFinisher:
 
     async def on_report(self, report: DeliveryReport) -> bool:
         self.reports.append(report)
-        message_id = self.store.lookup(report.provider, report.provider_message_id)
-        message = self.store.get_message(message_id) if message_id else None
+        message_id = self.store.lookup_now(report.provider, report.provider_message_id)
+        message = self.store.get_message_now(message_id) if message_id else None
         if message is None:
             return False
         if report.state.is_final:
@@ -188,12 +188,12 @@ class Rig:
         return message
 
     def stored(self, message_id: str = "m1") -> Message:
-        message = self.store.get_message(message_id)
+        message = self.store.get_message_now(message_id)
         assert message is not None
         return message
 
     def details(self, message_id: str = "m1") -> list[str]:
-        return [c.detail for c in self.store.history(message_id)]
+        return [c.detail for c in self.store.history_now(message_id)]
 
 
 @pytest.fixture
@@ -212,14 +212,14 @@ async def test_accepted_stores_provider_id_and_correlation(rig: Rig) -> None:
     d = rig.dispatcher(p1)
     await d.start()
     await rig.add(d, make_message())
-    await until(lambda: rig.store.lookup("p1", "p1-1") == "m1")
+    await until(lambda: rig.store.lookup_now("p1", "p1-1") == "m1")
     stored = rig.stored()
     assert (stored.provider, stored.provider_message_id, stored.state) == (
         "p1",
         "p1-1",
         MessageState.ENROUTE,
     )
-    assert rig.store.awaiting_report() and not rig.store.pending_messages()
+    assert rig.store.awaiting_report_now() and not rig.store.pending_messages_now()
     assert rig.finisher.finished == {}
     assert rig.dispatched == 1 and d.held == 0
     assert "accepted by p1" in rig.details()
@@ -230,8 +230,8 @@ async def test_accepted_parts_ids_are_all_correlated_with_the_message(rig: Rig) 
     d = rig.dispatcher(FakeProvider("p1", [accepted]))
     await d.start()
     await rig.add(d, make_message())
-    await until(lambda: rig.store.lookup("p1", "U1") == "m1")
-    assert rig.store.lookup("p1", "U2") == "m1" and rig.store.lookup("p1", "U3") == "m1"
+    await until(lambda: rig.store.lookup_now("p1", "U1") == "m1")
+    assert rig.store.lookup_now("p1", "U2") == "m1" and rig.store.lookup_now("p1", "U3") == "m1"
 
 
 async def test_accepted_with_final_state_finishes_at_once(rig: Rig) -> None:
@@ -241,7 +241,7 @@ async def test_accepted_with_final_state_finishes_at_once(rig: Rig) -> None:
     await rig.add(d, make_message())
     await until(lambda: "m1" in rig.finisher.finished)
     assert rig.finisher.finished["m1"][0] is MessageState.DELIVERED
-    assert rig.store.lookup("p1", "p1-1") == "m1"
+    assert rig.store.lookup_now("p1", "p1-1") == "m1"
 
 
 async def test_permanent_fails_over_to_the_next_provider(rig: Rig) -> None:
@@ -249,7 +249,7 @@ async def test_permanent_fails_over_to_the_next_provider(rig: Rig) -> None:
     d = rig.dispatcher(p1, p2)
     await d.start()
     await rig.add(d, make_message(route=["p1", "p2"]))
-    await until(lambda: rig.store.lookup("p2", "p2-1") == "m1")
+    await until(lambda: rig.store.lookup_now("p2", "p2-1") == "m1")
     assert p1.sent_ids() == ["m1"] and p2.sent_ids() == ["m1"]
     assert rig.stored().provider == "p2"
     assert any("failing over to p2" in detail for detail in rig.details())
@@ -282,7 +282,7 @@ async def test_transient_then_success(rig: Rig) -> None:
     d = rig.dispatcher(p1)
     await d.start()
     await rig.add(d, make_message())
-    await until(lambda: rig.store.lookup("p1", "p1-1") == "m1")
+    await until(lambda: rig.store.lookup_now("p1", "p1-1") == "m1")
     assert p1.sent_ids() == ["m1"] * 3
     stored = rig.stored()
     assert stored.attempts == 3 and stored.next_attempt_at > 0
@@ -296,7 +296,7 @@ async def test_provider_exception_is_transient_and_logged_without_text(rig: Rig)
     await d.start()
     with structlog.testing.capture_logs() as logs:
         await rig.add(d, make_message())
-        await until(lambda: rig.store.lookup("p1", "p1-1") == "m1")
+        await until(lambda: rig.store.lookup_now("p1", "p1-1") == "m1")
     [warning] = [e for e in logs if e["event"] == "provider_send_failed"]
     assert warning["log_level"] == "warning"
     assert warning["message_id"] == "m1" and warning["provider"] == "p1"
@@ -356,7 +356,7 @@ async def test_failover_after_repeated_transient_failures(rig: Rig) -> None:
     d = rig.dispatcher(p1, p2, failover_after=3)
     await d.start()
     await rig.add(d, make_message(route=["p1", "p2"]))
-    await until(lambda: rig.store.lookup("p2", "p2-1") == "m1")
+    await until(lambda: rig.store.lookup_now("p2", "p2-1") == "m1")
     assert len(p1.sent) == 3 and rig.stored().attempts == 1
 
 
@@ -366,7 +366,7 @@ async def test_unconfigured_providers_in_the_route_are_skipped(rig: Rig) -> None
     await d.start()
     await rig.add(d, make_message("a", route=["gone", "p1"]))
     await rig.add(d, make_message("b", route=["gone"]))
-    await until(lambda: rig.store.lookup("p1", "p1-1") == "a" and "b" in rig.finisher.finished)
+    await until(lambda: rig.store.lookup_now("p1", "p1-1") == "a" and "b" in rig.finisher.finished)
     assert rig.finisher.finished["b"][0] is MessageState.REJECTED
 
 
@@ -535,7 +535,7 @@ async def test_restart_resumes_pending_and_polls_awaiting(rig: Rig) -> None:
     p1.poll_answers["p1-old"] = deque([DeliveryReport("p1", "p1-old", MessageState.DELIVERED)])
     d = rig.dispatcher(p1, p2, page_size=1)  # paging through the store listings
     await d.start()
-    await until(lambda: rig.store.lookup("p2", "p2-1") == "a" and "b" in rig.finisher.finished)
+    await until(lambda: rig.store.lookup_now("p2", "p2-1") == "a" and "b" in rig.finisher.finished)
     assert p1.sent == [] and p2.sent_ids() == ["a"]
     assert p1.polled == [["b"]] and p2.polled == []
     assert rig.finisher.finished["b"][0] is MessageState.DELIVERED
@@ -637,11 +637,11 @@ async def test_stop_lets_in_flight_sends_finish(rig: Rig) -> None:
     assert not stopping.done()
     p1.gate.set()
     await stopping
-    assert rig.store.lookup("p1", "p1-1") == "a"
+    assert rig.store.lookup_now("p1", "p1-1") == "a"
     await rig.add(d, make_message("b"))  # queued after stop: kept for the next start
     await asyncio.sleep(0.02)
     assert p1.sent_ids() == ["a"]
-    assert [m.id for m in rig.store.pending_messages()] == ["b"]
+    assert [m.id for m in rig.store.pending_messages_now()] == ["b"]
 
 
 # --------------------------------------------------------------------------- end to end
@@ -701,7 +701,7 @@ async def test_circuit_opens_after_repeated_transient_failures_and_holds_message
     await asyncio.sleep(0.2)
     assert len(p1.sent) == sent
     p1.repeat = None  # the provider is back: the probe succeeds, the circuit closes
-    await until(lambda: all(rig.store.lookup("p1", f"p1-{n}") for n in range(1, 6)))
+    await until(lambda: all(rig.store.lookup_now("p1", f"p1-{n}") for n in range(1, 6)))
     assert not d.breakers["p1"].is_open
     assert rig.finisher.finished == {}
 
@@ -715,7 +715,7 @@ async def test_messages_for_an_open_circuit_fail_over_at_once(rig: Rig) -> None:
     await until(lambda: d.breakers["p1"].is_open)
     tried = len(p1.sent)
     await rig.add(d, make_message(id="c", route=["p1", "p2"]))
-    await until(lambda: rig.store.lookup("p2", "p2-1") == "c")
+    await until(lambda: rig.store.lookup_now("p2", "p2-1") == "c")
     assert len(p1.sent) == tried  # not one attempt spent on the dead provider
     assert any("circuit open; failing over to p2" in detail for detail in rig.details("c"))
 

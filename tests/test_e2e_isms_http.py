@@ -76,7 +76,7 @@ def sends(sim: IsmsHttpSimulator) -> list[dict[str, str]]:
 
 
 def stored(bt: BridgeThread, message_id: str) -> Any:
-    return bt.run(lambda: bt.bridge.store.get_message(message_id))
+    return bt.run(lambda: bt.bridge.store.get_message_now(message_id))
 
 
 def submit(esme: Esme, to: str, **fields: Any) -> str:

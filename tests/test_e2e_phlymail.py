@@ -77,7 +77,7 @@ class Rig:
         return self.sim_thread.run(lambda: self.sim.credit)
 
     def stored(self, message_id: str) -> Any:
-        return self.bt.run(lambda: self.bt.bridge.store.get_message(message_id))
+        return self.bt.run(lambda: self.bt.bridge.store.get_message_now(message_id))
 
     def esme(self) -> Esme:
         esme = Esme(self.bt.port)

@@ -56,7 +56,7 @@ RULES = [
 
 def stored(bt: Any, message_id: str) -> Any:
     """The message as the store has it (read in the bridge's loop)."""
-    return bt.run(lambda: bt.bridge.store.get_message(message_id))
+    return bt.run(lambda: bt.bridge.store.get_message_now(message_id))
 
 
 # --------------------------------------------------------------------------- the basic flow

@@ -74,7 +74,7 @@ class Rig:
         return self.sim_thread.run(lambda: [r for r in self.sim.requests if "action" not in r])
 
     def stored(self, message_id: str) -> Any:
-        return self.bt.run(lambda: self.bt.bridge.store.get_message(message_id))
+        return self.bt.run(lambda: self.bt.bridge.store.get_message_now(message_id))
 
     def esme(self) -> Esme:
         esme = Esme(self.bt.port)

@@ -226,7 +226,7 @@ def test_no_receipt_requested_means_no_status_and_the_message_ends_accepted(setu
         mid = esme.submit_ok(short_message=b"fire and forget", registered_delivery=0)
 
         def stored() -> Any:
-            return s.bt.run(lambda: s.bt.bridge.store.get_message(mid))
+            return s.bt.run(lambda: s.bt.bridge.store.get_message_now(mid))
 
         assert wait_until(lambda: stored() is not None and stored().state.is_final)
         esme.pump(0.2)

@@ -399,7 +399,7 @@ async def stored(store: InMemoryStore, **overrides: Any) -> Message:
 
 
 def queued(store: InMemoryStore, account: str = "demo") -> list[Receipt | InboundMessage]:
-    return [d.item for d in store.pending_deliveries(account)]
+    return [d.item for d in store.pending_deliveries_now(account)]
 
 
 async def test_report_updates_message_and_queues_receipts() -> None:
@@ -408,14 +408,14 @@ async def test_report_updates_message_and_queues_receipts() -> None:
     handler = ReportHandler(store, clock, wakes)
     report = DeliveryReport("prov", "p-m1", D, done_at=DONE, network_error=(1, 0))
     assert await handler.on_report(report) is True
-    got = store.get_message("m1-2")
+    got = store.get_message_now("m1-2")
     assert got is not None
     assert (got.state, got.done_at, got.error_code) == (D, DONE, 0)
-    assert store.history("m1") == [StateChange("m1", D, DONE + 5, "report from prov")]
+    assert store.history_now("m1") == [StateChange("m1", D, DONE + 5, "report from prov")]
     items = queued(store)
     assert [r.message_id for r in items if isinstance(r, Receipt)] == ["m1", "m1-2"]
     assert all(isinstance(r, Receipt) and r.network_error == (1, 0) for r in items)
-    assert store.pending_deliveries("demo")[0].enqueued_at == DONE + 5
+    assert store.pending_deliveries_now("demo")[0].enqueued_at == DONE + 5
     assert wakes.accounts == ["demo"]
 
 
@@ -443,7 +443,7 @@ async def test_report_failure_carries_error_and_defaults_done_at_to_now() -> Non
     assert isinstance(r, Receipt)
     assert (r.state, r.error_code, r.done_at) == (U, 1103, DONE)
     assert " stat:UNDELIV err:999 " in format_receipt_text(r)
-    got = store.get_message("m1")
+    got = store.get_message_now("m1")
     assert got is not None and got.error_code == 1103
 
 
@@ -481,8 +481,8 @@ async def test_duplicate_final_report_is_idempotent() -> None:
     assert await handler.on_report(report)  # resent: known, nothing changes
     assert await handler.on_report(replace(report, state=U))  # a contradicting late report
     assert len(queued(store)) == 1
-    assert len(store.history("m1")) == 1
-    got = store.get_message("m1")
+    assert len(store.history_now("m1")) == 1
+    got = store.get_message_now("m1")
     assert got is not None and got.state is D
     assert handler.duplicate_reports == 2
     assert wakes.accounts == ["demo"]
@@ -506,7 +506,7 @@ async def test_intermediate_reports() -> None:
     enroute = DeliveryReport("prov", "p-m1", E)
     assert await handler.on_report(enroute)
     assert await handler.on_report(enroute)  # same progress step again: no second receipt
-    got = store.get_message("m1")
+    got = store.get_message_now("m1")
     assert got is not None and got.state is E and got.done_at is None
     assert await handler.on_report(DeliveryReport("prov", "p-m1", D, done_at=DONE))
     items = queued(store)
@@ -514,7 +514,7 @@ async def test_intermediate_reports() -> None:
         (E, True),
         (D, False),
     ]
-    assert [c.state for c in store.history("m1")] == [E, D]
+    assert [c.state for c in store.history_now("m1")] == [E, D]
 
 
 async def test_no_receipt_requested_still_records_the_outcome() -> None:
@@ -522,7 +522,7 @@ async def test_no_receipt_requested_still_records_the_outcome() -> None:
     await stored(store, registered_delivery=0)
     handler = ReportHandler(store, Clock(), wakes)
     assert await handler.on_report(DeliveryReport("prov", "p-m1", U, error_code=1))
-    got = store.get_message("m1")
+    got = store.get_message_now("m1")
     assert got is not None and got.state is U
     assert store.delivery_depth() == 0 and wakes.accounts == []
 
@@ -546,7 +546,7 @@ async def test_receipts_are_queued_before_the_message_is_final() -> None:
     with pytest.raises(StoreError):
         await handler.on_report(report)
     assert len(queued(store)) == 1
-    got = store.get_message("m1")
+    got = store.get_message_now("m1")
     assert got is not None and got.state is E
     store.fail_update = False
     assert await handler.on_report(report)
@@ -560,9 +560,11 @@ async def test_finish_by_the_bridge() -> None:
     handler = ReportHandler(store, clock, wakes)
     assert await handler.finish(msg, MessageState.EXPIRED, 0x62, "validity passed") is True
     assert (msg.state, msg.error_code, msg.done_at) == (MessageState.EXPIRED, 0x62, DONE)
-    got = store.get_message("m2")
+    got = store.get_message_now("m2")
     assert got is not None and got.state is MessageState.EXPIRED
-    assert store.history("m2") == [StateChange("m2", MessageState.EXPIRED, DONE, "validity passed")]
+    assert store.history_now("m2") == [
+        StateChange("m2", MessageState.EXPIRED, DONE, "validity passed")
+    ]
     (r,) = queued(store)
     assert isinstance(r, Receipt) and r.state is MessageState.EXPIRED and r.error_code == 0x62
     assert wakes.accounts == ["demo"]
@@ -577,7 +579,7 @@ async def test_finish_loses_the_race_to_a_report() -> None:
     handler = ReportHandler(store, Clock())
     assert await handler.on_report(DeliveryReport("prov", "p-m1", D))
     assert await handler.finish(msg, MessageState.EXPIRED) is False  # msg is a stale copy
-    got = store.get_message("m1")
+    got = store.get_message_now("m1")
     assert got is not None and got.state is D
     assert len(queued(store)) == 1
 
@@ -588,7 +590,7 @@ async def test_finish_for_an_unstored_incomplete_message_only_queues_receipts() 
     handler = ReportHandler(store, Clock())
     assert await handler.finish(msg, MessageState.UNDELIVERABLE, 0x0A, "incomplete")
     assert [r.message_id for r in queued(store) if isinstance(r, Receipt)] == ["r1", "r2"]
-    assert store.get_message("r1") is None
+    assert store.get_message_now("r1") is None
 
 
 # =========================================================================== delivery queue
@@ -699,7 +701,7 @@ async def test_attempts_are_noted_and_persistent_refusal_is_kept_and_logged(
             await asyncio.sleep(0.001)
     finally:
         await queue.stop()
-    (pending,) = store.pending_deliveries("demo")
+    (pending,) = store.pending_deliveries_now("demo")
     assert pending.attempts >= 6
     warnings = [e for e in logs if e["event"] == "delivery_refused_repeatedly"]
     assert [e["attempts"] for e in warnings][:2] == [3, 6]

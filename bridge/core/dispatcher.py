@@ -44,7 +44,15 @@ import heapq
 import itertools
 import random
 import time
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -207,7 +215,7 @@ class Dispatcher:
                 self._consumers.append(task)
         self._timer_task = asyncio.create_task(self._timer_loop(), name="dispatch-timer")
         resumed = 0
-        for message in self._scan(self.store.pending_messages):
+        async for message in self._scan(self.store.pending_messages):
             if message.id not in self._entries:
                 self.submit(message)
                 resumed += 1
@@ -679,7 +687,7 @@ class Dispatcher:
         now = self.clock()
         batches: dict[str, list[Message]] = {}
         seen: set[str] = set()
-        for message in self._scan(self.store.awaiting_report):
+        async for message in self._scan(self.store.awaiting_report):
             seen.add(message.id)
             if message.id in self._entries or message.provider is None:
                 continue
@@ -738,12 +746,15 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ helpers
 
-    def _scan(self, fetch: Callable[..., list[Message]]) -> Iterator[Message]:
+    async def _scan(
+        self, fetch: Callable[..., Awaitable[list[Message]]]
+    ) -> AsyncIterator[Message]:
         """Every row of a paged store listing (``limit`` / ``after_id``)."""
         after = ""
         while True:
-            page = fetch(limit=self.page_size, after_id=after)
-            yield from page
+            page = await fetch(limit=self.page_size, after_id=after)
+            for message in page:
+                yield message
             if len(page) < self.page_size:
                 return
             after = page[-1].id

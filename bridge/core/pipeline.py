@@ -246,7 +246,7 @@ class Pipeline:
         """Rebuild the reassembly buffer from stored parts after a restart; sets that were
         already complete are finished now, sets it displaced come out of the next expire()."""
         self._queued = self.store.queue_depth()
-        fragments = [Fragment.from_stored(p) for p in self.store.all_parts()]
+        fragments = [Fragment.from_stored(p) for p in await self.store.all_parts()]
         for assembled in self.reassembly.restore(fragments):
             await self._complete(assembled)
 
@@ -480,14 +480,14 @@ class Pipeline:
 
     # ------------------------------------------------------------------ query, cancel, replace
 
-    def query(self, message_id: str, account: str) -> Message:
-        message = self.store.get_message(message_id)
+    async def query(self, message_id: str, account: str) -> Message:
+        message = await self.store.get_message(message_id)
         if message is None or message.account != account:
             raise Rejected(RejectReason.UNKNOWN_MESSAGE)
         return message
 
     async def cancel(self, message_id: str, account: str) -> None:
-        message = self.query(message_id, account)
+        message = await self.query(message_id, account)
         if message.state.is_final or not self.dispatcher.cancel(message.id):
             raise Rejected(RejectReason.NOT_CANCELLABLE)
         self._queued = max(0, self._queued - 1)
@@ -503,7 +503,7 @@ class Pipeline:
         schedule_at: float | None,
         expire_at: float | None,
     ) -> None:
-        message = self.query(message_id, account)
+        message = await self.query(message_id, account)
         if message.state.is_final or not self.dispatcher.cancel(message.id):
             raise Rejected(RejectReason.NOT_CANCELLABLE)
         policy = self._policies.get(account) or AccountPolicy(account)

@@ -421,11 +421,11 @@ class ReportHandler:
         """Apply a provider's report. True when it concerned one of our messages (including a
         duplicate that changed nothing), False when the provider's id is unknown (or expired)."""
         self.reports += 1
-        message_id = self._store.lookup(report.provider, report.provider_message_id)
+        message_id = await self._store.lookup(report.provider, report.provider_message_id)
         if message_id is None:
             return self._park(report)
         async with self._locks.hold(message_id):
-            message = self._store.get_message(message_id)
+            message = await self._store.get_message(message_id)
             if message is None:
                 return self._unknown(report)
             if message.state.is_final:
@@ -434,7 +434,7 @@ class ReportHandler:
                 return True
             intermediate = not report.state.is_final
             detail = f"{'intermediate ' if intermediate else ''}report from {report.provider}"
-            if intermediate and self._repeats_last(message.id, report.state, detail):
+            if intermediate and await self._repeats_last(message.id, report.state, detail):
                 self._duplicate(message, report.state, report.provider)
                 self.metrics.report(report.provider, "duplicate")
                 return True
@@ -462,7 +462,7 @@ class ReportHandler:
         Returns False, doing nothing, when the message is already final (a report won the race).
         """
         async with self._locks.hold(message.id):
-            stored = self._store.get_message(message.id)
+            stored = await self._store.get_message(message.id)
             if message.state.is_final or (stored is not None and stored.state.is_final):
                 self._duplicate(message, state, "bridge")
                 return False
@@ -524,9 +524,9 @@ class ReportHandler:
             source=source,
         )
 
-    def _repeats_last(self, message_id: str, state: MessageState, detail: str) -> bool:
+    async def _repeats_last(self, message_id: str, state: MessageState, detail: str) -> bool:
         """An intermediate report equal to the last one recorded (providers resend those too)."""
-        history = self._store.history(message_id)
+        history = await self._store.history(message_id)
         return bool(history) and history[-1].state is state and history[-1].detail == detail
 
     async def _apply(
@@ -652,6 +652,7 @@ class DeliveryQueue:
         self._lanes: dict[str, _Lane] = {}
         self._running = False
         self._expirer: asyncio.Task[None] | None = None
+        self._resume: asyncio.Task[None] | None = None
         self.acked = 0
         self.refused = 0
         self.not_sent = 0
@@ -668,7 +669,10 @@ class DeliveryQueue:
         self._running = True
         if self._max_age is not None:
             self._expirer = asyncio.create_task(self._expire_loop(), name="deliveries:expire")
-        for account in self._store.delivery_accounts():
+        self._resume = asyncio.create_task(self._wake_stored(), name="deliveries:resume")
+
+    async def _wake_stored(self) -> None:
+        for account in await self._store.delivery_accounts():
             self.wake(account)
 
     async def stop(self) -> None:
@@ -679,6 +683,9 @@ class DeliveryQueue:
         if self._expirer is not None:
             tasks.append(self._expirer)
             self._expirer = None
+        if self._resume is not None:
+            tasks.append(self._resume)
+            self._resume = None
         for lane in list(self._lanes.values()):
             tasks.extend(lane.inflight.values())
             if lane.task is not None:
@@ -753,7 +760,7 @@ class DeliveryQueue:
                 read_failed = False
                 if receiver:
                     try:
-                        self._fill(lane, loop.time())
+                        await self._fill(lane, loop.time())
                     except Exception:  # a store read failed: keep the lane, try again later
                         log.exception("delivery_read_failed", account=lane.account)
                         read_failed = True
@@ -771,16 +778,16 @@ class DeliveryQueue:
             if self._lanes.get(lane.account) is lane:
                 del self._lanes[lane.account]
 
-    def _fill(self, lane: _Lane, now: float) -> None:
+    async def _fill(self, lane: _Lane, now: float) -> None:
         """Start sends up to the window: due retries first (they are older), then new items."""
         while len(lane.inflight) < self._window:
             if lane.retry and lane.retry[0][0] <= now:
                 item = heapq.heappop(lane.retry)[2]
-                if not self._still_queued(item):
+                if not await self._still_queued(item):
                     continue  # expired meanwhile
                 self._start_send(lane, item)
                 continue
-            fresh = self._store.pending_deliveries(
+            fresh = await self._store.pending_deliveries(
                 lane.account, limit=self._window - len(lane.inflight), after=lane.last_taken
             )
             if not fresh:
@@ -789,8 +796,8 @@ class DeliveryQueue:
                 lane.last_taken = item.id
                 self._start_send(lane, item)
 
-    def _still_queued(self, item: DeliveryItem) -> bool:
-        found = self._store.pending_deliveries(item.account, limit=1, after=item.id - 1)
+    async def _still_queued(self, item: DeliveryItem) -> bool:
+        found = await self._store.pending_deliveries(item.account, limit=1, after=item.id - 1)
         return bool(found) and found[0].id == item.id
 
     def _start_send(self, lane: _Lane, item: DeliveryItem) -> None:

@@ -8,7 +8,10 @@ disk (group commit: many callers share one transaction and one fsync). The SMPP 
 ESME_ROK only after :meth:`Store.add_message` (or :meth:`Store.add_part`) has returned, so an
 accepted message survives ``kill -9``.
 
-Reads are cheap point or range lookups and are synchronous.
+Reads are ``async`` too, so that a networked implementation (Redis, for several nodes) can stand
+behind the same port; the embedded store answers them from memory without I/O. Only the
+depth counters (:meth:`Store.queue_depth`, :meth:`Store.delivery_depth`) are synchronous: they
+are cheap local estimates for gauges and admission control.
 """
 
 from __future__ import annotations
@@ -85,18 +88,18 @@ class Store(Protocol):
         ``other_ids`` are more provider ids (other parts) correlated the same way."""
         ...
 
-    def get_message(self, message_id: str) -> Message | None:
+    async def get_message(self, message_id: str) -> Message | None:
         """A message by any of its ids: the message id or one of its part ids."""
         ...
 
-    def history(self, message_id: str) -> list[StateChange]: ...
+    async def history(self, message_id: str) -> list[StateChange]: ...
 
-    def pending_messages(self, limit: int = 10_000, after_id: str = "") -> list[Message]:
+    async def pending_messages(self, limit: int = 10_000, after_id: str = "") -> list[Message]:
         """Messages not yet in a final state and not yet taken by a provider
         (``provider_message_id`` is None), ordered by id; used to resume after a restart."""
         ...
 
-    def awaiting_report(self, limit: int = 10_000, after_id: str = "") -> list[Message]:
+    async def awaiting_report(self, limit: int = 10_000, after_id: str = "") -> list[Message]:
         """Messages a provider took that have no final state yet (for polling / expiry)."""
         ...
 
@@ -111,9 +114,9 @@ class Store(Protocol):
     # ---------------------------------------------------------------- reassembly parts
     async def add_part(self, part: StoredPart) -> None: ...
 
-    def parts(self, key: str) -> list[StoredPart]: ...
+    async def parts(self, key: str) -> list[StoredPart]: ...
 
-    def all_parts(self) -> list[StoredPart]:
+    async def all_parts(self) -> list[StoredPart]:
         """Every stored part (to rebuild the reassembly buffer after a restart)."""
         ...
 
@@ -130,7 +133,7 @@ class Store(Protocol):
         self, provider: str, provider_message_id: str, message_id: str, expires_at: float
     ) -> None: ...
 
-    def lookup(self, provider: str, provider_message_id: str) -> str | None:
+    async def lookup(self, provider: str, provider_message_id: str) -> str | None:
         """Our message id for a provider's id, or None (unknown or expired)."""
         ...
 
@@ -153,13 +156,13 @@ class Store(Protocol):
         self, items: Sequence[tuple[str, Receipt | InboundMessage]], at: float
     ) -> list[int]: ...
 
-    def pending_deliveries(
+    async def pending_deliveries(
         self, account: str, limit: int = 1000, after: int = 0
     ) -> list[DeliveryItem]:
         """Queued items of an account in queue order, with id > ``after``."""
         ...
 
-    def delivery_accounts(self) -> list[str]:
+    async def delivery_accounts(self) -> list[str]:
         """Accounts with something queued."""
         ...
 
