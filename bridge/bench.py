@@ -156,6 +156,10 @@ class _AcceptAll:
     async def handle_request(self, session: Any, pdu: Pdu) -> Pdu:
         return Pdu(pdu.command_id, fields={"message_id": format(next(self._ids), "x")})
 
+    def try_handle(self, session: Any, pdu: Pdu, reply: Any, token: Any) -> bool:
+        reply(token, Pdu(pdu.command_id, fields={"message_id": format(next(self._ids), "x")}))
+        return True
+
     def session_bound(self, session: Any) -> None:
         return None
 

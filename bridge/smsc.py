@@ -18,7 +18,7 @@ from bridge.core.accounts import Account
 from bridge.core.model import Address, InboundMessage, Receipt
 from bridge.core.pipeline import AccountPolicy, Pipeline, Rejected, RejectReason, Submission
 from bridge.core.receipts import format_receipt_text
-from bridge.observability import Metrics
+from bridge.observability import Metrics, SampledLog
 from bridge.smpp import text as smstext
 from bridge.smpp.pdu import (
     CommandId,
@@ -27,7 +27,7 @@ from bridge.smpp.pdu import (
     Status,
     UnsuccessSme,
 )
-from bridge.smpp.server import SessionInfo, SmppServer
+from bridge.smpp.server import Reply, SessionInfo, SmppServer
 from bridge.smpp.timefmt import format_smpp_time, parse_smpp_time
 
 __all__ = ["SmppReceiptSender", "SmscHandler", "decode_payload", "status_for"]
@@ -116,6 +116,8 @@ class SmscHandler:
         self.policies = policies
         self.on_bound: list[Any] = []
         self.metrics = metrics if metrics is not None else Metrics()
+        # A full disk fails every submit: one line per account every 10 s, not one each.
+        self._sampled = SampledLog(log)
 
     def policy(self, account: Account | None, system_id: str | None) -> AccountPolicy:
         key = system_id or ""
@@ -133,6 +135,53 @@ class SmscHandler:
 
     def session_closed(self, session: SessionInfo) -> None:
         return None
+
+    def try_handle(self, session: SessionInfo, pdu: Pdu, reply: Reply, token: Any) -> bool:
+        """submit_sm on the hot path: no task, no future — the answer goes out from the store's
+        durable callback (one per journal batch). Parts of a concatenated message, and every
+        other command, take :meth:`handle_request`."""
+        if pdu.command_id != CommandId.submit_sm:
+            return False
+        policy = self.policy(session.account, session.system_id)
+        f = pdu.fields
+        try:
+            sub = self._submission(
+                pdu, policy, f["destination_addr"], f["dest_addr_ton"], f["dest_addr_npi"]
+            )
+            if not self.pipeline.accept_nowait(sub, self._accepted, (reply, token, policy)):
+                return False
+        except Rejected as e:
+            self.metrics.rejected(policy.system_id, e.reason.name.lower())
+            log.debug("smsc.rejected", account=policy.system_id, reason=e.reason.name)
+            reply(token, Pdu(CommandId.submit_sm, command_status=status_for(e.reason, 0)))
+        except _Invalid as e:
+            self.metrics.rejected(policy.system_id, _status_reason(e.status))
+            log.debug("smsc.invalid", account=policy.system_id, detail=str(e))
+            reply(token, Pdu(CommandId.submit_sm, command_status=e.status))
+        return True
+
+    def _accepted(
+        self,
+        ctx: tuple[Reply, Any, AccountPolicy],
+        message_id: str | None,
+        error: BaseException | None,
+    ) -> None:
+        reply, token, policy = ctx
+        if error is not None or message_id is None:
+            # Not on disk, so not accepted: the ESME may retry; never an ESME_ROK we cannot keep.
+            self.metrics.rejected(policy.system_id, "store_failed")
+            self._sampled(
+                "warning",
+                "smsc.submit_not_stored",
+                policy.system_id,
+                account=policy.system_id,
+                error=type(error).__name__,
+                detail=str(error),
+            )
+            reply(token, Pdu(CommandId.submit_sm, command_status=Status.ESME_RSYSERR))
+            return
+        self.metrics.accepted(policy.system_id)
+        reply(token, Pdu(CommandId.submit_sm, fields={"message_id": message_id}))
 
     async def handle_request(self, session: SessionInfo, pdu: Pdu) -> Pdu:
         policy = self.policy(session.account, session.system_id)

@@ -337,6 +337,9 @@ class AcceptingHandler:
         self.bound: list[SessionInfo] = []
         self.closed: list[SessionInfo] = []
 
+    def try_handle(self, session: SessionInfo, pdu: Pdu, reply: Any, token: Any) -> bool:
+        return False  # every request through handle_request (its delay may await)
+
     async def handle_request(self, session: SessionInfo, pdu: Pdu) -> Pdu:
         self.requests.append(pdu)
         if self.delay is not None:

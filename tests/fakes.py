@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 from bridge.core.model import InboundMessage, Message, Receipt
 from bridge.store.base import DeliveryItem, StateChange, StoredPart
@@ -72,6 +73,22 @@ class InMemoryStore:
     async def add_message(self, message: Message) -> None:
         await self._write()
         self._put(message)
+
+    def add_message_nowait(self, message: Message, done: Any, arg: Any = None) -> None:
+        """Like the real store: durable (here: applied) at the end of this loop pass."""
+        if message.id in self.messages:
+            raise ValueError(f"duplicate message id {message.id}")
+        snapshot = _copy(message)
+
+        def land() -> None:
+            if self.fail_writes:
+                self.fail_writes -= 1
+                done(arg, None, StoreError("injected write failure"))
+                return
+            self._put(snapshot)
+            done(arg, None, None)
+
+        asyncio.get_running_loop().call_soon(land)
 
     async def add_messages(self, messages: Sequence[Message]) -> None:
         await self._write()

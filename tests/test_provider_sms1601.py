@@ -723,6 +723,9 @@ async def test_sim_health_reports_the_balance(rig: Rig) -> None:
 
 
 async def test_sim_polling_gives_intermediate_then_final_reports(rig: Rig) -> None:
+    # The fixture's 50 ms report delay can pass between two sends on a loaded machine: this
+    # test needs the "before the report" window to be wide, and then waits for the report.
+    rig.sim.delay = 0.5
     provider = await rig.provider(reports="poll")
     delivered = await provider.send(to("32478123456"))
     refused = await provider.send(to("32478123482"))
@@ -737,7 +740,7 @@ async def test_sim_polling_gives_intermediate_then_final_reports(rig: Rig) -> No
         (delivered.provider_message_id, MessageState.ENROUTE),
         (refused.provider_message_id, MessageState.ENROUTE),
     }
-    await asyncio.sleep(0.15)
+    await asyncio.sleep(0.6)
     late = {r.provider_message_id: r for r in await provider.poll(msgs)}
     assert late.keys() == {delivered.provider_message_id, refused.provider_message_id}
     assert late[str(delivered.provider_message_id)].state is MessageState.DELIVERED

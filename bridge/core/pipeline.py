@@ -101,6 +101,10 @@ class Submission:
     expire_at: float | None = None
 
 
+#: ``done(arg, message_id, error)``: the outcome of :meth:`Pipeline.accept_nowait`.
+Accepted = Callable[[Any, "str | None", "BaseException | None"], None]
+
+
 class Dispatching(Protocol):
     def submit(self, message: Message) -> None: ...
     def cancel(self, message_id: str) -> bool: ...
@@ -294,6 +298,48 @@ class Pipeline:
             route=message.route,
         )
         return message.id
+
+    def accept_nowait(self, sub: Submission, done: Accepted, arg: Any) -> bool:
+        """:meth:`accept` without a task or future: the hot path for single-part messages.
+
+        Validates and routes at once (raising :class:`Rejected`), appends the accept to the
+        store and returns True; ``done(arg, message_id, None)`` runs once the message is durable
+        and handed to the dispatcher, ``done(arg, None, error)`` if the store could not take it.
+        Returns False for a concatenated part (reassembly awaits: use :meth:`accept`).
+        """
+        if sub.concat is not None and sub.concat[1] > 1:
+            return False
+        policy = sub.account
+        source = normalise_source(sub.source, policy)
+        destination = normalise_destination(sub.destination, policy)
+        now = self.clock()
+        if sub.expire_at is not None and sub.expire_at <= now:
+            raise Rejected(RejectReason.INVALID_EXPIRY, "already expired")
+        if self._queued >= self.max_queue:
+            self._queued = self.store.queue_depth()
+            if self._queued >= self.max_queue:
+                raise Rejected(RejectReason.QUEUE_FULL)
+        text = self._decode(sub.payload, sub.data_coding, policy)
+        message = self._message(self.message_id(policy), sub, source, destination, text, now)
+        message.part_ids = [message.id]
+        self._route(message)
+        self._queued += 1  # counted now, so a burst cannot overshoot max_queue
+        self.store.add_message_nowait(message, self._stored, (message, done, arg))
+        return True
+
+    def _stored(
+        self, ctx: tuple[Message, Accepted, Any], result: object, error: BaseException | None
+    ) -> None:
+        message, done, arg = ctx
+        if error is not None:
+            self._queued = max(0, self._queued - 1)
+            done(arg, None, error)
+            return
+        self.dispatcher.submit(message)
+        done(arg, message.id, None)
+        log.debug(
+            "pipeline.accepted", message_id=message.id, account=message.account, route=message.route
+        )
 
     def _decode(self, payload: bytes, data_coding: int, policy: AccountPolicy) -> str | None:
         try:

@@ -64,7 +64,7 @@ import structlog
 from bridge.core.accounts import Account, AccountRegistry
 from bridge.simulators.common import option_bool, option_float
 from bridge.smpp.pdu import CommandId, Pdu, Status
-from bridge.smpp.server import DeliverResult, ServerConfig, SessionInfo, SmppServer
+from bridge.smpp.server import DeliverResult, Reply, ServerConfig, SessionInfo, SmppServer
 from bridge.smpp.session import SessionConfig
 from bridge.smpp.text import (
     Concat,
@@ -309,6 +309,9 @@ class SmppUpstreamSimulator:
 
     def session_closed(self, session: SessionInfo) -> None:
         return None
+
+    def try_handle(self, session: SessionInfo, pdu: Pdu, reply: Reply, token: Any) -> bool:
+        return False  # every answer may wait (forced delays, a paused SMSC): a task each
 
     async def handle_request(self, session: SessionInfo, pdu: Pdu) -> Pdu:
         if pdu.command_id != CommandId.submit_sm:

@@ -130,11 +130,22 @@ class DeliverResult(NamedTuple):
         return self.status == 0
 
 
+#: ``reply(token, response)``: how a handler answers a request it took with ``try_handle``.
+Reply = Callable[[Any, Pdu], None]
+
+
 class SmppHandler(Protocol):
     """The pipeline seen from the SMPP server."""
 
     async def handle_request(self, session: SessionInfo, pdu: Pdu) -> Pdu:
         """Answer a message operation; the returned PDU's id and sequence are set for you."""
+        ...
+
+    def try_handle(self, session: SessionInfo, pdu: Pdu, reply: Reply, token: Any) -> bool:
+        """The hot path, without a task per request: take the request and call
+        ``reply(token, response)`` exactly once — now or later (say, once the message is on
+        disk) — and return True; or return False and the request goes to
+        :meth:`handle_request` in a task."""
         ...
 
     def session_bound(self, session: SessionInfo) -> None:
@@ -149,6 +160,9 @@ class RejectingHandler:
 
     async def handle_request(self, session: SessionInfo, pdu: Pdu) -> Pdu:
         return Pdu(pdu.command_id, command_status=Status.ESME_RSYSERR)
+
+    def try_handle(self, session: SessionInfo, pdu: Pdu, reply: Reply, token: Any) -> bool:
+        return False
 
     def session_bound(self, session: SessionInfo) -> None:
         return None
@@ -315,7 +329,26 @@ class _Connection(asyncio.Protocol):
             self.session.respond(pdu, throttled)
             self.server.metrics.throttled(self.info.system_id or "unknown", "tps")
             return
-        self._spawn(self._request(pdu, self._rx_at))
+        handler = self.server.handler
+        try:
+            taken = handler.try_handle(self.info, pdu, self._reply, (pdu, self._rx_at))
+        except Exception:
+            self.log.exception("smpp.handler_failed", command=pdu.name)
+            self._reply((pdu, self._rx_at), Pdu(pdu.command_id, command_status=Status.ESME_RSYSERR))
+            return
+        if not taken:
+            self._spawn(self._request(pdu, self._rx_at))
+
+    def _reply(self, token: tuple[Pdu, float], resp: Pdu) -> None:
+        """A request answered on the hot path (see SmppHandler.try_handle)."""
+        if self._closed:
+            return
+        pdu, arrived = token
+        self.session.respond(pdu, resp)
+        self._answered.append((pdu.command_id, arrived))
+        self._flush_soon()
+        if self._linger is not None and self.session.outstanding == 0:
+            self._close_soon()
 
     async def _request(self, pdu: Pdu, arrived: float) -> None:
         try:

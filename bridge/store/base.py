@@ -16,9 +16,9 @@ are cheap local estimates for gauges and admission control.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from bridge.core.model import InboundMessage, Message, MessageState, Receipt
 
@@ -67,6 +67,17 @@ class Store(Protocol):
     # ---------------------------------------------------------------- messages
     async def add_message(self, message: Message) -> None:
         """Durably store a newly accepted message (state ENROUTE)."""
+        ...
+
+    def add_message_nowait(
+        self,
+        message: Message,
+        done: Callable[[Any, Any, BaseException | None], None],
+        arg: Any = None,
+    ) -> None:
+        """The hot path's :meth:`add_message`: append and return at once; ``done(arg, None,
+        error)`` runs on the loop when the message is durable (error None) or failed. Raises at
+        once what is known at once (a duplicate id, a closed store)."""
         ...
 
     async def add_messages(self, messages: Sequence[Message]) -> None:
