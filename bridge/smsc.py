@@ -10,6 +10,7 @@ queue. This module is wiring between layers, which is why it sits beside app.py 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -442,9 +443,26 @@ class SmppReceiptSender:
     def has_receiver(self, account: str) -> bool:
         return self.server.has_receiver(account)
 
+    def send_nowait(
+        self,
+        account: str,
+        item: Receipt | InboundMessage,
+        done: Callable[[Any, bool | BaseException | None], None],
+        arg: Any,
+    ) -> bool:
+        pdu = receipt_pdu(item) if isinstance(item, Receipt) else inbound_pdu(item)
+        return self.server.deliver_nowait(account, pdu, _answered, (done, arg))
+
     async def send(self, account: str, item: Receipt | InboundMessage) -> bool | None:
         pdu = receipt_pdu(item) if isinstance(item, Receipt) else inbound_pdu(item)
         result = await self.server.deliver(account, pdu)
         if result.status is None:
             return None
         return result.status == 0
+
+
+def _answered(
+    ctx: tuple[Callable[[Any, bool | BaseException | None], None], Any], resp: Pdu | None
+) -> None:
+    done, arg = ctx
+    done(arg, None if resp is None else resp.command_status == 0)

@@ -253,6 +253,33 @@ class InMemoryStore:
             if items.pop(delivery_id, None) is not None:
                 return
 
+    def _later(self, apply: Any) -> None:
+        def land() -> None:
+            if self.fail_writes:
+                self.fail_writes -= 1
+                return  # a lost lazy write: nothing changes
+            apply()
+
+        asyncio.get_running_loop().call_soon(land)
+
+    def remove_delivery_nowait(self, delivery_id: int) -> None:
+        def apply() -> None:
+            for items in self._deliveries.values():
+                if items.pop(delivery_id, None) is not None:
+                    return
+
+        self._later(apply)
+
+    def note_delivery_attempt_nowait(self, delivery_id: int) -> None:
+        def apply() -> None:
+            for items in self._deliveries.values():
+                item = items.get(delivery_id)
+                if item is not None:
+                    items[delivery_id] = replace(item, attempts=item.attempts + 1)
+                    return
+
+        self._later(apply)
+
     async def note_delivery_attempt(self, delivery_id: int) -> None:
         await self._write()
         for items in self._deliveries.values():

@@ -612,6 +612,7 @@ class FakeSender:
         self.gate: asyncio.Event | None = None
         self.yields = 0  # extra event-loop turns per send (randomised in the stress test)
         self.calls = 0
+        self.tasks: set[asyncio.Future[None]] = set()
 
     def has_receiver(self, account: str) -> bool:
         return account in self.receivers
@@ -632,6 +633,23 @@ class FakeSender:
             return answer
         finally:
             self.current.discard(key)
+
+    def send_nowait(
+        self, account: str, item: Receipt | InboundMessage, done: Any, arg: Any
+    ) -> bool:
+        """The real sender's shape over :meth:`send` (a task per send is fine in a test)."""
+
+        async def run() -> None:
+            try:
+                result: bool | BaseException | None = await self.send(account, item)
+            except Exception as exc:
+                result = exc
+            done(arg, result)
+
+        task = asyncio.ensure_future(run())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return True
 
     def acked(self) -> list[Receipt | InboundMessage]:
         return [item for _, item, answer in self.answers if answer is True]
@@ -926,13 +944,13 @@ async def test_a_failed_queue_read_is_retried() -> None:
     class FlakyReads(InMemoryStore):
         failures = 2
 
-        def pending_deliveries(
+        async def pending_deliveries(
             self, account: str, limit: int = 1000, after: int = 0
         ) -> list[DeliveryItem]:
             if self.failures:
                 self.failures -= 1
                 raise StoreError("database is locked")
-            return super().pending_deliveries(account, limit, after)
+            return await super().pending_deliveries(account, limit, after)
 
     store, sender = FlakyReads(), FakeSender("demo")
     items = await fill(store, 3)

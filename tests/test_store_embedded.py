@@ -215,14 +215,18 @@ async def test_add_messages_is_all_or_nothing(store: EmbeddedStore) -> None:
     await store.add_messages([])
 
 
-async def test_message_snapshot_taken_at_call_time(store: EmbeddedStore) -> None:
+async def test_what_is_durable_is_the_message_at_call_time(store: EmbeddedStore) -> None:
     m = msg("m1")
     pending = asyncio.ensure_future(store.add_message(m))
     await asyncio.sleep(0)
-    m.text = "changed after the call"
+    m.text = "changed after the call"  # the live object is the caller's; the record is not
     await pending
-    loaded = store.get_message_now("m1")
-    assert loaded is not None and loaded.text == "hello m1"
+    store = await reopen(store)
+    try:
+        loaded = store.get_message_now("m1")
+        assert loaded is not None and loaded.text == "hello m1"
+    finally:
+        await store.close()
 
 
 async def test_update_message_and_history_order(store: EmbeddedStore) -> None:

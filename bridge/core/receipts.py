@@ -26,7 +26,7 @@ import unicodedata
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -584,9 +584,17 @@ class ReceiptSender(Protocol):
         """A receiver or transceiver of ``account`` is bound."""
         ...
 
-    async def send(self, account: str, item: Receipt | InboundMessage) -> bool | None:
-        """True: acknowledged (deliver_sm_resp ESME_ROK); False: refused by the ESME (error
-        status); None: not sent (no receiver, timeout, connection lost)."""
+    def send_nowait(
+        self,
+        account: str,
+        item: Receipt | InboundMessage,
+        done: Callable[[Any, bool | BaseException | None], None],
+        arg: Any,
+    ) -> bool:
+        """Send one deliver_sm now; False (nothing sent) when no bound session of ``account``
+        has room in its window. Later ``done(arg, result)``: True acknowledged (deliver_sm_resp
+        ESME_ROK), False refused by the ESME (error status), None not answered (timeout,
+        connection lost), or the exception that stopped the send."""
         ...
 
 
@@ -597,7 +605,8 @@ class _Lane:
     account: str
     event: asyncio.Event = field(default_factory=asyncio.Event)
     last_taken: int = 0  # highest queue id read from the store
-    inflight: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    inflight: dict[int, DeliveryItem] = field(default_factory=dict)  # sent, not yet answered
+    blocked: bool = False  # the last fill found no session with room in its window
     retry: list[tuple[float, int, DeliveryItem]] = field(default_factory=list)  # heap by due
     task: asyncio.Task[None] | None = None
 
@@ -687,7 +696,7 @@ class DeliveryQueue:
             tasks.append(self._resume)
             self._resume = None
         for lane in list(self._lanes.values()):
-            tasks.extend(lane.inflight.values())
+            lane.inflight.clear()  # their answers are ignored: the store keeps the items
             if lane.task is not None:
                 tasks.append(lane.task)
         for task in tasks:
@@ -769,6 +778,8 @@ class DeliveryQueue:
                 timeout = None
                 if read_failed:
                     timeout = self._retry_delay
+                elif receiver and lane.blocked and not lane.inflight:
+                    timeout = 0.05  # windows held by other requests (enquire_link): look again
                 elif receiver and lane.retry and len(lane.inflight) < self._window:
                     timeout = max(lane.retry[0][0] - loop.time(), 0.0)
                 with contextlib.suppress(TimeoutError):
@@ -779,13 +790,17 @@ class DeliveryQueue:
                 del self._lanes[lane.account]
 
     async def _fill(self, lane: _Lane, now: float) -> None:
-        """Start sends up to the window: due retries first (they are older), then new items."""
+        """Start sends up to the window: due retries first (they are older), then new items.
+        Stops early when no bound session has room in its window (``lane.blocked``)."""
+        lane.blocked = False
         while len(lane.inflight) < self._window:
             if lane.retry and lane.retry[0][0] <= now:
-                item = heapq.heappop(lane.retry)[2]
+                due, order, item = heapq.heappop(lane.retry)
                 if not await self._still_queued(item):
                     continue  # expired meanwhile
-                self._start_send(lane, item)
+                if not self._start_send(lane, item):
+                    heapq.heappush(lane.retry, (due, order, item))
+                    return
                 continue
             fresh = await self._store.pending_deliveries(
                 lane.account, limit=self._window - len(lane.inflight), after=lane.last_taken
@@ -793,81 +808,78 @@ class DeliveryQueue:
             if not fresh:
                 return
             for item in fresh:
+                if not self._start_send(lane, item):
+                    return
                 lane.last_taken = item.id
-                self._start_send(lane, item)
 
     async def _still_queued(self, item: DeliveryItem) -> bool:
         found = await self._store.pending_deliveries(item.account, limit=1, after=item.id - 1)
         return bool(found) and found[0].id == item.id
 
-    def _start_send(self, lane: _Lane, item: DeliveryItem) -> None:
-        lane.inflight[item.id] = asyncio.create_task(
-            self._send(lane, item), name=f"deliver:{lane.account}:{item.id}"
-        )
-
-    async def _send(self, lane: _Lane, item: DeliveryItem) -> None:
-        """One attempt; the item stays owned by this task until it is removed or re-queued."""
-        loop = asyncio.get_running_loop()
-        retry = True
+    def _start_send(self, lane: _Lane, item: DeliveryItem) -> bool:
+        """Hand one item to the SMPP side — no task: :meth:`_sent` runs when the ESME answers.
+        False (nothing sent) when no bound session has room."""
         try:
-            try:
-                result = await self._sender.send(lane.account, item.item)
-            except Exception:
-                log.exception(
-                    "delivery_send_failed",
-                    message_id=_message_id(item),
-                    account=lane.account,
-                    delivery_id=item.id,
-                )
-                result = None
-            # Per receipt, hot path: DEBUG only.
-            log.debug(
-                "delivery_attempt",
+            sent = self._sender.send_nowait(lane.account, item.item, self._sent, (lane, item))
+        except Exception as exc:
+            lane.inflight[item.id] = item
+            self._sent((lane, item), exc)
+            return True
+        if not sent:
+            lane.blocked = True
+            return False
+        lane.inflight[item.id] = item
+        return True
+
+    def _sent(self, ctx: tuple[_Lane, DeliveryItem], result: bool | BaseException | None) -> None:
+        """The ESME's answer to one deliver_sm (or None: no answer / connection lost)."""
+        lane, item = ctx
+        if lane.inflight.pop(item.id, None) is None:
+            return  # stopped meanwhile: the store still holds the item
+        if isinstance(result, BaseException):
+            log.error(
+                "delivery_send_failed",
                 message_id=_message_id(item),
                 account=lane.account,
                 delivery_id=item.id,
-                result=_DELIVERY_RESULT[result],
+                error=repr(result),
             )
-            if result is True:
-                self.acked += 1
-                self.metrics.delivered("acked")
-                receipt = item.item
-                if isinstance(receipt, Receipt) and not receipt.intermediate:
-                    self.metrics.receipt_delivery.observe(
-                        max(0.0, self._clock() - receipt.submitted_at)
-                    )
-                await self._store.remove_delivery(item.id)
-                retry = False
-                return
-            if result is False:
-                self.refused += 1
-                self.metrics.delivered("refused")
-            else:
-                self.not_sent += 1
-                self.metrics.delivered("unsent")
-            await self._store.note_delivery_attempt(item.id)
-            item = replace(item, attempts=item.attempts + 1)
-            if result is False and item.attempts % self._warn_after == 0:
-                log.warning(
-                    "delivery_refused_repeatedly",
-                    message_id=_message_id(item),
-                    account=lane.account,
-                    delivery_id=item.id,
-                    attempts=item.attempts,
-                    kept=True,
-                )
-        except asyncio.CancelledError:
-            retry = False  # stopping: the store still holds the item
-            raise
-        except Exception:  # a store error: keep the item in hand and try again later
-            log.exception(
-                "delivery_store_failed",
+            result = None
+        # Per receipt, hot path: DEBUG only.
+        log.debug(
+            "delivery_attempt",
+            message_id=_message_id(item),
+            account=lane.account,
+            delivery_id=item.id,
+            result=_DELIVERY_RESULT[result],
+        )
+        lane.event.set()
+        if result is True:
+            self.acked += 1
+            self.metrics.delivered("acked")
+            receipt = item.item
+            if isinstance(receipt, Receipt) and not receipt.intermediate:
+                latency = max(0.0, self._clock() - receipt.submitted_at)
+                self.metrics.receipt_delivery.observe(latency)
+            # Journaled lazily: losing this record repeats a receipt, never loses one.
+            self._store.remove_delivery_nowait(item.id)
+            return
+        if result is False:
+            self.refused += 1
+            self.metrics.delivered("refused")
+        else:
+            self.not_sent += 1
+            self.metrics.delivered("unsent")
+        self._store.note_delivery_attempt_nowait(item.id)
+        item = replace(item, attempts=item.attempts + 1)
+        if result is False and item.attempts % self._warn_after == 0:
+            log.warning(
+                "delivery_refused_repeatedly",
                 message_id=_message_id(item),
                 account=lane.account,
                 delivery_id=item.id,
+                attempts=item.attempts,
+                kept=True,
             )
-        finally:
-            if retry:
-                heapq.heappush(lane.retry, (loop.time() + self._retry_delay, item.id, item))
-            lane.inflight.pop(item.id, None)
-            lane.event.set()
+        loop = asyncio.get_running_loop()
+        heapq.heappush(lane.retry, (loop.time() + self._retry_delay, item.id, item))

@@ -208,6 +208,8 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._linger: asyncio.TimerHandle | None = None  # see _close_when_answered()
         self._waiters: dict[int, asyncio.Future[Pdu | None]] = {}
+        # requests sent with send_request_nowait: seq -> (done, arg), called with the response
+        self._callbacks: dict[int, tuple[Callable[[Any, Pdu | None], None], Any]] = {}
         self._window_waiters: list[asyncio.Future[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._reading_paused = False
@@ -270,6 +272,9 @@ class _Connection(asyncio.Protocol):
             if not fut.done():
                 fut.set_result(None)
         self._waiters.clear()
+        callbacks, self._callbacks = self._callbacks, {}
+        for done, arg in callbacks.values():
+            done(arg, None)
         for w in self._window_waiters:
             if not w.done():
                 w.set_exception(ConnectionError("connection lost"))
@@ -445,7 +450,22 @@ class _Connection(asyncio.Protocol):
         self._flush_soon()
         return await waiter
 
+    def send_request_nowait(
+        self, pdu: Pdu, done: Callable[[Any, Pdu | None], None], arg: Any
+    ) -> bool:
+        """:meth:`send_request` without a future: ``done(arg, response or None)`` later. False
+        (nothing sent) when the window is full or the session cannot take it."""
+        if self._closed or not self.session.can_receive or self.session.window_free <= 0:
+            return False
+        seq = self.session.send_request(pdu, self.server.clock())
+        self._callbacks[seq] = (done, arg)
+        self._flush_soon()
+        return True
+
     def _resolve(self, seq: int, pdu: Pdu | None) -> None:
+        callback = self._callbacks.pop(seq, None)
+        if callback is not None:
+            callback[0](callback[1], pdu)
         fut = self._waiters.pop(seq, None)
         if fut is not None and not fut.done():
             fut.set_result(pdu)
@@ -752,6 +772,20 @@ class SmppServer:
         if resp is None:
             return DeliverResult(None, "no response (timeout or connection lost)")
         return DeliverResult(resp.command_status)
+
+    def deliver_nowait(
+        self, system_id: str, pdu: Pdu, done: Callable[[Any, Pdu | None], None], arg: Any
+    ) -> bool:
+        """:meth:`deliver` without a future: round robin over the receivers of ``system_id``
+        with room in their window; False (nothing sent) when none has room or none is bound.
+        ``done(arg, response or None)`` runs when the ESME answers (None: timeout, lost)."""
+        conns = self.receivers(system_id)
+        if not conns:
+            return False
+        start = self._rr.get(system_id, 0)
+        self._rr[system_id] = start + 1
+        n = len(conns)
+        return any(conns[(start + i) % n].send_request_nowait(pdu, done, arg) for i in range(n))
 
     async def wait_for_receiver(self) -> None:
         """Wakes when any receiver binds (for delivery queues that wait on unbound accounts)."""

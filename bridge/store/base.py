@@ -183,6 +183,15 @@ class Store(Protocol):
 
     async def note_delivery_attempt(self, delivery_id: int) -> None: ...
 
+    def remove_delivery_nowait(self, delivery_id: int) -> None:
+        """:meth:`remove_delivery` without waiting: journaled lazily — losing it (a crash, a
+        full disk) only sends that receipt again, which at-least-once allows."""
+        ...
+
+    def note_delivery_attempt_nowait(self, delivery_id: int) -> None:
+        """:meth:`note_delivery_attempt` without waiting (the count is informational)."""
+        ...
+
     async def expire_deliveries(self, older_than: float) -> int:
         """Drop queued items enqueued before ``older_than``; returns how many."""
         ...

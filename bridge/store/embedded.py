@@ -253,7 +253,8 @@ class EmbeddedStore:
         self._reset()
 
     def _reset(self) -> None:
-        self._live: dict[str, list[Any]] = {}  # id -> [blob, history list]
+        # id -> [blob, history list, the Message object or None until first read]
+        self._live: dict[str, list[Any]] = {}
         self._final: dict[str, bytes] = {}  # id -> msgpack [blob, history]
         self._final_order: deque[str] = deque()
         self._queued: set[str] = set()  # live, not taken by a provider
@@ -344,25 +345,30 @@ class EmbeddedStore:
 
     # ------------------------------------------------------------------ writing
 
-    def _append(self, rec: list[Any], done: Done, arg: Any) -> None:
+    def _append(self, rec: list[Any], done: Done, arg: Any, obj: Any = None) -> None:
+        """Journal ``rec``; apply it (with ``obj``, the live objects it stands for, so the hot
+        path never decodes what it just encoded) once durable, then ``done(arg, result, error)``.
+        """
         journal = self._journal
         if journal is None:
             raise StoreUnavailable(
                 f"the store is closed{f': {self._failure!r}' if self._failure else ''}"
             )
         try:
-            journal.append(_encode(rec), self._durable, (rec, done, arg))
+            journal.append(_encode(rec), self._durable, (rec, done, arg, obj))
         except JournalClosed as exc:
             raise StoreUnavailable(str(exc)) from exc
 
-    def _durable(self, entry: tuple[list[Any], Done, Any], error: BaseException | None) -> None:
-        rec, done, arg = entry
+    def _durable(
+        self, entry: tuple[list[Any], Done, Any, Any], error: BaseException | None
+    ) -> None:
+        rec, done, arg, obj = entry
         if error is not None:
             self.metrics.store_error()
             done(arg, None, error)
             return
         try:
-            result = self._apply(rec)
+            result = self._apply(rec, obj)
         except Exception as exc:  # a bug in an apply: the caller learns, the store goes on
             log.exception("store.apply_failed", kind=rec[0])
             done(arg, None, exc)
@@ -376,21 +382,21 @@ class EmbeddedStore:
         if journal is not None and journal.size >= self.segment_bytes and not self._snapshotting:
             self._start_snapshot(journal)
 
-    def _write(self, rec: list[Any]) -> asyncio.Future[Any]:
+    def _write(self, rec: list[Any], obj: Any = None) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._append(rec, _settle_done, future)
+        self._append(rec, _settle_done, future, obj)
         return future
 
     # ------------------------------------------------------------------ apply (memory)
 
-    def _apply(self, rec: Sequence[Any]) -> Any:
+    def _apply(self, rec: Sequence[Any], obj: Any = None) -> Any:
         kind = rec[0]
         if kind == _ADD:
-            return self._apply_add(rec[1], rec[2], rec[3], rec[4], rec[5])
+            return self._apply_add(rec[1], rec[2], rec[3], rec[4], rec[5], obj)
         if kind == _UPDATE:
-            return self._apply_update(rec)
+            return self._apply_update(rec, obj)
         if kind == _ENQUEUE:
-            return self._apply_enqueue(rec[1])
+            return self._apply_enqueue(rec[1], obj)
         if kind == _DEQUEUE:
             for delivery_id in rec[1]:
                 self._remove_delivery(delivery_id)
@@ -413,7 +419,7 @@ class EmbeddedStore:
             return None
         if kind == _COMPLETE:
             self._parts.pop(rec[1], None)
-            return self._apply_add(rec[2], rec[3], rec[4], rec[5], rec[6])
+            return self._apply_add(rec[2], rec[3], rec[4], rec[5], rec[6], obj)
         if kind == _DROP:
             self._parts.pop(rec[1], None)
             return None
@@ -424,7 +430,13 @@ class EmbeddedStore:
         raise ValueError(f"unknown journal record kind {kind!r}")
 
     def _apply_add(
-        self, mid: str, blob: bytes, others: Sequence[str], state: int, has_provider_id: bool
+        self,
+        mid: str,
+        blob: bytes,
+        others: Sequence[str],
+        state: int,
+        has_provider_id: bool,
+        obj: Message | None = None,
     ) -> None:
         if mid in self._live or mid in self._final:
             return  # a replayed duplicate cannot happen; a raced one keeps the first
@@ -436,10 +448,10 @@ class EmbeddedStore:
             self._final[mid] = _encode((blob, []))
             self._final_order.append(mid)
             return
-        self._live[mid] = [blob, []]
+        self._live[mid] = [blob, [], obj]
         (self._awaiting if has_provider_id else self._queued).add(mid)
 
-    def _apply_update(self, rec: Sequence[Any]) -> None:
+    def _apply_update(self, rec: Sequence[Any], obj: Message | None = None) -> None:
         _, mid, blob, state, has_provider_id, change, corrs = rec
         entry = self._live.get(mid)
         for provider, pid, expires in corrs:
@@ -452,6 +464,7 @@ class EmbeddedStore:
                 self._final[mid] = _encode(final)
             return
         entry[0] = blob
+        entry[2] = obj
         if change is not None:
             entry[1].append(change)
         if state != _ENROUTE:
@@ -494,12 +507,17 @@ class EmbeddedStore:
                 order.popleft()
         return n
 
-    def _apply_enqueue(self, rows: Sequence[Sequence[Any]]) -> None:
-        for delivery_id, account, wire, at in rows:
+    def _apply_enqueue(
+        self,
+        rows: Sequence[Sequence[Any]],
+        items: Sequence[Receipt | InboundMessage] | None = None,
+    ) -> None:
+        for i, (delivery_id, account, wire, at) in enumerate(rows):
             queue = self._queues.get(account)
             if queue is None:
                 queue = self._queues[account] = _Queue()
-            queue.add(DeliveryItem(delivery_id, account, item_from_wire(wire), at, 0))
+            item = items[i] if items is not None else item_from_wire(wire)
+            queue.add(DeliveryItem(delivery_id, account, item, at, 0))
             self._delivery_account[delivery_id] = account
             if delivery_id >= self._next_delivery:
                 self._next_delivery = delivery_id + 1
@@ -538,15 +556,18 @@ class EmbeddedStore:
     def add_message_nowait(self, message: Message, done: Done, arg: Any = None) -> None:
         """The hot path: append the accept record and return at once; ``done(arg, None,
         error)`` runs on the loop when it is durable (error None) or failed. No task, no future.
-        Raises DuplicateMessage / StoreUnavailable at once."""
+        Raises DuplicateMessage / StoreUnavailable at once.
+
+        The store keeps ``message`` itself as the live copy that reads return (what is durable
+        is the record, encoded now): change it only to pass it to :meth:`update_message`."""
         self._check_new(message)
-        self._append(self._add_record(message), done, arg)
+        self._append(self._add_record(message), done, arg, message)
 
     async def add_message(self, message: Message) -> None:
         """Durably store a newly accepted message (state ENROUTE); DuplicateMessage if its id
         or one of its part ids is taken."""
         self._check_new(message)
-        await self._write(self._add_record(message))
+        await self._write(self._add_record(message), message)
 
     async def add_messages(self, messages: Sequence[Message]) -> None:
         """Several at once (submit_multi): checked first, so all are added or none."""
@@ -557,7 +578,7 @@ class EmbeddedStore:
                 if mid in seen:
                     raise DuplicateMessage(f"message id {mid!r} given twice")
                 seen.add(mid)
-        futures = [self._write(self._add_record(m)) for m in messages]
+        futures = [self._write(self._add_record(m), m) for m in messages]
         await asyncio.gather(*futures)
 
     @staticmethod
@@ -593,7 +614,7 @@ class EmbeddedStore:
         correlation (provider, provider_message_id, expires_at) for it and for ``other_ids`` —
         so a crash never leaves a message taken by a provider without its correlation. An
         unknown id (cancelled meanwhile) changes nothing but the correlations."""
-        await self._write(self._update_record(message, change, correlation, other_ids))
+        await self._write(self._update_record(message, change, correlation, other_ids), message)
 
     def update_message_nowait(
         self,
@@ -606,7 +627,15 @@ class EmbeddedStore:
         other_ids: Sequence[str] = (),
     ) -> None:
         """:meth:`update_message` without a future (batch paths)."""
-        self._append(self._update_record(message, change, correlation, other_ids), done, arg)
+        self._append(
+            self._update_record(message, change, correlation, other_ids), done, arg, message
+        )
+
+    def _live_message(self, entry: list[Any]) -> Message:
+        message: Message | None = entry[2]
+        if message is None:  # replayed from disk: decoded on first use
+            message = entry[2] = message_from_blob(entry[0])
+        return message
 
     def _blob(self, message_id: str) -> tuple[bytes, list[Any]] | None:
         mid = self._part_of.get(message_id, message_id)
@@ -620,9 +649,14 @@ class EmbeddedStore:
         return blob, history
 
     def get_message_now(self, message_id: str) -> Message | None:
-        """A message by any of its ids, from memory (what the async read returns)."""
-        found = self._blob(message_id)
-        return message_from_blob(found[0]) if found is not None else None
+        """A message by any of its ids, from memory (what the async read returns). A live
+        message is the store's live object (not a copy): change it only to update it."""
+        mid = self._part_of.get(message_id, message_id)
+        entry = self._live.get(mid)
+        if entry is not None:
+            return self._live_message(entry)
+        packed = self._final.get(mid)
+        return message_from_blob(_decode(packed)[0]) if packed is not None else None
 
     async def get_message(self, message_id: str) -> Message | None:
         """A message by any of its ids: the message id or one of its part ids."""
@@ -643,7 +677,7 @@ class EmbeddedStore:
 
     def _messages(self, ids: Iterable[str], limit: int, after_id: str) -> list[Message]:
         chosen = sorted(mid for mid in ids if mid > after_id)[:limit]
-        return [message_from_blob(self._live[mid][0]) for mid in chosen]
+        return [self._live_message(self._live[mid]) for mid in chosen]
 
     async def pending_messages(self, limit: int = 10_000, after_id: str = "") -> list[Message]:
         """Live messages not yet taken by a provider, ordered by id (resume after a restart)."""
@@ -774,7 +808,7 @@ class EmbeddedStore:
     ) -> int:
         """Durably queue a receipt or MO for an account; returns its queue id."""
         rec, ids = self._enqueue_record(((account, item),), at)
-        await self._write(rec)
+        await self._write(rec, (item,))
         return ids[0]
 
     async def enqueue_deliveries(
@@ -784,7 +818,7 @@ class EmbeddedStore:
         if not items:
             return []
         rec, ids = self._enqueue_record(items, at)
-        await self._write(rec)
+        await self._write(rec, [item for _, item in items])
         return ids
 
     def enqueue_deliveries_nowait(
@@ -795,7 +829,7 @@ class EmbeddedStore:
         arg: Any = None,
     ) -> list[int]:
         rec, ids = self._enqueue_record(items, at)
-        self._append(rec, done, arg)
+        self._append(rec, done, arg, [item for _, item in items])
         return ids
 
     def pending_deliveries_now(
@@ -830,6 +864,9 @@ class EmbeddedStore:
 
     async def note_delivery_attempt(self, delivery_id: int) -> None:
         await self._write([_ATTEMPT, delivery_id])
+
+    def note_delivery_attempt_nowait(self, delivery_id: int) -> None:
+        self._append([_ATTEMPT, delivery_id], _ignore, None)
 
     async def expire_deliveries(self, older_than: float) -> int:
         """Drop queued items enqueued before ``older_than``; returns how many."""
@@ -927,7 +964,7 @@ class EmbeddedStore:
         if state.get("v") != FORMAT_VERSION:
             raise ValueError(f"snapshot format {state.get('v')!r}")
         for mid, blob, history in state["live"]:
-            self._live[mid] = [blob, history]
+            self._live[mid] = [blob, history, None]
             t = _decode(blob)
             (self._awaiting if t[23] is not None else self._queued).add(mid)
         for mid, packed in state["final"]:
