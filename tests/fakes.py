@@ -263,12 +263,9 @@ class InMemoryStore:
         asyncio.get_running_loop().call_soon(land)
 
     def remove_delivery_nowait(self, delivery_id: int) -> None:
-        def apply() -> None:
-            for items in self._deliveries.values():
-                if items.pop(delivery_id, None) is not None:
-                    return
-
-        self._later(apply)
+        for items in self._deliveries.values():  # like the real store: gone from memory at once
+            if items.pop(delivery_id, None) is not None:
+                return
 
     def note_delivery_attempt_nowait(self, delivery_id: int) -> None:
         def apply() -> None:

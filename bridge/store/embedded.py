@@ -859,7 +859,9 @@ class EmbeddedStore:
         await self._write([_DEQUEUE, [delivery_id]])
 
     def remove_delivery_nowait(self, delivery_id: int) -> None:
-        """Acknowledged: journaled lazily — losing this record only repeats a receipt."""
+        """Acknowledged: gone from memory at once (so no reader sends it again), journaled
+        lazily — losing this record (a crash, a full disk) only repeats that receipt."""
+        self._remove_delivery(delivery_id)
         self._append([_DEQUEUE, [delivery_id]], _ignore, None)
 
     async def note_delivery_attempt(self, delivery_id: int) -> None:
