@@ -45,6 +45,7 @@ class InMemoryStore:
         self._next_delivery_id = 1
         self.opened = False
         self.fail_writes = 0
+        self._pending: set[asyncio.Future[None]] = set()  # nowait writes under way
         self.writes = 0
 
     async def _write(self) -> None:
@@ -252,6 +253,54 @@ class InMemoryStore:
         for items in self._deliveries.values():
             if items.pop(delivery_id, None) is not None:
                 return
+
+    def update_message_nowait(
+        self,
+        message: Message,
+        change: StateChange | None,
+        done: Any,
+        arg: Any = None,
+        *,
+        correlation: tuple[str, str, float] | None = None,
+        other_ids: Sequence[str] = (),
+    ) -> None:
+        snapshot = _copy(message)
+
+        async def run() -> None:
+            try:
+                await self.update_message(
+                    snapshot, change, correlation=correlation, other_ids=other_ids
+                )
+            except Exception as exc:
+                done(arg, None, exc)
+                return
+            done(arg, None, None)
+
+        future = asyncio.ensure_future(run())
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+
+    def enqueue_deliveries_nowait(
+        self,
+        items: Sequence[tuple[str, Receipt | InboundMessage]],
+        at: float,
+        done: Any,
+        arg: Any = None,
+    ) -> list[int]:
+        ids = list(range(self._next_delivery_id, self._next_delivery_id + len(items)))
+
+        async def run() -> None:
+            try:
+                await self.enqueue_deliveries(items, at)
+            except Exception as exc:
+                done(arg, None, exc)
+                return
+            done(arg, None, None)
+
+        future = asyncio.ensure_future(run())
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+        return ids
 
     def _later(self, apply: Any) -> None:
         def land() -> None:

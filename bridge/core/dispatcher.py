@@ -82,13 +82,13 @@ _FAILURE_STATES = frozenset(
 class Finisher(Protocol):
     """What the dispatcher needs of :class:`bridge.core.receipts.ReportHandler`."""
 
-    async def finish(
+    def finish(
         self, message: Message, state: MessageState, error_code: int = 0, detail: str = ""
-    ) -> object:
+    ) -> Awaitable[object]:
         """Record a final state the bridge decided and queue the receipts."""
         ...
 
-    async def on_report(self, report: DeliveryReport) -> object:
+    def on_report(self, report: DeliveryReport) -> Awaitable[object]:
         """Apply a provider's report (here: one obtained by polling)."""
         ...
 

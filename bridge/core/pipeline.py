@@ -16,7 +16,7 @@ import functools
 import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -111,9 +111,9 @@ class Dispatching(Protocol):
 
 
 class Finishing(Protocol):
-    async def finish(
+    def finish(
         self, message: Message, state: MessageState, error_code: int = 0, detail: str = ""
-    ) -> object: ...
+    ) -> Awaitable[object]: ...
 
 
 class MessageIds:

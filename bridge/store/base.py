@@ -105,6 +105,27 @@ class Store(Protocol):
 
     async def history(self, message_id: str) -> list[StateChange]: ...
 
+    # Local reads: what this node holds in memory, answered without I/O, for the hot paths that
+    # run once per loop pass over a batch (report application). The embedded store holds
+    # everything; a networked store answers for what this node has cached and None otherwise.
+    def get_message_now(self, message_id: str) -> Message | None: ...
+    def history_now(self, message_id: str) -> list[StateChange]: ...
+    def lookup_now(self, provider: str, provider_message_id: str) -> str | None: ...
+
+    def update_message_nowait(
+        self,
+        message: Message,
+        change: StateChange | None,
+        done: Callable[[Any, Any, BaseException | None], None],
+        arg: Any = None,
+        *,
+        correlation: tuple[str, str, float] | None = None,
+        other_ids: Sequence[str] = (),
+    ) -> None:
+        """:meth:`update_message` with a callback instead of a future (batch paths); the
+        message is captured at call time."""
+        ...
+
     async def pending_messages(self, limit: int = 10_000, after_id: str = "") -> list[Message]:
         """Messages not yet in a final state and not yet taken by a provider
         (``provider_message_id`` is None), ordered by id; used to resume after a restart."""
@@ -175,6 +196,17 @@ class Store(Protocol):
 
     async def delivery_accounts(self) -> list[str]:
         """Accounts with something queued."""
+        ...
+
+    def enqueue_deliveries_nowait(
+        self,
+        items: Sequence[tuple[str, Receipt | InboundMessage]],
+        at: float,
+        done: Callable[[Any, Any, BaseException | None], None],
+        arg: Any = None,
+    ) -> list[int]:
+        """:meth:`enqueue_deliveries` with a callback; records appended in one call are made
+        durable by the same write as any others of the same loop pass."""
         ...
 
     async def remove_delivery(self, delivery_id: int) -> None:
