@@ -23,7 +23,7 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 
 ## Install and run the bridge on its embedded defaults (SMPP on 127.0.0.1:2775, account demo/demopass).
 run: $(VENV)/.run-installed
-	$(BIN)/bridge run --config $(CONFIG)
+	$(BIN)/smpp-bridge run --config $(CONFIG)
 
 ## Install and run the whole test suite: lint, type check, unit and integration tests.
 test: lint typecheck unit
@@ -38,7 +38,7 @@ unit: $(VENV)/.dev-installed
 	$(BIN)/pytest -q
 
 bench: $(VENV)/.dev-installed
-	$(BIN)/bridge bench
+	$(BIN)/smpp-bridge bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

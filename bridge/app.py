@@ -492,7 +492,7 @@ def _policy(a: AccountConfig) -> AccountPolicy:
 
 def callback_urls(cfg: Config) -> dict[str, dict[str, str]]:
     """Each push-capable provider's callback URLs by kind, as a running bridge on ``cfg`` would
-    hand them out (``bridge callback-urls``): for provider web interfaces that want the URL
+    hand them out (``smpp-bridge callback-urls``): for provider web interfaces that want the URL
     typed in (an account-level push URL). Uses the same secret as the bridge (the data
     directory's ``callback.secret`` is created if it does not exist yet)."""
     secret = _callback_secret(cfg)

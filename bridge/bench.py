@@ -1,4 +1,4 @@
-"""``bridge bench``: throughput of the SMPP server, as ratios to a baseline from the same run.
+"""``smpp-bridge bench``: throughput of the SMPP server, as ratios to a baseline from the same run.
 
 The machines are shared and noisy, so an absolute number says little; every figure here is
 reported next to a baseline measured seconds before on the same machine:

@@ -1,4 +1,4 @@
-"""``bridge bench e2e``: the whole bridge on the sandbox provider, against a do-nothing baseline.
+"""``smpp-bridge bench e2e``: the whole bridge on the sandbox provider, vs a do-nothing baseline.
 
 A load client (a separate process, so it has its own core) binds ``binds`` transceivers, keeps
 ``window`` submit_sm (registered_delivery=1) in flight on each, answers every deliver_sm, and

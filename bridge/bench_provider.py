@@ -1,8 +1,8 @@
-"""``bridge bench provider``: ESME → bridge → a provider simulator over real HTTP → receipt,
+"""``smpp-bridge bench provider``: ESME → bridge → a provider simulator over real HTTP → receipt,
 against a naive forwarder measured in the same run.
 
 Three processes, as in production: the load client (``bench_e2e.client``, its own process), the
-system under test (this process), and the iSMS HTTP simulator (``bridge simulate isms-http``, a
+system under test (this process), and the iSMS HTTP simulator (``smpp-bridge simulate isms-http``, a
 subprocess) which answers ``send.php`` and pushes each delivery report to the ``dlr-url``.
 
 * **Naive forwarder** (the baseline): an SMPP responder that, for each submit_sm, makes one
@@ -50,7 +50,7 @@ def _free_port() -> int:
 
 
 def _start_simulator(port: int, delay: float) -> subprocess.Popen[bytes]:
-    """``bridge simulate isms-http`` in its own process, once it accepts connections."""
+    """``smpp-bridge simulate isms-http`` in its own process, once it accepts connections."""
     proc = subprocess.Popen(
         [
             sys.executable,

@@ -1,4 +1,4 @@
-"""Command line: ``bridge run | check-config | hash-password | bench | simulate``."""
+"""Command line: ``smpp-bridge run | check-config | hash-password | bench | simulate``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ DEFAULT_CONFIG = "config/bridge.toml"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bridge", description="SMPP 3.4 to HTTP SMS provider bridge")
+    p = argparse.ArgumentParser(
+        prog="smpp-bridge", description="SMPP 3.4 to HTTP SMS provider bridge"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the bridge")
@@ -70,7 +72,7 @@ def _simulate(args: argparse.Namespace) -> int:
     for item in args.option:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            print(f"bridge simulate: --option wants KEY=VALUE, got {item!r}", file=sys.stderr)
+            print(f"smpp-bridge simulate: --option wants KEY=VALUE, got {item!r}", file=sys.stderr)
             return 2
         options[key] = value
     configure_logging("info", "auto")
@@ -79,10 +81,10 @@ def _simulate(args: argparse.Namespace) -> int:
     try:
         asyncio.run(module.serve(args.host, args.port, options))
     except ValueError as e:
-        print(f"bridge simulate: {e}", file=sys.stderr)
+        print(f"smpp-bridge simulate: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"bridge simulate: {e}", file=sys.stderr)
+        print(f"smpp-bridge simulate: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         pass
@@ -192,7 +194,7 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     except OSError as e:  # e.g. the port is taken
-        print(f"bridge: {e}", file=sys.stderr)
+        print(f"smpp-bridge: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -4,7 +4,7 @@
 directory, sandbox provider with a short delay, SMPP on a free loopback port) in an event loop
 of its own thread, like ``conftest.ServerThread``, so the blocking smpplib client can drive it
 from the test thread. :func:`bridge_config` writes the TOML it is built from, which the crash
-test also hands to a ``bridge run`` subprocess.
+test also hands to a ``smpp-bridge run`` subprocess.
 
 :class:`Esme` wraps an ``smpplib.client.Client``: it sends requests and reads until the matching
 response, answering (and recording) every deliver_sm and enquire_link that arrives in between,

@@ -49,7 +49,7 @@ def free_port() -> int:
 
 
 class Daemon:
-    """``bridge run`` in a subprocess; output goes to a log file shown when a test fails."""
+    """``smpp-bridge run`` in a subprocess; output goes to a log file shown when a test fails."""
 
     def __init__(self, config: Path, data_dir: Path, log: Path) -> None:
         self.config, self.data_dir, self.log_path = config, data_dir, log

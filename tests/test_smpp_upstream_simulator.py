@@ -1,6 +1,6 @@
 """The upstream SMSC simulator, driven by smpplib (an independent ESME): binds and credentials,
 message ids, receipts (TLVs, Appendix B text, id and date variants), outcomes by destination
-suffix, the TPS limit, forced statuses, MO (concatenated too), and ``bridge simulate``."""
+suffix, the TPS limit, forced statuses, MO (concatenated too), and ``smpp-bridge simulate``."""
 
 from __future__ import annotations
 

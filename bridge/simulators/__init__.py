@@ -1,6 +1,6 @@
 """Faithful local fakes of the provider APIs (real servers), for tests, demos and trying a config.
 
-``bridge simulate NAME --port N [--option key=value ...]`` runs one; each module here exposes
+``smpp-bridge simulate NAME --port N [--option key=value ...]`` runs one; each module here exposes
 ``async def serve(host: str, port: int, options: Mapping[str, str]) -> None`` which runs until
 cancelled. :data:`SIMULATORS` maps the command-line names to the modules.
 """
