@@ -13,8 +13,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Stamp files so a second `make` does not reinstall.
+# A current dev install (a superset) counts as a run install: `make run` after `make test`
+# starts at once instead of reinstalling.
 $(VENV)/.run-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[fast]'
+	if [ ! $(VENV)/.dev-installed -nt pyproject.toml ]; then \
+		$(BIN)/python -m pip install --quiet -e '.[fast]'; fi
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python

@@ -441,7 +441,7 @@ class Bridge:
         if path is None:
             return False
         try:
-            new = load_config(path)
+            new = load_config(path, sets=self.cfg.command_line_sets)
             if overrides:
                 new = apply_overrides(new, **overrides)  # type: ignore[arg-type]
         except ConfigError as e:
@@ -502,8 +502,11 @@ def callback_urls(cfg: Config) -> dict[str, dict[str, str]]:
         provider = _build_provider(name, pc, ProviderContext(name=name))
         if isinstance(provider, CallbackProvider):
             token = _callback_token(secret, name, pc)
+            # A provider whose account-level URL must carry placeholders says which.
+            suffixes: Mapping[str, str] = getattr(provider, "callback_url_suffixes", {})
             urls[name] = {
-                kind: _callback_url(base, name, token, kind) for kind in provider.callback_kinds
+                kind: _callback_url(base, name, token, kind) + suffixes.get(kind, "")
+                for kind in provider.callback_kinds
             }
     return urls
 

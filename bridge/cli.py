@@ -25,16 +25,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--http-port", type=int, help="override http.port")
     run.add_argument("--data-dir", help="override storage.data_dir")
     run.add_argument("--no-uvloop", action="store_true", help="use the stock asyncio loop")
+    _add_set(run)
 
     check = sub.add_parser("check-config", help="validate a config file and report every error")
-    check.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    _add_config(check)
+    _add_set(check)
 
     cu = sub.add_parser(
         "callback-urls",
         help="print each provider's callback URLs (for providers whose push URL is set in "
         "their web interface)",
     )
-    cu.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    _add_config(cu)
+    _add_set(cu)
 
     hp = sub.add_parser("hash-password", help="print a pbkdf2_sha256 hash for an account password")
     hp.add_argument("--password", help="the password (prompted for when omitted)")
@@ -96,6 +99,29 @@ def _parser() -> argparse.ArgumentParser:
         help="simulator setting, repeatable (see the simulator's module docstring)",
     )
     return p
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    """The config file, as a positional argument or as ``--config`` (as ``run`` takes it)."""
+    parser.add_argument("config", nargs="?", help=f"TOML file ({DEFAULT_CONFIG})")
+    parser.add_argument("--config", dest="config_option", metavar="FILE", help="the same")
+
+
+def _config_path(args: argparse.Namespace) -> str:
+    path: str = args.config_option or args.config or DEFAULT_CONFIG
+    return path
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="sets",
+        metavar="KEY=VALUE",
+        help="override one setting of the file, e.g. providers.isms.base_url=http://127.0.0.1:9500/"
+        " (repeatable; validated like the file)",
+    )
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -170,11 +196,11 @@ def _install_uvloop() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-config":
-        return _check_config(args.config)
+        return _check_config(_config_path(args), args.sets)
     if args.command == "hash-password":
         return _hash_password(args.password)
     if args.command == "callback-urls":
-        return _callback_urls(args.config)
+        return _callback_urls(_config_path(args), args.sets)
     if args.command == "simulate":
         return _simulate(args)
     if args.command == "send":
@@ -194,11 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     return _run(args)
 
 
-def _check_config(path: str) -> int:
+def _check_config(path: str, sets: list[str]) -> int:
     from bridge.config import ConfigError, load_config
 
     try:
-        cfg = load_config(path)
+        cfg = load_config(path, sets=sets)
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 2
@@ -206,12 +232,12 @@ def _check_config(path: str) -> int:
     return 0
 
 
-def _callback_urls(path: str) -> int:
+def _callback_urls(path: str, sets: list[str]) -> int:
     from bridge.app import callback_urls
     from bridge.config import ConfigError, load_config
 
     try:
-        cfg = load_config(path)
+        cfg = load_config(path, sets=sets)
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 2
@@ -251,7 +277,7 @@ def _run(args: argparse.Namespace) -> int:
         if v is not None
     }
     try:
-        cfg = apply_overrides(load_config(args.config), **overrides)  # type: ignore[arg-type]
+        cfg = apply_overrides(load_config(args.config, sets=args.sets), **overrides)  # type: ignore[arg-type]
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 2

@@ -126,6 +126,7 @@ class _Part:
     message_id: str = ""
     final: bool = False
     stat: str = ""
+    delivered: bool = False
 
 
 class _Run:
@@ -187,6 +188,8 @@ class _Run:
         if final and not part.final:
             part.final = True
             part.stat = stat
+            # ACCEPTD: taken by a provider that reports nothing further (a success too).
+            part.delivered = state in (MessageState.DELIVERED, MessageState.ACCEPTED)
             self.awaiting -= 1
             if self.awaiting == 0 and self.outstanding_submits == 0:
                 self.all_receipts.set()
@@ -291,7 +294,7 @@ async def send(req: SendRequest, out: TextIO = sys.stdout) -> int:
                 f"timed out after {req.timeout:g} s waiting for {len(missing)} of {parts}"
                 f" receipts (ids {', '.join(missing)})"
             )
-        failed = [p for p in run.by_id.values() if p.stat != "DELIVRD"]
+        failed = [p for p in run.by_id.values() if not p.delivered]
         if failed:
             stats = ", ".join(sorted({p.stat for p in failed}))
             raise SendError(f"{len(failed)} of {parts} not delivered ({stats})")

@@ -79,6 +79,7 @@ def bridge_config(
     data_dir: Path,
     *,
     port: int = 0,
+    http_port: int = 0,
     delay: float = 0.05,
     rules: Iterable[Rule] = (),
     account: Mapping[str, object] | None = None,
@@ -105,7 +106,7 @@ def bridge_config(
     prov: dict[str, object] = {"delay": delay}
     prov.update(provider or {})
     text = _table("[smpp]", smpp)
-    text += _table("[http]", {"host": "127.0.0.1", "port": 0})
+    text += _table("[http]", {"host": "127.0.0.1", "port": http_port})
     text += _table("[storage]", {"data_dir": str(data_dir)})
     text += _table("[logging]", {"level": "warning", "format": "console"})
     text += _table("[pipeline]", pipe)
