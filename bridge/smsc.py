@@ -41,6 +41,11 @@ _STATUS: dict[RejectReason, int] = {
     RejectReason.INVALID_TEXT: Status.ESME_RSUBMITFAIL,
     RejectReason.TOO_LONG: Status.ESME_RINVMSGLEN,
     RejectReason.NO_ROUTE: Status.ESME_RSUBMITFAIL,
+    RejectReason.UNICODE_UNSUPPORTED: Status.ESME_RSUBMITFAIL,
+    RejectReason.BINARY_UNSUPPORTED: Status.ESME_RSUBMITFAIL,
+    RejectReason.FLASH_UNSUPPORTED: Status.ESME_RSUBMITFAIL,
+    RejectReason.ALPHANUMERIC_SENDER_UNSUPPORTED: Status.ESME_RSUBMITFAIL,
+    RejectReason.SENDER_TOO_LONG: Status.ESME_RSUBMITFAIL,
     RejectReason.QUEUE_FULL: Status.ESME_RMSGQFUL,
     RejectReason.INVALID_SCHEDULE: Status.ESME_RINVSCHED,
     RejectReason.INVALID_EXPIRY: Status.ESME_RINVEXPIRY,
@@ -214,6 +219,7 @@ class SmscHandler:
                 account=policy.system_id,
                 command=pdu.name,
                 reason=e.reason.name,
+                detail=e.detail,
             )
             if cid in _SUBMITS:
                 self.metrics.rejected(policy.system_id, e.reason.name.lower())
