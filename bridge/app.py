@@ -594,6 +594,23 @@ def _with_limits(caps: Capabilities, pc: ProviderConfig) -> Capabilities:
     )
 
 
+def _log_providers_and_routes(cfg: Config) -> None:
+    """One INFO line per provider and per route: what this instance will send where."""
+    from bridge.summary import provider_endpoint, route_lines
+
+    for name, pc in cfg.providers.items():
+        log.info(
+            "bridge.provider",
+            provider=name,
+            type=pc.type,
+            endpoint=provider_endpoint(pc),
+            requests_per_second=pc.requests_per_second or "unlimited",
+            concurrency=pc.concurrency,
+        )
+    for line in route_lines(cfg):
+        log.info("bridge.route", route=line)
+
+
 async def run(cfg: Config, overrides: dict[str, object] | None = None) -> None:
     """Run until SIGINT/SIGTERM, then shut down gracefully."""
     bridge = Bridge(cfg)
@@ -614,6 +631,7 @@ async def run(cfg: Config, overrides: dict[str, object] | None = None) -> None:
         accounts=len(bridge.accounts),
         data_dir=str(cfg.storage.data_dir),
     )
+    _log_providers_and_routes(cfg)
     await stop.wait()
     log.info("bridge.stopping")
     await bridge.stop()

@@ -228,7 +228,11 @@ def _check_config(path: str, sets: list[str]) -> int:
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 2
-    print(f"{Path(path)}: OK ({len(cfg.accounts)} account(s))")
+    from bridge.summary import summary_lines
+
+    print(f"{Path(path)}: OK")
+    for line in summary_lines(cfg):
+        print(f"  {line}")
     return 0
 
 

@@ -698,6 +698,31 @@ def _duplicate_system_ids(raw: Mapping[str, Any]) -> list[tuple[Loc, str]]:
     return found
 
 
+def _unknown_route_providers(raw: Mapping[str, Any]) -> list[tuple[Loc, str, object]]:
+    """Routes naming a provider that is not configured, found in the same pass as every other
+    problem (a model validator would only run once everything else is valid, and could not
+    point at the line)."""
+    providers = raw.get("providers", {"sandbox": {}})
+    routes = raw.get("routes", [])
+    if not isinstance(providers, dict) or not isinstance(routes, list):
+        return []  # the type error is reported by validation
+    known = sorted(providers)
+    found: list[tuple[Loc, str, object]] = []
+    for i, route in enumerate(routes):
+        names = route.get("providers") if isinstance(route, dict) else None
+        if not isinstance(names, list):
+            continue
+        for j, name in enumerate(names):
+            if not isinstance(name, str) or name in providers:
+                continue
+            msg = f"unknown provider {name!r} (configured: {', '.join(known) or 'none'})"
+            close = difflib.get_close_matches(name, known, n=1)
+            if close:
+                msg += f"; did you mean {close[0]!r}?"
+            found.append((("routes", i, "providers", j), msg, name))
+    return found
+
+
 # --------------------------------------------------------------------------------------------
 # Loading
 
@@ -778,6 +803,7 @@ def _load(
         except _SetError as e:
             set_problems.append(ConfigProblem(format_loc(e.loc), f"--set {item}: {e}"))
     found.extend((loc, msg, None) for loc, msg in _duplicate_system_ids(raw))
+    found.extend(_unknown_route_providers(raw))
 
     context = {
         "base_dir": base_dir if base_dir is not None else Path.cwd(),

@@ -461,3 +461,44 @@ def test_run_check_config_and_callback_urls_take_set_and_config(
     assert main(["check-config", str(path), "--set", "smpp.port=-1"]) == 2
     err = capsys.readouterr().err
     assert "smpp.port" in err and "(set by --set)" in err
+
+
+# --------------------------------------------------------------------------- what was understood
+
+
+def test_a_route_naming_an_unknown_provider_is_reported_with_its_line_in_the_first_pass() -> None:
+    text = (
+        "[smpp]\nport = 99999\n"  # another problem: both come out together
+        + MINIMAL
+        + '[providers.sandbox]\ndelay = 1.0\n'
+        + '[[routes]]\nproviders = ["sandbox",\n             "sandbx"]\n'
+    )
+    found = problems(text)
+    assert [(p.path, p.line) for p in found] == [("smpp.port", 2), ("routes[0].providers[1]", 10)]
+    assert found[1].message == (
+        "unknown provider 'sandbx' (configured: sandbox); did you mean 'sandbox'?"
+    )
+
+
+def test_check_config_prints_the_accounts_providers_and_routes_it_understood(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bridge.cli import main
+
+    env = {"BRIDGE_CALLBACK_SECRET": "x", "BRIDGE_BILLING_PASSWORD": "y"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        assert main(["check-config", str(REPO / "config" / "examples" / "full.toml")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("full.toml: OK")
+    text = "\n".join(out)
+    assert "accounts (3):" in text and "providers (1):" in text and "routes (2)" in text
+    assert "billing: transmitter, receiver, transceiver from 192.0.2.0/24, 2001:db8:10::/48;" in (
+        text
+    )
+    assert "alerts: transmitter from 198.51.100.7/32; max 1 binds; tps 5/s" in text
+    assert "sandbox (sandbox): built in, reports 1 s after each send" in text
+    assert "1. germany: accounts billing and countries DE and prefixes 49 -> sandbox" in text
+    assert "2. everything else: regex ^[0-9]+$ -> sandbox" in text
+    assert "example1" not in text and "pbkdf2" not in text and "testpass" not in text

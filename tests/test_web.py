@@ -313,3 +313,9 @@ def test_bridge_run_http_port_and_sigterm(tmp_path: Path) -> None:
             proc.wait(5)
     assert proc.returncode == 0, "".join(lines) + rest
     assert '"bridge.stopping"' in rest
+    # The start-up log names what this instance sends where.
+    events = [json.loads(ln) for ln in rest.splitlines() if ln.startswith("{")]
+    (provider,) = [e for e in events if e["event"] == "bridge.provider"]
+    assert (provider["provider"], provider["type"]) == ("sandbox", "sandbox")
+    (route,) = [e for e in events if e["event"] == "bridge.route"]
+    assert route["route"] == "(no [[routes]]) everything -> sandbox"
