@@ -205,7 +205,9 @@ def main(
     timeout: float = 300,
     concurrency: int = 64,
     delay: float = 0.2,
+    as_json: bool = False,
 ) -> int:
+    from bridge.bench_summary import provider_summary
     from bridge.observability import configure_logging
 
     configure_logging("error", "console")
@@ -229,5 +231,7 @@ def main(
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
     }
+    if not as_json:
+        print(provider_summary(res), end="\n\n")
     print(json.dumps(res, indent=2))
     return 0

@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--messages", type=int, default=20000, help="submit_sm per run")
     bench.add_argument("--binds", type=int, default=4, help="ESME binds (e2e)")
     bench.add_argument("--window", type=int, default=64, help="submit_sm in flight per bind (e2e)")
+    bench.add_argument(
+        "--json", action="store_true", help="print only the JSON report (for machines)"
+    )
 
     from bridge.send import PASSWORD_ENV
 
@@ -209,14 +212,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.what == "provider":
             from bridge.bench_provider import main as provider_main
 
-            return provider_main(binds=args.binds, window=args.window, messages=args.messages)
+            return provider_main(
+                binds=args.binds, window=args.window, messages=args.messages, as_json=args.json
+            )
         if args.what == "e2e":
             from bridge.bench_e2e import main as e2e_main
 
-            return e2e_main(binds=args.binds, window=args.window, messages=args.messages)
+            return e2e_main(
+                binds=args.binds, window=args.window, messages=args.messages, as_json=args.json
+            )
         from bridge.bench import main as bench_main
 
-        return bench_main(args.what, messages=args.messages)
+        return bench_main(args.what, messages=args.messages, as_json=args.json)
     return _run(args)
 
 
