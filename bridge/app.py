@@ -218,8 +218,15 @@ class Bridge:
         def callback_url(kind: CallbackKind) -> str | None:
             return self.callback_url(name, kind)
 
+        def set_healthy(healthy: bool) -> None:
+            self._provider_health[name] = healthy
+
         return ProviderContext(
-            name=name, clock=self.clock, callback_url=callback_url, set_balance=balance.set
+            name=name,
+            clock=self.clock,
+            callback_url=callback_url,
+            set_balance=balance.set,
+            set_healthy=set_healthy,
         )
 
     def callback_url(self, provider: str, kind: CallbackKind) -> str | None:
