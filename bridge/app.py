@@ -32,8 +32,8 @@ from bridge.config import (
 )
 from bridge.core.accounts import AccountRegistry
 from bridge.core.dispatcher import Dispatcher
-from bridge.core.model import InboundMessage
-from bridge.core.pipeline import AccountPolicy, Pipeline
+from bridge.core.model import InboundMessage, MessageState
+from bridge.core.pipeline import AccountPolicy, Pipeline, RejectReason
 from bridge.core.receipts import DeliveryQueue, ReportHandler
 from bridge.core.router import Route, Router
 from bridge.observability import BridgeCollector, Metrics, Snapshot
@@ -132,6 +132,7 @@ class Bridge:
             for name, pc in cfg.providers.items()
         }
         self._owners = _inbound_owners(cfg.accounts)
+        _prime_metrics(metrics, cfg)
         capabilities = {
             name: _with_limits(p.capabilities, cfg.providers[name])
             for name, p in self.providers.items()
@@ -462,6 +463,7 @@ class Bridge:
             )
             return False
         self.accounts.replace(new.to_accounts())
+        _prime_metrics(self.metrics, new)
         self._owners = _inbound_owners(new.accounts)
         self.policies.clear()
         self.policies.update({a.system_id: _policy(a) for a in new.accounts})
@@ -483,6 +485,16 @@ def _routes(cfg: Config, providers: Mapping[str, object]) -> list[Route]:
         )
         for r in cfg.routes
     ] or [Route([next(iter(providers), "sandbox")], name="default")]
+
+
+def _prime_metrics(metrics: Metrics, cfg: Config) -> None:
+    """Series for the config's accounts and providers, at zero (see Metrics.prime)."""
+    metrics.prime(
+        accounts={a.system_id: [b.value for b in a.allowed_bind_types] for a in cfg.accounts},
+        providers=list(cfg.providers),
+        reject_reasons=[r.name.lower() for r in RejectReason],
+        receipt_states=[s.stat_word for s in MessageState if s.is_final],
+    )
 
 
 def _policy(a: AccountConfig) -> AccountPolicy:
