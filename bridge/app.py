@@ -492,7 +492,8 @@ def _prime_metrics(metrics: Metrics, cfg: Config) -> None:
     metrics.prime(
         accounts={a.system_id: [b.value for b in a.allowed_bind_types] for a in cfg.accounts},
         providers=list(cfg.providers),
-        reject_reasons=[r.name.lower() for r in RejectReason],
+        # The pipeline's reasons, and a store that could not take the message.
+        reject_reasons=[*(r.name.lower() for r in RejectReason), "store_failed"],
         receipt_states=[s.stat_word for s in MessageState if s.is_final],
     )
 

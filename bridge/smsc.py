@@ -158,7 +158,9 @@ class SmscHandler:
                 return False
         except Rejected as e:
             self.metrics.rejected(policy.system_id, e.reason.name.lower())
-            log.debug("smsc.rejected", account=policy.system_id, reason=e.reason.name)
+            log.debug(
+                "smsc.rejected", account=policy.system_id, reason=e.reason.name, detail=e.detail
+            )
             reply(token, Pdu(CommandId.submit_sm, command_status=status_for(e.reason, 0)))
         except _Invalid as e:
             self.metrics.rejected(policy.system_id, _status_reason(e.status))

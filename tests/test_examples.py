@@ -72,7 +72,7 @@ def test_readme_make_run_then_send_wait_receipt_prints_the_delivrd_receipt(clone
     assert outcome.returncode == 0, outcome.report()
     (receipt,) = _receipts(outcome.stdout)
     assert "stat=DELIVRD" in receipt and "err=000" in receipt
-    assert (clone / "data" / "bridge.db").exists(), "make run keeps its queue in ./data"
+    assert any((clone / "data").iterdir()), "make run keeps its queue in ./data"
 
 
 # --------------------------------------------------------------------------- examples
