@@ -61,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Bind to an SMSC (the bridge), submit a text and print each submit_sm_resp; "
         "with --wait-receipt, bind as a transceiver and print each delivery receipt. Exits 1 "
         "with one line on stderr when the connection, bind or a submit is refused, or a "
-        "receipt does not come in time or is not DELIVRD.",
+        "receipt does not come in time or is neither DELIVRD nor ACCEPTD; 2 for what cannot "
+        "be sent at all (a malformed number).",
     )
     send.add_argument("--to", required=True, help="destination, e.g. +491701234567")
     send.add_argument("--text", required=True, help="message text (split into parts when long)")
@@ -158,7 +159,7 @@ def _send(args: argparse.Namespace) -> int:
     import os
 
     from bridge.observability import configure_logging
-    from bridge.send import PASSWORD_ENV, SendError, SendRequest, send
+    from bridge.send import PASSWORD_ENV, SendError, SendRequest, UsageError, send
 
     password = args.password
     if password is None:
@@ -182,7 +183,7 @@ def _send(args: argparse.Namespace) -> int:
         return asyncio.run(send(req))
     except SendError as e:
         print(f"smpp-bridge send: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, UsageError) else 1
     except KeyboardInterrupt:
         return 130
 

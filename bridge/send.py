@@ -36,7 +36,15 @@ from bridge.smpp.client import ClientConfig, ClientError, SmppClient
 from bridge.smpp.pdu import CommandId, Pdu, Status, status_name
 from bridge.smpp.text import TextError, choose_coding, parse_udh, split_text
 
-__all__ = ["PASSWORD_ENV", "SendError", "SendRequest", "build_submits", "parse_address", "send"]
+__all__ = [
+    "PASSWORD_ENV",
+    "SendError",
+    "SendRequest",
+    "UsageError",
+    "build_submits",
+    "parse_address",
+    "send",
+]
 
 #: The environment variable ``send`` reads the password from when ``--password`` is not given;
 #: the same one the shipped configs read the demo account's password from.
@@ -50,6 +58,10 @@ _ALPHANUMERIC = re.compile(r"[^0-9+]")
 
 class SendError(Exception):
     """Ends ``send`` with its message as the one line on stderr and exit status 1."""
+
+
+class UsageError(SendError):
+    """What was asked cannot be sent at all (a malformed number, --count 0): exit status 2."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,14 +90,14 @@ def parse_address(address: str, *, source: bool = False) -> tuple[int, int, str]
     """
     address = address.strip()
     if not address:
-        raise SendError("an address is empty")
+        raise UsageError("an address is empty")
     if source and _ALPHANUMERIC.search(address):
         return 5, 0, address
     if address.startswith("+") and address[1:].isdigit():
         return 1, 1, address[1:]
     if address.isdigit():
         return 0, 1, address
-    raise SendError(f"{address!r} is not a phone number (digits, optionally with a leading +)")
+    raise UsageError(f"{address!r} is not a phone number (digits, optionally with a leading +)")
 
 
 def build_submits(req: SendRequest, reference: int) -> list[Pdu]:
@@ -94,7 +106,7 @@ def build_submits(req: SendRequest, reference: int) -> list[Pdu]:
     try:
         segments = split_text(req.text, data_coding, reference=reference)
     except TextError as e:
-        raise SendError(f"the text cannot be sent: {e}") from None
+        raise UsageError(f"the text cannot be sent: {e}") from None
     src_ton, src_npi, src = parse_address(req.source, source=True)
     dst_ton, dst_npi, dst = parse_address(req.to)
     pdus = []
@@ -239,9 +251,9 @@ async def send(req: SendRequest, out: TextIO = sys.stdout) -> int:
     Raises :class:`SendError` for what ends it early (no connection, refused bind, timeout).
     """
     if req.count < 1:
-        raise SendError("--count must be at least 1")
+        raise UsageError("--count must be at least 1")
     if req.timeout <= 0:
-        raise SendError("--timeout must be positive")
+        raise UsageError("--timeout must be positive")
     reference = random.randrange(256)
     messages = [build_submits(req, (reference + i) % 256) for i in range(req.count)]
     run = _Run(req, out, time.monotonic)

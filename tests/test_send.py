@@ -204,3 +204,12 @@ def test_a_destination_that_is_no_number_is_a_usage_error(bad: str) -> None:
 
     with pytest.raises(SendError):
         build_submits(SendRequest(to=bad, text="x"), 0)
+
+
+def test_a_malformed_number_is_a_usage_error_exit_2_before_connecting() -> None:
+    proc = _send(_free_port(), "--to", "+49 170 1234", "--text", "x")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        "smpp-bridge send: '+49 170 1234' is not a phone number (digits, optionally with a"
+        " leading +)"
+    )
