@@ -66,6 +66,16 @@ def _losses(b: dict[str, Any]) -> str:
     return "but " + ", ".join(problems) + "."
 
 
+def _cpu(b: dict[str, Any], base: dict[str, Any]) -> list[str]:
+    """The server's CPU time per message, when the run measured it."""
+    if "server_cpu_us_per_message" not in b:
+        return []
+    words = f"the server spent {b['server_cpu_us_per_message']:.0f} µs of CPU per message"
+    if base.get("server_cpu_us_per_message"):
+        words += f" (the do-nothing SMSC {base['server_cpu_us_per_message']:.0f} µs)"
+    return [words + ";"]
+
+
 def e2e_summary(res: dict[str, Any]) -> str:
     b, base, setup, ratios = res["bridge"], res["baseline"], res["setup"], res["ratios"]
     return paragraph(
@@ -77,6 +87,7 @@ def e2e_summary(res: dict[str, Any]) -> str:
             f" receipts back at {rate(b['end_to_end_per_s'])}"
             f" ({ratios['end_to_end_per_s']:.2f}x); submit_sm_resp latency"
             f" p50 {b['latency_p50_ms']:.1f} ms, p99 {b['latency_p99_ms']:.1f} ms;",
+            *_cpu(b, base),
             _losses(b),
             "Ratios compare with baselines measured in this same run.",
         ]

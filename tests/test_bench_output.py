@@ -62,6 +62,11 @@ def test_e2e_summary_rounds_rates_and_says_whether_every_receipt_came() -> None:
         text.split()
     )
     assert "4928.71" not in text
+    costed = _run(server_cpu_us_per_message=61.4)
+    costed["baseline"]["server_cpu_us_per_message"] = 9.2  # type: ignore[index]
+    assert "the server spent 61 µs of CPU per message (the do-nothing SMSC 9 µs);" in " ".join(
+        e2e_summary(costed).split()
+    )
     lossy = " ".join(e2e_summary(_run(refused=3, receipts_missing=2)).split())
     assert "but 3 submits refused, 2 receipts missing." in lossy
 
