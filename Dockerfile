@@ -3,7 +3,7 @@
 #   docker build -t smpp-bridge .
 #   docker run -e SMPP_DEMO_PASSWORD=demopass -p 2775:2775 -p 8080:8080 smpp-bridge
 #
-# The image runs `bridge run --config /etc/smpp-bridge/bridge.toml`; it ships config/docker.toml
+# The image runs `smpp-bridge run --config /etc/smpp-bridge/bridge.toml`; it ships config/docker.toml
 # there (SMPP and HTTP on 0.0.0.0, data in /var/lib/smpp-bridge). Mount your own file over it.
 
 # --------------------------------------------------------------------------- build
@@ -58,5 +58,5 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4)"]
 
 # SIGTERM (docker stop) shuts down gracefully: in-flight responses are sent, sessions unbound.
-ENTRYPOINT ["bridge"]
+ENTRYPOINT ["smpp-bridge"]
 CMD ["run", "--config", "/etc/smpp-bridge/bridge.toml"]

@@ -13,8 +13,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Stamp files so a second `make` does not reinstall.
+# A current dev install (a superset) counts as a run install: `make run` after `make test`
+# starts at once instead of reinstalling.
 $(VENV)/.run-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[fast]'
+	if [ ! $(VENV)/.dev-installed -nt pyproject.toml ]; then \
+		$(BIN)/python -m pip install --quiet -e '.[fast]'; fi
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
@@ -23,7 +26,7 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 
 ## Install and run the bridge on its embedded defaults (SMPP on 127.0.0.1:2775, account demo/demopass).
 run: $(VENV)/.run-installed
-	$(BIN)/bridge run --config $(CONFIG)
+	$(BIN)/smpp-bridge run --config $(CONFIG)
 
 ## Install and run the whole test suite: lint, type check, unit and integration tests.
 test: lint typecheck unit
@@ -38,7 +41,7 @@ unit: $(VENV)/.dev-installed
 	$(BIN)/pytest -q
 
 bench: $(VENV)/.dev-installed
-	$(BIN)/bridge bench
+	$(BIN)/smpp-bridge bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

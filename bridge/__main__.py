@@ -1,4 +1,4 @@
-"""``python -m bridge`` is the ``bridge`` command."""
+"""``python -m bridge`` is the ``smpp-bridge`` command (the same entry point)."""
 
 import sys
 

@@ -32,8 +32,8 @@ from bridge.config import (
 )
 from bridge.core.accounts import AccountRegistry
 from bridge.core.dispatcher import Dispatcher
-from bridge.core.model import InboundMessage
-from bridge.core.pipeline import AccountPolicy, Pipeline
+from bridge.core.model import InboundMessage, MessageState
+from bridge.core.pipeline import AccountPolicy, Pipeline, RejectReason
 from bridge.core.receipts import DeliveryQueue, ReportHandler
 from bridge.core.router import Route, Router
 from bridge.observability import BridgeCollector, Metrics, Snapshot
@@ -132,6 +132,7 @@ class Bridge:
             for name, pc in cfg.providers.items()
         }
         self._owners = _inbound_owners(cfg.accounts)
+        _prime_metrics(metrics, cfg)
         capabilities = {
             name: _with_limits(p.capabilities, cfg.providers[name])
             for name, p in self.providers.items()
@@ -218,8 +219,15 @@ class Bridge:
         def callback_url(kind: CallbackKind) -> str | None:
             return self.callback_url(name, kind)
 
+        def set_healthy(healthy: bool) -> None:
+            self._provider_health[name] = healthy
+
         return ProviderContext(
-            name=name, clock=self.clock, callback_url=callback_url, set_balance=balance.set
+            name=name,
+            clock=self.clock,
+            callback_url=callback_url,
+            set_balance=balance.set,
+            set_healthy=set_healthy,
         )
 
     def callback_url(self, provider: str, kind: CallbackKind) -> str | None:
@@ -441,7 +449,7 @@ class Bridge:
         if path is None:
             return False
         try:
-            new = load_config(path)
+            new = load_config(path, sets=self.cfg.command_line_sets)
             if overrides:
                 new = apply_overrides(new, **overrides)  # type: ignore[arg-type]
         except ConfigError as e:
@@ -455,6 +463,7 @@ class Bridge:
             )
             return False
         self.accounts.replace(new.to_accounts())
+        _prime_metrics(self.metrics, new)
         self._owners = _inbound_owners(new.accounts)
         self.policies.clear()
         self.policies.update({a.system_id: _policy(a) for a in new.accounts})
@@ -478,6 +487,17 @@ def _routes(cfg: Config, providers: Mapping[str, object]) -> list[Route]:
     ] or [Route([next(iter(providers), "sandbox")], name="default")]
 
 
+def _prime_metrics(metrics: Metrics, cfg: Config) -> None:
+    """Series for the config's accounts and providers, at zero (see Metrics.prime)."""
+    metrics.prime(
+        accounts={a.system_id: [b.value for b in a.allowed_bind_types] for a in cfg.accounts},
+        providers=list(cfg.providers),
+        # The pipeline's reasons, and a store that could not take the message.
+        reject_reasons=[*(r.name.lower() for r in RejectReason), "store_failed"],
+        receipt_states=[s.stat_word for s in MessageState if s.is_final],
+    )
+
+
 def _policy(a: AccountConfig) -> AccountPolicy:
     return AccountPolicy(
         a.system_id,
@@ -492,7 +512,7 @@ def _policy(a: AccountConfig) -> AccountPolicy:
 
 def callback_urls(cfg: Config) -> dict[str, dict[str, str]]:
     """Each push-capable provider's callback URLs by kind, as a running bridge on ``cfg`` would
-    hand them out (``bridge callback-urls``): for provider web interfaces that want the URL
+    hand them out (``smpp-bridge callback-urls``): for provider web interfaces that want the URL
     typed in (an account-level push URL). Uses the same secret as the bridge (the data
     directory's ``callback.secret`` is created if it does not exist yet)."""
     secret = _callback_secret(cfg)
@@ -502,8 +522,11 @@ def callback_urls(cfg: Config) -> dict[str, dict[str, str]]:
         provider = _build_provider(name, pc, ProviderContext(name=name))
         if isinstance(provider, CallbackProvider):
             token = _callback_token(secret, name, pc)
+            # A provider whose account-level URL must carry placeholders says which.
+            suffixes: Mapping[str, str] = getattr(provider, "callback_url_suffixes", {})
             urls[name] = {
-                kind: _callback_url(base, name, token, kind) for kind in provider.callback_kinds
+                kind: _callback_url(base, name, token, kind) + suffixes.get(kind, "")
+                for kind in provider.callback_kinds
             }
     return urls
 
@@ -591,6 +614,23 @@ def _with_limits(caps: Capabilities, pc: ProviderConfig) -> Capabilities:
     )
 
 
+def _log_providers_and_routes(cfg: Config) -> None:
+    """One INFO line per provider and per route: what this instance will send where."""
+    from bridge.summary import provider_endpoint, route_lines
+
+    for name, pc in cfg.providers.items():
+        log.info(
+            "bridge.provider",
+            provider=name,
+            type=pc.type,
+            endpoint=provider_endpoint(pc),
+            requests_per_second=pc.requests_per_second or "unlimited",
+            concurrency=pc.concurrency,
+        )
+    for line in route_lines(cfg):
+        log.info("bridge.route", route=line)
+
+
 async def run(cfg: Config, overrides: dict[str, object] | None = None) -> None:
     """Run until SIGINT/SIGTERM, then shut down gracefully."""
     bridge = Bridge(cfg)
@@ -611,6 +651,7 @@ async def run(cfg: Config, overrides: dict[str, object] | None = None) -> None:
         accounts=len(bridge.accounts),
         data_dir=str(cfg.storage.data_dir),
     )
+    _log_providers_and_routes(cfg)
     await stop.wait()
     log.info("bridge.stopping")
     await bridge.stop()

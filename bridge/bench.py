@@ -1,4 +1,4 @@
-"""``bridge bench``: throughput of the SMPP server, as ratios to a baseline from the same run.
+"""``smpp-bridge bench``: throughput of the SMPP server, as ratios to a baseline from the same run.
 
 The machines are shared and noisy, so an absolute number says little; every figure here is
 reported next to a baseline measured seconds before on the same machine:
@@ -283,8 +283,17 @@ def _bench_codec(n: int = 100_000) -> dict[str, float]:
     }
 
 
-def main(what: str = "all", *, messages: int = 20000, window: int = 100, binds: int = 200) -> int:
-    """Run the benchmarks and print a JSON report (ratios against same-run baselines)."""
+def main(
+    what: str = "all",
+    *,
+    messages: int = 20000,
+    window: int = 100,
+    binds: int = 200,
+    as_json: bool = False,
+) -> int:
+    """Run the benchmarks; print the JSON report (ratios against same-run baselines) and,
+    unless ``as_json``, a paragraph that says what it means before it."""
+    from bridge.bench_summary import codec_smpp_summary
     from bridge.observability import configure_logging
 
     configure_logging("warning", "console")
@@ -304,5 +313,7 @@ def main(what: str = "all", *, messages: int = 20000, window: int = 100, binds: 
         smpp["binds_vs_baseline"] = b["binds_per_s"] / base["binds_per_s"]
         smpp["messages"], smpp["window"], smpp["binds"] = messages, window, binds
         report["smpp"] = smpp
+    if not as_json:
+        print(codec_smpp_summary(report), end="\n\n")
     print(json.dumps(report, indent=2))
     return 0

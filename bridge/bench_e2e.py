@@ -1,4 +1,4 @@
-"""``bridge bench e2e``: the whole bridge on the sandbox provider, against a do-nothing baseline.
+"""``smpp-bridge bench e2e``: the whole bridge on the sandbox provider, vs a do-nothing baseline.
 
 A load client (a separate process, so it has its own core) binds ``binds`` transceivers, keeps
 ``window`` submit_sm (registered_delivery=1) in flight on each, answers every deliver_sm, and
@@ -305,7 +305,15 @@ async def _bench(binds: int, window: int, messages: int, timeout: float) -> dict
     return {"baseline": baseline, "bridge": result}
 
 
-def main(*, binds: int = 4, window: int = 64, messages: int = 50_000, timeout: float = 120) -> int:
+def main(
+    *,
+    binds: int = 4,
+    window: int = 64,
+    messages: int = 50_000,
+    timeout: float = 120,
+    as_json: bool = False,
+) -> int:
+    from bridge.bench_summary import e2e_summary
     from bridge.observability import configure_logging
 
     configure_logging("error", "console")
@@ -323,5 +331,7 @@ def main(*, binds: int = 4, window: int = 64, messages: int = 50_000, timeout: f
     }
     res["setup"] = {"binds": binds, "window": window, "messages": messages, "loop": loop_name,
                     "cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    if not as_json:
+        print(e2e_summary(res), end="\n\n")
     print(json.dumps(res, indent=2))
     return 0

@@ -1,8 +1,8 @@
-"""``bridge bench provider``: ESME → bridge → a provider simulator over real HTTP → receipt,
+"""``smpp-bridge bench provider``: ESME → bridge → a provider simulator over real HTTP → receipt,
 against a naive forwarder measured in the same run.
 
 Three processes, as in production: the load client (``bench_e2e.client``, its own process), the
-system under test (this process), and the iSMS HTTP simulator (``bridge simulate isms-http``, a
+system under test (this process), and the iSMS HTTP simulator (``smpp-bridge simulate isms-http``, a
 subprocess) which answers ``send.php`` and pushes each delivery report to the ``dlr-url``.
 
 * **Naive forwarder** (the baseline): an SMPP responder that, for each submit_sm, makes one
@@ -50,7 +50,7 @@ def _free_port() -> int:
 
 
 def _start_simulator(port: int, delay: float) -> subprocess.Popen[bytes]:
-    """``bridge simulate isms-http`` in its own process, once it accepts connections."""
+    """``smpp-bridge simulate isms-http`` in its own process, once it accepts connections."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -205,7 +205,9 @@ def main(
     timeout: float = 300,
     concurrency: int = 64,
     delay: float = 0.2,
+    as_json: bool = False,
 ) -> int:
+    from bridge.bench_summary import provider_summary
     from bridge.observability import configure_logging
 
     configure_logging("error", "console")
@@ -229,5 +231,7 @@ def main(
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
     }
+    if not as_json:
+        print(provider_summary(res), end="\n\n")
     print(json.dumps(res, indent=2))
     return 0

@@ -1,4 +1,5 @@
-"""Command line: ``bridge run | check-config | hash-password | bench | simulate``."""
+"""Command line: ``smpp-bridge run | check-config | callback-urls | hash-password | bench | simulate
+| send``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ DEFAULT_CONFIG = "config/bridge.toml"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bridge", description="SMPP 3.4 to HTTP SMS provider bridge")
+    p = argparse.ArgumentParser(
+        prog="smpp-bridge", description="SMPP 3.4 to HTTP SMS provider bridge"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the bridge")
@@ -22,16 +25,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--http-port", type=int, help="override http.port")
     run.add_argument("--data-dir", help="override storage.data_dir")
     run.add_argument("--no-uvloop", action="store_true", help="use the stock asyncio loop")
+    _add_set(run)
 
     check = sub.add_parser("check-config", help="validate a config file and report every error")
-    check.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    _add_config(check)
+    _add_set(check)
 
     cu = sub.add_parser(
         "callback-urls",
         help="print each provider's callback URLs (for providers whose push URL is set in "
         "their web interface)",
     )
-    cu.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    _add_config(cu)
+    _add_set(cu)
 
     hp = sub.add_parser("hash-password", help="print a pbkdf2_sha256 hash for an account password")
     hp.add_argument("--password", help="the password (prompted for when omitted)")
@@ -43,6 +49,43 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--messages", type=int, default=20000, help="submit_sm per run")
     bench.add_argument("--binds", type=int, default=4, help="ESME binds (e2e)")
     bench.add_argument("--window", type=int, default=64, help="submit_sm in flight per bind (e2e)")
+    bench.add_argument(
+        "--json", action="store_true", help="print only the JSON report (for machines)"
+    )
+
+    from bridge.send import PASSWORD_ENV
+
+    send = sub.add_parser(
+        "send",
+        help="a small ESME: bind, submit a text, print the responses (and receipts)",
+        description="Bind to an SMSC (the bridge), submit a text and print each submit_sm_resp; "
+        "with --wait-receipt, bind as a transceiver and print each delivery receipt. Exits 1 "
+        "with one line on stderr when the connection, bind or a submit is refused, or a "
+        "receipt does not come in time or is neither DELIVRD nor ACCEPTD; 2 for what cannot "
+        "be sent at all (a malformed number).",
+    )
+    send.add_argument("--to", required=True, help="destination, e.g. +491701234567")
+    send.add_argument("--text", required=True, help="message text (split into parts when long)")
+    send.add_argument("--from", dest="source", default="Test", help="source address (Test)")
+    send.add_argument("--unicode", action="store_true", help="send as UCS2 even if GSM 7-bit fits")
+    send.add_argument(
+        "--wait-receipt", action="store_true", help="ask for receipts and wait for each"
+    )
+    send.add_argument("--count", type=int, default=1, help="how many messages (1)")
+    send.add_argument("--host", default="127.0.0.1", help="SMSC address (127.0.0.1)")
+    send.add_argument("--port", type=int, default=2775, help="SMSC port (2775)")
+    send.add_argument("--system-id", default="demo", help="system_id to bind with (demo)")
+    send.add_argument(
+        "--password",
+        help=f"password to bind with (default: ${PASSWORD_ENV}, else demopass)",
+    )
+    send.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the bind, each response, and the receipts (30)",
+    )
+    send.add_argument("--verbose", action="store_true", help="log the SMPP client's events")
 
     from bridge.simulators import SIMULATORS
 
@@ -62,6 +105,29 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    """The config file, as a positional argument or as ``--config`` (as ``run`` takes it)."""
+    parser.add_argument("config", nargs="?", help=f"TOML file ({DEFAULT_CONFIG})")
+    parser.add_argument("--config", dest="config_option", metavar="FILE", help="the same")
+
+
+def _config_path(args: argparse.Namespace) -> str:
+    path: str = args.config_option or args.config or DEFAULT_CONFIG
+    return path
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="sets",
+        metavar="KEY=VALUE",
+        help="override one setting of the file, e.g. providers.isms.base_url=http://127.0.0.1:9500/"
+        " (repeatable; validated like the file)",
+    )
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from bridge.observability import configure_logging
     from bridge.simulators import SIMULATORS
@@ -70,7 +136,7 @@ def _simulate(args: argparse.Namespace) -> int:
     for item in args.option:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            print(f"bridge simulate: --option wants KEY=VALUE, got {item!r}", file=sys.stderr)
+            print(f"smpp-bridge simulate: --option wants KEY=VALUE, got {item!r}", file=sys.stderr)
             return 2
         options[key] = value
     configure_logging("info", "auto")
@@ -79,14 +145,47 @@ def _simulate(args: argparse.Namespace) -> int:
     try:
         asyncio.run(module.serve(args.host, args.port, options))
     except ValueError as e:
-        print(f"bridge simulate: {e}", file=sys.stderr)
+        print(f"smpp-bridge simulate: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"bridge simulate: {e}", file=sys.stderr)
+        print(f"smpp-bridge simulate: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _send(args: argparse.Namespace) -> int:
+    import os
+
+    from bridge.observability import configure_logging
+    from bridge.send import PASSWORD_ENV, SendError, SendRequest, UsageError, send
+
+    password = args.password
+    if password is None:
+        password = os.environ.get(PASSWORD_ENV) or "demopass"
+    req = SendRequest(
+        to=args.to,
+        text=args.text,
+        source=args.source,
+        unicode=args.unicode,
+        wait_receipt=args.wait_receipt,
+        count=args.count,
+        host=args.host,
+        port=args.port,
+        system_id=args.system_id,
+        password=password,
+        timeout=args.timeout,
+    )
+    # The client's own log lines (bind refused, reconnecting) would repeat what send prints.
+    configure_logging("info" if args.verbose else "error", "console")
+    try:
+        return asyncio.run(send(req))
+    except SendError as e:
+        print(f"smpp-bridge send: {e}", file=sys.stderr)
+        return 2 if isinstance(e, UsageError) else 1
+    except KeyboardInterrupt:
+        return 130
 
 
 def _install_uvloop() -> str:
@@ -101,46 +200,56 @@ def _install_uvloop() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-config":
-        return _check_config(args.config)
+        return _check_config(_config_path(args), args.sets)
     if args.command == "hash-password":
         return _hash_password(args.password)
     if args.command == "callback-urls":
-        return _callback_urls(args.config)
+        return _callback_urls(_config_path(args), args.sets)
     if args.command == "simulate":
         return _simulate(args)
+    if args.command == "send":
+        return _send(args)
     if args.command == "bench":
         if args.what == "provider":
             from bridge.bench_provider import main as provider_main
 
-            return provider_main(binds=args.binds, window=args.window, messages=args.messages)
+            return provider_main(
+                binds=args.binds, window=args.window, messages=args.messages, as_json=args.json
+            )
         if args.what == "e2e":
             from bridge.bench_e2e import main as e2e_main
 
-            return e2e_main(binds=args.binds, window=args.window, messages=args.messages)
+            return e2e_main(
+                binds=args.binds, window=args.window, messages=args.messages, as_json=args.json
+            )
         from bridge.bench import main as bench_main
 
-        return bench_main(args.what, messages=args.messages)
+        return bench_main(args.what, messages=args.messages, as_json=args.json)
     return _run(args)
 
 
-def _check_config(path: str) -> int:
+def _check_config(path: str, sets: list[str]) -> int:
     from bridge.config import ConfigError, load_config
 
     try:
-        cfg = load_config(path)
+        cfg = load_config(path, sets=sets)
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 2
-    print(f"{Path(path)}: OK ({len(cfg.accounts)} account(s))")
+    from bridge.summary import summary_lines
+
+    print(f"{Path(path)}: OK")
+    for line in summary_lines(cfg):
+        print(f"  {line}")
     return 0
 
 
-def _callback_urls(path: str) -> int:
+def _callback_urls(path: str, sets: list[str]) -> int:
     from bridge.app import callback_urls
     from bridge.config import ConfigError, load_config
 
     try:
-        cfg = load_config(path)
+        cfg = load_config(path, sets=sets)
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 2
@@ -180,7 +289,7 @@ def _run(args: argparse.Namespace) -> int:
         if v is not None
     }
     try:
-        cfg = apply_overrides(load_config(args.config), **overrides)  # type: ignore[arg-type]
+        cfg = apply_overrides(load_config(args.config, sets=args.sets), **overrides)  # type: ignore[arg-type]
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 2
@@ -192,7 +301,7 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     except OSError as e:  # e.g. the port is taken
-        print(f"bridge: {e}", file=sys.stderr)
+        print(f"smpp-bridge: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -26,7 +26,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -462,6 +462,8 @@ class Config(_Section):
     )
     routes: list[RouteConfig] = Field(default_factory=list)
     source_path: PathField | None = None
+    # ``--set KEY=VALUE`` overrides it was loaded with, so that SIGHUP re-applies them.
+    command_line_sets: tuple[str, ...] = ()
 
     @model_validator(mode="before")
     @classmethod
@@ -500,7 +502,7 @@ _MODEL_AT: dict[tuple[str, ...], type[BaseModel]] = {
     ("routes",): RouteConfig,
 }
 # Keys that exist on the models but must not be set from the file.
-_INTERNAL_KEYS: dict[tuple[str, ...], set[str]] = {(): {"source_path"}}
+_INTERNAL_KEYS: dict[tuple[str, ...], set[str]] = {(): {"source_path", "command_line_sets"}}
 
 
 # --------------------------------------------------------------------------------------------
@@ -696,8 +698,73 @@ def _duplicate_system_ids(raw: Mapping[str, Any]) -> list[tuple[Loc, str]]:
     return found
 
 
+def _unknown_route_providers(raw: Mapping[str, Any]) -> list[tuple[Loc, str, object]]:
+    """Routes naming a provider that is not configured, found in the same pass as every other
+    problem (a model validator would only run once everything else is valid, and could not
+    point at the line)."""
+    providers = raw.get("providers", {"sandbox": {}})
+    routes = raw.get("routes", [])
+    if not isinstance(providers, dict) or not isinstance(routes, list):
+        return []  # the type error is reported by validation
+    known = sorted(providers)
+    found: list[tuple[Loc, str, object]] = []
+    for i, route in enumerate(routes):
+        names = route.get("providers") if isinstance(route, dict) else None
+        if not isinstance(names, list):
+            continue
+        for j, name in enumerate(names):
+            if not isinstance(name, str) or name in providers:
+                continue
+            msg = f"unknown provider {name!r} (configured: {', '.join(known) or 'none'})"
+            close = difflib.get_close_matches(name, known, n=1)
+            if close:
+                msg += f"; did you mean {close[0]!r}?"
+            found.append((("routes", i, "providers", j), msg, name))
+    return found
+
+
 # --------------------------------------------------------------------------------------------
 # Loading
+
+
+class _SetError(ValueError):
+    """A ``--set`` that cannot be applied; ``loc`` is as far as its key got."""
+
+    def __init__(self, loc: Loc, message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+def _apply_set(raw: dict[str, Any], item: str) -> Loc:
+    """Apply one ``dotted.key=value`` to the parsed file; returns the key's location."""
+    key, sep, text = item.partition("=")
+    if not sep or not re.fullmatch(_DOTTED, key.strip()):
+        raise _SetError((), "wants dotted.key=value")
+    parts = _split_dotted(key.strip())
+    try:
+        value: Any = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # not a TOML value: a bare string, such as a URL
+    node: Any = raw
+    loc: list[str | int] = []
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise _SetError(tuple(loc), f"wants an index below {len(node)}, not {part!r}")
+            loc.append(int(part))
+            if last:
+                raise _SetError(tuple(loc), "cannot replace a whole table")
+            node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise _SetError(tuple(loc), "is not a table")
+        loc.append(part)
+        if last:
+            node[part] = value
+        else:
+            node = node.setdefault(part, {})
+    return tuple(loc)
 
 
 def _load(
@@ -707,6 +774,7 @@ def _load(
     base_dir: Path | None,
     env: Mapping[str, str] | None,
     source_path: Path | None,
+    sets: Sequence[str] = (),
 ) -> Config:
     try:
         raw = tomllib.loads(text)
@@ -723,10 +791,19 @@ def _load(
     index = _LineIndex(text)
     found: list[tuple[Loc, str, object]] = []
 
-    if "source_path" in raw:
-        found.append((("source_path",), "unknown key", None))
-        del raw["source_path"]
+    for internal in _INTERNAL_KEYS[()]:
+        if internal in raw:
+            found.append(((internal,), "unknown key", None))
+            del raw[internal]
+    overridden: list[Loc] = []
+    set_problems: list[ConfigProblem] = []
+    for item in sets:
+        try:
+            overridden.append(_apply_set(raw, item))
+        except _SetError as e:
+            set_problems.append(ConfigProblem(format_loc(e.loc), f"--set {item}: {e}"))
     found.extend((loc, msg, None) for loc, msg in _duplicate_system_ids(raw))
+    found.extend(_unknown_route_providers(raw))
 
     context = {
         "base_dir": base_dir if base_dir is not None else Path.cwd(),
@@ -734,7 +811,10 @@ def _load(
     }
     config: Config | None = None
     try:
-        config = Config.model_validate({**raw, "source_path": source_path}, context=context)
+        config = Config.model_validate(
+            {**raw, "source_path": source_path, "command_line_sets": tuple(sets)},
+            context=context,
+        )
     except ValidationError as exc:
         for error in exc.errors(include_url=False, include_context=False):
             loc = tuple(error["loc"])
@@ -742,11 +822,13 @@ def _load(
                 loc = loc[:2] + loc[3:]  # the union's tag is not a key of the file
             found.append((loc, _message(error), error.get("input")))
 
-    if found or config is None:
-        problems = [
-            ConfigProblem(format_loc(loc), msg, index.line_of(loc, value))
-            for loc, msg, value in found
-        ]
+    if found or set_problems or config is None:
+        problems = list(set_problems)
+        for loc, msg, value in found:
+            if any(loc[: len(key)] == key for key in overridden):
+                problems.append(ConfigProblem(format_loc(loc), f"{msg} (set by --set)"))
+            else:
+                problems.append(ConfigProblem(format_loc(loc), msg, index.line_of(loc, value)))
         problems.sort(key=lambda p: (p.line is None, p.line or 0))
         raise ConfigError(problems, source)
     return config
@@ -758,15 +840,27 @@ def load_config_text(
     source: str = "<string>",
     base_dir: Path | None = None,
     env: Mapping[str, str] | None = None,
+    sets: Sequence[str] = (),
 ) -> Config:
     """Parse and validate config text. Relative paths resolve against ``base_dir`` (default: the
     current directory); ``env:`` passwords are looked up in ``env`` (default: ``os.environ``).
+    ``sets`` are ``dotted.key=value`` overrides (see :func:`load_config`).
     Raises :class:`ConfigError` listing every problem."""
-    return _load(text, source=source, base_dir=base_dir, env=env, source_path=None)
+    return _load(text, source=source, base_dir=base_dir, env=env, source_path=None, sets=sets)
 
 
-def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Config:
-    """Load a config file; relative paths inside it resolve against its directory."""
+def load_config(
+    path: str | Path, *, env: Mapping[str, str] | None = None, sets: Sequence[str] = ()
+) -> Config:
+    """Load a config file; relative paths inside it resolve against its directory.
+
+    ``sets``: ``dotted.key=value`` overrides from the command line (``--set``), applied to the
+    parsed file before validation, so they are checked exactly like the file's own values (and
+    a relative path in one resolves against the file's directory too). The value is read as a
+    TOML value when it is one (``2790``, ``true``, ``["a", "b"]``, ``"quoted"``), else as a
+    string (``http://127.0.0.1:9500/``). A number in the key indexes an array of tables
+    (``accounts.0.password``). Problems in an overridden key name the key, not a line.
+    """
     path = Path(path).absolute()
     try:
         text = path.read_bytes().decode("utf-8")
@@ -778,7 +872,9 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Co
         raise ConfigError(
             [ConfigProblem("", "config file is not valid UTF-8")], str(path)
         ) from None
-    return _load(text, source=str(path), base_dir=path.parent, env=env, source_path=path)
+    return _load(
+        text, source=str(path), base_dir=path.parent, env=env, source_path=path, sets=sets
+    )
 
 
 def apply_overrides(

@@ -195,6 +195,8 @@ PROVIDER_OUTCOMES = ("accepted", "permanent", "transient", "error")
 REPORT_RESULTS = ("matched", "unknown", "duplicate", "early")
 DELIVER_RESULTS = ("acked", "refused", "unsent")
 REASSEMBLY_REASONS = ("timeout", "evicted", "superseded")
+THROTTLE_REASONS = ("tps", "outstanding")
+INBOUND_RESULTS = ("queued", "unowned")
 
 
 #: Rows of bridge_smpp_pdus_total: (direction, command, status, count).
@@ -511,6 +513,40 @@ class Metrics:
             reason: self.reassembly_timeouts.labels(reason) for reason in REASSEMBLY_REASONS
         }
         self._providers: dict[str, ProviderMetrics] = {}
+
+    def prime(
+        self,
+        *,
+        accounts: Mapping[str, Iterable[str]],
+        providers: Iterable[str],
+        reject_reasons: Iterable[str],
+        receipt_states: Iterable[str],
+    ) -> None:
+        """Create the labelled series for every label value known from the config, at zero.
+
+        A counter child exists only once it is first used; until then a dashboard panel over
+        it reads "No data" rather than 0, and ``rate()``/``increase()`` miss the first event.
+        ``accounts`` maps each system_id to its allowed bind types. Idempotent (SIGHUP may
+        add accounts).
+        """
+        reasons = tuple(reject_reasons)
+        for account, bind_types in accounts.items():
+            self.messages_accepted.labels(account)
+            for bind_type in bind_types:
+                for result in ("ok", "refused"):
+                    self.smpp_binds.labels(account, bind_type, result)
+            for reason in THROTTLE_REASONS:
+                self.smpp_throttled.labels(account, reason)
+            for reason in reasons:
+                self.messages_rejected.labels(account, reason)
+        for name in providers:
+            self.provider(name)
+            for result in REPORT_RESULTS:
+                self.reports.labels(name, result)
+            for result in INBOUND_RESULTS:
+                self.inbound_messages.labels(name, result)
+        for state in receipt_states:
+            self.receipts.labels(state)
 
     # ------------------------------------------------------------------ SMPP
 

@@ -41,6 +41,11 @@ _STATUS: dict[RejectReason, int] = {
     RejectReason.INVALID_TEXT: Status.ESME_RSUBMITFAIL,
     RejectReason.TOO_LONG: Status.ESME_RINVMSGLEN,
     RejectReason.NO_ROUTE: Status.ESME_RSUBMITFAIL,
+    RejectReason.UNICODE_UNSUPPORTED: Status.ESME_RSUBMITFAIL,
+    RejectReason.BINARY_UNSUPPORTED: Status.ESME_RSUBMITFAIL,
+    RejectReason.FLASH_UNSUPPORTED: Status.ESME_RSUBMITFAIL,
+    RejectReason.ALPHANUMERIC_SENDER_UNSUPPORTED: Status.ESME_RSUBMITFAIL,
+    RejectReason.SENDER_TOO_LONG: Status.ESME_RSUBMITFAIL,
     RejectReason.QUEUE_FULL: Status.ESME_RMSGQFUL,
     RejectReason.INVALID_SCHEDULE: Status.ESME_RINVSCHED,
     RejectReason.INVALID_EXPIRY: Status.ESME_RINVEXPIRY,
@@ -153,7 +158,9 @@ class SmscHandler:
                 return False
         except Rejected as e:
             self.metrics.rejected(policy.system_id, e.reason.name.lower())
-            log.debug("smsc.rejected", account=policy.system_id, reason=e.reason.name)
+            log.debug(
+                "smsc.rejected", account=policy.system_id, reason=e.reason.name, detail=e.detail
+            )
             reply(token, Pdu(CommandId.submit_sm, command_status=status_for(e.reason, 0)))
         except _Invalid as e:
             self.metrics.rejected(policy.system_id, _status_reason(e.status))
@@ -214,6 +221,7 @@ class SmscHandler:
                 account=policy.system_id,
                 command=pdu.name,
                 reason=e.reason.name,
+                detail=e.detail,
             )
             if cid in _SUBMITS:
                 self.metrics.rejected(policy.system_id, e.reason.name.lower())

@@ -4,7 +4,7 @@
 directory, sandbox provider with a short delay, SMPP on a free loopback port) in an event loop
 of its own thread, like ``conftest.ServerThread``, so the blocking smpplib client can drive it
 from the test thread. :func:`bridge_config` writes the TOML it is built from, which the crash
-test also hands to a ``bridge run`` subprocess.
+test also hands to a ``smpp-bridge run`` subprocess.
 
 :class:`Esme` wraps an ``smpplib.client.Client``: it sends requests and reads until the matching
 response, answering (and recording) every deliver_sm and enquire_link that arrives in between,
@@ -79,6 +79,7 @@ def bridge_config(
     data_dir: Path,
     *,
     port: int = 0,
+    http_port: int = 0,
     delay: float = 0.05,
     rules: Iterable[Rule] = (),
     account: Mapping[str, object] | None = None,
@@ -105,7 +106,7 @@ def bridge_config(
     prov: dict[str, object] = {"delay": delay}
     prov.update(provider or {})
     text = _table("[smpp]", smpp)
-    text += _table("[http]", {"host": "127.0.0.1", "port": 0})
+    text += _table("[http]", {"host": "127.0.0.1", "port": http_port})
     text += _table("[storage]", {"data_dir": str(data_dir)})
     text += _table("[logging]", {"level": "warning", "format": "console"})
     text += _table("[pipeline]", pipe)

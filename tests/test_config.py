@@ -405,3 +405,100 @@ def test_config_model_can_be_built_directly() -> None:
     # Other components' tests build configs in code; defaults must be usable there too.
     cfg = Config.model_validate({"accounts": [{"system_id": "a", "password": "b"}]})
     assert cfg.smpp.port == 2775
+
+
+# --------------------------------------------------------------------------- --set
+
+
+def test_set_overrides_values_of_the_file_before_validation() -> None:
+    cfg = load_config_text(
+        MINIMAL,
+        sets=[
+            "smpp.port=2790",  # TOML integer
+            "http.public_url=http://127.0.0.1:9000",  # not TOML: a bare string
+            'logging.level="debug"',  # quoted TOML string
+            "accounts.0.tps=50",  # a number indexes an array of tables
+            'accounts.0.allowed_ips=["10.0.0.0/8"]',
+        ],
+    )
+    assert cfg.smpp.port == 2790
+    assert cfg.http.public_url == "http://127.0.0.1:9000"
+    assert cfg.logging.level == "debug"
+    assert cfg.accounts[0].tps == 50
+    assert cfg.accounts[0].allowed_ips == [ip_network("10.0.0.0/8")]
+    assert cfg.command_line_sets == (
+        "smpp.port=2790",
+        "http.public_url=http://127.0.0.1:9000",
+        'logging.level="debug"',
+        "accounts.0.tps=50",
+        'accounts.0.allowed_ips=["10.0.0.0/8"]',
+    )
+
+
+def test_set_is_validated_like_the_file_and_its_errors_name_the_key_not_a_line() -> None:
+    text = MINIMAL + "[smpp]\nport = 2775\n"
+    found = problems(text, sets=["smpp.port=99999", "smpp.prot=1", "accounts.3.tps=1", "x"])
+    messages = {(p.path, p.line): p.message for p in found}
+    assert "(set by --set)" in messages[("smpp.port", None)]
+    assert "unknown key" in messages[("smpp.prot", None)]
+    assert messages[("accounts", None)] == "--set accounts.3.tps=1: wants an index below 1, not '3'"
+    assert messages[("", None)] == "--set x: wants dotted.key=value"
+
+
+def test_a_config_file_cannot_set_the_command_line_sets() -> None:
+    problem = only_problem('command_line_sets = ["smpp.port=1"]\n' + MINIMAL)
+    assert (problem.path, problem.message) == ("command_line_sets", "unknown key")
+
+
+def test_run_check_config_and_callback_urls_take_set_and_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bridge.cli import main
+
+    path = tmp_path / "b.toml"
+    path.write_text(MINIMAL + f'[storage]\ndata_dir = "{tmp_path / "data"}"\n')
+    assert main(["check-config", "--config", str(path), "--set", "smpp.port=2790"]) == 0
+    assert main(["check-config", str(path), "--set", "smpp.port=-1"]) == 2
+    err = capsys.readouterr().err
+    assert "smpp.port" in err and "(set by --set)" in err
+
+
+# --------------------------------------------------------------------------- what was understood
+
+
+def test_a_route_naming_an_unknown_provider_is_reported_with_its_line_in_the_first_pass() -> None:
+    text = (
+        "[smpp]\nport = 99999\n"  # another problem: both come out together
+        + MINIMAL
+        + '[providers.sandbox]\ndelay = 1.0\n'
+        + '[[routes]]\nproviders = ["sandbox",\n             "sandbx"]\n'
+    )
+    found = problems(text)
+    assert [(p.path, p.line) for p in found] == [("smpp.port", 2), ("routes[0].providers[1]", 10)]
+    assert found[1].message == (
+        "unknown provider 'sandbx' (configured: sandbox); did you mean 'sandbox'?"
+    )
+
+
+def test_check_config_prints_the_accounts_providers_and_routes_it_understood(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bridge.cli import main
+
+    env = {"BRIDGE_CALLBACK_SECRET": "x", "BRIDGE_BILLING_PASSWORD": "y"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        assert main(["check-config", str(REPO / "config" / "examples" / "full.toml")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("full.toml: OK")
+    text = "\n".join(out)
+    assert "accounts (3):" in text and "providers (1):" in text and "routes (2)" in text
+    assert "billing: transmitter, receiver, transceiver from 192.0.2.0/24, 2001:db8:10::/48;" in (
+        text
+    )
+    assert "alerts: transmitter from 198.51.100.7/32; max 1 binds; tps 5/s" in text
+    assert "sandbox (sandbox): built in, reports 1 s after each send" in text
+    assert "1. germany: accounts billing and countries DE and prefixes 49 -> sandbox" in text
+    assert "2. everything else: regex ^[0-9]+$ -> sandbox" in text
+    assert "example1" not in text and "pbkdf2" not in text and "testpass" not in text

@@ -49,13 +49,14 @@ def free_port() -> int:
 
 
 class Daemon:
-    """``bridge run`` in a subprocess; output goes to a log file shown when a test fails."""
+    """``smpp-bridge run`` in a subprocess; output goes to a log file shown when a test fails."""
 
     def __init__(self, config: Path, data_dir: Path, log: Path) -> None:
         self.config, self.data_dir, self.log_path = config, data_dir, log
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.http_port = 0  # 0: any free port at each start; set it to keep one across restarts
+        self.extra_args: list[str] = []  # more command-line arguments (--set …)
 
     def start(self) -> Daemon:
         self.port = free_port()
@@ -66,7 +67,7 @@ class Daemon:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "bridge", "run", "--config", str(self.config),
                  "--smpp-port", str(self.port), "--data-dir", str(self.data_dir),
-                 "--http-port", str(self.http_port)],
+                 "--http-port", str(self.http_port), *self.extra_args],
                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         deadline = time.monotonic() + START_TIMEOUT

@@ -262,3 +262,35 @@ def test_an_mo_from_the_upstream_reaches_the_account_owning_the_number(
     assert mo.source_addr.decode() == "306900000001"
     assert mo.destination_addr.decode() == INBOUND_NUMBER
     assert mo.short_message.decode("ascii") == "Reply from a handset"
+
+
+# --------------------------------------------------------------------------- readiness
+
+
+def test_readyz_turns_ready_as_soon_as_the_upstream_binds_and_unready_when_it_is_lost(
+    start_bridge: StartBridge,
+) -> None:
+    """The bind is news the provider passes on at once: neither /readyz nor bridge_provider_up
+    waits for the next periodic check (which had them say "down" for seconds after the bind)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bt = start_bridge(extra=isms_config(port))  # nothing listens there yet
+    provider = bt.bridge.providers["isms"]
+    assert isinstance(provider, IsmsSmppProvider)
+    before = bt.call(bt.bridge.health())
+    assert before.providers["isms"] is False and not before.ready  # and now cached
+
+    up = UpstreamThread(port=port, delay=0.05, tps=0)
+    try:
+        assert bt.call(provider.client.wait_bound(10.0))
+        after = bt.call(bt.bridge.health())  # well within the cache's lifetime
+        assert after.providers["isms"] is True and after.ready
+        assert bt.run(lambda: bt.bridge.metrics_snapshot().providers_up["isms"]) is True
+    finally:
+        up.close()
+    assert wait_until(lambda: bt.run(lambda: provider.client.bound_count) == 0, timeout=10)
+    lost = bt.call(bt.bridge.health())
+    assert lost.providers["isms"] is False and not lost.ready

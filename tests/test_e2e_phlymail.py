@@ -257,8 +257,13 @@ def test_binary_content_and_non_latin1_text_without_unicode_find_no_route(
         cyrillic = esme.submit(
             short_message="Привет".encode("utf-16-be"), data_coding=8, destination_addr=MOBILE
         )
-    assert binary.status != 0 and cyrillic.status != 0
+    assert binary.status == cyrillic.status == 0x45  # ESME_RSUBMITFAIL
     assert rig.sends() == []
+    # The metric says which obstacle it was, not a bare "no_route": the route exists.
+    rejected = rig.bt.bridge.metrics.messages_rejected
+    assert rejected.labels("demo", "binary_unsupported")._value.get() == 1
+    assert rejected.labels("demo", "unicode_unsupported")._value.get() == 1
+    assert rejected.labels("demo", "no_route")._value.get() == 0
 
 
 # --------------------------------------------------------------------------- health

@@ -5,8 +5,12 @@ inbound push → deliver_sm. Outcomes are chosen by the destination's last three
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +19,7 @@ from bridge_harness import (
     BridgeThread,
     Esme,
     StartBridge,
+    bridge_config,
     receipt_fields,
     start_bridge,
     toml_value,
@@ -31,6 +36,13 @@ __all__ = ["start_bridge", "start_simulator"]  # the fixtures, imported for pyte
 pytestmark = pytest.mark.timeout(30)
 
 MOBILE = "4915112345"  # + three digits choosing the simulator's outcome
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def receipt_id(pdu: Any) -> str:
@@ -264,3 +276,43 @@ def test_inbound_push_becomes_a_deliver_sm(setup: Any) -> None:
     payload = pdu.short_message
     text = payload.decode("utf-16-be") if pdu.data_coding == 8 else payload.decode()
     assert text == "Ja, passt ✓"
+
+
+def test_the_push_url_callback_urls_prints_works_as_pasted_into_the_account(
+    start_bridge: StartBridge, start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """``smpp-bridge callback-urls`` prints the report URL with smsflatrate's placeholders; the
+    simulator, given exactly that line as its Push-URL, gets receipts through to the ESME."""
+    sim = SmsflatrateSimulator(delay=0.05, rate_limit=0)
+    sim_thread = start_simulator(sim.app)
+    http_port = free_port()
+    extra = (
+        '[providers.sf]\ntype = "smsflatrate"\nkey = "testkey"\ngateway = "auto10or11"\n'
+        f'base_url = "{sim_thread.url}/schnittstelle.php"\ncallback_token = "tok123"\n'
+        '[[routes]]\nproviders = ["sf"]\n'
+    )
+    config = tmp_path / "bridge.toml"
+    config.write_text(bridge_config(tmp_path / "data", extra=extra))
+    printed = subprocess.run(
+        [sys.executable, "-m", "bridge", "callback-urls", str(config),
+         "--set", f"http.port={http_port}"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    urls = {kind: url for name, kind, url in (ln.split("\t") for ln in printed.splitlines())}
+    assert urls["report"] == (
+        f"http://127.0.0.1:{http_port}/callbacks/sf/tok123/report"
+        "?id=[message_id]&status=[status]&time=[time]&uid=[uid]"
+    )
+    assert urls["inbound"] == f"http://127.0.0.1:{http_port}/callbacks/sf/tok123/inbound"
+
+    sim_thread.run(lambda: setattr(sim, "push_url", urls["report"]))
+    bt = start_bridge(extra=extra, http_port=http_port)
+    try:
+        with Esme(bt.port) as esme:
+            esme.bind()
+            mid = esme.submit_ok(registered_delivery=1)
+            [receipt] = esme.receipts(1)
+        assert (receipt_id(receipt), receipt_fields(receipt)["stat"]) == (mid, "DELIVRD")
+        assert [p.status for p in sim_thread.run(lambda: list(sim.pushes))] == [200]
+    finally:
+        sim_thread.call(sim.close())

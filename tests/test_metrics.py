@@ -246,7 +246,7 @@ def test_two_bridges_in_one_process_keep_separate_registries(start_bridge: Start
         esme.submit_ok(registered_delivery=0)
     a, b = scraped_values(first), scraped_values(second)
     assert value(a, "bridge_messages_accepted_total", account="demo") == 1
-    assert value(b, "bridge_messages_accepted_total", account="demo") is None
+    assert value(b, "bridge_messages_accepted_total", account="demo") == 0  # primed, not shared
     assert summed(b, "bridge_smpp_pdus_total", direction="in") == 0
 
 
@@ -438,3 +438,29 @@ def test_pdus_in_are_counted_however_reads_split_them() -> None:
         for i in range(0, len(stream), size):
             conn._count_in(stream[i : i + size])
         assert server._pdus_in == expected, size
+
+
+def test_known_label_values_are_exported_at_zero_before_any_traffic(
+    start_bridge: StartBridge,
+) -> None:
+    """Accounts and providers from the config have their series from the start, so dashboard
+    panels show 0, not "No data", and rate() sees the first event."""
+    bt = start_bridge(account={"allowed_bind_types": ["transmitter", "receiver"]})
+    found = scraped_values(bt)
+    v = lambda name, **labels: value(found, name, **labels)  # noqa: E731
+    assert v("bridge_messages_accepted_total", account="demo") == 0
+    for reason in ("no_route", "unicode_unsupported", "invalid_destination", "queue_full"):
+        assert v("bridge_messages_rejected_total", account="demo", reason=reason) == 0
+    for result in ("ok", "refused"):
+        assert v("bridge_smpp_binds_total", account="demo", bind_type="receiver",
+                 result=result) == 0
+    # Only the bind types the account may use.
+    assert v("bridge_smpp_binds_total", account="demo", bind_type="transceiver",
+             result="ok") is None
+    assert v("bridge_smpp_throttled_total", account="demo", reason="tps") == 0
+    assert v("bridge_provider_requests_total", provider="sandbox", outcome="accepted") == 0
+    assert v("bridge_provider_failovers_total", provider="sandbox") == 0
+    assert v("bridge_reports_total", provider="sandbox", result="matched") == 0
+    assert v("bridge_inbound_messages_total", provider="sandbox", result="queued") == 0
+    assert v("bridge_receipts_total", state="DELIVRD") == 0
+    assert v("bridge_receipts_total", state="REJECTD") == 0

@@ -285,7 +285,7 @@ def test_dockerfile_is_multi_stage_slim_non_root_with_volumes_and_healthcheck() 
     (entrypoint,) = _instructions("ENTRYPOINT")
     (cmd,) = _instructions("CMD")
     argv = _exec_form(entrypoint) + _exec_form(cmd)
-    assert argv[:2] == ["bridge", "run"]
+    assert argv[:2] == ["smpp-bridge", "run"]
     config_path = argv[argv.index("--config") + 1]
     assert PurePosixPath(config_path).parent == PurePosixPath("/etc/smpp-bridge")
 
@@ -527,3 +527,25 @@ def test_every_dashboard_metric_exists_in_a_real_scrape(start_bridge: StartBridg
         for name in names & labels.keys():
             unknown = used_labels - labels[name]
             assert not unknown, f"{expr}: {name} has no label {sorted(unknown)}"
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_the_only_console_script_is_smpp_bridge_never_bridge() -> None:
+    """``bridge`` would shadow (or be shadowed by) iproute2's /usr/sbin/bridge."""
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"][
+        "scripts"
+    ]
+    assert scripts == {"smpp-bridge": "bridge.cli:main"}
+
+
+def test_installed_smpp_bridge_and_python_m_bridge_are_the_same_command() -> None:
+    script = Path(sys.executable).parent / "smpp-bridge"
+    assert script.exists(), "pip install -e . installs the smpp-bridge script next to python"
+    for argv in ([str(script), "--help"], [sys.executable, "-m", "bridge", "--help"]):
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout
+        assert out.startswith("usage: smpp-bridge"), out
+        assert "check-config" in out

@@ -760,7 +760,8 @@ async def test_the_simulators_query_php_errors(harness: Harness) -> None:
 
 def test_the_config_example_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     path = ROOT / "config" / "examples" / "isms_http.toml"
-    cfg = load_config(path, env={"ISMS_USERNAME": "demo", "ISMS_PASSWORD": "secret"})
+    env = {"ISMS_USERNAME": "demo", "ISMS_PASSWORD": "secret", "SMPP_DEMO_PASSWORD": "demopass"}
+    cfg = load_config(path, env=env)
     settings = cfg.providers["isms"]
     assert isinstance(settings, Settings)
     assert settings.username == "demo"

@@ -138,7 +138,7 @@ def test_capabilities_count_parts_by_concatenation_mode() -> None:
 def test_example_config_loads_with_its_env_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ISMS_SMPP_SYSTEM_ID", "myaccount")
     monkeypatch.setenv("ISMS_SMPP_PASSWORD", "secret12")
-    monkeypatch.setenv("BRIDGE_DEMO_PASSWORD", "demopass")
+    monkeypatch.setenv("SMPP_DEMO_PASSWORD", "demopass")
     path = Path(__file__).parent.parent / "config" / "examples" / "isms_smpp.toml"
     cfg = load_config(path)
     provider = cfg.providers["isms"]

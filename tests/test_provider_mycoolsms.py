@@ -589,7 +589,7 @@ def test_the_example_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     for var, value in {
         "MYCOOLSMS_USERNAME": "user",
         "MYCOOLSMS_PASSWORD": "pw",
-        "DEMO_ESME_PASSWORD": "demopass",
+        "SMPP_DEMO_PASSWORD": "demopass",
         "BRIDGE_CALLBACK_SECRET": "cb-secret",
     }.items():
         monkeypatch.setitem(os.environ, var, value)

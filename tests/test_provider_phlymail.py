@@ -415,7 +415,7 @@ def test_the_provider_takes_no_callbacks() -> None:
 
 def test_the_example_config_loads() -> None:
     env = {
-        "BRIDGE_DEMO_PASSWORD": "demopass",
+        "SMPP_DEMO_PASSWORD": "demopass",
         "PHLYMAIL_USER": DEFAULT_USERNAME,
         "PHLYMAIL_PASSWORD": DEFAULT_PASSWORD,
     }

@@ -547,7 +547,7 @@ def test_capabilities_follow_the_settings() -> None:
 
 def test_the_example_config_loads(tmp_path: Path) -> None:
     env = {
-        "BRIDGE_DEMO_PASSWORD": "demopass",
+        "SMPP_DEMO_PASSWORD": "demopass",
         "SMS1601_USERNAME": "demo1601",
         "SMS1601_PASSWORD": "secret1601",
         "SMS1601_CALLBACK_TOKEN": "0123456789abcdef0123456789abcdef",

@@ -526,7 +526,7 @@ def test_the_key_never_shows_in_the_settings_repr() -> None:
 
 def test_example_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SMSFLATRATE_KEY", "testkey")
-    monkeypatch.setenv("BRIDGE_DEMO_PASSWORD", "demopass")
+    monkeypatch.setenv("SMPP_DEMO_PASSWORD", "demopass")
     monkeypatch.setenv("SMSFLATRATE_CALLBACK_TOKEN", "0123456789abcdef0123456789abcdef")
     cfg = load_config(EXAMPLE_CONFIG)
     provider = cfg.providers["smsflatrate"]

@@ -62,3 +62,29 @@ def test_sighup_with_a_broken_file_keeps_the_running_config(daemon: Callable[...
     with Esme(d.port) as esme:
         esme.bind()
         assert esme.submit_ok(registered_delivery=0)
+
+
+def test_sighup_applies_the_command_line_sets_again(daemon: Callable[..., Any]) -> None:  # noqa: F811
+    """``--set`` overrides the file at start and after every reload, not only at start."""
+    d = daemon()
+    d.config.write_text(d.config.read_text().replace('level = "warning"', 'level = "info"'))
+    d.extra_args = ["--set", "accounts.0.password=setpw"]
+    d.start()
+
+    def binds(password: str) -> bool:
+        esme = Esme(d.port)
+        try:
+            esme.client.bind_transceiver(system_id="demo", password=password)
+            return True
+        except smpplib.exceptions.PDUError:
+            return False
+        finally:
+            esme.close()
+
+    assert binds("setpw") and not binds("demopass")
+    d.config.write_text(d.config.read_text() + OTHER)
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for_log(d, "config.reloaded")
+    bind_other(d.port)  # the file's change applied ...
+    assert binds("setpw") and not binds("demopass")  # ... and the override still holds

@@ -215,3 +215,20 @@ def test_unconfigured_providers_are_skipped() -> None:
     with pytest.raises(NoRoute) as e:  # the configured one's reason counts
         route(Router([Route(["gone", "a"])], {"a": ALL}), msg(), chars=10_000)
     assert e.value.reason is NoRouteReason.TOO_LONG
+
+
+def test_every_no_route_reason_becomes_a_reject_reason_that_names_it() -> None:
+    """The ESME and the metric learn what stood in the way: a route that cannot carry Unicode
+    is not "no_route", and a sender too long is not a message too long (ESME_RINVMSGLEN)."""
+    from bridge.core.pipeline import _NO_ROUTE_REASONS, RejectReason
+    from bridge.smpp.pdu import CommandId, Status
+    from bridge.smsc import status_for
+
+    assert set(_NO_ROUTE_REASONS) == set(NoRouteReason)
+    assert _NO_ROUTE_REASONS[NoRouteReason.NO_RULE] is RejectReason.NO_ROUTE
+    assert _NO_ROUTE_REASONS[NoRouteReason.UNICODE] is RejectReason.UNICODE_UNSUPPORTED
+    assert _NO_ROUTE_REASONS[NoRouteReason.SENDER_TOO_LONG] is RejectReason.SENDER_TOO_LONG
+    sender = status_for(RejectReason.SENDER_TOO_LONG, CommandId.submit_sm)
+    assert sender == Status.ESME_RSUBMITFAIL
+    too_long = status_for(_NO_ROUTE_REASONS[NoRouteReason.TOO_LONG], CommandId.submit_sm)
+    assert too_long == Status.ESME_RINVMSGLEN

@@ -1,6 +1,6 @@
 """The upstream SMSC simulator, driven by smpplib (an independent ESME): binds and credentials,
 message ids, receipts (TLVs, Appendix B text, id and date variants), outcomes by destination
-suffix, the TPS limit, forced statuses, MO (concatenated too), and ``bridge simulate``."""
+suffix, the TPS limit, forced statuses, MO (concatenated too), and ``smpp-bridge simulate``."""
 
 from __future__ import annotations
 
@@ -303,3 +303,12 @@ def test_bad_options_are_refused() -> None:
         timeout=20,
     )
     assert out.returncode == 2 and "receipt_ids" in out.stderr
+
+
+def test_simulate_takes_the_provider_type_names_and_keeps_the_old_ones_as_aliases() -> None:
+    from bridge.config import PROVIDER_TYPES
+    from bridge.simulators import SIMULATORS
+
+    assert set(PROVIDER_TYPES) - {"sandbox"} <= set(SIMULATORS)
+    assert SIMULATORS["isms-http"] == SIMULATORS["isms_http"]
+    assert SIMULATORS["smpp-upstream"] == SIMULATORS["isms_smpp"]

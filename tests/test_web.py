@@ -3,7 +3,7 @@
 Against a whole :class:`~bridge.app.Bridge` (``BridgeThread``, HTTP on port 0) with the stdlib
 ``http.client`` as the client; :class:`~bridge.web.server.HttpServer` alone with a hand-written
 HTTP/1.1 request over ``asyncio.open_connection`` where a test needs a health check that fails
-or hangs; and ``bridge run --http-port 0`` as a subprocess, to show that uvicorn leaves SIGTERM
+or hangs; and ``smpp-bridge run --http-port 0`` as a subprocess, to show that uvicorn leaves SIGTERM
 to the bridge.
 """
 
@@ -272,11 +272,11 @@ async def test_port_taken_is_an_os_error() -> None:
     await server.stop()  # a no-op after a failed start
 
 
-# --------------------------------------------------------------------------- bridge run
+# --------------------------------------------------------------------------- smpp-bridge run
 
 
 def test_bridge_run_http_port_and_sigterm(tmp_path: Path) -> None:
-    """``bridge run --http-port 0``: /healthz answers, SIGTERM still stops the bridge cleanly."""
+    """``smpp-bridge run --http-port 0``: /healthz answers, SIGTERM stops the bridge cleanly."""
     text = bridge_config(tmp_path / "data").replace(
         'level = "warning"\nformat = "console"', 'level = "info"\nformat = "json"'
     )
@@ -313,3 +313,9 @@ def test_bridge_run_http_port_and_sigterm(tmp_path: Path) -> None:
             proc.wait(5)
     assert proc.returncode == 0, "".join(lines) + rest
     assert '"bridge.stopping"' in rest
+    # The start-up log names what this instance sends where.
+    events = [json.loads(ln) for ln in rest.splitlines() if ln.startswith("{")]
+    (provider,) = [e for e in events if e["event"] == "bridge.provider"]
+    assert (provider["provider"], provider["type"]) == ("sandbox", "sandbox")
+    (route,) = [e for e in events if e["event"] == "bridge.route"]
+    assert route["route"] == "(no [[routes]]) everything -> sandbox"

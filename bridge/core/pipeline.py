@@ -25,7 +25,7 @@ import structlog
 
 from bridge.core.model import Address, Message, MessageState
 from bridge.core.reassembly import Assembled, Fragment, Incomplete, PartKey, ReassemblyBuffer
-from bridge.core.router import NoRoute, Router
+from bridge.core.router import NoRoute, NoRouteReason, Router
 from bridge.observability import Metrics
 from bridge.store.base import StateChange, Store, StoredPart
 
@@ -49,13 +49,33 @@ class RejectReason(enum.Enum):
     INVALID_DESTINATION = "invalid destination address"
     INVALID_TEXT = "undecodable text"
     TOO_LONG = "too long for every route"
+    # No rule matches the destination, or the route names no configured provider.
     NO_ROUTE = "no route"
+    # A route exists, but none of its providers can carry this message (the metric label and
+    # the log say which obstacle, so an operator knows what to change).
+    UNICODE_UNSUPPORTED = "no provider on the route takes unicode"
+    BINARY_UNSUPPORTED = "no provider on the route takes binary content"
+    FLASH_UNSUPPORTED = "no provider on the route takes flash messages"
+    ALPHANUMERIC_SENDER_UNSUPPORTED = "no provider on the route takes an alphanumeric sender"
+    SENDER_TOO_LONG = "the sender is too long for every provider on the route"
     QUEUE_FULL = "queue full"
     INVALID_SCHEDULE = "invalid schedule_delivery_time"
     INVALID_EXPIRY = "invalid validity_period"
     UNKNOWN_MESSAGE = "unknown message id"
     NOT_CANCELLABLE = "already dispatched"
     INVALID_CONCAT = "invalid concatenation header"
+
+
+_NO_ROUTE_REASONS: dict[NoRouteReason, RejectReason] = {
+    NoRouteReason.NO_RULE: RejectReason.NO_ROUTE,
+    NoRouteReason.NO_PROVIDER: RejectReason.NO_ROUTE,
+    NoRouteReason.TOO_LONG: RejectReason.TOO_LONG,
+    NoRouteReason.UNICODE: RejectReason.UNICODE_UNSUPPORTED,
+    NoRouteReason.BINARY: RejectReason.BINARY_UNSUPPORTED,
+    NoRouteReason.FLASH: RejectReason.FLASH_UNSUPPORTED,
+    NoRouteReason.ALPHANUMERIC_SENDER: RejectReason.ALPHANUMERIC_SENDER_UNSUPPORTED,
+    NoRouteReason.SENDER_TOO_LONG: RejectReason.SENDER_TOO_LONG,
+}
 
 
 class Rejected(Exception):
@@ -385,8 +405,7 @@ class Pipeline:
         try:
             message.route = self.router.route(message, chars=chars, unicode=unicode)
         except NoRoute as e:
-            reason = RejectReason.TOO_LONG if "long" in e.reason else RejectReason.NO_ROUTE
-            raise Rejected(reason, e.reason) from None
+            raise Rejected(_NO_ROUTE_REASONS[e.reason], str(e)) from None
 
     # ------------------------------------------------------------------ concatenated parts
 

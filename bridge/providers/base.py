@@ -143,6 +143,10 @@ def _no_balance(value: float) -> None:
     return None
 
 
+def _no_health_news(healthy: bool) -> None:
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderContext:
     """What the wiring (app.py) gives a provider it builds, beside the provider's settings.
@@ -150,13 +154,16 @@ class ProviderContext:
     ``callback_url(kind)`` is the absolute URL, token included, at which this bridge takes the
     provider's pushes of that kind (None when the bridge has no HTTP server); it is a function
     because the HTTP port is known only once the server listens. ``set_balance`` feeds the
-    ``bridge_provider_balance`` gauge.
+    ``bridge_provider_balance`` gauge. ``set_healthy`` is for a provider that learns its own
+    health as it changes (an SMPP upstream binding or losing its last bind): /readyz and
+    ``bridge_provider_up`` follow at once instead of at the next periodic ``healthy()`` check.
     """
 
     name: str
     clock: Callable[[], float] = time.time
     callback_url: Callable[[CallbackKind], str | None] = _no_callback_url
     set_balance: Callable[[float], None] = _no_balance
+    set_healthy: Callable[[bool], None] = _no_health_news
 
 
 # --------------------------------------------------------------------------- statistics

@@ -802,6 +802,8 @@ class IsmsSmppProvider:
             self._on_deliver,
             name=name,
             ssl_context=_ssl_context(settings),
+            # Ready as soon as a bind is up (and not after it is lost): see healthy().
+            on_bound_change=lambda binds: ctx.set_healthy(binds > 0),
         )
         self.correlator = PartCorrelator(name)
         self.mo = MoReassembler(settings.mo_reassembly_timeout)

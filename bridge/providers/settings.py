@@ -67,7 +67,7 @@ class HttpProviderSettings(ProviderSettings):
     """Keys of every HTTP provider: where it is, how the calls are made, the callback token.
 
     ``base_url`` defaults (in each subclass) to the provider's documented endpoint; point it at a
-    ``bridge simulate`` instance to try a config without an account. ``callback_token`` is the
+    ``smpp-bridge simulate`` instance to try a config without an account. ``callback_token`` is the
     secret path element of this provider's callback URLs; by default it is derived from the
     bridge's callback secret (``[http] callback_secret``, else a random one kept in the data
     directory), which is stable across restarts.

@@ -45,7 +45,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
@@ -631,6 +631,10 @@ class SmsflatrateProvider(HttpProvider):
     """smsflatrate.net over ``schnittstelle.php`` (see the module docstring)."""
 
     callback_kinds: tuple[CallbackKind, ...] = ("report", "inbound")
+    #: What the Push-URL entered in the customer center must end in: smsflatrate fills in these
+    #: placeholders (the interface document, "Status Übermittlung per Push-URL"); a push to the
+    #: bare URL carries no id or status.
+    callback_url_suffixes: ClassVar[dict[str, str]] = {"report": f"?{PUSH_QUERY}"}
 
     def __init__(self, name: str, settings: Settings, ctx: ProviderContext) -> None:
         super().__init__(name, settings, ctx, capabilities_for(settings))

@@ -32,7 +32,7 @@ Outcomes by the last two digits of a recipient (other numbers: ``Delivered`` aft
 98    the send answers only after ``hang`` seconds (a client timeout)
 ====  =====================================================================================
 
-Options (``bridge simulate isms-http --option key=value``): ``username`` (default ``test``),
+Options (``smpp-bridge simulate isms-http --option key=value``): ``username`` (default ``test``),
 ``password`` (``test``), ``credits`` (``1000``), ``delay`` (report delay, seconds, ``0.5``),
 ``reports`` (``true``; ``false`` sends no pushes), ``hang`` (``30``).
 
@@ -390,7 +390,7 @@ class IsmsHttpSimulator:
 
 
 async def serve(host: str, port: int, options: Mapping[str, str]) -> None:
-    """``bridge simulate isms-http``: run until cancelled (options: see the module docstring)."""
+    """``smpp-bridge simulate isms-http``: run until cancelled (options: the module docstring)."""
     sim = IsmsHttpSimulator(
         username=options.get("username", "test"),
         password=options.get("password", "test"),

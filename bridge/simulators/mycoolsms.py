@@ -51,7 +51,7 @@ message for ``getIncomingSms`` and POSTs it, in the ``pushIncomingSms`` format, 
 the ``inbound_url`` setting (the real service's inbox setting); the reply says the push's HTTP
 status.
 
-``bridge simulate mycoolsms --option KEY=VALUE``: ``username`` (default ``bridge``),
+``smpp-bridge simulate mycoolsms --option KEY=VALUE``: ``username`` (default ``bridge``),
 ``password`` (``secret``), ``balance`` (EUR, 100), ``price`` (EUR per part, 0.05), ``delay``
 (seconds before a report, 1), ``slow`` (seconds, 30), ``inbound_url`` (none),
 ``virtual_number`` (``+4915790000000``, the default ``to`` of inbound SMS).
@@ -726,7 +726,7 @@ def _error(code: int, extra: str = "") -> JSONResponse:
 
 
 async def serve(host: str, port: int, options: Mapping[str, str]) -> None:
-    """``bridge simulate mycoolsms`` (options: see the module docstring)."""
+    """``smpp-bridge simulate mycoolsms`` (options: see the module docstring)."""
     sim = MyCoolSmsSimulator(
         username=options.get("username", "bridge"),
         password=options.get("password", "secret"),

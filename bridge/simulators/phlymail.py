@@ -1,7 +1,7 @@
 """phlyMail simulator: the message gateway's ``http.php`` as phlyMail's "SMS-Gateway" page
 describes it, for tests, demos and trying a config without an account.
 
-``bridge simulate phlymail --port 8602`` then point ``base_url`` at
+``smpp-bridge simulate phlymail --port 8602`` then point ``base_url`` at
 ``http://127.0.0.1:8602/http.php``.
 
 What it does, as the page says:
@@ -267,7 +267,7 @@ def _forced_code(number: str) -> int | None:
 
 
 async def serve(host: str, port: int, options: Mapping[str, str]) -> None:
-    """``bridge simulate phlymail``: options in the module docstring."""
+    """``smpp-bridge simulate phlymail``: options in the module docstring."""
     sim = PhlymailSimulator(
         username=options.get("username", DEFAULT_USERNAME),
         password=options.get("password", DEFAULT_PASSWORD),

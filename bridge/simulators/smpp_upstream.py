@@ -40,7 +40,7 @@ optionally after letting some pass), :attr:`~SmppUpstreamSimulator.response_dela
 (take submits and say nothing), :meth:`~SmppUpstreamSimulator.stop` and
 :meth:`~SmppUpstreamSimulator.start` again on the same port (the upstream down for a while).
 
-Options (``bridge simulate smpp-upstream --port 2775 --option key=value``): ``system_id``
+Options (``smpp-bridge simulate smpp-upstream --port 2775 --option key=value``): ``system_id``
 (default ``isms``), ``password`` (``isms``), ``tps`` (``700``; 0 = unlimited), ``delay``
 (receipt delay, seconds, ``0.5``), ``receipt_ids`` (``same``; ``decimal`` writes the receipt's
 id in decimal, as some carriers do), ``receipt_tlvs`` (``true``; ``false`` sends the text
@@ -544,7 +544,7 @@ def _receipt_ids(value: str) -> ReceiptIds:
 
 
 async def serve(host: str, port: int, options: Mapping[str, str]) -> None:
-    """``bridge simulate smpp-upstream``: run until cancelled (options: module docstring)."""
+    """``smpp-bridge simulate smpp-upstream``: run until cancelled (options: module docstring)."""
     sim = SmppUpstreamSimulator(
         host=host,
         port=port,

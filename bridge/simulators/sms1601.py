@@ -1,7 +1,7 @@
 """1601SMS simulator: ``gateway.php`` and ``gatewayrapport.php`` as 1601SMS's API page describes
 them, for tests, demos and trying a config without an account.
 
-``bridge simulate sms1601 --port 8601 --option push_url=http://127.0.0.1:8080/callbacks/...``
+``smpp-bridge simulate sms1601 --port 8601 --option push_url=http://127.0.0.1:8080/callbacks/...``
 then point ``base_url`` at ``http://127.0.0.1:8601/module/gateway.php``.
 
 What it does, as the page says:
@@ -415,7 +415,7 @@ def _number(value: float) -> str:
 
 
 async def serve(host: str, port: int, options: Mapping[str, str]) -> None:
-    """``bridge simulate sms1601``: options in the module docstring."""
+    """``smpp-bridge simulate sms1601``: options in the module docstring."""
     sim = Sms1601Simulator(
         username=options.get("username", DEFAULT_USERNAME),
         password=options.get("password", DEFAULT_PASSWORD),

@@ -46,7 +46,7 @@ Inbound: ``POST /_sim/inbound?from=…&text=…[&to=…]`` (or :meth:`Smsflatrat
 pushes an SMS to ``inbound_push_url`` as ``from``, ``to``, ``text``, ``time`` (the document
 names no parameters for this push; these are the adapter's first choices).
 
-``bridge simulate smsflatrate --port 8000 --option delay=1 --option key=testkey
+``smpp-bridge simulate smsflatrate --port 8000 --option delay=1 --option key=testkey
 --option push_url='http://127.0.0.1:8080/callbacks/…/report?id=[message_id]&status=[status]&time=[time]&uid=[uid]'``
 Options: ``key`` (accepted key, default ``testkey``), ``balance`` (100.0), ``price`` (0.07),
 ``delay`` (1.0 s), ``rate_limit`` (10/s, 0 = off), ``hang`` (30 s), ``push_url``,
@@ -482,7 +482,7 @@ def _fill(template: str, message: SimMessage, code: int, at: int) -> str:
 
 
 async def serve(host: str, port: int, options: Mapping[str, str]) -> None:
-    """``bridge simulate smsflatrate`` (options: see the module docstring)."""
+    """``smpp-bridge simulate smsflatrate`` (options: see the module docstring)."""
     known = {
         "key",
         "balance",

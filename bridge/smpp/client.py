@@ -83,7 +83,8 @@ class ClientConfig:
     system_id: str
     password: str = field(repr=False)  # never logged
     system_type: str = ""
-    bind_mode: Literal["transceiver", "tx_rx"] = "transceiver"
+    # transmitter: TX binds only (an ESME that wants no deliver_sm, e.g. `smpp-bridge send`)
+    bind_mode: Literal["transceiver", "tx_rx", "transmitter"] = "transceiver"
     binds: int = 1  # sessions (tx_rx: this many TX plus this many RX)
     addr_ton: int = 0
     addr_npi: int = 0
@@ -399,6 +400,7 @@ class SmppClient:
         *,
         name: str = "upstream",
         on_bound_change: Callable[[int], None] | None = None,
+        on_bind_failure: Callable[[int | None, str], None] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.monotonic,
         jitter: Callable[[], float] = random.random,
@@ -412,6 +414,8 @@ class SmppClient:
         self.clock = clock
         self._on_deliver = on_deliver
         self._on_bound_change = on_bound_change
+        # (bind status, or None when no bind answer came; error text) after each failed attempt
+        self._on_bind_failure = on_bind_failure
         self._ssl_context = ssl_context
         self._jitter = jitter
         self.log = log.bind(upstream=name)
@@ -440,6 +444,8 @@ class SmppClient:
             self._slots = [(BindType.TRANSMITTER, f"tx{i + 1}") for i in range(config.binds)] + [
                 (BindType.RECEIVER, f"rx{i + 1}") for i in range(config.binds)
             ]
+        elif config.bind_mode == "transmitter":
+            self._slots = [(BindType.TRANSMITTER, f"tx{i + 1}") for i in range(config.binds)]
         else:
             self._slots = [(BindType.TRANSCEIVER, f"trx{i + 1}") for i in range(config.binds)]
 
@@ -661,6 +667,11 @@ class SmppClient:
             else:
                 self.disconnects += 1
                 blog.info("smpp_client.reconnecting", retry_in=round(delay, 3))
+            if status != 0 and self._on_bind_failure is not None:
+                try:
+                    self._on_bind_failure(status, error)
+                except Exception:
+                    blog.exception("smpp_client.on_bind_failure_failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop_event.wait(), delay)
 

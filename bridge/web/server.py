@@ -180,7 +180,7 @@ class _CallbackApp:
 
     It is on every report's path (one push per message from most providers), so it skips the
     Starlette middleware stack, router and Request objects (they were about half the CPU of a
-    push in ``bridge bench provider``) and does the little it needs itself: split the path,
+    push in ``smpp-bridge bench provider``) and does the little it needs itself: split the path,
     check the token in constant time, read a bounded body, parse the query and a urlencoded
     form, and hand a :class:`CallbackRequest` to the provider.
     """
