@@ -339,7 +339,7 @@ class AdminService:
                 400, f"unknown level {level!r}; one of: {', '.join(LOG_LEVELS)}"
             ) from None
         # WARNING, so the change is on record whatever the new level hides.
-        log.warning("admin.log_level_changed", level=level.lower(), previous=previous)
+        log.warning("admin.log_level_changed", new_level=level.lower(), previous=previous)
         return {"level": level.lower(), "previous": previous}
 
 
