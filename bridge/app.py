@@ -222,6 +222,7 @@ class Bridge:
                 metrics=self._metrics_text,
                 health=self.health,
                 metrics_auth=cfg.admin.metrics_auth,
+                on_refused=metrics.admin_refused.inc,
             ),
             name="admin",
         )
@@ -363,6 +364,7 @@ class Bridge:
             queues=queues,
             providers_up=dict(self._provider_health),
             circuit_open={name: b.is_open for name, b in self.dispatcher.breakers.items()},
+            paused={name: name in self.dispatcher.paused for name in self.providers},
             deliveries_waiting=waiting,
             reassembly_pending=len(self.pipeline.reassembly),
             reassembly_parts=self.pipeline.reassembly.fragment_count,

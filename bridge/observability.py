@@ -554,6 +554,13 @@ class Metrics:
             "Queued receipts and MO messages dropped unacknowledged after receipt_max_age.",
             registry=r,
         )
+        # -- admin listener
+        self.admin_refused = Counter(
+            "bridge_admin_requests_refused_total",
+            "Admin API, status page and /metrics requests refused for a missing or wrong token "
+            "(a steady rate is someone guessing, or a scraper with an old token).",
+            registry=r,
+        )
         # -- store
         self.store_commit_batch_size = Histogram(
             "bridge_store_commit_batch_size",
@@ -695,6 +702,8 @@ class Snapshot:
     providers_up: Mapping[str, bool] = field(default_factory=dict)
     #: per provider: circuit breaker open or probing
     circuit_open: Mapping[str, bool] = field(default_factory=dict)
+    #: per provider: paused by the operator (admin API)
+    paused: Mapping[str, bool] = field(default_factory=dict)
     #: receipts and MO messages queued per account (waiting for a bound receiver or an ack)
     deliveries_waiting: Mapping[str, int] = field(default_factory=dict)
     reassembly_pending: int = 0
@@ -727,6 +736,8 @@ _SCRAPE_GAUGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      ("provider",)),
     ("bridge_provider_circuit_open", "1 while the provider's circuit breaker is open or "
      "probing (no sends after repeated transient failures).", ("provider",)),
+    ("bridge_provider_paused", "1 while an operator has paused the provider (admin API: "
+     "no sends; its messages fail over or wait until it is resumed).", ("provider",)),
     ("bridge_deliveries_waiting", "Receipts and MO messages queued for an account, not yet "
      "acknowledged (an account with no receiver bound keeps them here).", ("account",)),
     ("bridge_reassembly_pending", "Concatenated messages waiting for more parts.", ()),
@@ -783,6 +794,9 @@ class BridgeCollector(Collector):
         circuit = families["bridge_provider_circuit_open"]
         for provider, is_open in sorted(snap.circuit_open.items()):
             circuit.add_metric([provider], 1.0 if is_open else 0.0)
+        paused = families["bridge_provider_paused"]
+        for provider, is_paused in sorted(snap.paused.items()):
+            paused.add_metric([provider], 1.0 if is_paused else 0.0)
         waiting = families["bridge_deliveries_waiting"]
         for account, n in sorted(snap.deliveries_waiting.items()):
             waiting.add_metric([account], n)

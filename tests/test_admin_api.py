@@ -119,8 +119,10 @@ def test_admin_api_refuses_requests_without_the_token(start_bridge: StartBridge)
             assert status == 401, (method, path, headers, status)
             assert "www-authenticate" in head
             assert token not in json.dumps(body)
-    # Nothing happened: the provider is not paused.
+    # Nothing happened: the provider is not paused. Every refusal was counted.
     assert "sandbox" not in bt.run(lambda: set(bt.bridge.dispatcher.paused))
+    metrics = call(port, "GET", "/metrics", token=token)[2]
+    assert f"bridge_admin_requests_refused_total {5.0 * len(API_PATHS)}" in metrics
 
 
 def test_basic_auth_is_accepted_for_reads_but_not_for_changes(start_bridge: StartBridge) -> None:
@@ -344,9 +346,13 @@ def test_a_paused_provider_gets_no_sends_and_its_messages_wait(start_bridge: Sta
         assert trace["dispatcher"]["status"] == "queued"
         (sandbox,) = admin.get("/api/status")["providers"]
         assert sandbox["paused"] is True and sandbox["queued"] == 1
+        metrics = call(admin.port, "GET", "/metrics", token=admin.token)[2]
+        assert 'bridge_provider_paused{provider="sandbox"} 1.0' in metrics
         assert admin.post("/api/providers/sandbox/resume")["changed"] is True
         (receipt,) = esme.receipts(1)
         assert b"stat:DELIVRD" in receipt.short_message
+    metrics = call(admin.port, "GET", "/metrics", token=admin.token)[2]
+    assert 'bridge_provider_paused{provider="sandbox"} 0.0' in metrics
     status, _, body = call(admin.port, "POST", "/api/providers/ghost/pause", token=admin.token)
     assert status == 404 and "configured: sandbox" in body["error"]
 

@@ -63,8 +63,9 @@ def token_matches(given: str, token: str) -> bool:
 
 
 class _Auth:
-    def __init__(self, token: str | None) -> None:
+    def __init__(self, token: str | None, on_refused: Callable[[], object]) -> None:
         self.token = token
+        self.on_refused = on_refused
         self._sampled = SampledLog(log)
 
     def allows(self, request: Request) -> bool:
@@ -84,6 +85,7 @@ class _Auth:
             _user, sep, password = decoded.partition(":")
             ok = bool(sep) and token_matches(password, self.token)
         if not ok:
+            self.on_refused()
             client = request.client
             self._sampled(
                 "warning",
@@ -123,9 +125,11 @@ def build_admin_app(
     metrics: Callable[[], bytes],
     health: Callable[[], Awaitable[HealthReport]],
     metrics_auth: bool = True,
+    on_refused: Callable[[], object] = lambda: None,
 ) -> ASGIApp:
-    """The admin listener's ASGI app; ``token`` None means no authentication."""
-    auth = _Auth(token)
+    """The admin listener's ASGI app; ``token`` None means no authentication;
+    ``on_refused`` counts refused requests (bridge_admin_requests_refused_total)."""
+    auth = _Auth(token, on_refused)
 
     def guarded(handler: Handler, *, page: bool = False) -> Handler:
         async def endpoint(request: Request) -> Response:
