@@ -1,10 +1,11 @@
 # smpp-bridge: SMPP 3.4 SMSC in front of HTTP SMS providers.
 #
 #   docker build -t smpp-bridge .
-#   docker run -e SMPP_DEMO_PASSWORD=demopass -p 2775:2775 -p 8080:8080 smpp-bridge
+#   docker run -e SMPP_DEMO_PASSWORD=demopass -p 2775:2775 -p 8080:8080 -p 127.0.0.1:8081:8081 smpp-bridge
 #
 # The image runs `smpp-bridge run --config /etc/smpp-bridge/bridge.toml`; it ships config/docker.toml
-# there (SMPP and HTTP on 0.0.0.0, data in /var/lib/smpp-bridge). Mount your own file over it.
+# there (SMPP, HTTP and admin on 0.0.0.0, data in /var/lib/smpp-bridge). Mount your own file
+# over it. Publish the admin port (8081) to trusted addresses only.
 
 # --------------------------------------------------------------------------- build
 FROM python:3.11-slim-bookworm AS builder
@@ -49,13 +50,15 @@ USER 10001:10001
 WORKDIR /var/lib/smpp-bridge
 VOLUME ["/etc/smpp-bridge", "/var/lib/smpp-bridge"]
 
-# 2775: SMPP; 8080: HTTP (/metrics, /healthz, /readyz, provider callbacks).
-EXPOSE 2775 8080
+# 2775: SMPP; 8080: HTTP (provider callbacks); 8081: admin (API, status page, /metrics,
+# /healthz, /readyz).
+EXPOSE 2775 8080 8081
 
-# /healthz answers 200 while the bridge's event loop runs; urlopen raises (exit 1) otherwise.
+# /healthz (admin port) answers 200 while the bridge's event loop runs; urlopen raises (exit 1)
+# otherwise.
 # slim images have no curl: python's urllib does the request.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4)"]
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8081/healthz', timeout=4)"]
 
 # SIGTERM (docker stop) shuts down gracefully: in-flight responses are sent, sessions unbound.
 ENTRYPOINT ["smpp-bridge"]

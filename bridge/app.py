@@ -10,8 +10,6 @@ import contextlib
 import dataclasses
 import hashlib
 import hmac
-import os
-import secrets
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -21,6 +19,9 @@ from typing import Any
 import prometheus_client
 import structlog
 
+from bridge.admin.service import AdminService
+from bridge.admin.token import admin_token
+from bridge.admin.web import build_admin_app
 from bridge.config import (
     AccountConfig,
     Config,
@@ -37,6 +38,7 @@ from bridge.core.pipeline import AccountPolicy, Pipeline, RejectReason
 from bridge.core.receipts import DeliveryQueue, ReportHandler
 from bridge.core.router import Route, Router
 from bridge.observability import BridgeCollector, Metrics, Snapshot
+from bridge.passwords import secret_file
 from bridge.providers import isms_http, isms_smpp, mycoolsms, phlymail, sms1601, smsflatrate
 from bridge.providers.base import (
     CallbackKind,
@@ -189,15 +191,17 @@ class Bridge:
         self._housekeeper: asyncio.Task[None] | None = None
         self._health_checker: asyncio.Task[None] | None = None
         self._routed = frozenset(name for r in self.router.routes for name in r.providers)
+        #: The last balance each provider reported (for the admin status).
+        self.balances: dict[str, float] = {}
         self._provider_health: dict[str, bool] = {}
         self._provider_health_at = float("-inf")
         self._provider_health_lock = asyncio.Lock()
         self.http = HttpServer(
             cfg.http.host,
             cfg.http.port,
+            # Callbacks only: this port faces the providers (the internet, for push
+            # providers); /metrics, health and the admin API are on the admin listener.
             build_app(
-                metrics=self._metrics_text,
-                health=self.health,
                 callbacks={
                     name: CallbackEndpoint(self.callback_tokens[name], provider)
                     for name, provider in self.providers.items()
@@ -205,6 +209,23 @@ class Bridge:
                 },
                 metrics_sink=metrics,
             ),
+        )
+        # The operator's listener: admin API, status page, /metrics and the health probes,
+        # off the callback port (which faces the providers, and so the internet).
+        self.admin = AdminService(self, clock=clock)
+        self.admin_token = admin_token(cfg, create=True)  # None: [admin] allow_unauthenticated
+        self.admin_http = HttpServer(
+            cfg.admin.host,
+            cfg.admin.port,
+            build_admin_app(
+                self.admin,
+                token=self.admin_token,
+                metrics=self._metrics_text,
+                health=self.health,
+                metrics_auth=cfg.admin.metrics_auth,
+                on_refused=metrics.admin_refused.inc,
+            ),
+            name="admin",
         )
 
         self.registry.register(BridgeCollector(self.metrics_snapshot))
@@ -214,7 +235,11 @@ class Bridge:
         prometheus_client.GCCollector(registry=self.registry)
 
     def _provider_context(self, name: str) -> ProviderContext:
-        balance = self.metrics.provider_balance.labels(name)
+        gauge = self.metrics.provider_balance.labels(name)
+
+        def balance(value: float) -> None:
+            gauge.set(value)
+            self.balances[name] = value
 
         def callback_url(kind: CallbackKind) -> str | None:
             return self.callback_url(name, kind)
@@ -226,7 +251,7 @@ class Bridge:
             name=name,
             clock=self.clock,
             callback_url=callback_url,
-            set_balance=balance.set,
+            set_balance=balance,
             set_healthy=set_healthy,
         )
 
@@ -274,6 +299,26 @@ class Bridge:
         listening = bool(self.smpp.ports) and self.smpp.listening
         providers = await self._providers_health()
         return HealthReport(store_ok, listening, providers, self._routed)
+
+    @property
+    def routed_providers(self) -> frozenset[str]:
+        """Providers some route sends to."""
+        return self._routed
+
+    def listeners(self) -> dict[str, str]:
+        """Where this bridge listens, by name (smpp, smpp_tls, http, admin)."""
+        out = {}
+        tls = self.cfg.smpp.tls
+        for name, port in self.smpp.ports.items():
+            host = tls.host if name != "smpp" and tls is not None else self.cfg.smpp.host
+            out[name] = f"{host}:{port}"
+        out["http"] = self.http.address
+        out["admin"] = self.admin_http.address
+        return out
+
+    async def provider_health(self) -> dict[str, bool]:
+        """Each provider's last health check (refreshed when older than a few seconds)."""
+        return await self._providers_health()
 
     async def _providers_health(self) -> dict[str, bool]:
         """Each provider's ``healthy()``, asked concurrently at most every PROVIDER_HEALTH_TTL
@@ -327,6 +372,7 @@ class Bridge:
             queues=queues,
             providers_up=dict(self._provider_health),
             circuit_open={name: b.is_open for name, b in self.dispatcher.breakers.items()},
+            paused={name: name in self.dispatcher.paused for name in self.providers},
             deliveries_waiting=waiting,
             reassembly_pending=len(self.pipeline.reassembly),
             reassembly_parts=self.pipeline.reassembly.fragment_count,
@@ -383,7 +429,9 @@ class Bridge:
         )
         await self.smpp.start()
         try:
-            await self.http.start()  # last: /readyz must not say ready before SMPP listens
+            await self.http.start()
+            self.admin.start()
+            await self.admin_http.start()  # last: /readyz must not say ready before SMPP listens
         except BaseException:
             await self.stop()  # e.g. the HTTP port is taken: leave nothing half-started
             raise
@@ -430,7 +478,9 @@ class Bridge:
             await asyncio.sleep(0)
 
     async def stop(self) -> None:
-        await self.http.stop()  # first (started last): no probe sees half-stopped parts
+        await self.admin_http.stop()  # first (started last): no probe sees half-stopped parts
+        await self.admin.stop()
+        await self.http.stop()
         await self.smpp.stop()
         for task in (self._reaper, self._housekeeper, self._health_checker):
             if task is not None:
@@ -565,18 +615,9 @@ def _callback_secret(cfg: Config) -> bytes:
     once, mode 0600), so callback URLs handed to providers survive restarts."""
     if cfg.http.callback_secret is not None:
         return cfg.http.callback_secret.get_secret_value().encode()
-    directory = Path(cfg.storage.data_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / CALLBACK_SECRET_FILE
-    try:
-        return path.read_bytes().strip()
-    except FileNotFoundError:
-        pass
-    value = secrets.token_hex(32).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(value + b"\n")
-    return value
+    value = secret_file(Path(cfg.storage.data_dir) / CALLBACK_SECRET_FILE)
+    assert value is not None  # created when missing
+    return value.encode()
 
 
 def _callback_token(secret: bytes, name: str, pc: ProviderConfig) -> str:
@@ -648,6 +689,7 @@ async def run(cfg: Config, overrides: dict[str, object] | None = None) -> None:
         "bridge.started",
         smpp=f"{cfg.smpp.host}:{bridge.smpp.ports['smpp']}",
         http=bridge.http.address,
+        admin=bridge.admin_http.address,
         accounts=len(bridge.accounts),
         data_dir=str(cfg.storage.data_dir),
     )

@@ -134,6 +134,8 @@ port = 0
 window = {window}
 [http]
 port = 0
+[admin]
+port = 0
 [storage]
 data_dir = "{data_dir}"
 [logging]

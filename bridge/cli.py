@@ -1,5 +1,6 @@
-"""Command line: ``smpp-bridge run | check-config | callback-urls | hash-password | bench | simulate
-| send``."""
+"""Command line: ``smpp-bridge run | check-config | callback-urls | hash-password | bench |
+simulate | send``, and the operator's commands over a running bridge's admin API: ``status |
+trace | route | queue | provider | log-level`` (:mod:`bridge.admin.client`)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", default=DEFAULT_CONFIG, help=f"TOML file ({DEFAULT_CONFIG})")
     run.add_argument("--smpp-port", type=int, help="override smpp.port")
     run.add_argument("--http-port", type=int, help="override http.port")
+    run.add_argument("--admin-port", type=int, help="override admin.port")
     run.add_argument("--data-dir", help="override storage.data_dir")
     run.add_argument("--no-uvloop", action="store_true", help="use the stock asyncio loop")
     _add_set(run)
@@ -102,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="simulator setting, repeatable (see the simulator's module docstring)",
     )
+    _admin_parsers(sub)
     return p
 
 
@@ -125,6 +128,57 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override one setting of the file, e.g. providers.isms.base_url=http://127.0.0.1:9500/"
         " (repeatable; validated like the file)",
+    )
+
+
+#: The commands that talk to a running bridge's admin listener.
+ADMIN_COMMANDS = ("status", "trace", "route", "queue", "provider", "log-level")
+
+
+def _admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        default=DEFAULT_CONFIG,
+        help=f"the running bridge's TOML file: [admin] address and token ({DEFAULT_CONFIG})",
+    )
+    common.add_argument(
+        "--admin-url", help="admin listener to call (default: from [admin] host/port)"
+    )
+    common.add_argument("--json", action="store_true", help="print the API's JSON answer")
+
+    sub.add_parser(
+        "status",
+        parents=[common],
+        help="binds, queues, providers and throughput of the running bridge",
+    )
+    trace = sub.add_parser(
+        "trace", parents=[common], help="what happened to a message (our id, a part id or a "
+        "provider's id)"
+    )
+    trace.add_argument("id")
+    route = sub.add_parser(
+        "route", parents=[common], help="which rule and providers a number is routed to"
+    )
+    route.add_argument("number", help="destination, e.g. +491701234567")
+    route.add_argument("--account", help="the sending account (rules may depend on it)")
+    route.add_argument("--unicode", action="store_true", help="test a UCS2 text")
+    queue = sub.add_parser(
+        "queue", parents=[common], help="an account's delivery queue (receipts and MO): ls | purge"
+    )
+    queue.add_argument("action", choices=["ls", "purge"])
+    queue.add_argument("account")
+    queue.add_argument("--limit", type=int, default=50, help="items to list (ls; 50)")
+    provider = sub.add_parser(
+        "provider", parents=[common], help="pause | resume sending to a provider"
+    )
+    provider.add_argument("action", choices=["pause", "resume"])
+    provider.add_argument("name")
+    level = sub.add_parser(
+        "log-level", parents=[common], help="show or change the log level at run time"
+    )
+    level.add_argument(
+        "level", nargs="?", type=str.lower, choices=["debug", "info", "warning", "error"]
     )
 
 
@@ -198,7 +252,13 @@ def _install_uvloop() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command in ADMIN_COMMANDS:
+        from bridge.admin.client import run_command
+
+        args.prog = parser.prog
+        return run_command(args)
     if args.command == "check-config":
         return _check_config(_config_path(args), args.sets)
     if args.command == "hash-password":
@@ -284,6 +344,7 @@ def _run(args: argparse.Namespace) -> int:
         for k, v in (
             ("smpp_port", args.smpp_port),
             ("http_port", args.http_port),
+            ("admin_port", args.admin_port),
             ("data_dir", args.data_dir),
         )
         if v is not None

@@ -53,6 +53,7 @@ from bridge.providers.settings import ProviderSettings, Secret
 
 __all__ = [
     "AccountConfig",
+    "AdminConfig",
     "Config",
     "ConfigError",
     "ConfigProblem",
@@ -233,6 +234,55 @@ class HttpConfig(_Section):
             if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", value):
                 raise ValueError('must be an absolute http(s) URL such as "https://bridge.example.com"')
             value = value.rstrip("/")
+        return value
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` (a listen address or "localhost") reaches this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class AdminConfig(_Section):
+    """``[admin]``: the operator's listener: admin API, status page, /metrics, /healthz,
+    /readyz. Kept off the ``[http]`` port, which faces the providers (and so the internet).
+
+    Every API call and the status page need the token (``Authorization: Bearer TOKEN``, or
+    HTTP basic auth with the token as password for the page). Without ``token`` the bridge
+    creates a random one once in the data directory (``admin.token``, mode 0600), where
+    the CLI finds it.
+    """
+
+    host: str = "127.0.0.1"
+    port: Port = 8081
+    token: Secret | None = None
+    # /metrics needs the token too unless this is false (a scraper on a private network that
+    # cannot send one; account names and balances are in the metrics).
+    metrics_auth: bool = True
+    # No authentication at all: accepted only for a loopback-only listener, for a developer's
+    # machine. Anyone with a shell on the host can then pause providers and purge queues.
+    allow_unauthenticated: bool = False
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (use a random string)")
+        return value
+
+    @field_validator("allow_unauthenticated")
+    @classmethod
+    def _only_on_loopback(cls, value: bool, info: ValidationInfo) -> bool:
+        host = info.data.get("host", "127.0.0.1")
+        if value and not _is_loopback(host):
+            raise ValueError(
+                f"only allowed when admin.host is a loopback address (it is {host!r}); "
+                "set a token instead"
+            )
         return value
 
 
@@ -445,7 +495,7 @@ def _default_providers() -> dict[str, ProviderConfig]:
     return {"sandbox": SandboxConfig()}
 
 
-_SECTIONS = ("smpp", "http", "storage", "logging", "pipeline")
+_SECTIONS = ("smpp", "http", "admin", "storage", "logging", "pipeline")
 
 
 class Config(_Section):
@@ -453,6 +503,7 @@ class Config(_Section):
 
     smpp: SmppConfig
     http: HttpConfig
+    admin: AdminConfig
     storage: StorageConfig
     logging: LoggingConfig
     pipeline: PipelineConfig
@@ -495,6 +546,7 @@ _MODEL_AT: dict[tuple[str, ...], type[BaseModel]] = {
     ("smpp",): SmppConfig,
     ("smpp", "tls"): TlsConfig,
     ("http",): HttpConfig,
+    ("admin",): AdminConfig,
     ("storage",): StorageConfig,
     ("logging",): LoggingConfig,
     ("accounts",): AccountConfig,
@@ -882,13 +934,18 @@ def apply_overrides(
     *,
     smpp_port: int | None = None,
     http_port: int | None = None,
+    admin_port: int | None = None,
     data_dir: str | Path | None = None,
 ) -> Config:
     """Apply command-line overrides. A relative ``data_dir`` here resolves against the current
     directory, as command-line paths do."""
     problems = [
         ConfigProblem(name, "must be 0..65535")
-        for name, port in (("smpp.port", smpp_port), ("http.port", http_port))
+        for name, port in (
+            ("smpp.port", smpp_port),
+            ("http.port", http_port),
+            ("admin.port", admin_port),
+        )
         if port is not None and not 0 <= port <= 65535
     ]
     if problems:
@@ -898,6 +955,8 @@ def apply_overrides(
         update["smpp"] = cfg.smpp.model_copy(update={"port": smpp_port})
     if http_port is not None:
         update["http"] = cfg.http.model_copy(update={"port": http_port})
+    if admin_port is not None:
+        update["admin"] = cfg.admin.model_copy(update={"port": admin_port})
     if data_dir is not None:
         update["storage"] = cfg.storage.model_copy(
             update={"data_dir": Path(os.path.normpath(Path(data_dir).absolute()))}

@@ -1,10 +1,13 @@
 """Logging setup (structlog): JSON lines in production, readable lines on a terminal.
 
-The filtering bound logger drops calls below the configured level before any formatting work
-(about 0.35 µs a call, measured in DESIGN.md), which is what keeps DEBUG-level per-message events
-affordable on the hot path. Secrets never reach a log call in the first place; as a second line of
-defence, a :class:`Redactor` blanks any event key that names one, and message text too
-(``[logging] redact``). Stdlib ``logging`` (uvicorn, asyncio) is rendered the same way.
+The filtering bound logger (:class:`LevelFilteringLogger`) drops calls below the current level
+before any formatting work (one comparison with a module global; about 0.35 µs a call), which is
+what keeps DEBUG-level per-message events affordable on the hot path. The level is that global,
+not a property of the cached logger classes, so :func:`set_log_level` changes it at run time
+(the admin API's ``log-level``) for every logger, including those already cached. Secrets
+never reach a log call in the first place; as a second line of defence, a :class:`Redactor`
+blanks any event key that names one, and message text too (``[logging] redact``). Stdlib
+``logging`` (uvicorn, asyncio) is rendered the same way.
 
 Metrics (Prometheus, ``bridge_`` prefix): :class:`Metrics` holds every counter and histogram of
 one bridge on its own :class:`~prometheus_client.CollectorRegistry` (not the global default, so
@@ -100,6 +103,79 @@ class Redactor:
 redact_secrets = Redactor()
 
 
+#: The current minimum level of the bridge's own events (see :class:`LevelFilteringLogger`).
+_min_level = logging.INFO
+
+
+def _filtered(level: int) -> Callable[..., Any]:
+    name = logging.getLevelName(level).lower()
+
+    def method(
+        self: structlog.BoundLoggerBase, event: str | None = None, *args: Any, **kw: Any
+    ) -> Any:
+        if level < _min_level:
+            return None
+        if args:
+            event = event % args if event is not None else event
+        return self._proxy_to_logger(name, event, **kw)
+
+    method.__name__ = name
+    return method
+
+
+class LevelFilteringLogger(structlog.BoundLoggerBase):
+    """structlog's filtering bound logger, with the threshold read at each call from the module
+    global ``_min_level`` instead of baked into a class, so it can change at run time."""
+
+    debug = _filtered(logging.DEBUG)
+    info = msg = _filtered(logging.INFO)
+    warning = warn = _filtered(logging.WARNING)
+    error = _filtered(logging.ERROR)
+    critical = fatal = _filtered(logging.CRITICAL)
+
+    def exception(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        if _min_level > logging.ERROR:
+            return None
+        kw.setdefault("exc_info", True)
+        if args:
+            event = event % args if event is not None else event
+        return self._proxy_to_logger("error", event, **kw)
+
+    def log(self, level: int, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        if level < _min_level:
+            return None
+        if args:
+            event = event % args if event is not None else event
+        return self._proxy_to_logger(logging.getLevelName(level).lower(), event, **kw)
+
+    def is_enabled_for(self, level: int) -> bool:
+        return level >= _min_level
+
+    def get_effective_level(self) -> int:
+        return _min_level
+
+
+LOG_LEVELS = tuple(_LEVELS)
+
+
+def get_log_level() -> str:
+    """The current level's name ("debug", "info", "warning", "error")."""
+    return next((name for name, n in _LEVELS.items() if n == _min_level), "info")
+
+
+def set_log_level(level: str) -> str:
+    """Change the level of every logger (structlog and stdlib) at once; returns the previous
+    level. Raises ValueError for a name not in :data:`LOG_LEVELS`."""
+    global _min_level
+    numeric = _LEVELS.get(level.lower())
+    if numeric is None:
+        raise ValueError(f"unknown log level {level!r}; one of: {', '.join(LOG_LEVELS)}")
+    previous = get_log_level()
+    _min_level = numeric
+    logging.getLogger().setLevel(numeric)
+    return previous
+
+
 def configure_logging(
     level: str = "info",
     fmt: str = "auto",
@@ -121,8 +197,10 @@ def configure_logging(
 
     Loggers are cached on first use, so call this before the bridge logs anything.
     """
+    global _min_level
     out = sys.stderr if stream is None else stream
     numeric = _LEVELS.get(level.lower(), logging.INFO)
+    _min_level = numeric
     tty = out.isatty()
     use_console = fmt == "console" or (fmt == "auto" and tty)
     renderer: Any = (
@@ -141,7 +219,7 @@ def configure_logging(
             structlog.processors.format_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        wrapper_class=LevelFilteringLogger,
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=True,
     )
@@ -478,6 +556,13 @@ class Metrics:
             "Queued receipts and MO messages dropped unacknowledged after receipt_max_age.",
             registry=r,
         )
+        # -- admin listener
+        self.admin_refused = Counter(
+            "bridge_admin_requests_refused_total",
+            "Admin API, status page and /metrics requests refused for a missing or wrong token "
+            "(a steady rate is someone guessing, or a scraper with an old token).",
+            registry=r,
+        )
         # -- store
         self.store_commit_batch_size = Histogram(
             "bridge_store_commit_batch_size",
@@ -653,6 +738,8 @@ class Snapshot:
     providers_up: Mapping[str, bool] = field(default_factory=dict)
     #: per provider: circuit breaker open or probing
     circuit_open: Mapping[str, bool] = field(default_factory=dict)
+    #: per provider: paused by the operator (admin API)
+    paused: Mapping[str, bool] = field(default_factory=dict)
     #: receipts and MO messages queued per account (waiting for a bound receiver or an ack)
     deliveries_waiting: Mapping[str, int] = field(default_factory=dict)
     reassembly_pending: int = 0
@@ -685,6 +772,8 @@ _SCRAPE_GAUGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      ("provider",)),
     ("bridge_provider_circuit_open", "1 while the provider's circuit breaker is open or "
      "probing (no sends after repeated transient failures).", ("provider",)),
+    ("bridge_provider_paused", "1 while an operator has paused the provider (admin API: "
+     "no sends; its messages fail over or wait until it is resumed).", ("provider",)),
     ("bridge_deliveries_waiting", "Receipts and MO messages queued for an account, not yet "
      "acknowledged (an account with no receiver bound keeps them here).", ("account",)),
     ("bridge_reassembly_pending", "Concatenated messages waiting for more parts.", ()),
@@ -741,6 +830,9 @@ class BridgeCollector(Collector):
         circuit = families["bridge_provider_circuit_open"]
         for provider, is_open in sorted(snap.circuit_open.items()):
             circuit.add_metric([provider], 1.0 if is_open else 0.0)
+        paused = families["bridge_provider_paused"]
+        for provider, is_paused in sorted(snap.paused.items()):
+            paused.add_metric([provider], 1.0 if is_paused else 0.0)
         waiting = families["bridge_deliveries_waiting"]
         for account, n in sorted(snap.deliveries_waiting.items()):
             waiting.add_metric([account], n)

@@ -17,7 +17,9 @@ import base64
 import binascii
 import hashlib
 import hmac
+import os
 import secrets
+from pathlib import Path
 
 __all__ = [
     "HASH_PREFIX",
@@ -25,6 +27,7 @@ __all__ = [
     "hash_password",
     "is_hashed",
     "parse_hash",
+    "secret_file",
     "verify_password",
 ]
 
@@ -132,3 +135,25 @@ def _main() -> None:
 
 if __name__ == "__main__":
     _main()
+
+
+def secret_file(path: Path, *, create: bool = True) -> str | None:
+    """The random secret kept in ``path``; when the file does not exist and ``create`` is true,
+    a new one (64 hex digits) is written there first, mode 0600 from the start (never
+    readable by others, even briefly). None when it does not exist and ``create`` is false.
+    Two processes creating it at once agree: the loser of the exclusive create reads the
+    winner's."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        if not create:
+            return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_hex(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value

@@ -85,12 +85,13 @@ def bridge_config(
     account: Mapping[str, object] | None = None,
     pipeline: Mapping[str, object] | None = None,
     provider: Mapping[str, object] | None = None,
+    admin: Mapping[str, object] | None = None,
     extra: str = "",
 ) -> str:
     """TOML for one sandbox provider and the ``demo`` account (loopback, all bind types).
 
-    ``account``, ``pipeline`` and ``provider`` add or override keys of those tables; ``extra``
-    is appended as is (``[[routes]]`` tables, more providers).
+    ``account``, ``pipeline``, ``provider`` and ``admin`` add or override keys of those
+    tables; ``extra`` is appended as is (``[[routes]]`` tables, more providers).
     """
     smpp = {
         "host": "127.0.0.1",
@@ -107,6 +108,7 @@ def bridge_config(
     prov.update(provider or {})
     text = _table("[smpp]", smpp)
     text += _table("[http]", {"host": "127.0.0.1", "port": http_port})
+    text += _table("[admin]", {"host": "127.0.0.1", "port": 0, **(admin or {})})
     text += _table("[storage]", {"data_dir": str(data_dir)})
     text += _table("[logging]", {"level": "warning", "format": "console"})
     text += _table("[pipeline]", pipe)

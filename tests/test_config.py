@@ -84,9 +84,16 @@ def test_shipped_bridge_toml_loads_and_runs_on_loopback() -> None:
 def test_full_example_loads_with_every_option() -> None:
     cfg = load_config(
         REPO / "config" / "examples" / "full.toml",
-        env={"BRIDGE_BILLING_PASSWORD": "s3cret", "BRIDGE_CALLBACK_SECRET": "cb-secret"},
+        env={
+            "BRIDGE_BILLING_PASSWORD": "s3cret",
+            "BRIDGE_CALLBACK_SECRET": "cb-secret",
+            "BRIDGE_ADMIN_TOKEN": "admin-token-0123456789",
+        },
     )
     assert cfg.http.public_url == "https://sms-bridge.example.com"
+    assert (cfg.admin.host, cfg.admin.port, cfg.admin.metrics_auth) == ("127.0.0.1", 8081, True)
+    assert cfg.admin.token is not None
+    assert cfg.admin.token.get_secret_value() == "admin-token-0123456789"
     assert cfg.http.callback_secret is not None
     assert cfg.http.callback_secret.get_secret_value() == "cb-secret"
     assert cfg.pipeline.poll_interval == 60
@@ -485,7 +492,11 @@ def test_check_config_prints_the_accounts_providers_and_routes_it_understood(
 ) -> None:
     from bridge.cli import main
 
-    env = {"BRIDGE_CALLBACK_SECRET": "x", "BRIDGE_BILLING_PASSWORD": "y"}
+    env = {
+        "BRIDGE_CALLBACK_SECRET": "x",
+        "BRIDGE_BILLING_PASSWORD": "y",
+        "BRIDGE_ADMIN_TOKEN": "admin-token-0123456789",
+    }
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
             mp.setenv(k, v)

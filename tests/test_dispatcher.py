@@ -732,3 +732,41 @@ async def test_a_message_waiting_on_an_open_circuit_still_expires_on_time(rig: R
     assert rig.finisher.finished["b"][0] is MessageState.EXPIRED
     assert time.monotonic() - started < 30  # the validity, not the 60 s cooldown, ended it
     assert d.breakers["p1"].state.value == "open"  # no probe was spent on it
+
+
+# --------------------------------------------------------------------------- operator pause
+
+
+async def test_a_paused_provider_gets_no_sends_until_resumed(rig: Rig) -> None:
+    p1 = FakeProvider("p1")
+    d = rig.dispatcher(p1)
+    await d.start()
+    assert d.pause("p1") and not d.pause("p1")  # the second one changes nothing
+    await rig.add(d, make_message(id="a"))
+    await asyncio.sleep(0.2)
+    assert p1.sent == []
+    assert d.where("a") == ("queued", "p1")
+    assert d.resume("p1") and not d.resume("p1")
+    await until(lambda: rig.store.lookup_now("p1", "p1-1") == "a")
+
+
+async def test_a_paused_provider_fails_over_at_once(rig: Rig) -> None:
+    p1, p2 = FakeProvider("p1"), FakeProvider("p2")
+    d = rig.dispatcher(p1, p2)
+    await d.start()
+    d.pause("p1")
+    await rig.add(d, make_message(id="a", route=["p1", "p2"]))
+    await until(lambda: rig.store.lookup_now("p2", "p2-1") == "a")
+    assert p1.sent == []
+    assert any("p1: paused; failing over to p2" in detail for detail in rig.details("a"))
+
+
+async def test_a_message_waiting_on_a_paused_provider_still_expires_on_time(rig: Rig) -> None:
+    p1 = FakeProvider("p1")
+    d = rig.dispatcher(p1)
+    await d.start()
+    d.pause("p1")
+    await rig.add(d, make_message(id="a", expire_at=time.time() + 0.3))
+    await until(lambda: "a" in rig.finisher.finished)
+    assert rig.finisher.finished["a"][0] is MessageState.EXPIRED
+    assert p1.sent == []

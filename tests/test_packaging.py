@@ -226,10 +226,14 @@ def _sample_labels(exposition: str) -> dict[str, set[str]]:
 def _scrape(bt: BridgeThread) -> str:
     """GET /metrics of the running bridge (or its registry, when it serves no HTTP)."""
     bridge: Any = bt.bridge
-    http = getattr(bridge, "http", None)
-    port = getattr(http, "port", None)
+    admin = getattr(bridge, "admin_http", None)
+    port = getattr(admin, "port", None)
     if port:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/metrics",
+            headers={"Authorization": f"Bearer {bridge.admin_token}"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as resp:
             assert resp.status == 200
             return str(resp.read().decode("utf-8"))
     registry = getattr(bridge, "registry", None)
@@ -277,7 +281,7 @@ def test_dockerfile_is_multi_stage_slim_non_root_with_volumes_and_healthcheck() 
     volumes = {v for args in _instructions("VOLUME") for v in _exec_form(args)}
     assert volumes >= {"/etc/smpp-bridge", str(cfg.storage.data_dir)}
     exposed = {int(p.split("/")[0]) for args in _instructions("EXPOSE") for p in args.split()}
-    assert exposed >= {cfg.smpp.port, cfg.http.port}
+    assert exposed >= {cfg.smpp.port, cfg.http.port, cfg.admin.port}
 
     env = " ".join(_instructions("ENV"))
     assert "PYTHONDONTWRITEBYTECODE=1" in env and "PYTHONUNBUFFERED=1" in env
@@ -290,7 +294,7 @@ def test_dockerfile_is_multi_stage_slim_non_root_with_volumes_and_healthcheck() 
     assert PurePosixPath(config_path).parent == PurePosixPath("/etc/smpp-bridge")
 
     health = " ".join(_healthcheck_command())
-    assert f":{cfg.http.port}/healthz" in health
+    assert f":{cfg.admin.port}/healthz" in health
 
 
 def test_dockerfile_copies_only_files_that_exist_and_are_not_dockerignored() -> None:
@@ -318,6 +322,10 @@ def test_docker_config_is_valid_and_listens_on_all_interfaces() -> None:
     cfg = _docker_config()
     assert cfg.smpp.host == "0.0.0.0"
     assert cfg.http.host == "0.0.0.0"
+    # Prometheus reaches the admin listener over the compose network; the API still needs
+    # the token, which the bridge creates in its data volume.
+    assert cfg.admin.host == "0.0.0.0"
+    assert not cfg.admin.allow_unauthenticated
     assert str(cfg.storage.data_dir) == "/var/lib/smpp-bridge"
     (account,) = cfg.accounts
     assert account.password.get_secret_value() == DEMO_ENV["SMPP_DEMO_PASSWORD"]
@@ -330,10 +338,10 @@ def test_docker_config_is_valid_and_listens_on_all_interfaces() -> None:
 
 def test_healthcheck_command_passes_against_a_running_bridge(start_bridge: StartBridge) -> None:
     bt = start_bridge()
-    port = bt.bridge.http.port
+    port = bt.bridge.admin_http.port
     cfg = _docker_config()
     command = [
-        arg.replace(f"127.0.0.1:{cfg.http.port}/", f"127.0.0.1:{port}/")
+        arg.replace(f"127.0.0.1:{cfg.admin.port}/", f"127.0.0.1:{port}/")
         for arg in _healthcheck_command()
     ]
     assert command[0] == "python"
@@ -359,7 +367,7 @@ def test_compose_services_and_mounts() -> None:
     context = ROOT / (build if isinstance(build, str) else build.get("context", "."))
     dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
     assert (context / dockerfile).resolve() == DOCKERFILE
-    assert _container_ports("bridge") >= {cfg.smpp.port, cfg.http.port}
+    assert _container_ports("bridge") >= {cfg.smpp.port, cfg.http.port, cfg.admin.port}
     assert "SMPP_DEMO_PASSWORD" in _env("bridge")
     (cmd,) = _instructions("CMD")
     config_path = _exec_form(cmd)[-1]
@@ -397,7 +405,9 @@ def test_prometheus_scrapes_the_bridge_service() -> None:
     assert job.get("scrape_interval", interval) == "5s"
     assert job.get("metrics_path", "/metrics") == "/metrics"
     targets = [t for sc in job["static_configs"] for t in sc["targets"]]
-    assert targets == [f"bridge:{cfg.http.port}"]
+    assert targets == [f"bridge:{cfg.admin.port}"]
+    # The demo scrapes without a token: the bridge config must allow that.
+    assert not cfg.admin.metrics_auth or "authorization" in job
 
 
 def test_grafana_provisioning() -> None:
@@ -490,10 +500,10 @@ def test_every_dashboard_metric_exists_in_a_real_scrape(start_bridge: StartBridg
         assert receipt.esm_class & 0x04
         # A refused submit (not a number), so the rejection series exist too.
         assert esme.submit(destination_addr="not-a-number").status != 0
-        if getattr(bt.bridge, "http", None) is not None:
+        if getattr(bt.bridge, "admin_http", None) is not None:
             # /readyz runs the provider health checks (bridge_provider_up).
             with urllib.request.urlopen(
-                f"http://127.0.0.1:{bt.bridge.http.port}/readyz", timeout=5
+                f"http://127.0.0.1:{bt.bridge.admin_http.port}/readyz", timeout=5
             ) as resp:
                 assert resp.status == 200
         exposition = _scrape(bt)

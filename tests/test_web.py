@@ -1,4 +1,4 @@
-"""The HTTP side: /metrics, /healthz, /readyz over real loopback HTTP.
+"""The HTTP side: /metrics, /healthz, /readyz over real loopback HTTP, on the admin listener.
 
 Against a whole :class:`~bridge.app.Bridge` (``BridgeThread``, HTTP on port 0) with the stdlib
 ``http.client`` as the client; :class:`~bridge.web.server.HttpServer` alone with a hand-written
@@ -41,11 +41,13 @@ pytestmark = pytest.mark.timeout(60)
 REPO = Path(__file__).resolve().parent.parent
 
 
-def get(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+def get(
+    port: int, path: str, method: str = "GET", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     """One request with the stdlib client: (status, lower-cased headers, body)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5.0)
     try:
-        conn.request(method, path)
+        conn.request(method, path, headers=headers or {})
         resp = conn.getresponse()
         body = resp.read()
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
@@ -70,7 +72,12 @@ async def aget(port: int, path: str, method: str = "GET") -> tuple[int, bytes]:
 
 
 def http_port(bt: BridgeThread) -> int:
-    return bt.bridge.http.port
+    """The admin listener, where /metrics, /healthz and /readyz live."""
+    return bt.bridge.admin_http.port
+
+
+def auth(bt: BridgeThread) -> dict[str, str]:
+    return {"Authorization": f"Bearer {bt.bridge.admin_token}"}
 
 
 # --------------------------------------------------------------------------- whole bridge
@@ -162,7 +169,7 @@ def test_metrics_exposition(start_bridge: StartBridge) -> None:
     with Esme(bt.port) as esme:  # some traffic, so per-message metrics have samples
         esme.bind()
         esme.submit_ok()
-    status, headers, body = get(http_port(bt), "/metrics")
+    status, headers, body = get(http_port(bt), "/metrics", headers=auth(bt))
     assert status == 200
     assert headers["content-type"].startswith("text/plain; version=0.0.4")
     text = body.decode()
@@ -176,7 +183,7 @@ def test_metrics_exposition(start_bridge: StartBridge) -> None:
 def test_unknown_path_and_wrong_method(start_bridge: StartBridge) -> None:
     port = http_port(start_bridge())
     assert get(port, "/nope")[0] == 404
-    assert get(port, "/metrics", "POST")[0] == 405
+    assert get(port, "/healthz", "POST")[0] == 405
     assert get(port, "/readyz", "DELETE")[0] == 405
     status, _, body = get(port, "/healthz", "HEAD")
     assert status == 200
@@ -185,19 +192,39 @@ def test_unknown_path_and_wrong_method(start_bridge: StartBridge) -> None:
 
 def test_no_secrets_in_any_response(start_bridge: StartBridge) -> None:
     bt = start_bridge()
-    for path in ("/metrics", "/healthz", "/readyz", "/nope"):
-        _, headers, body = get(http_port(bt), path)
+    for path in ("/metrics", "/healthz", "/readyz", "/nope", "/api/status", "/status"):
+        _, headers, body = get(http_port(bt), path, headers=auth(bt))
         assert PASSWORD.encode() not in body
         assert "server" not in headers  # no software banner either
 
 
-def test_stop_closes_the_http_port(tmp_path: Path) -> None:
+def test_stop_closes_the_http_and_admin_ports(tmp_path: Path) -> None:
     bt = BridgeThread(tmp_path / "data")
-    port = http_port(bt)
-    assert get(port, "/healthz")[0] == 200
+    ports = (http_port(bt), bt.bridge.http.port)
+    assert get(ports[0], "/healthz")[0] == 200
     bt.stop()
-    with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+    for port in ports:
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/metrics", "/healthz", "/readyz", "/status", "/api/status", "/api/trace?id=1",
+     "/api/log-level", "/api/providers/sandbox/pause", "/"],
+)  # fmt: skip
+def test_public_callback_port_answers_404_for_metrics_and_admin_paths(
+    start_bridge: StartBridge, path: str
+) -> None:
+    bt = start_bridge()
+    public = bt.bridge.http.port
+    for method in ("GET", "POST"):
+        status, _, body = get(public, path, method, headers=auth(bt))
+        assert status == 404, (method, path, status)
+        assert b"bridge_" not in body
+    # ... and the admin listener does serve them.
+    assert get(http_port(bt), path.split("?")[0] if path != "/" else "/healthz",
+               headers=auth(bt))[0] != 404  # fmt: skip
 
 
 # --------------------------------------------------------------------------- HttpServer alone
@@ -302,9 +329,10 @@ def test_bridge_run_http_port_and_sigterm(tmp_path: Path) -> None:
             if with_event.get("event") == "bridge.started":
                 started = with_event
         assert started is not None, "".join(lines)
-        host, _, port = started["http"].rpartition(":")
+        host, _, port = started["admin"].rpartition(":")
         assert host == "127.0.0.1" and int(port) > 0
         assert get(int(port), "/healthz")[0] == 200
+        assert get(int(started["http"].rpartition(":")[2]), "/healthz")[0] == 404
         proc.send_signal(signal.SIGTERM)
         rest = proc.communicate(timeout=20.0)[1].decode()
     finally:

@@ -197,6 +197,10 @@ class Dispatcher:
         self._timer_task: asyncio.Task[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._poll_due: dict[str, tuple[float, int]] = {}  # message id -> (next poll, polls)
+        #: Providers the operator paused (admin API): they get no sends; their messages fail
+        #: over or wait, as on an open circuit. Set on resume, so waiting senders go at once.
+        self.paused: set[str] = set()
+        self._resumed: dict[str, asyncio.Event] = {name: asyncio.Event() for name in providers}
         self._running = False
         self._stopping = False
 
@@ -306,6 +310,28 @@ class Dispatcher:
             return 0.0
         return max(0.0, now - next(iter(ready.values())).since)
 
+    def pause(self, provider: str) -> bool:
+        """Stop sending to ``provider`` until :meth:`resume`; False if it was paused already.
+        A send under way finishes."""
+        if provider in self.paused:
+            return False
+        self.paused.add(provider)
+        self._resumed[provider].clear()
+        return True
+
+    def resume(self, provider: str) -> bool:
+        """Undo :meth:`pause`; False if it was not paused."""
+        if provider not in self.paused:
+            return False
+        self.paused.discard(provider)
+        self._resumed[provider].set()
+        return True
+
+    def where(self, message_id: str) -> tuple[str, str] | None:
+        """(status, provider) of a message the dispatcher holds: waiting, queued or sending."""
+        entry = self._entries.get(message_id)
+        return None if entry is None else (entry.status, entry.provider)
+
     @property
     def held(self) -> int:
         """Messages the dispatcher holds: waiting, queued or being sent."""
@@ -384,6 +410,13 @@ class Dispatcher:
             if not self._current(entry, "queued"):
                 continue  # cancelled or superseded while queued
             probe = False
+            if name in self.paused:
+                if await self._fail_over_open_circuit(entry, "paused"):
+                    continue
+                await self._wait_while_paused(entry)
+                if not self._current(entry, "queued") or self._stopping:
+                    continue  # cancelled; or stopping: the store keeps it for the next start
+                # Resumed, or still paused with its validity over: _attempt expires it.
             if breaker.is_open:
                 if await self._fail_over_open_circuit(entry):
                     continue
@@ -434,16 +467,27 @@ class Dispatcher:
         elif was_open and not breaker.is_open:
             log.info("circuit_closed", provider=name)
 
-    async def _fail_over_open_circuit(self, entry: _Entry) -> bool:
-        """A message for a provider whose circuit is open goes to the next provider of its
-        route at once, when it has one (no attempt is spent on the dead one)."""
+    async def _fail_over_open_circuit(self, entry: _Entry, why: str = "circuit open") -> bool:
+        """A message for a provider whose circuit is open (or that is paused) goes to the next
+        provider of its route at once, when it has one (no attempt is spent on the dead one)."""
         name = entry.provider
         entry.status = "sending"
-        if await self._failover(entry, f"{name}: circuit open"):
+        if await self._failover(entry, f"{name}: {why}"):
             self._ready[name].pop(entry.message.id, None)
             return True
         entry.status = "queued"  # the end of its route: it waits for the circuit
         return False
+
+    async def _wait_while_paused(self, entry: _Entry) -> None:
+        """Wait until the provider is resumed, the message's validity ends (it is then expired
+        on time by _attempt) or the dispatcher stops."""
+        resumed = self._resumed[entry.provider]
+        while entry.provider in self.paused and not self._stopping:
+            remaining = self._deadline(entry.message) - self.clock()
+            if remaining <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(resumed.wait(), min(remaining, _MAX_SLEEP))
 
     async def _wait_for_circuit(self, entry: _Entry, breaker: CircuitBreaker) -> bool:
         """Wait until the circuit lets a send through or the message's validity ends (it is

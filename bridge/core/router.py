@@ -181,6 +181,25 @@ class Router:
                 return rule
         return None
 
+    def explain(
+        self, message: Message, *, chars: int, unicode: bool
+    ) -> tuple[Route | None, list[tuple[str, NoRouteReason | None]]]:
+        """The rule that matches and, for each of its providers in order, why it cannot carry
+        the message (None: it can). For the operator's route test (``bridge route``)."""
+        rule = self.rule_for(message)
+        if rule is None:
+            return None, []
+        verdicts: list[tuple[str, NoRouteReason | None]] = []
+        for name in rule.providers:
+            caps = self.capabilities.get(name)
+            refusal = (
+                NoRouteReason.NO_PROVIDER
+                if caps is None
+                else _refusal(caps, message, chars, unicode)
+            )
+            verdicts.append((name, refusal))
+        return rule, verdicts
+
     def route(self, message: Message, *, chars: int, unicode: bool) -> list[str]:
         """The providers to try, in failover order; raises :class:`NoRoute` if there are none.
 

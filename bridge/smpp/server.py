@@ -822,6 +822,16 @@ class SmppServer:
     def connection_count(self) -> int:
         return len(self._connections)
 
+    def bound_sessions(self) -> list[SessionInfo]:
+        """Every bound session (who, from where, bound how), for the admin status."""
+        return [
+            conn.info
+            for conn in list(self._connections)
+            if conn.info.system_id is not None
+            and conn.info.bind_type is not None
+            and conn.session.is_bound
+        ]
+
     def session_counts(self) -> dict[tuple[str, str], int]:
         """Bound sessions by (system_id, bind type), for the sessions gauge."""
         counts: dict[tuple[str, str], int] = {}

@@ -1,4 +1,6 @@
-"""The bridge's HTTP side: ``/metrics``, ``/healthz`` and ``/readyz`` (Starlette on uvicorn).
+"""The bridge's HTTP side: provider callbacks on the public ``[http]`` listener, and the
+``/metrics``, ``/healthz``, ``/readyz`` routes the ``[admin]`` listener serves (Starlette on
+uvicorn; the admin API itself is :mod:`bridge.admin.web`).
 
 Why it looks like this:
 
@@ -42,7 +44,14 @@ from bridge.observability import Metrics
 from bridge.providers.base import CallbackProvider, CallbackReply, CallbackRequest
 from bridge.providers.http import content_type_charset, decode_pairs
 
-__all__ = ["METRICS_CONTENT_TYPE", "CallbackEndpoint", "HealthReport", "HttpServer", "build_app"]
+__all__ = [
+    "METRICS_CONTENT_TYPE",
+    "CallbackEndpoint",
+    "HealthReport",
+    "HttpServer",
+    "build_app",
+    "ops_routes",
+]
 
 log = structlog.get_logger("bridge.web")
 
@@ -101,27 +110,17 @@ class CallbackEndpoint:
 MAX_CALLBACK_BODY = 1 << 20
 
 
-def build_app(
+def ops_routes(
     *,
-    metrics: Callable[[], bytes],
-    health: Callable[[], Awaitable[HealthReport]],
-    callbacks: Mapping[str, CallbackEndpoint] | None = None,
-    metrics_sink: Metrics | None = None,
+    metrics: Callable[[], bytes] | None,
+    health: Callable[[], Awaitable[HealthReport]] | None,
     ready_timeout: float = READY_TIMEOUT,
-) -> ASGIApp:
-    """The ASGI app: ``GET /metrics``, ``GET /healthz``, ``GET /readyz``, and
-    ``GET|POST /callbacks/{provider}/{token}/{kind}`` for provider pushes.
-
-    A callback with an unknown provider, a wrong token or a kind the provider does not take
-    gets the same bare 404 (the token is compared in constant time), so the path cannot be
-    probed for valid provider names or tokens.
-
-    Starlette answers unknown paths with 404 and other methods on these paths with 405 (HEAD
-    is allowed wherever GET is). Debug mode stays off: an exception gives a bare 500, never a
-    traceback.
-    """
+) -> list[Route]:
+    """``GET /metrics`` (when ``metrics`` is given), ``GET /healthz`` and ``GET /readyz`` (when
+    ``health`` is given): the routes the admin listener serves (bridge.admin.web)."""
 
     async def metrics_endpoint(request: Request) -> Response:
+        assert metrics is not None
         return Response(metrics(), headers={"content-type": METRICS_CONTENT_TYPE})
 
     async def healthz(request: Request) -> Response:
@@ -131,6 +130,7 @@ def build_app(
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
+        assert health is not None
         try:
             report = await asyncio.wait_for(health(), ready_timeout)
         except Exception as exc:  # a failing or hanging check means "not ready", not a 500
@@ -138,6 +138,39 @@ def build_app(
             return JSONResponse({"ready": False, "checks": {}}, status_code=503)
         return JSONResponse(report.to_json(), status_code=200 if report.ready else 503)
 
+    routes: list[Route] = []
+    if metrics is not None:
+        routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
+    if health is not None:
+        routes.append(Route("/healthz", healthz, methods=["GET"]))
+        routes.append(Route("/readyz", readyz, methods=["GET"]))
+    return routes
+
+
+def build_app(
+    *,
+    metrics: Callable[[], bytes] | None = None,
+    health: Callable[[], Awaitable[HealthReport]] | None = None,
+    callbacks: Mapping[str, CallbackEndpoint] | None = None,
+    metrics_sink: Metrics | None = None,
+    ready_timeout: float = READY_TIMEOUT,
+) -> ASGIApp:
+    """The ASGI app: ``GET|POST /callbacks/{provider}/{token}/{kind}`` for provider pushes,
+    plus :func:`ops_routes` for what is given of ``metrics`` and ``health``.
+
+    The bridge's public ``[http]`` listener gives neither: it faces the providers (the
+    internet, for push providers), so it serves callbacks only and answers 404 for
+    ``/metrics``, ``/healthz``, the admin API and everything else; those live on the
+    ``[admin]`` listener. Tests that need one server for everything pass both.
+
+    A callback with an unknown provider, a wrong token or a kind the provider does not take
+    gets the same bare 404 (the token is compared in constant time), so the path cannot be
+    probed for valid provider names or tokens.
+
+    Starlette answers unknown paths with 404 and other methods on these paths with 405 (HEAD
+    is allowed wherever GET is). Debug mode stays off: an exception gives a bare 500, never a
+    traceback.
+    """
     endpoints = dict(callbacks or {})
 
     def count(provider: str, kind: str, status: int) -> None:
@@ -146,11 +179,7 @@ def build_app(
 
     callbacks_app = _CallbackApp(endpoints, count)
     starlette = Starlette(
-        routes=[
-            Route("/metrics", metrics_endpoint, methods=["GET"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-        ]
+        routes=ops_routes(metrics=metrics, health=health, ready_timeout=ready_timeout)
     )
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -313,7 +342,9 @@ class HttpServer:
         *,
         startup_timeout: float = 10.0,
         shutdown_timeout: float = 5.0,
+        name: str = "http",
     ) -> None:
+        self.name = name  # which listener, in its log lines: "http" (callbacks) or "admin"
         self.host = host
         self.port = port
         self.app = app
@@ -360,7 +391,7 @@ class HttpServer:
         server = _EmbeddedServer(config)
         self._server = server
         # uvicorn closes the socket on shutdown; on a failed start it is closed below.
-        self._task = asyncio.create_task(server.serve(sockets=[sock]), name="http-server")
+        self._task = asyncio.create_task(server.serve(sockets=[sock]), name=f"{self.name}-server")
         try:
             async with asyncio.timeout(self.startup_timeout):
                 while not server.started:
@@ -372,7 +403,7 @@ class HttpServer:
             await self._cancel()
             sock.close()
             raise
-        log.info("http.listening", address=self.address)
+        log.info("http.listening", listener=self.name, address=self.address)
 
     async def stop(self) -> None:
         server, task = self._server, self._task
@@ -390,7 +421,7 @@ class HttpServer:
             log.exception("http.stop_failed")
         self._server = None
         self._task = None
-        log.info("http.stopped")
+        log.info("http.stopped", listener=self.name)
 
     async def _cancel(self) -> None:
         task = self._task
