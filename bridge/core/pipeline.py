@@ -291,22 +291,10 @@ class Pipeline:
 
         Raises :class:`Rejected` for what is known to be wrong at once.
         """
-        policy = sub.account
-        source = normalise_source(sub.source, policy)
-        destination = normalise_destination(sub.destination, policy)
-        now = self.clock()
-        if sub.expire_at is not None and sub.expire_at <= now:
-            raise Rejected(RejectReason.INVALID_EXPIRY, "already expired")
-        if self._queued >= self.max_queue:
-            self._queued = self.store.queue_depth()
-            if self._queued >= self.max_queue:
-                raise Rejected(RejectReason.QUEUE_FULL)
+        source, destination, now = self._admit(sub)
         if sub.concat is not None and sub.concat[1] > 1:
             return await self._accept_part(sub, source, destination, now)
-        text = self._decode(sub.payload, sub.data_coding, policy)
-        message = self._message(self.message_id(policy), sub, source, destination, text, now)
-        message.part_ids = [message.id]
-        self._route(message)
+        message = self._single(sub, source, destination, now)
         await self.store.add_message(message)
         self._queued += 1
         self.dispatcher.submit(message)
@@ -319,16 +307,8 @@ class Pipeline:
         )
         return message.id
 
-    def accept_nowait(self, sub: Submission, done: Accepted, arg: Any) -> bool:
-        """:meth:`accept` without a task or future: the hot path for single-part messages.
-
-        Validates and routes at once (raising :class:`Rejected`), appends the accept to the
-        store and returns True; ``done(arg, message_id, None)`` runs once the message is durable
-        and handed to the dispatcher, ``done(arg, None, error)`` if the store could not take it.
-        Returns False for a concatenated part (reassembly awaits: use :meth:`accept`).
-        """
-        if sub.concat is not None and sub.concat[1] > 1:
-            return False
+    def _admit(self, sub: Submission) -> tuple[Address, Address, float]:
+        """The checks every submission passes first: numbers, validity, queue room."""
         policy = sub.account
         source = normalise_source(sub.source, policy)
         destination = normalise_destination(sub.destination, policy)
@@ -339,10 +319,30 @@ class Pipeline:
             self._queued = self.store.queue_depth()
             if self._queued >= self.max_queue:
                 raise Rejected(RejectReason.QUEUE_FULL)
+        return source, destination, now
+
+    def _single(
+        self, sub: Submission, source: Address, destination: Address, now: float
+    ) -> Message:
+        """A single-part message, decoded and routed (raises Rejected)."""
+        policy = sub.account
         text = self._decode(sub.payload, sub.data_coding, policy)
         message = self._message(self.message_id(policy), sub, source, destination, text, now)
         message.part_ids = [message.id]
         self._route(message)
+        return message
+
+    def accept_nowait(self, sub: Submission, done: Accepted, arg: Any) -> bool:
+        """:meth:`accept` without a task or future: the hot path for single-part messages.
+
+        Validates and routes at once (raising :class:`Rejected`), appends the accept to the
+        store and returns True; ``done(arg, message_id, None)`` runs once the message is durable
+        and handed to the dispatcher, ``done(arg, None, error)`` if the store could not take it.
+        Returns False for a concatenated part (reassembly awaits: use :meth:`accept`).
+        """
+        if sub.concat is not None and sub.concat[1] > 1:
+            return False
+        message = self._single(sub, *self._admit(sub))
         self._queued += 1  # counted now, so a burst cannot overshoot max_queue
         self.store.add_message_nowait(message, self._stored, (message, done, arg))
         return True
