@@ -124,8 +124,8 @@ class RecordingFinisher:
         self.finished[message.id] = (state, error_code, detail)
         return True
 
-    async def correlated(self, provider: str, provider_message_id: str) -> bool:
-        return False
+    def correlated(self, provider: str, provider_message_id: str) -> None:
+        return None
 
     async def on_report(self, report: DeliveryReport) -> bool:
         self.reports.append(report)
@@ -223,6 +223,36 @@ async def test_accepted_stores_provider_id_and_correlation(rig: Rig) -> None:
     assert rig.finisher.finished == {}
     assert rig.dispatched == 1 and d.held == 0
     assert "accepted by p1" in rig.details()
+
+
+async def test_an_acceptance_the_store_refuses_is_retried_until_stored_never_resent(
+    rig: Rig,
+) -> None:
+    # A full disk while the provider takes the message: the provider has it, so the record of
+    # that (with the correlation its report needs) is written again until the store takes it,
+    # and the message is never handed to the provider a second time.
+    p1 = FakeProvider("p1")
+    d = rig.dispatcher(p1, retry_delay=0.01)
+    await d.start()
+    await rig.add(d, make_message())
+    rig.store.fail_writes = 3
+    await until(lambda: rig.store.lookup_now("p1", "p1-1") == "m1")
+    assert d.store_retries == 3
+    assert len(p1.sent) == 1
+    assert rig.stored().provider_message_id == "p1-1"
+    assert rig.store.awaiting_report_now() and not rig.store.pending_messages_now()
+
+
+async def test_stop_waits_for_acceptances_still_on_their_way_to_the_store(rig: Rig) -> None:
+    p1 = FakeProvider("p1")
+    d = rig.dispatcher(p1, retry_delay=0.05)
+    await d.start()
+    rig.store.fail_writes = 0
+    await rig.add(d, make_message())
+    rig.store.fail_writes = 2
+    await until(lambda: len(p1.sent) == 1)
+    await d.stop(timeout=2.0)
+    assert rig.store.lookup_now("p1", "p1-1") == "m1"
 
 
 async def test_accepted_parts_ids_are_all_correlated_with_the_message(rig: Rig) -> None:

@@ -431,7 +431,7 @@ async def test_a_report_that_comes_before_its_correlation_applies_once_correlate
     (r,) = queued(store)
     assert isinstance(r, Receipt) and r.state == D
     assert handler.unknown_reports == 0
-    assert not await handler.correlated("prov", "p-m1")
+    assert handler.correlated("prov", "p-m1") is None
 
 
 async def test_report_failure_carries_error_and_defaults_done_at_to_now() -> None:

@@ -92,8 +92,9 @@ class Finisher(Protocol):
         """Apply a provider's report (here: one obtained by polling)."""
         ...
 
-    async def correlated(self, provider: str, provider_message_id: str) -> object:
-        """The correlation for a provider id is stored: a report that came early can apply."""
+    def correlated(self, provider: str, provider_message_id: str) -> Awaitable[object] | None:
+        """The correlation for a provider id is stored: a report that came early can apply
+        (None when there was none)."""
         ...
 
 
@@ -110,6 +111,21 @@ class _Entry:
     provider: str
     status: _Status
     since: float = 0.0  # when it became ready to send (for oldest_age)
+
+
+@dataclass(eq=False, slots=True)
+class _Taken:
+    """A provider's acceptance of a message, on its way to the journal."""
+
+    message: Message
+    outcome: Outcome
+    provider: str
+    at: float
+
+
+def _log_failure(future: asyncio.Future[object]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("dispatch_followup_failed", error=repr(future.exception())[:200])
 
 
 class Dispatcher:
@@ -143,6 +159,7 @@ class Dispatcher:
         breaker_failures: int = 10,
         breaker_cooldown: float = 5.0,
         breaker_cooldown_max: float = 300.0,
+        retry_delay: float = 1.0,
     ) -> None:
         self.store = store
         self.providers = providers
@@ -159,6 +176,11 @@ class Dispatcher:
         self.failover_after = failover_after
         self.page_size = max(1, page_size)
         self.on_dispatched = on_dispatched
+        #: How long to wait before writing again an acceptance the store refused.
+        self.retry_delay = retry_delay
+        self.store_retries = 0
+        self._recording = 0  # acceptances on their way to the journal
+        self._recorded: asyncio.Event | None = None  # set when _recording drops to 0 (stop)
         self._rng = rng or random.Random()
         self.metrics = metrics if metrics is not None else Metrics()
         self._metrics: dict[str, ProviderMetrics] = {
@@ -248,6 +270,14 @@ class Dispatcher:
             await asyncio.gather(*tasks, return_exceptions=True)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        if self._recording:
+            # Acceptances still on their way to the journal: a message the provider took must
+            # not be sent again by the next start. Bounded: a store that refuses for longer
+            # leaves them pending (sent again after the restart; see the README).
+            self._recorded = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._recorded.wait(), timeout)
+            self._recorded = None
         self._consumers.clear()
         self._busy.clear()
         self._timer_task = self._poll_task = None
@@ -539,13 +569,17 @@ class Dispatcher:
         )
         self._record_breaker(name, outcome)
         if outcome.kind is OutcomeKind.ACCEPTED:
-            await self._accepted(entry, outcome)
+            self._accepted(entry, outcome)
         elif outcome.kind is OutcomeKind.PERMANENT:
             await self._permanent(entry, outcome)
         else:
             await self._transient(entry, outcome)
 
-    async def _accepted(self, entry: _Entry, outcome: Outcome) -> None:
+    def _accepted(self, entry: _Entry, outcome: Outcome) -> None:
+        """The provider took the message: record it (with the correlation its report needs)
+        without waiting — the sender goes on to its next message at once; what follows from
+        the record (an early report, an intermediate notification, a final outcome) runs in
+        :meth:`_taken` once the record is durable."""
         message, name = entry.message, entry.provider
         now = self.clock()
         self._release(entry)
@@ -554,32 +588,90 @@ class Dispatcher:
         # re-sent after a restart, though no report can be correlated to it.
         message.provider_message_id = outcome.provider_message_id or ""
         message.attempts += 1
-        # The correlation goes in the same transaction as the message: a crash between two
-        # commits would leave a taken message whose report (pushed or polled) matches nothing.
-        await self.store.update_message(
-            message,
-            StateChange(message.id, MessageState.ENROUTE, now, f"accepted by {name}"),
-            correlation=(name, outcome.provider_message_id, now + self.correlation_ttl)
-            if outcome.provider_message_id
-            else None,
-            other_ids=outcome.other_ids if outcome.provider_message_id else (),
-        )
+        self._note_dispatched()
+        self._record_taken(_Taken(message, outcome, name, now))
+
+    def _record_taken(self, taken: _Taken) -> None:
+        """Journal a message's acceptance by a provider. The correlation goes in the same
+        record as the message: a crash between two writes would leave a taken message whose
+        report (pushed or polled) matches nothing."""
+        message, outcome, name, now = taken.message, taken.outcome, taken.provider, taken.at
+        self._recording += 1
+        try:
+            self.store.update_message_nowait(
+                message,
+                StateChange(message.id, MessageState.ENROUTE, now, f"accepted by {name}"),
+                self._taken,
+                taken,
+                correlation=(name, outcome.provider_message_id, now + self.correlation_ttl)
+                if outcome.provider_message_id
+                else None,
+                other_ids=outcome.other_ids if outcome.provider_message_id else (),
+            )
+        except Exception as exc:  # a closed store raises at once: same path as a failed write
+            self._taken(taken, None, exc)
+
+    def _taken(self, taken: _Taken, _result: object, error: BaseException | None) -> None:
+        """The acceptance record is durable (``error`` None), or could not be written."""
+        self._recording -= 1
+        if error is not None:
+            # The provider has the message: it must not be forgotten (nor sent again by the
+            # next start), so the record is retried until the store takes it (a full disk).
+            self.store_retries += 1
+            self._sampled(
+                "warning",
+                "dispatch_store_failed",
+                taken.provider,
+                message_id=taken.message.id,
+                provider=taken.provider,
+                error=type(error).__name__,
+                retry_in=self.retry_delay,
+            )
+            self._recording += 1  # still owed: stop() waits for it
+            asyncio.get_running_loop().call_later(self.retry_delay, self._retry_taken, taken)
+        else:
+            self._after_taken(taken)
+        if self._recording == 0 and self._recorded is not None:
+            self._recorded.set()
+
+    def _retry_taken(self, taken: _Taken) -> None:
+        self._recording -= 1
+        self._record_taken(taken)
+
+    def _after_taken(self, taken: _Taken) -> None:
+        message, outcome, name, now = taken.message, taken.outcome, taken.provider, taken.at
         if outcome.provider_message_id:
             if message.wants_intermediate and not (outcome.state and outcome.state.is_final):
                 # registered_delivery bit 0x10: say "handed to a provider" (an ENROUTE
                 # intermediate notification) before any final report.
-                await self.finisher.on_report(
-                    DeliveryReport(name, outcome.provider_message_id, MessageState.ENROUTE, 0, now)
+                self._watch(
+                    self.finisher.on_report(
+                        DeliveryReport(
+                            name, outcome.provider_message_id, MessageState.ENROUTE, 0, now
+                        )
+                    )
                 )
             # Providers may push a report before their send call has returned to us.
-            await self.finisher.correlated(name, outcome.provider_message_id)
+            self._watch(self.finisher.correlated(name, outcome.provider_message_id))
             for other in outcome.other_ids:
-                await self.finisher.correlated(name, other)
-        self._note_dispatched()
+                self._watch(self.finisher.correlated(name, other))
         if outcome.state is not None and outcome.state.is_final:
-            await self._call_finish(
-                message, outcome.state, outcome.error_code, outcome.detail or f"final from {name}"
+            self._watch(
+                self.finisher.finish(
+                    message,
+                    outcome.state,
+                    outcome.error_code,
+                    outcome.detail or f"final from {name}",
+                )
             )
+
+    def _watch(self, work: Awaitable[object] | None) -> None:
+        """Let ``work`` (the report handler's future, or a coroutine of a test double) run
+        without waiting for it; a failure is logged, never lost silently."""
+        if work is None:
+            return
+        future = asyncio.ensure_future(work)  # a future stays itself: no task is made for it
+        future.add_done_callback(_log_failure)
 
     async def _permanent(self, entry: _Entry, outcome: Outcome) -> None:
         detail = f"{entry.provider}: {outcome.detail or 'refused'}"

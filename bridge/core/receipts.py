@@ -457,14 +457,15 @@ class ReportHandler:
         work.detail = detail
         return self._submit(work)
 
-    async def correlated(self, provider: str, provider_message_id: str) -> bool:
-        """The dispatcher stored the correlation for this id: apply a report that came early."""
+    def correlated(self, provider: str, provider_message_id: str) -> asyncio.Future[bool] | None:
+        """The dispatcher stored the correlation for this id: apply a report that came early.
+        None (at once, no future made) when none was waiting — the common case."""
         if not self._early:
-            return False
+            return None
         parked = self._early.pop((provider, provider_message_id), None)
         if parked is None:
-            return False
-        return await self.on_report(parked[0])
+            return None
+        return self.on_report(parked[0])
 
     # ------------------------------------------------------------------ batching
 
