@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import hashlib
 import hmac
+import shutil
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -190,6 +191,7 @@ class Bridge:
         self._reaper: asyncio.Task[None] | None = None
         self._housekeeper: asyncio.Task[None] | None = None
         self._health_checker: asyncio.Task[None] | None = None
+        self._disk_watch: asyncio.Task[None] | None = None
         self._routed = frozenset(name for r in self.router.routes for name in r.providers)
         #: The last balance each provider reported (for the admin status).
         self.balances: dict[str, float] = {}
@@ -298,7 +300,9 @@ class Bridge:
             store_ok = False
         listening = bool(self.smpp.ports) and self.smpp.listening
         providers = await self._providers_health()
-        return HealthReport(store_ok, listening, providers, self._routed)
+        return HealthReport(
+            store_ok, listening, providers, self._routed, disk_space=not self.pipeline.disk_low
+        )
 
     @property
     def routed_providers(self) -> frozenset[str]:
@@ -427,6 +431,8 @@ class Bridge:
         self._health_checker = asyncio.create_task(
             self._check_providers(), name="provider-health"
         )
+        self._check_disk()
+        self._disk_watch = asyncio.create_task(self._watch_disk(), name="disk-watch")
         await self.smpp.start()
         try:
             await self.http.start()
@@ -435,6 +441,38 @@ class Bridge:
         except BaseException:
             await self.stop()  # e.g. the HTTP port is taken: leave nothing half-started
             raise
+
+    async def _watch_disk(self, interval: float = 1.0) -> None:
+        """Every second: is there room on the store's disk? (One statvfs call, microseconds.)"""
+        while True:
+            await asyncio.sleep(interval)
+            self._check_disk()
+
+    def _check_disk(self) -> None:
+        """Refuse new submits (ESME_RMSGQFUL) while free space is under ``[storage]
+        min_free_mb``, and say so once — a WARNING when it starts, INFO when it ends — rather
+        than one line per refusal on the very disk that is full."""
+        minimum = self.cfg.storage.min_free_mb * 1024 * 1024
+        try:
+            free = shutil.disk_usage(self.cfg.storage.data_dir).free
+        except OSError as exc:
+            log.warning("store.disk_unreadable", error=repr(exc))
+            return
+        self.metrics.store_free_bytes.set(free)
+        low = minimum > 0 and free < minimum
+        if low == self.pipeline.disk_low:
+            return
+        self.pipeline.disk_low = low
+        if low:
+            log.warning(
+                "store.disk_low",
+                free_mb=free // (1024 * 1024),
+                min_free_mb=self.cfg.storage.min_free_mb,
+                data_dir=str(self.cfg.storage.data_dir),
+                action="new submits refused with ESME_RMSGQFUL until space is freed",
+            )
+        else:
+            log.info("store.disk_ok", free_mb=free // (1024 * 1024), submits="accepted again")
 
     async def _reap_parts(self) -> None:
         """Time out incomplete concatenated messages (each part gets a failure receipt)."""
@@ -482,7 +520,7 @@ class Bridge:
         await self.admin.stop()
         await self.http.stop()
         await self.smpp.stop()
-        for task in (self._reaper, self._housekeeper, self._health_checker):
+        for task in (self._reaper, self._housekeeper, self._health_checker, self._disk_watch):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

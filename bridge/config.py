@@ -293,6 +293,10 @@ class StorageConfig(_Section):
     # Messages in a final state are kept this long (for query_sm and history), then purged;
     # 0 keeps them for ever.
     retention: NonNegFloat = 7 * 86400.0
+    # Below this much free space (MiB) on data_dir's filesystem, new submits are refused with
+    # ESME_RMSGQFUL and /readyz says not ready, before the store itself runs out: what is
+    # accepted keeps room for its provider, report and receipt records. 0 turns the check off.
+    min_free_mb: Annotated[int, Field(ge=0)] = 256
 
     @field_validator("data_dir")
     @classmethod

@@ -576,6 +576,12 @@ class Metrics:
             buckets=COMMIT_DURATION_BUCKETS,
             registry=r,
         )
+        self.store_free_bytes = Gauge(
+            "bridge_store_free_bytes",
+            "Free bytes on the filesystem of [storage] data_dir, read every second; below"
+            " [storage] min_free_mb new submits are refused (ESME_RMSGQFUL, reason disk_full).",
+            registry=r,
+        )
         self.store_write_errors = Counter(
             "bridge_store_write_errors_total",
             "Journal records that could not be written (disk full, I/O error); see the log's"

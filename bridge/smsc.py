@@ -47,6 +47,7 @@ _STATUS: dict[RejectReason, int] = {
     RejectReason.ALPHANUMERIC_SENDER_UNSUPPORTED: Status.ESME_RSUBMITFAIL,
     RejectReason.SENDER_TOO_LONG: Status.ESME_RSUBMITFAIL,
     RejectReason.QUEUE_FULL: Status.ESME_RMSGQFUL,
+    RejectReason.DISK_FULL: Status.ESME_RMSGQFUL,
     RejectReason.INVALID_SCHEDULE: Status.ESME_RINVSCHED,
     RejectReason.INVALID_EXPIRY: Status.ESME_RINVEXPIRY,
     RejectReason.UNKNOWN_MESSAGE: Status.ESME_RINVMSGID,

@@ -86,6 +86,7 @@ def bridge_config(
     pipeline: Mapping[str, object] | None = None,
     provider: Mapping[str, object] | None = None,
     admin: Mapping[str, object] | None = None,
+    storage: Mapping[str, object] | None = None,
     extra: str = "",
 ) -> str:
     """TOML for one sandbox provider and the ``demo`` account (loopback, all bind types).
@@ -109,7 +110,7 @@ def bridge_config(
     text = _table("[smpp]", smpp)
     text += _table("[http]", {"host": "127.0.0.1", "port": http_port})
     text += _table("[admin]", {"host": "127.0.0.1", "port": 0, **(admin or {})})
-    text += _table("[storage]", {"data_dir": str(data_dir)})
+    text += _table("[storage]", {"data_dir": str(data_dir), **(storage or {})})
     text += _table("[logging]", {"level": "warning", "format": "console"})
     text += _table("[pipeline]", pipe)
     text += _table("[[accounts]]", acct)

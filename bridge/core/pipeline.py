@@ -59,6 +59,9 @@ class RejectReason(enum.Enum):
     ALPHANUMERIC_SENDER_UNSUPPORTED = "no provider on the route takes an alphanumeric sender"
     SENDER_TOO_LONG = "the sender is too long for every provider on the route"
     QUEUE_FULL = "queue full"
+    # Less free disk than [storage] min_free_mb where the store lives: refused before the
+    # store itself fails, so the messages already accepted keep room for their next records.
+    DISK_FULL = "the store's disk is nearly full"
     INVALID_SCHEDULE = "invalid schedule_delivery_time"
     INVALID_EXPIRY = "invalid validity_period"
     UNKNOWN_MESSAGE = "unknown message id"
@@ -254,6 +257,8 @@ class Pipeline:
         self.decode = decode
         self.clock = clock
         self.max_queue = max_queue
+        #: Set by the bridge's disk watch (the domain does no I/O): refuse new submissions.
+        self.disk_low = False
         self.ids = MessageIds(clock)
         self.reassembly = ReassemblyBuffer(timeout=reassembly_timeout)
         # (text, data_coding) -> (length in the units providers count, needs unicode)
@@ -315,6 +320,8 @@ class Pipeline:
         now = self.clock()
         if sub.expire_at is not None and sub.expire_at <= now:
             raise Rejected(RejectReason.INVALID_EXPIRY, "already expired")
+        if self.disk_low:
+            raise Rejected(RejectReason.DISK_FULL)
         if self._queued >= self.max_queue:
             self._queued = self.store.queue_depth()
             if self._queued >= self.max_queue:

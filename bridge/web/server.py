@@ -78,6 +78,7 @@ class HealthReport:
     smpp_listener: bool
     providers: Mapping[str, bool] = field(default_factory=dict)
     routed: frozenset[str] | None = None
+    disk_space: bool = True  # free space on the store's disk above [storage] min_free_mb
 
     @property
     def ready(self) -> bool:
@@ -85,13 +86,14 @@ class HealthReport:
         usable = any(
             ok for name, ok in self.providers.items() if self.routed is None or name in self.routed
         )
-        return self.store and self.smpp_listener and usable
+        return self.store and self.disk_space and self.smpp_listener and usable
 
     def to_json(self) -> dict[str, Any]:
         return {
             "ready": self.ready,
             "checks": {
                 "store": self.store,
+                "disk_space": self.disk_space,
                 "smpp_listener": self.smpp_listener,
                 "providers": dict(sorted(self.providers.items())),
             },
