@@ -137,7 +137,7 @@ async def _restart(directory: Path, segment_bytes: int) -> dict[str, Any]:
     started = time.perf_counter()
     await store.open()
     seconds = time.perf_counter() - started
-    live, final = len(store._live), len(store._final)  # noqa: SLF001 (a benchmark's look inside)
+    live, final = len(store._live), len(store._final)
     replayed = store.replayed_records
     await store.close()
     return {"seconds": round(seconds, 2), "replayed": replayed, "live": live, "final": final}
@@ -169,11 +169,11 @@ async def run(finished: int, inflight: int, directory: Path) -> dict[str, Any]:
     store = EmbeddedStore(directory, segment_bytes=big, fsync=False)
     await store.open()
     # The loop stall: what snapshot_now does on the loop before handing off to its thread.
-    journal = store._journal  # noqa: SLF001
+    journal = store._journal
     assert journal is not None
     await journal.idle()
     stall_started = time.perf_counter()
-    store._snapshot_state(0)  # noqa: SLF001 (the copy taken on the loop, timed alone)
+    store._snapshot_state(0)
     report["snapshot_loop_stall_ms"] = round((time.perf_counter() - stall_started) * 1000, 1)
     started = time.perf_counter()
     await store.snapshot_now()

@@ -54,6 +54,7 @@ from bridge.smpp.server import ServerConfig, SessionInfo, SmppServer
 from bridge.smpp.session import SessionConfig
 from bridge.smsc import SmppReceiptSender, SmscHandler, decode_payload, text_units
 from bridge.store.embedded import EmbeddedStore
+from bridge.store.legacy import import_legacy
 from bridge.web.server import CallbackEndpoint, HealthReport, HttpServer, build_app
 
 log = structlog.get_logger("bridge.app")
@@ -419,7 +420,11 @@ class Bridge:
         return True
 
     async def start(self) -> None:
-        Path(self.cfg.storage.data_dir).mkdir(parents=True, exist_ok=True)
+        data_dir = Path(self.cfg.storage.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.store, EmbeddedStore):
+            # A data directory of a bridge before engine v2: its bridge.db is imported once.
+            await import_legacy(data_dir, self.store.directory)
         await self.store.open()
         for provider in self.providers.values():
             await provider.start(self.reports.on_report, self._inbound)

@@ -1,7 +1,7 @@
 """The persistence interface: everything the bridge must not lose.
 
 One interface so that a Redis (or other shared) implementation can come later for several
-nodes; the embedded default is :mod:`bridge.store.sqlite`.
+nodes; the embedded default is :mod:`bridge.store.embedded`.
 
 Durability contract: every ``async`` write method returns only once the change is committed to
 disk (group commit: many callers share one transaction and one fsync). The SMPP layer answers

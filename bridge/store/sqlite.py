@@ -1,6 +1,10 @@
-"""The embedded store: one SQLite file in WAL mode, one writer thread, group commit.
+"""The SQLite store of bridges before engine v2 (``bridge.db``), kept only so that
+:mod:`bridge.store.legacy` can import an old data directory at the first start; the bridge
+itself runs on :mod:`bridge.store.embedded`. What follows describes it as it was.
 
-Why this shape (see DESIGN.md, "persistence"): with ``synchronous=FULL`` every COMMIT costs an
+One SQLite file in WAL mode, one writer thread, group commit.
+
+Why this shape: with ``synchronous=FULL`` every COMMIT costs an
 fsync (≈ 0.3 ms here), so committing each message on its own caps the bridge at a few thousand
 messages a second. Instead every async write method turns its change into an *op* (SQL and
 parameters, prepared in the caller's thread so that later mutations of the caller's objects do
