@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.core.model import Address, Message, MessageState, Receipt
+from bridge.runtime import tune_gc
 from bridge.store.base import StateChange
 from bridge.store.embedded import EmbeddedStore
 
@@ -136,6 +137,7 @@ async def _restart(directory: Path, segment_bytes: int) -> dict[str, Any]:
     store = EmbeddedStore(directory, segment_bytes=segment_bytes, fsync=False)
     started = time.perf_counter()
     await store.open()
+    tune_gc()  # part of a restart: `smpp-bridge run` freezes the loaded state (bridge/runtime.py)
     seconds = time.perf_counter() - started
     live, final = len(store._live), len(store._final)
     replayed = store.replayed_records
@@ -168,6 +170,7 @@ async def run(finished: int, inflight: int, directory: Path) -> dict[str, Any]:
 
     store = EmbeddedStore(directory, segment_bytes=big, fsync=False)
     await store.open()
+    tune_gc()
     # The loop stall: what snapshot_now does on the loop before handing off to its thread.
     journal = store._journal
     assert journal is not None

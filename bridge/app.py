@@ -50,6 +50,7 @@ from bridge.providers.base import (
     StatsProvider,
 )
 from bridge.providers.sandbox import SandboxProvider, SandboxRule
+from bridge.runtime import tune_gc
 from bridge.smpp.server import ServerConfig, SessionInfo, SmppServer
 from bridge.smpp.session import SessionConfig
 from bridge.smsc import SmppReceiptSender, SmscHandler, decode_payload, text_units
@@ -728,6 +729,7 @@ async def run(cfg: Config, overrides: dict[str, object] | None = None) -> None:
     with contextlib.suppress(NotImplementedError, AttributeError):
         loop.add_signal_handler(signal.SIGHUP, bridge.reload, overrides)
     await bridge.start()
+    tune_gc()  # the loaded state is frozen out of the collector's walks (bridge/runtime.py)
     log.info(
         "bridge.started",
         smpp=f"{cfg.smpp.host}:{bridge.smpp.ports['smpp']}",

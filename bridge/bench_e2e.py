@@ -279,6 +279,7 @@ max_outstanding = {window * 2}
 async def _bench(binds: int, window: int, messages: int, timeout: float) -> dict[str, Any]:
     from bridge.app import Bridge
     from bridge.config import load_config_text
+    from bridge.runtime import tune_gc
 
     loop = asyncio.get_running_loop()
     bare = await loop.create_server(_Responder, "127.0.0.1", 0)
@@ -291,6 +292,7 @@ async def _bench(binds: int, window: int, messages: int, timeout: float) -> dict
     with tempfile.TemporaryDirectory() as tmp:
         bridge = Bridge(load_config_text(_config(tmp, window), base_dir=Path(tmp)))
         await bridge.start()
+        tune_gc()  # as `smpp-bridge run` does (bridge/runtime.py)
         print("bridge (sandbox provider, embedded journal store):", file=sys.stderr)
         # CPU time of this process (the load client is another one): every thread of the
         # bridge, the journal writer included — a figure the machine's noise hardly moves.

@@ -164,6 +164,7 @@ async def _bench(
 
     from bridge.app import Bridge
     from bridge.config import load_config_text
+    from bridge.runtime import tune_gc
 
     sim_port = _free_port()
     sim = _start_simulator(sim_port, delay)
@@ -185,6 +186,7 @@ async def _bench(
             cfg = _bridge_config(tmp, window, sim_url, concurrency)
             bridge = Bridge(load_config_text(cfg, base_dir=Path(tmp)))
             await bridge.start()
+            tune_gc()  # as `smpp-bridge run` does (bridge/runtime.py)
             print("bridge (iSMS HTTP adapter, SQLite store, receipts):", file=sys.stderr)
             try:
                 result = await asyncio.to_thread(
