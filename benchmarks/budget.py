@@ -42,6 +42,7 @@ from bridge.bench import _submit_bytes
 from bridge.config import load_config_text
 from bridge.core.pipeline import normalise_destination, normalise_source
 from bridge.observability import configure_logging
+from bridge.runtime import tune_gc
 from bridge.smpp.pdu import CommandId, Pdu, decode, encode
 from bridge.smpp.server import SessionInfo
 from bridge.smpp.session import BindType
@@ -84,6 +85,7 @@ async def run(messages: int) -> dict[str, Any]:
         cfg = load_config_text(_CONFIG.format(data=Path(tmp) / "data"))
         bridge = Bridge(cfg)
         await bridge.start()
+        tune_gc()  # as `smpp-bridge run` does (bridge/runtime.py)
         try:
             return await _measure(bridge, messages)
         finally:
