@@ -54,6 +54,9 @@ def client(
     messages: int,
     timeout: float,
     expect_receipts: bool = True,
+    host: str = "127.0.0.1",
+    system_id: str = "demo",
+    password: str = "demopass",
 ) -> dict[str, Any]:
     """The load client (runs in its own process). Returns the measurements. Without
     ``expect_receipts`` it stops once every submit_sm is answered (a server that sends none)."""
@@ -63,13 +66,13 @@ def client(
             CommandId.bind_transceiver,
             1,
             0,
-            {"system_id": "demo", "password": "demopass", "interface_version": 0x34},
+            {"system_id": system_id, "password": password, "interface_version": 0x34},
         )
     )
     template = _submit_template()
     conns: list[dict[str, Any]] = []
     for _ in range(binds):
-        s = socket.create_connection(("127.0.0.1", port))
+        s = socket.create_connection((host, port))
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.sendall(bind)
         reader = FrameReader(1 << 20)
@@ -339,3 +342,39 @@ def main(
         print(e2e_summary(res), end="\n\n")
     print(json.dumps(res, indent=2))
     return 0
+
+
+def load_main(
+    *,
+    host: str,
+    port: int,
+    system_id: str,
+    password: str,
+    binds: int = 4,
+    window: int = 64,
+    messages: int = 50_000,
+    timeout: float = 300,
+    as_json: bool = False,
+) -> int:
+    """``smpp-bridge bench load``: the e2e benchmark's load client against a bridge that is
+    already running (``smpp-bridge run``), e.g. on another machine or with another config.
+    Nothing to compare with in the same run here: run ``bench e2e`` beside it for the baseline."""
+    try:
+        result = client(
+            port, binds, window, messages, timeout, True, host, system_id, password
+        )
+    except (OSError, RuntimeError) as exc:
+        print(f"smpp-bridge bench load: {exc}", file=sys.stderr)
+        return 1
+    if not as_json:
+        print(
+            f"{host}:{port}, {binds} binds x window {window}: {result['accepted']} of {messages}"
+            f" accepted at {result['submit_per_s'] / 1000:.2f}k/s (p50"
+            f" {result['latency_p50_ms']:.1f} ms, p99 {result['latency_p99_ms']:.1f} ms);"
+            f" receipts: {result['receipts_matched']} matched, {result['receipts_missing']}"
+            f" missing, {result['receipts_duplicated']} duplicated;"
+            f" {result['end_to_end_per_s'] / 1000:.2f}k/s end to end\n"
+        )
+    print(json.dumps(result, indent=2))
+    complete = result["receipts_missing"] == 0 and result["refused"] == 0
+    return 0 if complete else 1

@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import getpass
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -46,7 +47,17 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measure codec and SMPP round-trip throughput")
     bench.add_argument(
-        "what", nargs="?", choices=["codec", "smpp", "e2e", "provider", "all"], default="all"
+        "what", nargs="?", choices=["codec", "smpp", "e2e", "provider", "load", "all"],
+        default="all",
+        help="load: the e2e load client against a running bridge (--host, --port, ...)",
+    )
+    bench.add_argument("--host", default="127.0.0.1", help="load: the bridge's SMPP address")
+    bench.add_argument("--port", type=int, default=2775, help="load: the bridge's SMPP port")
+    bench.add_argument("--system-id", default="demo", help="load: the account to bind as")
+    bench.add_argument(
+        "--password",
+        default=None,
+        help="load: its password (default: $SMPP_DEMO_PASSWORD, else demopass)",
     )
     bench.add_argument("--messages", type=int, default=20000, help="submit_sm per run")
     bench.add_argument("--binds", type=int, default=4, help="ESME binds (e2e)")
@@ -276,6 +287,15 @@ def main(argv: list[str] | None = None) -> int:
             return provider_main(
                 binds=args.binds, window=args.window, messages=args.messages, as_json=args.json
             )
+        if args.what == "load":
+            from bridge.bench_e2e import load_main
+            from bridge.send import PASSWORD_ENV
+
+            return load_main(
+                host=args.host, port=args.port, system_id=args.system_id,
+                password=args.password or os.environ.get(PASSWORD_ENV, "demopass"),
+                binds=args.binds, window=args.window, messages=args.messages, as_json=args.json,
+            )  # fmt: skip
         if args.what == "e2e":
             from bridge.bench_e2e import main as e2e_main
 

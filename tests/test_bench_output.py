@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 
+from bridge_harness import StartBridge, start_bridge
+
 from bridge.bench_summary import e2e_summary, provider_summary, rate
+
+__all__ = ["start_bridge"]  # the fixture
 
 
 def _bench(*args: str) -> str:
@@ -82,3 +87,30 @@ def test_provider_summary_names_the_naive_forwarder_baseline() -> None:
 
 def test_rate_keeps_three_significant_figures() -> None:
     assert (rate(4928.713159228039), rate(912.4), rate(461_234.0)) == ("4.93k/s", "912/s", "461k/s")
+
+
+def test_bench_load_drives_a_running_bridge_and_counts_every_receipt(
+    start_bridge: StartBridge,
+) -> None:
+    bt = start_bridge(delay=0.01)
+    out = subprocess.run(
+        [sys.executable, "-m", "bridge", "bench", "load", "--port", str(bt.port),
+         "--messages", "300", "--binds", "2", "--window", "8", "--json"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["accepted"] == 300 and result["receipts_matched"] == 300
+    assert result["receipts_duplicated"] == 0 and result["receipts_missing"] == 0
+
+
+def test_bench_load_says_why_when_nothing_listens() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = subprocess.run(
+        [sys.executable, "-m", "bridge", "bench", "load", "--port", str(port), "--messages", "1"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert out.stderr.startswith("smpp-bridge bench load:")
