@@ -313,6 +313,9 @@ def test_the_push_url_callback_urls_prints_works_as_pasted_into_the_account(
             mid = esme.submit_ok(registered_delivery=1)
             [receipt] = esme.receipts(1)
         assert (receipt_id(receipt), receipt_fields(receipt)["stat"]) == (mid, "DELIVRD")
+        # The simulator records a push once the bridge's answer is back, which can be just
+        # after the receipt the push produced has reached the ESME.
+        assert wait_until(lambda: bool(sim_thread.run(lambda: list(sim.pushes))), 5.0)
         assert [p.status for p in sim_thread.run(lambda: list(sim.pushes))] == [200]
     finally:
         sim_thread.call(sim.close())
