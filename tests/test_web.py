@@ -98,7 +98,12 @@ def test_readyz_ready_with_every_check(start_bridge: StartBridge) -> None:
     assert status == 200, body
     assert json.loads(body) == {
         "ready": True,
-        "checks": {"store": True, "smpp_listener": True, "providers": {"sandbox": True}},
+        "checks": {
+            "store": True,
+            "disk_space": True,
+            "smpp_listener": True,
+            "providers": {"sandbox": True},
+        },
     }
 
 
