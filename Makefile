@@ -33,6 +33,7 @@ test: lint typecheck unit
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check bridge tests benchmarks
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy bridge

@@ -9,7 +9,7 @@ Usage: ``python -m benchmarks.codec [--seconds 0.15] [--repeats 7] [--against RE
 * **baseline** — a minimal hand-written ``struct`` codec for submit_sm alone, right here: header
   unpack, ``bytes.index`` for each C-Octet String, indexing for integers, a plain TLV loop, the
   fields into a dict (decode); one ``struct.pack`` plus joins (encode). It checks nothing, so it
-  is roughly the ceiling of a pure-Python codec — what DESIGN.md's 150-line baseline measured.
+  is roughly the ceiling of a pure-Python codec — what a 150-line baseline codec measured.
 * ``--against REV`` also measures ``bridge/smpp/pdu.py`` as it was at git revision ``REV``, in
   the same run, for before/after comparisons of codec changes.
 

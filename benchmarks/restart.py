@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from bridge.core.model import Address, Message, MessageState, Receipt
+from bridge.core.store import StateChange
 from bridge.runtime import tune_gc
-from bridge.store.base import StateChange
 from bridge.store.embedded import EmbeddedStore
 
 _TEXT = "Benchmark message: hello from smpp-bridge"

@@ -1,6 +1,6 @@
 """Wiring: builds the parts from a :class:`~bridge.config.Config`, starts and stops them in order.
 
-This is the only module that knows every layer (DESIGN.md, "arrows point down").
+This is the only module that knows every layer (docs/architecture.md, "arrows point down").
 """
 
 from __future__ import annotations
@@ -36,12 +36,7 @@ from bridge.core.accounts import AccountRegistry
 from bridge.core.dispatcher import Dispatcher
 from bridge.core.model import InboundMessage, MessageState
 from bridge.core.pipeline import AccountPolicy, Pipeline, RejectReason
-from bridge.core.receipts import DeliveryQueue, ReportHandler
-from bridge.core.router import Route, Router
-from bridge.observability import BridgeCollector, Metrics, Snapshot
-from bridge.passwords import secret_file
-from bridge.providers import isms_http, isms_smpp, mycoolsms, phlymail, sms1601, smsflatrate
-from bridge.providers.base import (
+from bridge.core.provider import (
     CallbackKind,
     CallbackProvider,
     Capabilities,
@@ -49,6 +44,11 @@ from bridge.providers.base import (
     ProviderContext,
     StatsProvider,
 )
+from bridge.core.receipts import DeliveryQueue, ReportHandler
+from bridge.core.router import Route, Router
+from bridge.observability import BridgeCollector, Metrics, Snapshot
+from bridge.passwords import secret_file
+from bridge.providers import isms_http, isms_smpp, mycoolsms, phlymail, sms1601, smsflatrate
 from bridge.providers.sandbox import SandboxProvider, SandboxRule
 from bridge.runtime import tune_gc
 from bridge.smpp.server import ServerConfig, SessionInfo, SmppServer

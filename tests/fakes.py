@@ -1,4 +1,4 @@
-"""In-memory test doubles for the core: a :class:`~bridge.store.base.Store` without a disk.
+"""In-memory test doubles for the core: a :class:`~bridge.core.store.Store` without a disk.
 
 :class:`InMemoryStore` follows the Protocol's docstrings (not the SQLite implementation's
 internals), so a core test that passes against it relies only on the contract:
@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from bridge.core.model import InboundMessage, Message, Receipt
-from bridge.store.base import DeliveryItem, StateChange, StoredPart
+from bridge.core.store import DeliveryItem, StateChange, StoredPart
 
 __all__ = ["InMemoryStore", "StoreError"]
 

@@ -20,8 +20,8 @@ from bridge_harness import StartBridge, bridge_config, start_bridge
 from bridge.app import Bridge
 from bridge.config import load_config_text
 from bridge.core.model import Address, InboundMessage
+from bridge.core.provider import CallbackKind, CallbackProvider, CallbackReply, CallbackRequest
 from bridge.observability import Metrics
-from bridge.providers.base import CallbackKind, CallbackProvider, CallbackReply, CallbackRequest
 from bridge.web.server import CallbackEndpoint, HealthReport, HttpServer, build_app
 
 __all__ = ["start_bridge"]  # the fixture, imported for pytest

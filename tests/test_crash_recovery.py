@@ -1,10 +1,10 @@
 """Crash recovery of the real daemon: ``python -m bridge run`` killed with SIGKILL, restarted on
 the same data directory.
 
-The promise under test (DESIGN.md): submit_sm_resp ESME_ROK means the message is durable, and
-every receipt the ESME asked for reaches it at least once — whether, at the kill, the message
-was still queued, handed to the provider (whose report timer died with the process), reported
-with its receipt queued, or its receipt sent but not yet acknowledged.
+The promise under test (README, "The message pipeline"): submit_sm_resp ESME_ROK means the
+message is durable, and every receipt the ESME asked for reaches it at least once — whether, at
+the kill, the message was still queued, handed to the provider (whose report timer died with the
+process), reported with its receipt queued, or its receipt sent but not yet acknowledged.
 """
 
 from __future__ import annotations

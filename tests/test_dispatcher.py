@@ -25,10 +25,10 @@ from bridge.core.model import (
     Outcome,
     OutcomeKind,
 )
+from bridge.core.provider import Capabilities
 from bridge.core.receipts import ReportHandler
-from bridge.providers.base import Capabilities
+from bridge.core.store import StateChange
 from bridge.providers.sandbox import SandboxProvider
-from bridge.store.base import StateChange
 
 ACCEPT = Outcome(OutcomeKind.ACCEPTED)
 TRANSIENT = Outcome(OutcomeKind.TRANSIENT, detail="503")

@@ -19,7 +19,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from bridge.core.model import Address, Message, Outcome, OutcomeKind
-from bridge.providers.base import Capabilities, ProviderContext
+from bridge.core.provider import Capabilities, ProviderContext
 from bridge.providers.http import HttpError, HttpRequest, HttpResponse, create_client, encode_pairs
 from bridge.providers.http_provider import HttpProvider, Unsendable, classify_http_status
 from bridge.providers.settings import HttpProviderSettings

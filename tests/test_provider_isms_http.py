@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from bridge.config import load_config
 from bridge.core.model import Address, DeliveryReport, Message, MessageState, OutcomeKind
-from bridge.providers.base import CallbackReply, CallbackRequest, ProviderContext
+from bridge.core.provider import CallbackReply, CallbackRequest, ProviderContext
 from bridge.providers.http_provider import Unsendable
 from bridge.providers.isms_http import (
     DEFAULT_BASE_URL,

@@ -23,7 +23,7 @@ from bridge.core.model import (
     MessageState,
     OutcomeKind,
 )
-from bridge.providers.base import ProviderContext
+from bridge.core.provider import ProviderContext
 from bridge.providers.isms_smpp import (
     IsmsSmppProvider,
     MoPart,

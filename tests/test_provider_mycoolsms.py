@@ -31,8 +31,8 @@ from bridge.core.model import (
     MessageState,
     OutcomeKind,
 )
+from bridge.core.provider import CallbackKind, CallbackReply, CallbackRequest, ProviderContext
 from bridge.providers import mycoolsms as mcs
-from bridge.providers.base import CallbackKind, CallbackReply, CallbackRequest, ProviderContext
 from bridge.providers.http import HttpResponse
 from bridge.providers.http_provider import Unsendable
 from bridge.simulators.mycoolsms import API_PATH, MyCoolSmsSimulator

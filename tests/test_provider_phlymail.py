@@ -22,8 +22,8 @@ from pydantic import SecretStr, ValidationError
 from bridge.config import load_config
 from bridge.core.model import Address, DeliveryReport, InboundMessage, Message, MessageState
 from bridge.core.model import OutcomeKind as K
+from bridge.core.provider import CallbackProvider, ProviderContext
 from bridge.providers import phlymail as p
-from bridge.providers.base import CallbackProvider, ProviderContext
 from bridge.providers.http import HttpRequest, HttpResponse
 from bridge.providers.http_provider import Unsendable
 from bridge.simulators.phlymail import DEFAULT_PASSWORD, DEFAULT_USERNAME, PhlymailSimulator

@@ -24,9 +24,9 @@ from pydantic import SecretStr, ValidationError
 from bridge.config import load_config
 from bridge.core.model import Address, DeliveryReport, InboundMessage, Message, MessageState
 from bridge.core.model import OutcomeKind as K
+from bridge.core.provider import CallbackRequest, ProviderContext
 from bridge.observability import Metrics
 from bridge.providers import sms1601 as p
-from bridge.providers.base import CallbackRequest, ProviderContext
 from bridge.providers.http import HttpResponse
 from bridge.providers.http_provider import Unsendable
 from bridge.simulators.sms1601 import DEFAULT_PASSWORD, DEFAULT_USERNAME, Sms1601Simulator

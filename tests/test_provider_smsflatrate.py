@@ -26,8 +26,8 @@ from bridge.core.model import (
     MessageState,
     OutcomeKind,
 )
+from bridge.core.provider import CallbackRequest, ProviderContext
 from bridge.providers import smsflatrate as sf
-from bridge.providers.base import CallbackRequest, ProviderContext
 from bridge.providers.http_provider import Unsendable
 from bridge.simulators.smsflatrate import SmsflatrateSimulator
 from bridge.web.server import CallbackEndpoint, HealthReport, HttpServer, build_app

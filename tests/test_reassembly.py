@@ -17,7 +17,7 @@ from bridge.core.reassembly import (
     PartKey,
     ReassemblyBuffer,
 )
-from bridge.store.base import StoredPart
+from bridge.core.store import StoredPart
 
 KEY = PartKey("acme", "Shop|Co", "4915112345678", 42)
 T0 = 1_700_000_000.0

@@ -35,7 +35,7 @@ from bridge.core.receipts import (
     receipts_for,
     stat_to_state,
 )
-from bridge.store.base import DeliveryItem, StateChange, Store
+from bridge.core.store import DeliveryItem, StateChange, Store
 
 SUBMITTED = datetime(2026, 11, 22, 10, 15, tzinfo=UTC).timestamp()
 DONE = datetime(2026, 11, 22, 10, 17, 42, tzinfo=UTC).timestamp()

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from bridge.core.model import Address, Message
+from bridge.core.provider import Capabilities
 from bridge.core.router import NoRoute, NoRouteReason, Route, Router, country_of
-from bridge.providers.base import Capabilities
 
 
 def msg(dest: str = "4915112345678", account: str = "demo", **kw: Any) -> Message:

@@ -16,7 +16,7 @@ from bridge.core.model import (
     MessageState,
     OutcomeKind,
 )
-from bridge.providers.base import Capabilities
+from bridge.core.provider import Capabilities
 from bridge.providers.sandbox import (
     CAPABILITIES,
     ID_PREFIX,

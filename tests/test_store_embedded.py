@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.core.model import Address, InboundMessage, Message, MessageState, Receipt
-from bridge.store.base import DeliveryItem, StateChange, Store, StoredPart
+from bridge.core.store import DeliveryItem, StateChange, Store, StoredPart
 from bridge.store.embedded import (
     DuplicateMessage,
     EmbeddedStore,

@@ -12,7 +12,7 @@ from bridge_harness import Esme, StartBridge, receipt_fields, receipt_id, start_
 from test_store_embedded import msg, part, receipt
 
 from bridge.core.model import MessageState
-from bridge.store.base import StateChange
+from bridge.core.store import StateChange
 from bridge.store.embedded import EmbeddedStore
 from bridge.store.legacy import import_legacy
 from bridge.store.sqlite import SqliteStore

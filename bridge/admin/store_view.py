@@ -1,6 +1,6 @@
 """The admin API's one door to the store.
 
-Only :class:`~bridge.store.base.Store` protocol methods are used, and only here, so a change in
+Only :class:`~bridge.core.store.Store` protocol methods are used, and only here, so a change in
 the store engine is adapted in this module alone.
 """
 
@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Iterable
 
 from bridge.core.model import Message
-from bridge.store.base import DeliveryItem, StateChange, Store
+from bridge.core.store import DeliveryItem, StateChange, Store
 
 __all__ = ["StoreView"]
 

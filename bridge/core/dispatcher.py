@@ -18,8 +18,8 @@ provider takes the message — that is what makes the store list it as pending.
 ``message.attempts`` counts attempts on the *current* provider (it drives the backoff exponent)
 and is reset to 0 on failover.
 
-Outcomes (DESIGN.md: "retrying transient failures with backoff and failing over to the next
-route"):
+Outcomes (transient failures retried with backoff, permanent ones failed over along the route;
+docs/architecture.md, "One message, socket to receipt", step 4):
 
 - ACCEPTED → provider id stored, then correlated (in that order: a report can only be matched
   once the message row says who took it, so a fast report never races an older copy of the row);
@@ -61,9 +61,9 @@ from aiolimiter import AsyncLimiter
 
 from bridge.core.breaker import BreakerState, CircuitBreaker
 from bridge.core.model import DeliveryReport, Message, MessageState, Outcome, OutcomeKind
+from bridge.core.provider import Provider
+from bridge.core.store import StateChange, Store
 from bridge.observability import Metrics, ProviderMetrics, SampledLog
-from bridge.providers.base import Provider
-from bridge.store.base import StateChange, Store
 
 __all__ = ["Dispatcher", "Finisher"]
 

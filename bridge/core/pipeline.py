@@ -26,8 +26,8 @@ import structlog
 from bridge.core.model import Address, Message, MessageState
 from bridge.core.reassembly import Assembled, Fragment, Incomplete, PartKey, ReassemblyBuffer
 from bridge.core.router import NoRoute, NoRouteReason, Router
+from bridge.core.store import StateChange, Store, StoredPart
 from bridge.observability import Metrics
-from bridge.store.base import StateChange, Store, StoredPart
 
 __all__ = [
     "AccountPolicy",

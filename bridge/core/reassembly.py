@@ -125,7 +125,7 @@ class PartKey:
 
 
 class _StoredPartLike(Protocol):
-    """The fields of ``bridge.store.base.StoredPart`` (core does not import the store)."""
+    """The fields of ``bridge.core.store.StoredPart`` (core does not import the store)."""
 
     @property
     def key(self) -> str: ...

@@ -1,4 +1,4 @@
-"""Delivery reports in, receipts out: the DLR flow of DESIGN.md.
+"""Delivery reports in, receipts out: the report and receipt steps of docs/architecture.md.
 
 Three parts, from pure to stateful:
 
@@ -37,8 +37,8 @@ from bridge.core.model import (
     MessageState,
     Receipt,
 )
+from bridge.core.store import DeliveryItem, StateChange, Store
 from bridge.observability import Metrics, SampledLog
-from bridge.store.base import DeliveryItem, StateChange, Store
 
 __all__ = [
     "DeliveryQueue",

@@ -1,11 +1,11 @@
 """Routing: which providers, in which failover order, may carry a message.
 
 The router answers at submit time, before the message is stored, so that anything no route can
-carry is refused in the submit_sm_resp (DESIGN.md: "an error command_status in the response when
-we know at once") instead of surfacing hours later as a failure receipt.
+carry is refused in the submit_sm_resp — an error status as soon as we know (docs/architecture.md)
+— instead of surfacing hours later as a failure receipt.
 
 Rules are tried in order; the **first rule whose conditions all match** decides. Its providers are
-then filtered by what each can carry (:class:`~bridge.providers.base.Capabilities`). We do not fall
+then filtered by what each can carry (:class:`~bridge.core.provider.Capabilities`). We do not fall
 through to later rules when the filter leaves nothing: a rule is policy ("account X goes through
 provider Y only"), and silently using another rule's providers would break it.
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import phonenumbers
 
 from bridge.core.model import Message
-from bridge.providers.base import Capabilities
+from bridge.core.provider import Capabilities
 
 __all__ = ["DEFAULT_PROVIDER", "NoRoute", "NoRouteReason", "Route", "Router", "country_of"]
 

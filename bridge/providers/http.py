@@ -1,8 +1,9 @@
 """The one HTTP call every HTTP provider adapter makes, behind a small transport interface.
 
 Adapters build an :class:`HttpRequest` and read an :class:`HttpResponse` with pure functions; this
-module moves the bytes. aiohttp is the default transport (DESIGN.md: ~4 k requests/s at ~155 µs
-CPU each against a local server, against 0.4–1 k/s for httpx); httpx stays selectable per provider
+module moves the bytes. aiohttp is the default transport (docs/architecture.md: 3.4–4.2 k
+requests/s at ~155 µs CPU each against a local server, against 0.4–1 k/s for httpx); httpx stays
+selectable per provider
 (``transport = "httpx"``) for sites whose proxies or TLS set-ups only it handles.
 
 Why the query string and form bodies are encoded here rather than by the library: providers

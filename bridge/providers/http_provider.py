@@ -1,7 +1,7 @@
 """What every HTTP provider adapter has in common: the Provider protocol over pure translators.
 
-A concrete adapter subclasses :class:`HttpProvider` and supplies plain functions (DESIGN.md:
-"provider adapters are pure translators"): :meth:`HttpProvider.build_send` (Message →
+A concrete adapter subclasses :class:`HttpProvider` and supplies plain functions (adapters are
+pure translators, docs/architecture.md): :meth:`HttpProvider.build_send` (Message →
 HttpRequest) and :meth:`HttpProvider.parse_send` (HttpResponse → Outcome), optionally
 ``build_health``/``parse_health``, ``poll`` and ``handle_callback``. This class owns the parts
 that must behave the same for all of them:
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import structlog
 
 from bridge.core.model import DeliveryReport, Message, Outcome, OutcomeKind
-from bridge.providers.base import (
+from bridge.core.provider import (
     CallbackKind,
     Capabilities,
     InboundSink,

@@ -88,9 +88,7 @@ from bridge.core.model import (
     Outcome,
     OutcomeKind,
 )
-from bridge.core.receipts import ERR_MAX, parse_receipt_text, receipt_id_variants
-from bridge.observability import SampledLog
-from bridge.providers.base import (
+from bridge.core.provider import (
     Capabilities,
     InboundSink,
     Provider,
@@ -98,6 +96,8 @@ from bridge.providers.base import (
     ProviderStats,
     ReportSink,
 )
+from bridge.core.receipts import ERR_MAX, parse_receipt_text, receipt_id_variants
+from bridge.observability import SampledLog
 from bridge.providers.settings import (
     NonNegFloat,
     PosFloat,
@@ -779,7 +779,7 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 class IsmsSmppProvider:
-    """The :class:`~bridge.providers.base.Provider` over an SMPP upstream (module docstring).
+    """The :class:`~bridge.core.provider.Provider` over an SMPP upstream (module docstring).
 
     Counters for tests and logs: ``throttled`` (ESME_RTHROTTLED answers), ``bad_receipts``
     (receipts that could not be read), ``mo_incomplete`` (MO given up incomplete).

@@ -65,7 +65,7 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field, SecretStr, field_validator
 
 from bridge.core.model import Address, Message, MessageState, Outcome, OutcomeKind
-from bridge.providers.base import Capabilities, Provider, ProviderContext
+from bridge.core.provider import Capabilities, Provider, ProviderContext
 from bridge.providers.http import HttpRequest, HttpResponse
 from bridge.providers.http_provider import ERR_UNSENDABLE, HttpProvider, Unsendable
 from bridge.providers.settings import HttpProviderSettings, Secret, resolve_env

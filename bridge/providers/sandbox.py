@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from bridge.core.model import DeliveryReport, Message, MessageState, Outcome, OutcomeKind
-from bridge.providers.base import Capabilities, InboundSink, ReportSink
+from bridge.core.provider import Capabilities, InboundSink, ReportSink
 
 __all__ = ["CAPABILITIES", "ID_PREFIX", "SandboxOutcome", "SandboxProvider", "SandboxRule"]
 
@@ -75,7 +75,7 @@ class SandboxRule:
 
 
 class SandboxProvider:
-    """A :class:`~bridge.providers.base.Provider` that needs no network (see module docstring).
+    """A :class:`~bridge.core.provider.Provider` that needs no network (see module docstring).
 
     Rules are tried in order; the first whose suffix ends the destination digits applies.
     ``clock`` stamps the reports' ``done_at``; ``capabilities`` lets a config narrow the

@@ -61,7 +61,7 @@ from bridge.core.model import (
     Outcome,
     OutcomeKind,
 )
-from bridge.providers.base import (
+from bridge.core.provider import (
     CallbackKind,
     CallbackReply,
     CallbackRequest,

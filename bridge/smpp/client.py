@@ -13,7 +13,7 @@ needs a socket, a clock or more than one connection:
   and leaves only after it returned, so nothing is acknowledged that was not stored.
 * :meth:`SmppClient.stop`: no new submits, in-flight ones get their responses, then unbind.
 
-Why our own client rather than aiosmpplib: see DESIGN.md (no window, an O(n) correlator,
+Why our own client rather than aiosmpplib: see docs/architecture.md (no window, an O(n) correlator,
 16-bit UDH references misread); ``python -m benchmarks.client`` compares the two.
 """
 

@@ -1,8 +1,8 @@
 """SMPP 3.4 PDUs: command ids, status codes, TLVs, and a table-driven sans-IO codec.
 
 Why our own codec: the pure-Python SMPP libraries decode an order of magnitude slower, raise on
-vendor TLVs, lose UDHs or mis-decode GSM text (see DESIGN.md). This module takes bytes and returns
-:class:`Pdu` objects (and back); it reads no clock and touches no socket.
+vendor TLVs, lose UDHs or mis-decode GSM text (see docs/architecture.md). This module takes
+bytes and returns :class:`Pdu` objects (and back); it reads no clock and touches no socket.
 
 Shape of a decoded PDU:
 

@@ -2,9 +2,9 @@
 
 Why our own GSM 03.38 codec instead of a package: speed and correctness. The ``gsm0338`` codec
 package is about 40x slower (~20 k encodes/s against 0.77 M/s for our first prototype, see
-DESIGN.md; this version does several M/s on Latin-script text), and smpplib's table maps ``§``
-and the backtick wrongly (0x5F is ``§``; the backtick is not in the alphabet at all, so it must
-force UCS-2 rather than silently become ``¿``). The hot paths are C-level primitives:
+docs/architecture.md; this version does several M/s on Latin-script text), and smpplib's table
+maps ``§`` and the backtick wrongly (0x5F is ``§``; the backtick is not in the alphabet at all,
+so it must force UCS-2 rather than silently become ``¿``). The hot paths are C-level primitives:
 ``str.encode('latin-1')`` + ``bytes.translate`` with a prebuilt 256-entry table for the common
 case, ``codecs.charmap_encode``/``charmap_decode`` otherwise, and septet packing on one big
 integer with log2(n) mask-and-shift rounds instead of a loop per bit.

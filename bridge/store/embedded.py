@@ -41,8 +41,8 @@ import msgspec
 import structlog
 
 from bridge.core.model import Address, InboundMessage, Message, MessageState, Receipt
+from bridge.core.store import DeliveryItem, StateChange, StoredPart
 from bridge.observability import Metrics
-from bridge.store.base import DeliveryItem, StateChange, StoredPart
 from bridge.store.journal import (
     Journal,
     JournalClosed,
@@ -227,7 +227,7 @@ Done = Callable[[Any, Any, BaseException | None], None]
 
 
 class EmbeddedStore:
-    """:class:`bridge.store.base.Store` in memory, made durable by a journal in ``directory``.
+    """:class:`bridge.core.store.Store` in memory, made durable by a journal in ``directory``.
 
     ``fsync=False`` is for tests and benchmarks that measure everything but the disk.
     """

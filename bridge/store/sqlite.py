@@ -53,8 +53,8 @@ from typing import Any
 import msgspec
 
 from bridge.core.model import Address, InboundMessage, Message, MessageState, Receipt
+from bridge.core.store import DeliveryItem, StateChange, StoredPart
 from bridge.observability import Metrics
-from bridge.store.base import DeliveryItem, StateChange, StoredPart
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
@@ -501,7 +501,7 @@ def _is_single_statement(op: _Op) -> bool:
 
 
 class SqliteStore:
-    """:class:`bridge.store.base.Store` on one SQLite file: WAL, synchronous=FULL, group commit.
+    """:class:`bridge.core.store.Store` on one SQLite file: WAL, synchronous=FULL, group commit.
 
     Use from one asyncio event loop: writes may come from any coroutine (their ops are queued in
     call order and committed in that order), reads run on the caller's thread against a

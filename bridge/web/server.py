@@ -4,8 +4,8 @@ uvicorn; the admin API itself is :mod:`bridge.admin.web`).
 
 Why it looks like this:
 
-* uvicorn runs **in the bridge's own event loop** (DESIGN.md): the health endpoints then see the
-  loop the SMPP sessions run in, so ``/healthz`` answering at all proves that loop is
+* uvicorn runs **in the bridge's own event loop** (docs/architecture.md): the health endpoints
+  then see the loop the SMPP sessions run in, so ``/healthz`` answering at all proves that loop is
   responsive, and ``/readyz`` can ask the live store and providers without any locking.
 * uvicorn must not own the process: ``Server.serve()`` would replace the SIGINT/SIGTERM
   handlers with its own (``signal.signal``) and re-raise the signal when it returns, which
@@ -40,8 +40,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from bridge.core.provider import CallbackProvider, CallbackReply, CallbackRequest
 from bridge.observability import Metrics
-from bridge.providers.base import CallbackProvider, CallbackReply, CallbackRequest
 from bridge.providers.http import content_type_charset, decode_pairs
 
 __all__ = [
