@@ -18,7 +18,10 @@ restarts are timed, each a new :class:`EmbeddedStore` on the same directory:
   the journal's size): every record is replayed;
 * **snapshot** — after :meth:`EmbeddedStore.snapshot_now` (what the store does by itself each
   time a segment passes ``segment_bytes``): the snapshot is loaded, nothing replayed;
-* **snapshot + tail** — a snapshot, then 100,000 more records of traffic after it.
+* **snapshot + tail** — a snapshot, then 100,000 more records of traffic after it;
+* **archived** — the same traffic again with ``archive_after = 0``: finished messages move to
+  the archive on disk (``finals.db``) as soon as they are final, so the snapshot and the restart
+  carry only the in-flight ones.
 
 It also reports the loop stall of taking a snapshot (the containers are copied on the loop; the
 encoding and the write run in a thread), the bytes on disk and the process's resident memory.
@@ -192,6 +195,23 @@ async def run(finished: int, inflight: int, directory: Path) -> dict[str, Any]:
     await _fill(store, finished + inflight, 25_000, finish=True)  # 100 k records after it
     await store.close()
     report["snapshot_and_tail"] = await _restart(directory, big)
+    # The same traffic with finished messages moved to the archive at once (archive_after 0;
+    # the default keeps them in memory for an hour first): what a restart costs then.
+    shutil.rmtree(directory)
+    store = EmbeddedStore(directory, segment_bytes=big, fsync=False, archive_after=0.0)
+    await store.open()
+    await _fill(store, 0, finished, finish=True)
+    await _fill(store, finished, inflight, finish=False)
+    started = time.perf_counter()
+    while store.finals_in_memory():
+        await asyncio.sleep(0.1)
+    report["archive_seconds"] = round(time.perf_counter() - started, 1)
+    await store.snapshot_now()
+    await store.close()
+    disk = _disk(directory)
+    report["archive_bytes"] = disk.get("finals.db", 0) + disk.get("finals.db-wal", 0)
+    report["archived_snapshot_bytes"] = sum(v for k, v in disk.items() if k.startswith("snapshot"))
+    report["archived"] = await _restart(directory, big)
     report["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return report
 
@@ -207,7 +227,10 @@ def _summary(r: dict[str, Any]) -> str:
         f"restart, from the snapshot: {r['snapshot']['seconds']} s\n"
         f"restart, snapshot + 100k records after it: {r['snapshot_and_tail']['seconds']} s\n"
         f"taking a snapshot: {r['snapshot_loop_stall_ms']} ms on the loop, "
-        f"{r['snapshot_write_seconds']} s in all; peak RSS {r['max_rss_mb']} MB"
+        f"{r['snapshot_write_seconds']} s in all; peak RSS {r['max_rss_mb']} MB\n"
+        f"finished messages archived (archive_after 0): archive {r['archive_bytes'] / mb:.0f} MB"
+        f" written in {r['archive_seconds']} s after the traffic, snapshot"
+        f" {r['archived_snapshot_bytes'] / mb:.0f} MB, restart {r['archived']['seconds']} s"
     )
 
 

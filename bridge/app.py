@@ -126,7 +126,11 @@ class Bridge:
         # collide in the global default one); /metrics serves generate_latest(self.registry).
         self.registry = prometheus_client.CollectorRegistry()
         self.metrics = metrics = Metrics(self.registry)
-        self.store = EmbeddedStore(Path(cfg.storage.data_dir) / "store", metrics=metrics)
+        self.store = EmbeddedStore(
+            Path(cfg.storage.data_dir) / "store",
+            metrics=metrics,
+            archive_after=cfg.storage.archive_after,
+        )
         self._callback_secret = _callback_secret(cfg)
         self.callback_tokens = {
             name: _callback_token(self._callback_secret, name, pc)

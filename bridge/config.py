@@ -297,6 +297,10 @@ class StorageConfig(_Section):
     # ESME_RMSGQFUL and /readyz says not ready, before the store itself runs out: what is
     # accepted keeps room for its provider, report and receipt records. 0 turns the check off.
     min_free_mb: Annotated[int, Field(ge=0)] = 256
+    # Seconds a finished message stays in memory (a late duplicate report is recognised
+    # there, query_sm answers without the disk) before it moves to the archive on disk
+    # (store/finals.db), where query_sm, trace and history still find it until `retention`.
+    archive_after: NonNegFloat = 3600.0
 
     @field_validator("data_dir")
     @classmethod

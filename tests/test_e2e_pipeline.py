@@ -349,6 +349,20 @@ def test_query_sm_of_a_delivered_message_and_of_an_unknown_id(start_bridge: Star
         assert unknown.status == Status.ESME_RQUERYFAIL
 
 
+def test_query_sm_of_a_message_already_moved_to_the_archive_on_disk(
+    start_bridge: StartBridge,
+) -> None:
+    bt = start_bridge(storage={"archive_after": 0})
+    with Esme(bt.port) as esme:
+        esme.bind()
+        mid = esme.submit_ok()
+        esme.receipts(1)
+        assert wait_until(lambda: bt.run(bt.bridge.store.finals_in_memory) == 0, 5.0)
+        resp = esme.query(mid)
+        assert resp.status == Status.ESME_ROK
+        assert resp.message_state == MessageState.DELIVERED
+
+
 def test_cancel_sm_of_a_scheduled_message_then_query_says_deleted(
     start_bridge: StartBridge,
 ) -> None:

@@ -779,3 +779,100 @@ def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
 
     asyncio.run(check())
     assert os.path.isdir(path)
+
+
+# --------------------------------------------------------------------------- the archive
+
+
+async def finish_taken(s: EmbeddedStore, message_id: str, *, created_at: float = 1000.0) -> Message:
+    """Add a message, let a provider take it (with a correlation), then make it final."""
+    m = msg(message_id, part_ids=[message_id, f"{message_id}-2"], created_at=created_at)
+    await s.add_message(m)
+    m.provider, m.provider_message_id = "prov", f"p-{message_id}"
+    await s.update_message(
+        m,
+        StateChange(m.id, MessageState.ENROUTE, 1001.0, "accepted by prov"),
+        correlation=("prov", m.provider_message_id, 9e9),
+    )
+    m.state = MessageState.DELIVERED
+    await s.update_message(m, StateChange(m.id, m.state, 1002.0, "report from prov"))
+    return m
+
+
+async def archived(s: EmbeddedStore, count: int) -> None:
+    async with asyncio.timeout(10):
+        while s.archived_count() < count or s.finals_in_memory():
+            await asyncio.sleep(0.05)
+
+
+async def test_finished_messages_leave_memory_for_the_archive_and_stay_queryable(
+    tmp_path: Path,
+) -> None:
+    s = EmbeddedStore(tmp_path / "store", archive_after=0.0)
+    await s.open()
+    try:
+        for i in range(3):
+            await finish_taken(s, f"m{i}")
+        live = msg("live")
+        await s.add_message(live)
+        await archived(s, 3)
+        assert s.finals_in_memory() == 0
+        assert s.get_message_now("m1") is None  # memory holds only what is being worked on
+        found = await s.get_message("m1")
+        assert found is not None and found.state is MessageState.DELIVERED
+        assert (await s.get_message("m1-2")) is not None  # by a part id too
+        assert [c.detail for c in await s.history("m1")] == [
+            "accepted by prov", "report from prov",
+        ]  # fmt: skip
+        assert await s.lookup("prov", "p-m1") == "m1"
+        assert s.lookup_now("prov", "p-m1") is None
+        assert (await s.get_message("live")) is not None
+        assert await s.get_message("nothing") is None
+    finally:
+        await s.close()
+
+
+async def test_the_archive_survives_a_restart_and_a_snapshot(tmp_path: Path) -> None:
+    s = EmbeddedStore(tmp_path / "store", archive_after=0.0)
+    await s.open()
+    await finish_taken(s, "old")
+    await archived(s, 1)
+    await s.snapshot_now()
+    await finish_taken(s, "new")  # after the snapshot: replayed, then archived again
+    s = await reopen(s, archive_after=0.0)
+    try:
+        await archived(s, 2)
+        for mid in ("old", "new"):
+            found = await s.get_message(mid)
+            assert found is not None and found.state is MessageState.DELIVERED, mid
+    finally:
+        await s.close()
+
+
+async def test_retention_purges_archived_messages_and_expiry_their_correlations(
+    tmp_path: Path,
+) -> None:
+    s = EmbeddedStore(tmp_path / "store", archive_after=0.0)
+    await s.open()
+    try:
+        await finish_taken(s, "old", created_at=1000.0)
+        await finish_taken(s, "young", created_at=5000.0)
+        await archived(s, 2)
+        assert await s.purge_final(created_before=2000.0) == 1
+        assert await s.get_message("old") is None
+        assert await s.get_message("old-2") is None
+        assert await s.lookup("prov", "p-old") is None
+        assert await s.get_message("young") is not None
+        assert await s.expire_correlations(now=9e9 + 1) == 1
+        assert await s.lookup("prov", "p-young") is None
+    finally:
+        await s.close()
+
+
+async def test_memory_keeps_finished_messages_for_archive_after_seconds(
+    store: EmbeddedStore,
+) -> None:
+    await finish_taken(store, "m1")
+    await asyncio.sleep(1.5)  # more than one archive step: the default keeps it an hour
+    assert store.finals_in_memory() == 1 and store.archived_count() == 0
+    assert store.lookup_now("prov", "p-m1") == "m1"  # a late duplicate report is recognised

@@ -42,7 +42,8 @@ import structlog
 
 from bridge.core.model import Address, InboundMessage, Message, MessageState, Receipt
 from bridge.core.store import DeliveryItem, StateChange, StoredPart
-from bridge.observability import Metrics
+from bridge.observability import Metrics, SampledLog
+from bridge.store.archive import ArchivedMessage, FinalArchive
 from bridge.store.journal import (
     Journal,
     JournalClosed,
@@ -62,6 +63,9 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
 
 FORMAT_VERSION = 1
+ARCHIVE_FILE = "finals.db"
+_ARCHIVE_INTERVAL = 1.0  # seconds between two looks for messages due for the archive
+_ARCHIVE_BATCH = 20_000  # messages per archive transaction
 
 # Record kinds (the first element of every journal record).
 _ADD = 1  # [_ADD, id, blob, other_part_ids, state, has_provider_id]
@@ -239,11 +243,18 @@ class EmbeddedStore:
         metrics: Metrics | None = None,
         segment_bytes: int = 64 * 1024 * 1024,
         fsync: bool = True,
+        archive_after: float = 3600.0,
     ) -> None:
         self.directory = Path(directory)
         self.metrics = metrics if metrics is not None else Metrics()
         self.segment_bytes = segment_bytes
         self.fsync = fsync
+        #: Seconds a message stays in memory once final (a late duplicate report is recognised,
+        #: query_sm answers without the disk) before it moves to the archive (archive.py).
+        self.archive_after = archive_after
+        self._archive: FinalArchive | None = None
+        self._archive_timer: asyncio.TimerHandle | None = None
+        self._sampled = SampledLog(log)
         self._journal: Journal | None = None
         self._failure: BaseException | None = None
         self._snapshotting = False
@@ -267,6 +278,11 @@ class EmbeddedStore:
         self._queues: dict[str, _Queue] = {}
         self._delivery_account: dict[int, str] = {}
         self._next_delivery = 1
+        # message id -> its correlation keys (to move them to the archive with it)
+        self._corr_of: dict[str, list[tuple[str, str]]] = {}
+        # (monotonic time it became final, id), in that order: due for the archive
+        self._archive_due: deque[tuple[float, str]] = deque()
+        self._archiving: set[str] = set()  # handed to the archive, not yet committed
 
     async def __aenter__(self) -> EmbeddedStore:
         await self.open()
@@ -294,6 +310,12 @@ class EmbeddedStore:
         journal.open(offset)
         self._journal = journal
         self._failure = None
+        loop = asyncio.get_running_loop()
+        self._archive = FinalArchive(
+            self.directory / ARCHIVE_FILE, _packed_created_at, fsync=self.fsync
+        )
+        await asyncio.to_thread(self._archive.open, loop)
+        self._archive_timer = loop.call_later(_ARCHIVE_INTERVAL, self._archive_step)
         log.info(
             "store.opened",
             directory=str(self.directory),
@@ -341,9 +363,16 @@ class EmbeddedStore:
 
     async def close(self) -> None:
         """Write what is queued, stop the journal; writes after this raise StoreUnavailable."""
+        if self._archive_timer is not None:
+            self._archive_timer.cancel()
+            self._archive_timer = None
         journal, self._journal = self._journal, None
         if journal is not None:
             await journal.close()
+        archive, self._archive = self._archive, None
+        if archive is not None:
+            await archive.close()
+        self._archiving.clear()
         thread = self._snapshot_thread
         if thread is not None:
             await asyncio.to_thread(thread.join)
@@ -419,6 +448,7 @@ class EmbeddedStore:
         if kind == _CORRELATE:
             for provider, pid, mid, expires in rec[1]:
                 self._corr[(provider, pid)] = (mid, expires)
+                self._corr_of.setdefault(mid, []).append((provider, pid))
             return None
         if kind == _UNCORRELATE:
             for provider, pid in rec[1]:
@@ -460,6 +490,7 @@ class EmbeddedStore:
         if state != _ENROUTE:  # stored already final (an import, a test)
             self._final[mid] = _encode((blob, []))
             self._final_order.append(mid)
+            self._archive_due.append((time.monotonic(), mid))
             return
         self._live[mid] = [blob, [], obj]
         (self._awaiting if has_provider_id else self._queued).add(mid)
@@ -467,8 +498,11 @@ class EmbeddedStore:
     def _apply_update(self, rec: Sequence[Any], obj: Message | None = None) -> None:
         _, mid, blob, state, has_provider_id, change, corrs = rec
         entry = self._live.get(mid)
-        for provider, pid, expires in corrs:
-            self._corr[(provider, pid)] = (mid, expires)
+        if corrs:
+            keys = self._corr_of.setdefault(mid, [])
+            for provider, pid, expires in corrs:
+                self._corr[(provider, pid)] = (mid, expires)
+                keys.append((provider, pid))
         if entry is None:
             if mid in self._final and change is not None:
                 # A late step of a message already final (a duplicate report): keep its history.
@@ -486,6 +520,7 @@ class EmbeddedStore:
             self._awaiting.discard(mid)
             self._final[mid] = _encode((blob, entry[1]))
             self._final_order.append(mid)
+            self._archive_due.append((time.monotonic(), mid))
         elif has_provider_id:
             self._queued.discard(mid)
             self._awaiting.add(mid)
@@ -501,6 +536,7 @@ class EmbeddedStore:
         self._queued.discard(mid)
         self._awaiting.discard(mid)
         self._drop_part_ids(mid)
+        self._corr_of.pop(mid, None)
         return True
 
     def _drop_part_ids(self, mid: str) -> None:
@@ -513,6 +549,7 @@ class EmbeddedStore:
             if self._final.pop(mid, None) is not None:
                 n += 1
                 self._drop_part_ids(mid)
+                self._corr_of.pop(mid, None)
         if n:
             final = self._final
             order = self._final_order
@@ -672,21 +709,29 @@ class EmbeddedStore:
         return message_from_blob(_decode(packed)[0]) if packed is not None else None
 
     async def get_message(self, message_id: str) -> Message | None:
-        """A message by any of its ids: the message id or one of its part ids."""
-        return self.get_message_now(message_id)
+        """A message by any of its ids: the message id or one of its part ids — from memory,
+        else (finished a while ago) from the archive, read in a worker thread."""
+        message = self.get_message_now(message_id)
+        if message is None and self._archive is not None:
+            packed = await self._archive.get(message_id)
+            if packed is not None:
+                return message_from_blob(_decode(packed)[0])
+        return message
 
     async def history(self, message_id: str) -> list[StateChange]:
         """The recorded state changes of a message, in the order they were recorded."""
+        if self._blob(message_id) is None and self._archive is not None:
+            packed = await self._archive.get(message_id)
+            if packed is not None:
+                return _history(message_id, _decode(packed)[1])
         return self.history_now(message_id)
 
     def history_now(self, message_id: str) -> list[StateChange]:
+        """From memory only (a message archived is not there: see :meth:`history`)."""
         found = self._blob(message_id)
         if found is None:
             return []
-        return [
-            StateChange(message_id, MessageState(state), at, detail)
-            for state, at, detail in found[1]
-        ]
+        return _history(message_id, found[1])
 
     def _messages(self, ids: Iterable[str], limit: int, after_id: str) -> list[Message]:
         chosen = sorted(mid for mid in ids if mid > after_id)[:limit]
@@ -767,16 +812,21 @@ class EmbeddedStore:
         return found[0] if found is not None else None
 
     async def lookup(self, provider: str, provider_message_id: str) -> str | None:
-        """Our message id for a provider's id, or None (unknown or expired)."""
-        return self.lookup_now(provider, provider_message_id)
+        """Our message id for a provider's id, or None (unknown or expired); a message
+        archived is looked up in the archive."""
+        found = self.lookup_now(provider, provider_message_id)
+        if found is None and self._archive is not None:
+            found = await self._archive.lookup(provider, provider_message_id)
+        return found
 
     async def expire_correlations(self, now: float) -> int:
-        """Drop correlations with ``expires_at <= now``; returns how many."""
+        """Drop correlations with ``expires_at <= now`` (in memory and in the archive);
+        returns how many."""
+        n = await self._archive.expire_correlations(now) if self._archive is not None else 0
         gone = [key for key, (_, expires) in self._corr.items() if expires <= now]
         if not gone:
             await self._write([_UNCORRELATE, []])  # still a write: /readyz uses it as a probe
-            return 0
-        n = 0
+            return n
         for start in range(0, len(gone), 10_000):
             n += int(await self._write([_UNCORRELATE, gone[start : start + 10_000]]))
         return n
@@ -785,7 +835,14 @@ class EmbeddedStore:
         """Retention: remove up to ``limit`` final messages, oldest finished first, whose
         ``created_at`` is before ``created_before``; stops at the first younger one (so a
         message is never purged early, at worst a little late). Their correlations go with
-        :meth:`expire_correlations`."""
+        :meth:`expire_correlations`. Archived messages are purged from the archive the same
+        way (the archive first: it holds the oldest)."""
+        archived = 0
+        if self._archive is not None:
+            archived = await self._archive.purge(created_before, limit)
+            if archived >= limit:
+                return archived
+            limit -= archived
         ids: list[str] = []
         final = self._final
         for mid in self._final_order:
@@ -798,8 +855,71 @@ class EmbeddedStore:
                 break
             ids.append(mid)
         if not ids:
-            return 0
-        return int(await self._write([_PURGE, ids]))
+            return archived
+        return archived + int(await self._write([_PURGE, ids]))
+
+    # ------------------------------------------------------------------ the archive
+
+    def _archive_step(self) -> None:
+        """Every second: hand the messages that have been final for ``archive_after`` seconds
+        to the archive, one transaction at a time; they leave memory once it is committed."""
+        loop = asyncio.get_running_loop()
+        self._archive_timer = loop.call_later(_ARCHIVE_INTERVAL, self._archive_step)
+        archive = self._archive
+        if archive is None or self._archiving:
+            return
+        horizon = time.monotonic() - self.archive_after
+        due, final, corr = self._archive_due, self._final, self._corr
+        batch: list[ArchivedMessage] = []
+        while due and due[0][0] <= horizon and len(batch) < _ARCHIVE_BATCH:
+            mid = due.popleft()[1]
+            packed = final.get(mid)
+            if packed is None:
+                continue  # purged or deleted meanwhile
+            corrs = [
+                (key[0], key[1], found[1])
+                for key in self._corr_of.get(mid, ())
+                if (found := corr.get(key)) is not None and found[0] == mid
+            ]
+            batch.append((mid, packed, tuple(self._other_parts.get(mid, ())), corrs))
+        if not batch:
+            return
+        self._archiving = {m[0] for m in batch}
+        try:
+            archive.put(batch, lambda result, error: self._archived(batch, error))
+        except RuntimeError:  # closed meanwhile
+            self._archiving = set()
+
+    def _archived(self, batch: list[ArchivedMessage], error: BaseException | None) -> None:
+        self._archiving = set()
+        if error is not None:
+            # Nothing is lost (memory and the journal still hold them): try again later.
+            self._sampled(
+                "warning", "store.archive_failed", "archive", error=repr(error)[:200],
+                messages=len(batch), retry_in=_ARCHIVE_INTERVAL,
+            )  # fmt: skip
+            self._archive_due.extendleft((0.0, m[0]) for m in reversed(batch))
+            return
+        final, corr = self._final, self._corr
+        for m in batch:
+            mid = m[0]
+            if final.pop(mid, None) is None:
+                continue
+            self._drop_part_ids(mid)
+            for key in self._corr_of.pop(mid, ()):
+                found = corr.get(key)
+                if found is not None and found[0] == mid:
+                    del corr[key]
+        order = self._final_order
+        while order and order[0] not in final:
+            order.popleft()
+
+    def archived_count(self) -> int:
+        """Messages in the archive (a full count: tests and benchmarks)."""
+        return self._archive.count() if self._archive is not None else 0
+
+    def finals_in_memory(self) -> int:
+        return len(self._final)
 
     # ------------------------------------------------------------------ delivery queues
 
@@ -1009,6 +1129,10 @@ class EmbeddedStore:
         for pid, mid in self._part_of.items():
             self._other_parts.setdefault(mid, []).append(pid)
         self._corr = {(p, pid): (mid, exp) for p, pid, mid, exp in state["corr"]}
+        for p, pid, mid, _ in state["corr"]:
+            self._corr_of.setdefault(mid, []).append((p, pid))
+        loaded = time.monotonic()
+        self._archive_due.extend((loaded, mid) for mid in self._final_order)
         for key, seqnum, total, mid, payload, received_at, meta in state["parts"]:
             self._parts.setdefault(key, {})[seqnum] = StoredPart(
                 key, seqnum, total, mid, payload, received_at, meta
@@ -1044,6 +1168,15 @@ class EmbeddedStore:
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.directory).free
+
+
+def _packed_created_at(packed: bytes) -> float:
+    """A final message's created_at, from its packed ``[blob, history]`` (for the archive)."""
+    return float(_decode(_decode(packed)[0])[15])
+
+
+def _history(message_id: str, rows: Iterable[Sequence[Any]]) -> list[StateChange]:
+    return [StateChange(message_id, MessageState(state), at, detail) for state, at, detail in rows]
 
 
 def _settle_done(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
