@@ -69,6 +69,7 @@ from bridge.core.provider import Capabilities, Provider, ProviderContext
 from bridge.providers.http import HttpRequest, HttpResponse
 from bridge.providers.http_provider import ERR_UNSENDABLE, HttpProvider, Unsendable
 from bridge.providers.settings import HttpProviderSettings, Secret, resolve_env
+from bridge.smpp.text import GSM7_EXTENSION_CHARS
 
 __all__ = [
     "CAPABILITIES",
@@ -159,7 +160,7 @@ SEND_CODES: dict[int, tuple[OutcomeKind, str]] = {
     402: (_P, "user name or password wrong"),
 }
 
-_GSM_EXTENSION = frozenset("\x0c^{}\\[~]|€")  # two septets each (escape + code)
+_GSM_EXTENSION = GSM7_EXTENSION_CHARS  # two septets each (escape + code)
 
 
 # --------------------------------------------------------------------------- replies

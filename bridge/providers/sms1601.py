@@ -85,6 +85,7 @@ from bridge.core.provider import (
 from bridge.providers.http import HttpError, HttpRequest, HttpResponse
 from bridge.providers.http_provider import HttpProvider, Unsendable
 from bridge.providers.settings import HttpProviderSettings, Secret, resolve_env
+from bridge.smpp.text import TextError, gsm7_septet_count
 
 __all__ = [
     "CAPABILITIES",
@@ -211,27 +212,15 @@ STATUSES: dict[str, tuple[MessageState, int]] = {
 }
 
 # --------------------------------------------------------------------------- GSM 03.38
-# The providers layer may not import bridge.smpp (DESIGN.md: arrows point down), so the
-# alphabet is spelled out here; only membership and septet counts are needed, not a codec.
-
-_GSM_BASIC = frozenset(
-    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
-    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
-)
-_GSM_EXTENSION = frozenset("\x0c^{}\\[~]|€")  # two septets each (escape + code)
 
 
 def gsm_septets(text: str) -> int | None:
-    """Septets ``text`` takes in GSM 03.38, or None when a character is not in the alphabet."""
-    count = 0
-    for char in text:
-        if char in _GSM_BASIC:
-            count += 1
-        elif char in _GSM_EXTENSION:
-            count += 2
-        else:
-            return None
-    return count
+    """Septets ``text`` takes in GSM 03.38, or None when a character is not in the alphabet
+    (the tree's one GSM 03.38 table, :mod:`bridge.smpp.text`)."""
+    try:
+        return gsm7_septet_count(text)
+    except TextError:
+        return None
 
 
 def text_parts(septets: int) -> int:

@@ -100,6 +100,8 @@ _GSM7_EXT: dict[str, int] = {
     "|": 0x40,
     "€": 0x65,
 }
+#: The characters of the extension table: two septets each (escape + code) in GSM 03.38.
+GSM7_EXTENSION_CHARS = frozenset(_GSM7_EXT)
 _GSM7_EXT_DECODE: dict[int, str] = {code: char for char, code in _GSM7_EXT.items()}
 
 #: Decoding table for codecs.charmap_decode: 256 entries, 0x80-0xFF undefined (U+FFFE) so that
