@@ -321,7 +321,10 @@ class _Connection(asyncio.Protocol):
                 self._close_when_answered()
             elif isinstance(ev, ConnectionClosed):
                 self.log.info("smpp.closing", reason=ev.reason)
-                self._close_soon()
+                if ev.drain:
+                    self._close_when_answered()
+                else:
+                    self._close_soon()
 
     def _start_request(self, pdu: Pdu) -> None:
         limiter = self._limiter

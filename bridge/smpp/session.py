@@ -150,9 +150,13 @@ class Unbound:
 
 @dataclass(slots=True)
 class ConnectionClosed:
-    """The session must be closed once its output is flushed; reason is for logs and metrics."""
+    """The session must be closed once its output is flushed; reason is for logs and metrics.
+
+    ``drain``: requests already handed out as MessageRequest must still be answered first (a
+    framing error: their responses, then the generic_nack, then the close)."""
 
     reason: str
+    drain: bool = False
 
 
 @dataclass(slots=True)
@@ -208,6 +212,10 @@ class ServerSession:
         self._bind_pdu: Pdu | None = None
         self._enquire_seq: int | None = None
         self._unbind_seq: int | None = None  # our unbind, while it awaits its unbind_resp
+        # After a framing error: the generic_nack that goes out once every request handed out
+        # before it is answered (README "Framing errors"); input is ignored from then on.
+        self._final_nack: Pdu | None = None
+        self._input_done = False
 
     # ------------------------------------------------------------------ properties
 
@@ -242,7 +250,7 @@ class ServerSession:
     def receive_data(self, data: bytes, now: float) -> list[Event]:
         """Feed bytes from the peer; returns the events they cause."""
         events: list[Event] = []
-        if self.state is SessionState.CLOSED:
+        if self.state is SessionState.CLOSED or self._input_done:
             return events
         self._reader.feed(data)
         try:
@@ -251,10 +259,24 @@ class ServerSession:
                 if self._handle_frame(frame, now, events):
                     break
         except PduError as e:  # impossible command_length: the stream cannot be resynchronised
-            self._send(Pdu(CommandId.generic_nack, e.sequence_number, e.status))
             events.append(ProtocolViolation(e.status, e.command_id, str(e)))
-            self._close(events, f"framing error: {e}")
+            self._framing_error(Pdu(CommandId.generic_nack, e.sequence_number, e.status), events)
         return events
+
+    def _framing_error(self, nack: Pdu, events: list[Event]) -> None:
+        """Stop reading; answer what was read before the error, then the generic_nack, then
+        close. Requests already handed out may be accepted messages: without their responses
+        the ESME would resubmit them (issue 14, finding 6)."""
+        self._input_done = True
+        self._reader = FrameReader(0)  # drop whatever followed the bad header
+        if self.state in _BOUND or self.state is SessionState.BINDING:
+            self.state = SessionState.UNBOUND  # only responses and the close remain
+        if self.outstanding:
+            self._final_nack = nack
+            events.append(ConnectionClosed(f"framing error: {nack.command_status:#x}", drain=True))
+        else:
+            self._send(nack)
+            self._close(events, "framing error")
 
     def _handle_frame(self, frame: bytes, now: float, events: list[Event]) -> bool:
         """Handle one whole PDU; True when the session is closed and input must stop."""
@@ -421,6 +443,9 @@ class ServerSession:
         response.command_id = request.command_id | RESPONSE_BIT
         response.sequence_number = request.sequence_number
         self._send(response)
+        if self._final_nack is not None and not self.outstanding:
+            self._send(self._final_nack)
+            self._final_nack = None
 
     # ------------------------------------------------------------------ requests we send
 
