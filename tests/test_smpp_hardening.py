@@ -5,18 +5,28 @@ Real loopback sockets against a real SmppServer; every read has a timeout, every
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import logging
+import socket
 import struct
+import threading
 from typing import Any
 
+import pytest
 from conftest import (
+    IO_TIMEOUT,
     AcceptingHandler,
+    PeerClosed,
     RawEsme,
     StartServer,
+    make_account,
     submit_sm_pdu,
     wait_until,
 )
 
-from bridge.smpp.pdu import CommandId, Status, encode
+from bridge.smpp.pdu import CommandId, Status, decode, encode
+from bridge.smpp.session import SessionConfig
 
 
 def bound_esme(port: int, **kw: Any) -> RawEsme:
@@ -52,3 +62,160 @@ def test_a_framing_error_after_50_submits_answers_all_50_then_generic_nack_then_
     assert pdus[-1].command_status == Status.ESME_RINVCMDLEN
     assert len(pdus) == 51
     assert wait_until(lambda: st.connection_count() == 0, 2.0)
+
+
+# --------------------------------------------------------------------------- finding 3
+
+
+def open_idle(port: int, n: int, host: str = "127.0.0.1") -> list[socket.socket]:
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection((host, port), timeout=IO_TIMEOUT)
+        socks.append(s)
+    return socks
+
+
+def test_1000_idle_connections_from_one_address_do_not_keep_a_good_esme_out(
+    smpp_server: StartServer,
+) -> None:
+    st = smpp_server(handler=AcceptingHandler(), max_connections=1000)
+    idle = open_idle(st.port, 1000)
+    try:
+        # The other address binds at once and is answered.
+        with RawEsme(st.port, source="127.0.0.2") as good:
+            assert good.bind().command_status == Status.ESME_ROK
+            seq = good.submit()
+            resp = good.recv()
+            assert (resp.sequence_number, resp.command_status) == (seq, Status.ESME_ROK)
+        # All but max_unbound_per_address of the idle ones were refused with an SMPP answer.
+        refused = 0
+        for s in idle[10:]:  # the first 10 were admitted (and stay idle)
+            s.settimeout(IO_TIMEOUT)
+            pdu = decode(s.recv(64))
+            assert (pdu.command_id, pdu.command_status) == (
+                CommandId.generic_nack,
+                Status.ESME_RSYSERR,
+            )
+            refused += 1
+            assert s.recv(64) == b""  # then a graceful close, not a reset
+        assert refused == 990
+        refusals = st.run(
+            lambda: st.server.metrics.smpp_refused.labels("per_address")._value.get()
+        )
+        assert refusals == 990
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_a_refused_bind_gets_bind_resp_rbindfail_not_a_reset(smpp_server: StartServer) -> None:
+    st = smpp_server(handler=AcceptingHandler(), max_unbound_per_address=2)
+    idle = open_idle(st.port, 2)
+    try:
+        with RawEsme(st.port) as third:
+            resp = third.bind()
+            assert resp.command_status == Status.ESME_RBINDFAIL
+            assert third.recv_until_closed() == []
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_a_peer_outside_every_accounts_allowed_ips_is_refused_at_accept(
+    smpp_server: StartServer,
+) -> None:
+    only_one = (ipaddress.ip_network("127.0.0.1/32"),)
+    st = smpp_server(accounts=[make_account(allowed_networks=only_one)])
+    with RawEsme(st.port, source="127.0.0.3") as outsider:
+        assert outsider.bind().command_status == Status.ESME_RBINDFAIL
+        assert outsider.recv_until_closed() == []
+    assert wait_until(
+        lambda: st.run(lambda: st.server.metrics.smpp_refused.labels("not_allowed")._value.get())
+        == 1
+    )
+    with RawEsme(st.port) as insider:
+        assert insider.bind().command_status == Status.ESME_ROK
+
+
+def test_idle_connections_from_many_addresses_give_way_to_a_newcomer(
+    smpp_server: StartServer,
+) -> None:
+    # budget for unbound connections: 20 - 10 = 10, all taken by 127.0.0.1
+    st = smpp_server(max_connections=20, bind_reserve=10, max_unbound_per_address=10)
+    idle = open_idle(st.port, 10)
+    try:
+        with RawEsme(st.port, source="127.0.0.2") as good:
+            assert good.bind().command_status == Status.ESME_ROK
+        # the oldest idle connection made room, with an SMPP answer
+        idle[0].settimeout(IO_TIMEOUT)
+        pdu = decode(idle[0].recv(64))
+        assert pdu.command_id == CommandId.generic_nack
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_unbound_connections_are_closed_after_session_init_timeout(
+    smpp_server: StartServer,
+) -> None:
+    st = smpp_server(session=SessionConfig(session_init_timeout=0.3))
+    idle = open_idle(st.port, 5)
+    try:
+        assert wait_until(lambda: st.connection_count() == 5, 2.0)
+        assert wait_until(lambda: st.connection_count() == 0, 3.0)
+        assert st.run(lambda: st.server.admission.unbound_count) == 0
+        for s in idle:  # closed by the server
+            s.settimeout(IO_TIMEOUT)
+            assert s.recv(64) == b""
+    finally:
+        for s in idle:
+            s.close()
+
+
+# --------------------------------------------------------------------------- finding 4
+
+
+def test_a_session_flooding_past_max_outstanding_neither_delays_others_nor_floods_the_log(
+    smpp_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge.smpp")
+    slow = AcceptingHandler(delay=lambda pdu: 0.2)  # the flooder's requests stay outstanding
+    accounts = [
+        make_account(system_id="flood", max_outstanding=5),
+        make_account(system_id="good"),
+    ]
+    st = smpp_server(accounts=accounts, handler=slow)
+    flood = RawEsme(st.port)
+    assert flood.bind(system_id="flood").command_status == 0
+    good = RawEsme(st.port, source="127.0.0.2")
+    assert good.bind(system_id="good").command_status == 0
+    n = 20_000
+    blob = b"".join(encode(submit_sm_pdu(b"x", sequence=i)) for i in range(1, n + 1))
+    answers: list[int] = []
+
+    def drain() -> None:
+        with contextlib.suppress(OSError, PeerClosed):
+            while len(answers) < n:
+                answers.append(flood.recv(2.0).command_status)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        flood.send_raw(blob)
+        for _ in range(20):  # the well-behaved ESME, meanwhile: every submit answered
+            seq = good.submit()
+            resp = good.recv()
+            assert (resp.sequence_number, resp.command_id) == (seq, CommandId.submit_sm_resp)
+    finally:
+        reader.join(IO_TIMEOUT)
+        flood.close()
+        good.close()
+    assert len(answers) == n  # the flooder got an answer to each, mostly ESME_RTHROTTLED
+    throttled = answers.count(Status.ESME_RTHROTTLED)
+    assert throttled > n // 2
+    counted = st.run(
+        lambda: st.server.metrics.smpp_throttled.labels("flood", "outstanding")._value.get()
+    )
+    assert counted == throttled
+    lines = [r for r in caplog.records if "smpp.protocol_violation" in r.getMessage()]
+    assert 1 <= len(lines) <= 3, len(lines)  # one per account and status per interval

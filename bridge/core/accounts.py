@@ -34,6 +34,8 @@ __all__ = [
     "BindThrottle",
     "BindType",
     "IPNetwork",
+    "address_key",
+    "ip_in_networks",
 ]
 
 ESME_ROK = 0x00000000
@@ -93,18 +95,21 @@ class Account:
         ``::ffff:a.b.c.d`` matches IPv4 entries (dual-stack listeners report IPv4 peers that way)
         and, for completeness, also IPv6 entries that contain it literally.
         """
-        try:
-            raw = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        candidates: list[IPAddress] = [raw]
-        if isinstance(raw, IPv6Address) and raw.ipv4_mapped is not None:
-            candidates.append(raw.ipv4_mapped)
-        return any(
-            addr.version == net.version and addr in net
-            for net in self.allowed_networks
-            for addr in candidates
-        )
+        return ip_in_networks(ip, self.allowed_networks)
+
+
+def ip_in_networks(ip: str, networks: Iterable[IPNetwork]) -> bool:
+    """True if ``ip`` is inside one of ``networks`` (see :meth:`Account.ip_allowed`)."""
+    try:
+        raw = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    candidates: list[IPAddress] = [raw]
+    if isinstance(raw, IPv6Address) and raw.ipv4_mapped is not None:
+        candidates.append(raw.ipv4_mapped)
+    return any(
+        addr.version == net.version and addr in net for net in networks for addr in candidates
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +152,17 @@ class AccountRegistry:
             new[account.system_id] = account
         self._accounts = new
         self._verified = {}
+        self._networks: tuple[IPNetwork, ...] | None = None
+
+    def networks(self) -> tuple[IPNetwork, ...]:
+        """The union of every account's allowed_ips: a peer outside it can bind to no account,
+        so the listener refuses it at accept (README "Connection admission")."""
+        if self._networks is None:
+            seen: dict[IPNetwork, None] = {}
+            for account in self._accounts.values():
+                seen.update(dict.fromkeys(account.allowed_networks))
+            self._networks = tuple(seen)
+        return self._networks
 
     def get(self, system_id: str) -> Account | None:
         return self._accounts.get(system_id)
@@ -221,7 +237,7 @@ class AccountRegistry:
         return account is None or current >= account.max_binds
 
 
-def _throttle_key(ip: str) -> str:
+def address_key(ip: str) -> str:
     """Group addresses the way an attacker controls them: one IPv4 address, or one IPv6 /64
     (a single host usually owns a whole /64, so per-address counting would be trivial to dodge)."""
     addr = _parse_ip(ip)
@@ -278,7 +294,7 @@ class BindThrottle:
 
     def failures(self, ip: str, now: float) -> int:
         """Consecutive failures currently remembered for ``ip``."""
-        entry = self._failures.get(_throttle_key(ip))
+        entry = self._failures.get(address_key(ip))
         if entry is None or now - entry.last >= self.forget_after:
             return 0
         return entry.count
@@ -295,7 +311,7 @@ class BindThrottle:
     def record_failure(self, ip: str, now: float) -> float:
         """Count a failed bind from ``ip``; returns the delay to apply (as :meth:`delay_for`)."""
         self._expire(now)
-        key = _throttle_key(ip)
+        key = address_key(ip)
         entry = self._failures.pop(key, None)
         if entry is None:
             entry = _Failures(0, now)
@@ -308,4 +324,4 @@ class BindThrottle:
 
     def record_success(self, ip: str) -> None:
         """A successful bind forgives the address's earlier failures."""
-        self._failures.pop(_throttle_key(ip), None)
+        self._failures.pop(address_key(ip), None)

@@ -30,10 +30,11 @@ from typing import Any, NamedTuple, Protocol, cast
 import structlog
 from aiolimiter import AsyncLimiter
 
-from bridge.core.accounts import Account, AccountRegistry, BindThrottle
+from bridge.core.accounts import Account, AccountRegistry, BindThrottle, IPNetwork
 from bridge.core.accounts import BindType as AccountBindType
-from bridge.observability import LoopHistogram, Metrics
-from bridge.smpp.pdu import RESPONSE_BIT, CommandId, Pdu, Status
+from bridge.observability import LoopHistogram, Metrics, SampledLog
+from bridge.smpp.admission import Admission, AdmissionConfig
+from bridge.smpp.pdu import RESPONSE_BIT, CommandId, Pdu, Status, encode
 from bridge.smpp.session import (
     BindRequested,
     BindType,
@@ -63,6 +64,17 @@ log = structlog.get_logger("bridge.smpp")
 _THROTTLED_COMMANDS = frozenset({CommandId.submit_sm, CommandId.submit_multi, CommandId.data_sm})
 # Pause reading from a peer whose unread responses exceed this many octets (slow reader).
 _HIGH_WATER = 256 * 1024
+# Fairness (README "Reliability", SMPP): at most this many PDUs of one session are handled per
+# loop pass; the rest waits in its buffer (reading paused) until the other sessions had a turn.
+_BATCH = 128
+# A refused connection waits this long for its first PDU, to answer a bind with bind_resp
+# ESME_RBINDFAIL (else generic_nack ESME_RSYSERR), then closes; at most _MAX_REFUSING wait at
+# once (beyond that they are closed at once, still counted).
+_REFUSE_WAIT = 0.5
+_MAX_REFUSING = 256
+_BIND_IDS = frozenset(
+    {CommandId.bind_transmitter, CommandId.bind_receiver, CommandId.bind_transceiver}
+)
 
 # --- metrics: PDU label names (bounded: SMPP 3.4's commands and statuses, else one bucket)
 _COMMAND_NAMES = {int(c): c.name for c in CommandId}
@@ -99,6 +111,11 @@ class ServerConfig:
     bind_failure_delay: float = 1.0
     bind_failure_delay_max: float = 30.0
     shutdown_timeout: float = 10.0
+    # connection admission (see bridge/smpp/admission.py)
+    max_unbound_per_address: int = 10
+    bind_reserve: int = 100
+    allowed_ips: tuple[IPNetwork, ...] | None = None  # None: the union of the accounts'
+    log_sample_interval: float = 10.0
     tls_host: str | None = None
     tls_port: int | None = None
     tls_cert: str | None = None
@@ -214,6 +231,9 @@ class _Connection(asyncio.Protocol):
         self._tasks: set[asyncio.Task[None]] = set()
         self._reading_paused = False
         self._writing_paused = False
+        self._backlog = False  # PDUs left in the session's buffer after a _BATCH (fairness)
+        self._refusing = False  # refused at accept: waiting for the first PDU to answer
+        self._refused = False
         self._closed = False
         self._flush_scheduled = False
         self._limiter: AsyncLimiter | None = None
@@ -236,28 +256,130 @@ class _Connection(asyncio.Protocol):
         self.log = log.bind(session=self.info.id, peer=self.info.peer_ip)
         self.transport.set_write_buffer_limits(high=_HIGH_WATER)
         server = self.server
-        if len(server._connections) >= server.config.max_connections:
-            self.log.warning("smpp.connection_refused", reason="max_connections")
-            self.transport.abort()
-            self._closed = True
+        decision = server.admission.admit(self, self.info.peer_ip)
+        if decision.refused is not None:
+            self._refuse(decision.refused)
             return
+        if decision.evict is not None:
+            decision.evict._evicted()
         server._connections.add(self)
         self.log.debug("smpp.connected", tls=self.tls)
         self._schedule_tick()
 
     def data_received(self, data: bytes) -> None:
+        if self._refusing:
+            self._answer_refused(data)
+            return
         now = self._rx_at = self.server.clock()
         if self._in_next >= 0:
             self._count_in(data)
-        events = self.session.receive_data(data, now)
+        session = self.session
+        events = session.receive_data(data, now, _BATCH)
+        if events:
+            self._dispatch(events)
+        if session.more_input:
+            self._hold_input()
+        self._flush()
+
+    # ------------------------------------------------------------------ fairness
+
+    def _hold_input(self) -> None:
+        """More than _BATCH PDUs came in one read: stop reading and handle the rest in later
+        loop passes, so one pipelining session cannot delay the others' answers."""
+        if not self._backlog:
+            self._backlog = True
+            self._set_reading()
+            self.loop.call_soon(self._more_input)
+
+    def _more_input(self) -> None:
+        if self._closed:
+            return
+        if self._writing_paused:
+            return  # a slow reader: resume_writing() goes on with the backlog
+        session = self.session
+        events = session.receive_data(b"", self.server.clock(), _BATCH)
         if events:
             self._dispatch(events)
         self._flush()
+        if session.more_input and not self._closed:
+            self.loop.call_soon(self._more_input)
+        else:
+            self._backlog = False
+            self._set_reading()
+
+    def _set_reading(self) -> None:
+        """Read while the peer reads its answers and no backlog waits."""
+        transport = self.transport
+        if transport is None or self._closed:
+            return
+        pause = self._writing_paused or self._backlog
+        if pause and not self._reading_paused:
+            transport.pause_reading()
+            self._reading_paused = True
+        elif not pause and self._reading_paused:
+            transport.resume_reading()
+            self._reading_paused = False
+
+    # ------------------------------------------------------------------ admission
+
+    def _refuse(self, reason: str) -> None:
+        """Refused at accept: answer with an SMPP PDU, never a bare reset (README "Connection
+        admission"); sampled WARNING + bridge_smpp_connections_refused_total."""
+        self._closed = self._refused = True
+        server = self.server
+        server.metrics.connection_refused(reason)
+        server.sampled(
+            "warning", "smpp.connection_refused", reason, reason=reason, peer=self.info.peer_ip
+        )
+        transport = self.transport
+        assert transport is not None
+        if server._refusing >= _MAX_REFUSING:
+            transport.write(encode(Pdu(CommandId.generic_nack, 0, Status.ESME_RSYSERR)))
+            transport.close()
+            return
+        server._refusing += 1
+        self._refusing = True
+        self._timer = self.loop.call_later(_REFUSE_WAIT, self._answer_refused, b"")
+
+    def _answer_refused(self, data: bytes) -> None:
+        if not self._refusing:
+            return
+        self._refusing = False
+        self.server._refusing -= 1
+        if self._timer is not None:
+            self._timer.cancel()
+        pdu = Pdu(CommandId.generic_nack, 0, Status.ESME_RSYSERR)
+        if len(data) >= 16:
+            _, cid, _, seq = struct.unpack_from(">IIII", data)
+            if cid in _BIND_IDS:
+                system_id = self.server.config.session.system_id
+                pdu = Pdu(cid | RESPONSE_BIT, seq, Status.ESME_RBINDFAIL, {"system_id": system_id})
+            else:
+                pdu = Pdu(CommandId.generic_nack, seq, Status.ESME_RSYSERR)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode(pdu))
+            self.transport.close()
+
+    def _evicted(self) -> None:
+        """An unbound connection gives its place to a newcomer from a lighter address."""
+        server = self.server
+        server.metrics.connection_refused("evicted")
+        server.sampled("warning", "smpp.connection_evicted", "evicted", peer=self.info.peer_ip)
+        self.session.close()
+        self.session._out.append(encode(Pdu(CommandId.generic_nack, 0, Status.ESME_RSYSERR)))
+        self._close_soon()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            if self._refusing:
+                self._refusing = False
+                self.server._refusing -= 1
+                if self._timer is not None:
+                    self._timer.cancel()
+            return
         if self._closed and self.transport is None:
             return
         self._closed = True
@@ -279,21 +401,29 @@ class _Connection(asyncio.Protocol):
             if not w.done():
                 w.set_exception(ConnectionError("connection lost"))
         self._window_waiters.clear()
-        self.server._forget(self)
-        self.log.info("smpp.disconnected", system_id=self.info.system_id, error=str(exc or ""))
+        server = self.server
+        server._forget(self)
+        system_id = self.info.system_id
+        if system_id is not None:
+            server.metrics.smpp_event("disconnect_bound")
+            server.sampled(
+                "info", "smpp.disconnected", system_id, system_id=system_id, error=str(exc or "")
+            )
+        else:
+            server.metrics.smpp_event("disconnect_unbound")
+            self.log.debug("smpp.disconnected", error=str(exc or ""))
 
     def pause_writing(self) -> None:
         # The peer does not read its responses: stop reading its requests until it catches up.
         self._writing_paused = True
-        if self.transport is not None and not self._reading_paused:
-            self.transport.pause_reading()
-            self._reading_paused = True
+        self._set_reading()
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        if self.transport is not None and self._reading_paused:
-            self.transport.resume_reading()
-            self._reading_paused = False
+        if self._backlog:
+            self.loop.call_soon(self._more_input)
+        else:
+            self._set_reading()
 
     # ------------------------------------------------------------------ events
 
@@ -308,23 +438,53 @@ class _Connection(asyncio.Protocol):
             elif isinstance(ev, BindRequested):
                 self._spawn(self._bind(ev))
             elif isinstance(ev, ProtocolViolation):
-                if ev.status == Status.ESME_RTHROTTLED and not ev.command_id & RESPONSE_BIT:
-                    self.server.metrics.throttled(self.info.system_id or "unknown", "outstanding")
-                self.log.info(
-                    "smpp.protocol_violation",
-                    status=ev.status,
-                    command_id=ev.command_id,
-                    detail=ev.detail,
-                )
+                self._violation(ev)
             elif isinstance(ev, Unbound):
-                self.log.info("smpp.unbound", by_peer=ev.initiated_by_peer)
+                self.server.sampled(
+                    "info",
+                    "smpp.unbound",
+                    self.info.system_id or "-",
+                    session=self.info.id,
+                    system_id=self.info.system_id,
+                    by_peer=ev.initiated_by_peer,
+                )
                 self._close_when_answered()
             elif isinstance(ev, ConnectionClosed):
-                self.log.info("smpp.closing", reason=ev.reason)
+                self.server.sampled(
+                    "info",
+                    "smpp.closing",
+                    ev.reason,
+                    session=self.info.id,
+                    peer=self.info.peer_ip,
+                    system_id=self.info.system_id,
+                    reason=ev.reason,
+                )
                 if ev.drain:
                     self._close_when_answered()
                 else:
                     self._close_soon()
+
+    def _violation(self, ev: ProtocolViolation) -> None:
+        """Throttled requests and protocol violations: counted each, logged sampled (one line
+        per account and status per log_sample_interval, with the suppressed count)."""
+        server = self.server
+        system_id = self.info.system_id or "unknown"
+        if ev.status == Status.ESME_RTHROTTLED and not ev.command_id & RESPONSE_BIT:
+            server.metrics.throttled(system_id, "outstanding")
+            server.metrics.smpp_event("throttled")
+        else:
+            server.metrics.smpp_event("protocol_violation")
+        server.sampled(
+            "info",
+            "smpp.protocol_violation",
+            f"{system_id}:{ev.status}",
+            session=self.info.id,
+            peer=self.info.peer_ip,
+            system_id=self.info.system_id,
+            status=ev.status,
+            command_id=ev.command_id,
+            detail=ev.detail,
+        )
 
     def _start_request(self, pdu: Pdu) -> None:
         limiter = self._limiter
@@ -335,7 +495,11 @@ class _Connection(asyncio.Protocol):
         ):
             throttled = Pdu(pdu.command_id, command_status=Status.ESME_RTHROTTLED)
             self.session.respond(pdu, throttled)
-            self.server.metrics.throttled(self.info.system_id or "unknown", "tps")
+            server = self.server
+            system_id = self.info.system_id or "unknown"
+            server.metrics.throttled(system_id, "tps")
+            server.metrics.smpp_event("throttled")
+            server.sampled("info", "smpp.throttled", system_id, system_id=system_id, reason="tps")
             return
         handler = self.server.handler
         try:
@@ -389,7 +553,7 @@ class _Connection(asyncio.Protocol):
             bound = server.bound_count(account.system_id)
             if account.max_binds and bound >= account.max_binds:
                 status, reason = Status.ESME_RBINDFAIL, f"max_binds {account.max_binds} reached"
-        if self._closed:
+        if self._closed or self.transport is None or self.transport.is_closing():
             return
         if status != 0 or account is None:
             # Never the raw system_id of a failed bind as a label: unknown ones are unbounded.
@@ -400,8 +564,13 @@ class _Connection(asyncio.Protocol):
             )
             # The n-th consecutive failure waits base_delay * 2**(n-1), the first one included.
             delay = server.throttle.record_failure(ip, server.clock())
-            self.log.warning(
+            server.metrics.smpp_event("bind_rejected")
+            server.sampled(
+                "warning",
                 "smpp.bind_rejected",
+                ip,
+                session=self.info.id,
+                peer=ip,
                 system_id=ev.system_id,
                 bind_type=ev.bind_type.value,
                 status=status,
@@ -416,6 +585,7 @@ class _Connection(asyncio.Protocol):
             self._flush()
             return
         server.throttle.record_success(ip)
+        server.admission.bound(self)
         self.session.accept_bind(max_outstanding=account.max_outstanding)
         server.metrics.bind(account.system_id, ev.bind_type.value, ok=True)
         self.info.system_id = account.system_id
@@ -423,7 +593,15 @@ class _Connection(asyncio.Protocol):
         self.info.account = account
         self._limiter = server.limiter_for(account)
         self.log = self.log.bind(system_id=account.system_id)
-        self.log.info("smpp.bound", bind_type=ev.bind_type.value)
+        server.sampled(
+            "info",
+            "smpp.bound",
+            account.system_id,
+            session=self.info.id,
+            peer=ip,
+            system_id=account.system_id,
+            bind_type=ev.bind_type.value,
+        )
         self._flush()
         try:
             server.handler.session_bound(self.info)
@@ -664,6 +842,14 @@ class SmppServer:
             int(cid): self.metrics.submit_latency(cid.name) for cid in _THROTTLED_COMMANDS
         }
         self.throttle = BindThrottle(config.bind_failure_delay, config.bind_failure_delay_max)
+        # Per-event log lines of the SMPP side are sampled (README "Reliability", SMPP).
+        self.sampled = SampledLog(log, interval=config.log_sample_interval, clock=clock)
+        reserve = min(config.bind_reserve, config.max_connections // 2)
+        self.admission: Admission[_Connection] = Admission(
+            AdmissionConfig(config.max_connections, config.max_unbound_per_address, reserve),
+            self._allowed_networks,
+        )
+        self._refusing = 0  # refused connections waiting to be answered
         self._ids = itertools.count(1)
         self._connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -742,9 +928,7 @@ class SmppServer:
 
     def bound_count(self, system_id: str) -> int:
         return sum(
-            1
-            for c in self._connections
-            if c.info.system_id == system_id and c.session.is_bound
+            1 for c in self._connections if c.info.system_id == system_id and c.session.is_bound
         )
 
     def receivers(self, system_id: str) -> list[_Connection]:
@@ -812,9 +996,14 @@ class SmppServer:
             self._limiters[account.system_id] = lim
         return lim
 
+    def _allowed_networks(self) -> tuple[IPNetwork, ...]:
+        allowed = self.config.allowed_ips
+        return allowed if allowed is not None else self.accounts.networks()
+
     def _forget(self, conn: _Connection) -> None:
         was_bound = conn.info.system_id is not None
         self._connections.discard(conn)
+        self.admission.closed(conn)
         if was_bound:
             try:
                 self.handler.session_closed(conn.info)
@@ -840,8 +1029,10 @@ class SmppServer:
         counts: dict[tuple[str, str], int] = {}
         for conn in list(self._connections):
             info = conn.info
-            if info.system_id is not None and info.bind_type is not None and (
-                conn.session.is_bound
+            if (
+                info.system_id is not None
+                and info.bind_type is not None
+                and (conn.session.is_bound)
             ):
                 key = (info.system_id, info.bind_type.value)
                 counts[key] = counts.get(key, 0) + 1

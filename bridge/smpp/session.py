@@ -216,6 +216,7 @@ class ServerSession:
         # before it is answered (README "Framing errors"); input is ignored from then on.
         self._final_nack: Pdu | None = None
         self._input_done = False
+        self.more_input = False  # receive_data stopped at its limit with input left
 
     # ------------------------------------------------------------------ properties
 
@@ -247,16 +248,27 @@ class ServerSession:
 
     # ------------------------------------------------------------------ input
 
-    def receive_data(self, data: bytes, now: float) -> list[Event]:
-        """Feed bytes from the peer; returns the events they cause."""
+    def receive_data(self, data: bytes, now: float, limit: int = 0) -> list[Event]:
+        """Feed bytes from the peer; returns the events they cause.
+
+        ``limit`` > 0 handles at most that many PDUs; the rest stays buffered and
+        :attr:`more_input` says so: call again (with ``b""``) to go on.
+        """
         events: list[Event] = []
+        self.more_input = False
         if self.state is SessionState.CLOSED or self._input_done:
             return events
-        self._reader.feed(data)
+        if data:
+            self._reader.feed(data)
+        n = 0
         try:
             for frame in self._reader.frames():
                 self._last_rx = now
                 if self._handle_frame(frame, now, events):
+                    break
+                n += 1
+                if n == limit:
+                    self.more_input = self._reader.buffered >= 4
                     break
         except PduError as e:  # impossible command_length: the stream cannot be resynchronised
             events.append(ProtocolViolation(e.status, e.command_id, str(e)))
