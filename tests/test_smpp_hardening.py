@@ -20,11 +20,14 @@ from conftest import (
     PeerClosed,
     RawEsme,
     StartServer,
+    bind_pdu,
     make_account,
     submit_sm_pdu,
     wait_until,
 )
 
+import bridge.core.accounts as accounts_module
+from bridge.passwords import hash_password
 from bridge.smpp.pdu import CommandId, Status, decode, encode
 from bridge.smpp.session import SessionConfig
 
@@ -219,3 +222,108 @@ def test_a_session_flooding_past_max_outstanding_neither_delays_others_nor_flood
     assert counted == throttled
     lines = [r for r in caplog.records if "smpp.protocol_violation" in r.getMessage()]
     assert 1 <= len(lines) <= 3, len(lines)  # one per account and status per interval
+
+
+# --------------------------------------------------------------------------- finding 7
+
+
+def bind_status(port: int, source: str = "127.0.0.1", **kw: Any) -> int:
+    with RawEsme(port, source=source) as esme:
+        return esme.bind(**kw).command_status
+
+
+def test_wrong_passwords_lock_the_account_but_not_its_known_addresses(
+    smpp_server: StartServer,
+) -> None:
+    st = smpp_server(bind_lockout_failures=3, bind_lockout_duration=600.0)
+    assert bind_status(st.port, "127.0.0.5") == Status.ESME_ROK  # the ESME's own address
+    for _ in range(3):
+        assert bind_status(st.port, "127.0.0.9", password="guess") == Status.ESME_RINVPASWD
+    # Locked: even the right password from an address that never bound is refused ...
+    assert bind_status(st.port, "127.0.0.9") == Status.ESME_RINVPASWD
+    assert bind_status(st.port, "127.0.0.10") == Status.ESME_RINVPASWD
+    # ... but the account's own ESME still binds.
+    assert bind_status(st.port, "127.0.0.5") == Status.ESME_ROK
+    locked = st.run(lambda: st.server.metrics.smpp_events.labels("bind_locked")._value.get())
+    assert locked == 2  # each attempt refused for the lock
+
+
+def test_another_accounts_success_does_not_forgive_an_addresses_failures(
+    smpp_server: StartServer,
+) -> None:
+    accounts = [make_account(), make_account(system_id="other", password="otherpw")]
+    st = smpp_server(accounts=accounts, bind_lockout_failures=0)
+    for _ in range(3):
+        assert bind_status(st.port, password="guess") == Status.ESME_RINVPASWD
+    assert bind_status(st.port, system_id="other", password="otherpw") == Status.ESME_ROK
+    failures = st.run(lambda: st.server.throttle.failures("127.0.0.1", st.server.clock()))
+    assert failures == 3
+    assert bind_status(st.port) == Status.ESME_ROK  # demo's own success forgives demo's
+    assert st.run(lambda: st.server.throttle.failures("127.0.0.1", st.server.clock())) == 0
+
+
+def test_a_repeated_wrong_password_is_hashed_once(
+    smpp_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    real = accounts_module.verify_password
+
+    def counting(stored: str, given: str) -> bool:
+        calls.append(given)
+        return real(stored, given)
+
+    monkeypatch.setattr(accounts_module, "verify_password", counting)
+    hashed = hash_password("demopass", iterations=1000)
+    st = smpp_server(accounts=[make_account(password=hashed)], bind_lockout_failures=0)
+    for _ in range(5):
+        assert bind_status(st.port, password="guess") == Status.ESME_RINVPASWD
+    assert calls == ["guess"]
+    assert bind_status(st.port) == Status.ESME_ROK
+
+
+def test_a_flood_of_pbkdf2_guesses_from_one_address_does_not_starve_another_addresses_bind(
+    smpp_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    real = accounts_module.verify_password
+
+    def counting(stored: str, given: str) -> bool:
+        calls.append(given)
+        return real(stored, given)
+
+    monkeypatch.setattr(accounts_module, "verify_password", counting)
+    hashed = hash_password("demopass", iterations=200_000)
+    st = smpp_server(accounts=[make_account(password=hashed)], bind_lockout_failures=0)
+    flood = [RawEsme(st.port) for _ in range(50)]
+    try:
+        for i, esme in enumerate(flood):
+            esme.send(bind_pdu(password=f"g{i}"))
+        assert bind_status(st.port, "127.0.0.2") == Status.ESME_ROK
+        statuses = [esme.recv().command_status for esme in flood]
+    finally:
+        for esme in flood:
+            esme.close()
+    assert set(statuses) <= {Status.ESME_RINVPASWD, Status.ESME_RBINDFAIL}
+    busy = statuses.count(Status.ESME_RBINDFAIL)
+    assert busy >= 40  # refused at once instead of queueing ahead of the real bind
+    assert len(calls) == 50 - busy + 1  # hashed: the few admitted guesses, and the real bind
+
+
+@pytest.mark.parametrize(
+    ("reveal", "unknown", "outside"),
+    [
+        (False, Status.ESME_RINVPASWD, Status.ESME_RINVPASWD),
+        (True, Status.ESME_RINVSYSID, Status.ESME_RBINDFAIL),
+    ],
+)
+def test_reveal_bind_errors_decides_whether_unknown_system_ids_are_told_apart(
+    smpp_server: StartServer, reveal: bool, unknown: int, outside: int
+) -> None:
+    accounts = [
+        make_account(),
+        make_account(system_id="far", allowed_networks=(ipaddress.ip_network("10.0.0.0/8"),)),
+    ]
+    st = smpp_server(accounts=accounts, reveal_bind_errors=reveal)
+    assert bind_status(st.port, system_id="nobody") == unknown
+    assert bind_status(st.port, system_id="far") == outside
+    assert bind_status(st.port, password="wrong") == Status.ESME_RINVPASWD

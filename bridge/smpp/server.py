@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import ssl
 import struct
@@ -30,10 +31,18 @@ from typing import Any, NamedTuple, Protocol, cast
 import structlog
 from aiolimiter import AsyncLimiter
 
-from bridge.core.accounts import Account, AccountRegistry, BindThrottle, IPNetwork
+from bridge.core.accounts import (
+    Account,
+    AccountRegistry,
+    AuthResult,
+    BindLockout,
+    BindThrottle,
+    IPNetwork,
+)
 from bridge.core.accounts import BindType as AccountBindType
 from bridge.observability import LoopHistogram, Metrics, SampledLog
 from bridge.smpp.admission import Admission, AdmissionConfig
+from bridge.smpp.hash_pool import HashPool, PoolBusy
 from bridge.smpp.pdu import RESPONSE_BIT, CommandId, Pdu, Status, encode
 from bridge.smpp.session import (
     BindRequested,
@@ -116,6 +125,12 @@ class ServerConfig:
     bind_reserve: int = 100
     allowed_ips: tuple[IPNetwork, ...] | None = None  # None: the union of the accounts'
     log_sample_interval: float = 10.0
+    # brute force (README "Binds")
+    reveal_bind_errors: bool = False
+    bind_lockout_failures: int = 10
+    bind_lockout_duration: float = 300.0
+    hash_workers: int = 1
+    hash_max_pending: int = 16
     tls_host: str | None = None
     tls_port: int | None = None
     tls_cert: str | None = None
@@ -539,13 +554,36 @@ class _Connection(asyncio.Protocol):
         ip = self.info.peer_ip
         bind_type = AccountBindType(ev.bind_type.value)
         accounts = server.accounts
-        if accounts.would_block(ev.system_id, ev.password):
-            # A password hash not verified before costs tens of ms of CPU: keep it off the loop.
-            result = await asyncio.to_thread(
-                accounts.authenticate, ev.system_id, ev.password, bind_type, ip
-            )
+        reveal = server.config.reveal_bind_errors
+        now = server.clock()
+        if accounts.get(ev.system_id) is not None and server.lockout.locked(
+            ev.system_id, ip, now
+        ):
+            # Locked (README "Binds"): refused without looking at the password (no hashing).
+            locked = int(Status.ESME_RBINDFAIL if reveal else Status.ESME_RINVPASWD)
+            result = AuthResult(locked, accounts.get(ev.system_id), "account locked out")
+            server.metrics.smpp_event("bind_locked")
+        elif accounts.would_block(ev.system_id, ev.password):
+            # A password hash not verified before costs tens of ms of CPU: keep it off the
+            # loop, in a bounded pool (bridge/smpp/hash_pool.py).
+            try:
+                result = await server.hash_pool.run(
+                    ip,
+                    functools.partial(
+                        accounts.authenticate,
+                        ev.system_id,
+                        ev.password,
+                        bind_type,
+                        ip,
+                        reveal=reveal,
+                    ),
+                )
+            except PoolBusy:
+                result = AuthResult(
+                    Status.ESME_RBINDFAIL, accounts.get(ev.system_id), "password checks busy"
+                )
         else:
-            result = accounts.authenticate(ev.system_id, ev.password, bind_type, ip)
+            result = accounts.authenticate(ev.system_id, ev.password, bind_type, ip, reveal=reveal)
         status = result.status
         account = result.account
         reason = result.reason
@@ -562,8 +600,20 @@ class _Connection(asyncio.Protocol):
                 ev.bind_type.value,
                 ok=False,
             )
+            now = server.clock()
+            if (
+                reason == "wrong password"
+                and account is not None
+                and server.lockout.record_failure(account.system_id, now)
+            ):
+                log.warning(  # once per lock: not a flood
+                    "smpp.account_locked",
+                    system_id=account.system_id,
+                    failures=server.lockout.max_failures,
+                    seconds=server.lockout.duration,
+                )
             # The n-th consecutive failure waits base_delay * 2**(n-1), the first one included.
-            delay = server.throttle.record_failure(ip, server.clock())
+            delay = server.throttle.record_failure(ip, now, ev.system_id)
             server.metrics.smpp_event("bind_rejected")
             server.sampled(
                 "warning",
@@ -584,7 +634,8 @@ class _Connection(asyncio.Protocol):
             self.session.reject_bind(status or Status.ESME_RBINDFAIL)
             self._flush()
             return
-        server.throttle.record_success(ip)
+        server.throttle.record_success(ip, account.system_id)
+        server.lockout.record_success(account.system_id, ip)
         server.admission.bound(self)
         self.session.accept_bind(max_outstanding=account.max_outstanding)
         server.metrics.bind(account.system_id, ev.bind_type.value, ok=True)
@@ -842,6 +893,8 @@ class SmppServer:
             int(cid): self.metrics.submit_latency(cid.name) for cid in _THROTTLED_COMMANDS
         }
         self.throttle = BindThrottle(config.bind_failure_delay, config.bind_failure_delay_max)
+        self.lockout = BindLockout(config.bind_lockout_failures, config.bind_lockout_duration)
+        self.hash_pool = HashPool(config.hash_workers, config.hash_max_pending)
         # Per-event log lines of the SMPP side are sampled (README "Reliability", SMPP).
         self.sampled = SampledLog(log, interval=config.log_sample_interval, clock=clock)
         reserve = min(config.bind_reserve, config.max_connections // 2)
@@ -922,6 +975,7 @@ class SmppServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(srv.wait_closed(), 1.0)
         self._servers.clear()
+        self.hash_pool.close()
         log.info("smpp.stopped")
 
     # ------------------------------------------------------------------ pipeline side
