@@ -570,12 +570,20 @@ class Bridge:
             )
             return False
         self.accounts.replace(new.to_accounts())
+        # Removed accounts, changed passwords, addresses no longer allowed: unbind their
+        # sessions (README "Revocation").
+        revoked = self.smpp.revoke_changed()
         _prime_metrics(self.metrics, new)
         self._owners = _inbound_owners(new.accounts)
         self.policies.clear()
         self.policies.update({a.system_id: _policy(a) for a in new.accounts})
         self.router.replace_routes(_routes(new, self.providers))
-        log.info("config.reloaded", accounts=len(self.accounts), routes=len(new.routes))
+        log.info(
+            "config.reloaded",
+            accounts=len(self.accounts),
+            routes=len(new.routes),
+            sessions_revoked=revoked,
+        )
         return True
 
 

@@ -98,6 +98,10 @@ class Account:
         """
         return ip_in_networks(ip, self.allowed_networks)
 
+    def bind_type_allowed(self, bind_type: object) -> bool:
+        """``bind_type``: ours or the SMPP layer's enum (both are str enums of the same values)."""
+        return str(bind_type) in self.allowed_bind_types
+
 
 def ip_in_networks(ip: str, networks: Iterable[IPNetwork]) -> bool:
     """True if ``ip`` is inside one of ``networks`` (see :meth:`Account.ip_allowed`)."""

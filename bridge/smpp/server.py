@@ -867,6 +867,24 @@ class _Connection(asyncio.Protocol):
         self.session.unbind(self.server.clock())
         self._flush()
 
+    def revoke(self, reason: str) -> None:
+        """End a session whose right to be bound is gone (README "Revocation"): send unbind,
+        then close once it is answered (or after response_timeout); requests already taken
+        still get their responses, new ones get ESME_RINVBNDSTS."""
+        server = self.server
+        server.metrics.smpp_event("revoked")
+        log.warning(
+            "smpp.session_revoked",
+            session=self.info.id,
+            peer=self.info.peer_ip,
+            system_id=self.info.system_id,
+            reason=reason,
+        )
+        if self.session.is_bound:
+            self.unbind()
+        else:
+            self._close_when_answered()
+
 
 class SmppServer:
     """Accepts ESME connections on a plain and optionally a TLS port."""
@@ -1067,6 +1085,45 @@ class SmppServer:
     @property
     def connection_count(self) -> int:
         return len(self._connections)
+
+    def revoke_changed(self) -> int:
+        """After the accounts were replaced (SIGHUP): revoke every bound session whose account
+        is gone, whose password changed or whose address is no longer allowed. Returns how
+        many."""
+        n = 0
+        for conn in list(self._connections):
+            info = conn.info
+            old = info.account
+            if old is None or not conn.session.is_bound:
+                continue
+            new = self.accounts.get(old.system_id)
+            if new is None:
+                reason = "account removed"
+            elif new.password != old.password:
+                reason = "password changed"
+            elif not new.ip_allowed(info.peer_ip):
+                reason = "address no longer allowed"
+            elif new.bind_type_allowed(info.bind_type):
+                info.account = new  # other changes (tps, max_outstanding) apply to new binds
+                continue
+            else:
+                reason = "bind type no longer allowed"
+            conn.revoke(reason)
+            n += 1
+        return n
+
+    def kick(self, target: str) -> list[int]:
+        """Revoke a session by its id, or every session of a system_id (admin API ``kick``).
+        Returns the ids of the sessions kicked."""
+        kicked = []
+        for conn in list(self._connections):
+            info = conn.info
+            if info.system_id is None or conn._closed:
+                continue
+            if str(info.id) == target or info.system_id == target:
+                conn.revoke("kicked by the operator")
+                kicked.append(info.id)
+        return kicked
 
     def bound_sessions(self) -> list[SessionInfo]:
         """Every bound session (who, from where, bound how), for the admin status."""
