@@ -28,7 +28,7 @@ from conftest import (
 
 import bridge.core.accounts as accounts_module
 from bridge.passwords import hash_password
-from bridge.smpp.pdu import CommandId, Status, decode, encode
+from bridge.smpp.pdu import CommandId, DestAddress, Pdu, Status, decode, encode
 from bridge.smpp.session import SessionConfig
 
 
@@ -327,3 +327,72 @@ def test_reveal_bind_errors_decides_whether_unknown_system_ids_are_told_apart(
     assert bind_status(st.port, system_id="nobody") == unknown
     assert bind_status(st.port, system_id="far") == outside
     assert bind_status(st.port, password="wrong") == Status.ESME_RINVPASWD
+
+
+# --------------------------------------------------------------------------- finding 12
+
+
+@pytest.mark.parametrize(
+    ("fields", "status"),
+    [
+        ({"sm_length": 255}, Status.ESME_RINVMSGLEN),  # §5.2.21: 0..254
+        ({"source_addr_ton": 7}, Status.ESME_RINVSRCTON),
+        ({"source_addr_npi": 2}, Status.ESME_RINVSRCNPI),
+        ({"dest_addr_ton": 200}, Status.ESME_RINVDSTTON),
+        ({"dest_addr_npi": 19}, Status.ESME_RINVDSTNPI),
+        ({"esm_class": 0x04}, Status.ESME_RINVESMCLASS),  # a receipt is not an ESME's to send
+        ({"priority_flag": 4}, Status.ESME_RINVPRTFLG),
+        ({"registered_delivery": 0x03}, Status.ESME_RINVREGDLVFLG),
+        ({"registered_delivery": 0x21}, Status.ESME_RINVREGDLVFLG),
+        ({"replace_if_present_flag": 2}, Status.ESME_RINVREPFLAG),
+        ({"sm_default_msg_id": 255}, Status.ESME_RINVDFTMSGID),
+    ],
+    ids=lambda v: str(v) if isinstance(v, int) else next(iter(v)),
+)
+def test_submit_sm_fields_outside_their_smpp_5_2_range_get_the_precise_status(
+    smpp_server: StartServer, fields: dict[str, Any], status: int
+) -> None:
+    handler = AcceptingHandler()
+    st = smpp_server(handler=handler)
+    with bound_esme(st.port) as esme:
+        if "sm_length" in fields:  # our encoder refuses it: write the octets by hand
+            pdu = submit_sm_pdu(b"x" * 254, sequence=esme.next_sequence())
+            data = bytearray(encode(pdu))
+            assert data[-255] == 254
+            data[-255] = 255
+            data += b"x"
+            data[0:4] = struct.pack(">I", len(data))
+            esme.send_raw(bytes(data))
+            seq = pdu.sequence_number
+        else:
+            pdu = submit_sm_pdu()
+            pdu.fields.update(fields)
+            seq = esme.send(pdu)
+        resp = esme.recv()
+        assert (resp.command_id, resp.sequence_number) == (CommandId.submit_sm_resp, seq)
+        assert resp.command_status == status
+        # the session goes on, and the edge of each range is accepted
+        ok = submit_sm_pdu(b"x" * 254)
+        ok.fields.update(
+            esm_class=0x43, priority_flag=3, registered_delivery=0x11, sm_default_msg_id=254
+        )
+        seq = esme.send(ok)
+        assert esme.recv().command_status == Status.ESME_ROK
+    assert len(handler.requests) == 1  # the bad one never reached the pipeline
+
+
+def test_submit_multi_with_a_destination_ton_out_of_range_is_refused_with_rinvdstton(
+    smpp_server: StartServer,
+) -> None:
+    st = smpp_server(handler=AcceptingHandler())
+    with bound_esme(st.port) as esme:
+        pdu = Pdu(
+            CommandId.submit_multi,
+            fields={
+                "source_addr": "Bridge",
+                "dest_addresses": [DestAddress(1, 1, "4915112345678"), DestAddress(9, 1, "49")],
+                "short_message": b"hi",
+            },
+        )
+        esme.send(pdu)
+        assert esme.recv().command_status == Status.ESME_RINVDSTTON

@@ -32,6 +32,7 @@ from bridge.smpp.pdu import (
     encode,
     is_known_command,
 )
+from bridge.smpp.ranges import check_ranges
 
 __all__ = [
     "BindRequested",
@@ -308,6 +309,10 @@ class ServerSession:
                 self._reject(pdu, Status.ESME_RINVBNDSTS, events)
             elif self.outstanding >= self.max_outstanding:
                 self._reject(pdu, Status.ESME_RTHROTTLED, events)
+            elif (bad := check_ranges(pdu)) is not None:  # SMPP 3.4 §5.2 (ranges.py)
+                status, what = bad
+                self._send(Pdu(cid | RESPONSE_BIT, pdu.sequence_number, status))
+                events.append(ProtocolViolation(status, cid, f"{pdu.name}: {what} out of range"))
             else:
                 self.outstanding += 1
                 events.append(MessageRequest(pdu))
@@ -458,6 +463,7 @@ class ServerSession:
         if self._final_nack is not None and not self.outstanding:
             self._send(self._final_nack)
             self._final_nack = None
+            self.state = SessionState.CLOSED  # the asyncio layer closes once this is written
 
     # ------------------------------------------------------------------ requests we send
 
