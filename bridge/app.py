@@ -107,6 +107,7 @@ def server_config(cfg: Config) -> ServerConfig:
         bind_reserve=s.bind_reserve,
         allowed_ips=tuple(s.allowed_ips) if s.allowed_ips is not None else None,
         log_sample_interval=s.log_sample_interval,
+        stalled_receiver_timeout=s.stalled_receiver_timeout,
         reveal_bind_errors=s.reveal_bind_errors,
         bind_lockout_failures=s.bind_lockout_failures,
         bind_lockout_duration=s.bind_lockout_duration,

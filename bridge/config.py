@@ -199,6 +199,7 @@ class SmppConfig(_Section):
     bind_reserve: Annotated[int, Field(ge=0)] = 100
     allowed_ips: Annotated[list[Network], Field(min_length=1)] | None = None
     log_sample_interval: PosFloat = 10.0
+    stalled_receiver_timeout: NonNegFloat = 60.0
     # brute force (README "Binds")
     reveal_bind_errors: bool = False
     bind_lockout_failures: Annotated[int, Field(ge=0)] = 10

@@ -21,6 +21,7 @@ from conftest import (
     RawEsme,
     StartServer,
     bind_pdu,
+    deliver_sm_pdu,
     make_account,
     submit_sm_pdu,
     wait_until,
@@ -396,3 +397,37 @@ def test_submit_multi_with_a_destination_ton_out_of_range_is_refused_with_rinvds
         )
         esme.send(pdu)
         assert esme.recv().command_status == Status.ESME_RINVDSTTON
+
+
+def test_a_receiver_that_never_answers_is_closed_and_its_deliveries_go_to_another_session(
+    smpp_server: StartServer,
+) -> None:
+    st = smpp_server(
+        session=SessionConfig(response_timeout=0.3, enquire_link_interval=0),
+        stalled_receiver_timeout=1.0,
+    )
+    stuck = RawEsme(st.port, rcvbuf=4096)
+    assert stuck.bind(CommandId.bind_receiver).command_status == 0
+    results: list[int | None] = []
+
+    def done(_: object, resp: Pdu | None) -> None:
+        results.append(None if resp is None else resp.command_status)
+
+    def send_one() -> bool:
+        return st.server.deliver_nowait("demo", deliver_sm_pdu(), done, None)
+
+    assert st.run(send_one)
+    assert wait_until(lambda: results == [None], 2.0)  # unanswered: the queue would retry
+    assert st.run(send_one)  # still the only receiver: it gets the retry, and owes it too
+    # noticed and closed within stalled_receiver_timeout (plus a tick), not ~330 s
+    assert wait_until(lambda: st.connection_count() == 0, 5.0)
+    assert st.run(lambda: st.server.metrics.smpp_events.labels("stalled_receiver")._value.get())
+    stuck.close()
+    # a receiver that answers gets what comes next
+    with RawEsme(st.port) as good:
+        assert good.bind(CommandId.bind_receiver).command_status == 0
+        assert st.run(send_one)
+        pdu = good.recv()
+        assert pdu.command_id == CommandId.deliver_sm
+        good.send(pdu.response())
+        assert wait_until(lambda: results[-1] == Status.ESME_ROK, 2.0)

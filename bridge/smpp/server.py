@@ -125,6 +125,8 @@ class ServerConfig:
     bind_reserve: int = 100
     allowed_ips: tuple[IPNetwork, ...] | None = None  # None: the union of the accounts'
     log_sample_interval: float = 10.0
+    # a receiver owing answers (or not reading) this long is closed; 0 = never
+    stalled_receiver_timeout: float = 60.0
     # brute force (README "Binds")
     reveal_bind_errors: bool = False
     bind_lockout_failures: int = 10
@@ -250,6 +252,9 @@ class _Connection(asyncio.Protocol):
         self._refusing = False  # refused at accept: waiting for the first PDU to answer
         self._refused = False
         self._closed = False
+        # since when the peer owes us something (an answer to a request we sent, or reading
+        # what we wrote) without having sent a single octet: see _check_stalled()
+        self._owed_since: float | None = None
         self._flush_scheduled = False
         self._limiter: AsyncLimiter | None = None
         self._rx_at = 0.0  # server.clock() when the last chunk arrived (submit latency)
@@ -286,6 +291,7 @@ class _Connection(asyncio.Protocol):
             self._answer_refused(data)
             return
         now = self._rx_at = self.server.clock()
+        self._owed_since = None
         if self._in_next >= 0:
             self._count_in(data)
         session = self.session
@@ -431,6 +437,8 @@ class _Connection(asyncio.Protocol):
     def pause_writing(self) -> None:
         # The peer does not read its responses: stop reading its requests until it catches up.
         self._writing_paused = True
+        if self._owed_since is None:
+            self._owed_since = self.server.clock()
         self._set_reading()
 
     def resume_writing(self) -> None:
@@ -677,6 +685,8 @@ class _Connection(asyncio.Protocol):
                     await fut
                 except ConnectionError:
                     return None
+        if self._owed_since is None:
+            self._owed_since = self.server.clock()
         waiter: asyncio.Future[Pdu | None] = self.loop.create_future()
         self._waiters[seq] = waiter
         self._flush_soon()
@@ -689,7 +699,10 @@ class _Connection(asyncio.Protocol):
         (nothing sent) when the window is full or the session cannot take it."""
         if self._closed or not self.session.can_receive or self.session.window_free <= 0:
             return False
-        seq = self.session.send_request(pdu, self.server.clock())
+        now = self.server.clock()
+        seq = self.session.send_request(pdu, now)
+        if self._owed_since is None:
+            self._owed_since = now
         self._callbacks[seq] = (done, arg)
         self._flush_soon()
         return True
@@ -856,7 +869,13 @@ class _Connection(asyncio.Protocol):
     def _tick(self) -> None:
         if self._closed:
             return
-        events = self.session.handle_timers(self.server.clock())
+        now = self.server.clock()
+        owed = self._owed_since
+        limit = self.server.config.stalled_receiver_timeout
+        if owed is not None and limit and now - owed >= limit:
+            self._stalled(now - owed)
+            return
+        events = self.session.handle_timers(now)
         if events:
             self._dispatch(events)
         self._flush()
@@ -866,6 +885,26 @@ class _Connection(asyncio.Protocol):
     def unbind(self) -> None:
         self.session.unbind(self.server.clock())
         self._flush()
+
+    def _stalled(self, seconds: float) -> None:
+        """A receiver that neither answers nor reads (README "Reliability", SMPP): close it at
+        once (abort: what we wrote is not being read), so that its deliver_sm fail now and
+        go to another session of the account, or wait for one, instead of after ~330 s."""
+        server = self.server
+        system_id = self.info.system_id or "-"
+        server.metrics.smpp_event("stalled_receiver")
+        server.sampled(
+            "warning",
+            "smpp.stalled_receiver",
+            system_id,
+            session=self.info.id,
+            peer=self.info.peer_ip,
+            system_id=self.info.system_id,
+            seconds=round(seconds, 1),
+            unanswered=self.session.in_flight,
+            write_buffer=self.transport.get_write_buffer_size() if self.transport else 0,
+        )
+        self.abort()
 
     def revoke(self, reason: str) -> None:
         """End a session whose right to be bound is gone (README "Revocation"): send unbind,
