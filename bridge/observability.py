@@ -284,6 +284,7 @@ SMPP_EVENTS = (
     "bind_locked",
     "revoked",
     "stalled_receiver",
+    "accept_failed",
 )
 INBOUND_RESULTS = ("queued", "unowned")
 
@@ -475,7 +476,8 @@ class Metrics:
             "bridge_smpp_events_total",
             "SMPP session events whose log lines are sampled, by event: protocol_violation, "
             "throttled, disconnect_bound, disconnect_unbound, bind_rejected, bind_locked, "
-            "revoked, stalled_receiver.",
+            "revoked, stalled_receiver, accept_failed (out of file descriptors: accepting pauses "
+            "0.1 s).",
             ["event"],
             registry=r,
         )

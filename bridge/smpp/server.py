@@ -17,7 +17,6 @@ readers, and the two seams to the pipeline:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import itertools
 import ssl
@@ -43,6 +42,7 @@ from bridge.core.accounts import BindType as AccountBindType
 from bridge.observability import LoopHistogram, Metrics, SampledLog
 from bridge.smpp.admission import Admission, AdmissionConfig
 from bridge.smpp.hash_pool import HashPool, PoolBusy
+from bridge.smpp.listener import Listener, open_listeners
 from bridge.smpp.pdu import RESPONSE_BIT, CommandId, Pdu, Status, encode
 from bridge.smpp.session import (
     BindRequested,
@@ -80,6 +80,10 @@ _BATCH = 128
 # ESME_RBINDFAIL (else generic_nack ESME_RSYSERR), then closes; at most _MAX_REFUSING wait at
 # once (beyond that they are closed at once, still counted).
 _REFUSE_WAIT = 0.5
+# listen() backlog: asyncio's default of 100 overflows under a reconnect storm, and a dropped
+# SYN costs a good ESME 1 s, then 3 s (TCP retransmission) before its bind even arrives. The
+# kernel caps it at net.core.somaxconn.
+_BACKLOG = 4096
 _MAX_REFUSING = 256
 _BIND_IDS = frozenset(
     {CommandId.bind_transmitter, CommandId.bind_receiver, CommandId.bind_transceiver}
@@ -963,7 +967,7 @@ class SmppServer:
         self._ids = itertools.count(1)
         self._connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[Listener] = []
         self._limiters: dict[str, AsyncLimiter] = {}
         self._rr: dict[str, int] = {}
         self._receiver_event: asyncio.Event | None = None
@@ -984,26 +988,28 @@ class SmppServer:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         cfg = self.config
-        srv = await loop.create_server(
-            lambda: _Connection(self, tls=False), cfg.host, cfg.port, reuse_address=True
-        )
-        self._servers.append(srv)
-        self.ports["smpp"] = srv.sockets[0].getsockname()[1]
+        # Our own accept loop (bridge/smpp/listener.py): many accepts per loop pass.
+        plain = open_listeners(
+            cfg.host, cfg.port, _BACKLOG, lambda: _Connection(self, tls=False), None,
+            self._accept_failed,
+        )  # fmt: skip
+        self._servers.extend(plain)
+        self.ports["smpp"] = plain[0].port
         if cfg.tls_port is not None and cfg.tls_cert and cfg.tls_key:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-            tls = await loop.create_server(
-                lambda: _Connection(self, tls=True),
-                cfg.tls_host or cfg.host,
-                cfg.tls_port,
-                ssl=ctx,
-                reuse_address=True,
-            )
-            self._servers.append(tls)
-            self.ports["smpp_tls"] = tls.sockets[0].getsockname()[1]
+            tls = open_listeners(
+                cfg.tls_host or cfg.host, cfg.tls_port, _BACKLOG,
+                lambda: _Connection(self, tls=True), ctx, self._accept_failed,
+            )  # fmt: skip
+            self._servers.extend(tls)
+            self.ports["smpp_tls"] = tls[0].port
         log.info("smpp.listening", **self.ports)
+
+    def _accept_failed(self, error: OSError) -> None:
+        self.metrics.smpp_event("accept_failed")
+        self.sampled("warning", "smpp.accept_failed", str(error.errno), error=str(error))
 
     async def stop(self, timeout: float | None = None) -> None:
         """Graceful shutdown: stop accepting, unbind bound sessions, let in-flight work finish.
@@ -1028,9 +1034,6 @@ class SmppServer:
             await asyncio.sleep(0.02)
         for conn in list(self._connections):
             conn.abort()
-        for srv in self._servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(srv.wait_closed(), 1.0)
         self._servers.clear()
         self.hash_pool.close()
         log.info("smpp.stopped")
