@@ -58,8 +58,39 @@ _MESSAGE: Final = frozenset({CommandId.submit_sm, CommandId.submit_multi})
 _WITH_TEXT: Final = frozenset({CommandId.submit_sm, CommandId.submit_multi, CommandId.replace_sm})
 
 
-def check_ranges(pdu: Pdu) -> tuple[int, str] | None:
+_SUBMIT_SM: Final = int(CommandId.submit_sm)
+
+
+def check_ranges(
+    pdu: Pdu, _npi: frozenset[int] = _NPI, _esm: frozenset[int] = _ESM_TYPES
+) -> tuple[int, str] | None:
     """(status, what) for the first field of ``pdu`` outside its §5.2 range, else None."""
+    if pdu.command_id == _SUBMIT_SM:
+        # The hot path: one expression over the decoded fields (~0.2 µs); the field-by-field
+        # walk below only runs to name what is wrong.
+        f = pdu.fields
+        try:
+            rd = f["registered_delivery"]
+            if (
+                f["source_addr_ton"] <= 6  # _TON_MAX
+                and f["dest_addr_ton"] <= 6
+                and f["source_addr_npi"] in _npi
+                and f["dest_addr_npi"] in _npi
+                and f["esm_class"] & 0x3C in _esm
+                and f["priority_flag"] <= 3
+                and f["replace_if_present_flag"] <= 1
+                and not rd & 0xE0
+                and rd & 0x03 != 0x03
+                and f["sm_default_msg_id"] <= 254
+                and len(f["short_message"]) <= 254
+            ):
+                return None
+        except KeyError:  # a PDU built by hand, without every field: the careful walk
+            pass
+    return _walk(pdu)
+
+
+def _walk(pdu: Pdu) -> tuple[int, str] | None:
     cid = pdu.command_id
     f = pdu.fields
     for ton_name, npi_name, ton_status, npi_status in _ADDRESSES.get(cid, ()):
