@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import os
+import resource
 import socket
 import struct
 import threading
@@ -431,3 +433,29 @@ def test_a_receiver_that_never_answers_is_closed_and_its_deliveries_go_to_anothe
         assert pdu.command_id == CommandId.deliver_sm
         good.send(pdu.response())
         assert wait_until(lambda: results[-1] == Status.ESME_ROK, 2.0)
+
+
+def test_out_of_file_descriptors_pauses_accepting_and_recovers(smpp_server: StartServer) -> None:
+    st = smpp_server(max_unbound_per_address=1000)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    socks: list[socket.socket] = []
+
+    def failures() -> float:
+        return st.run(
+            lambda: st.server.metrics.smpp_events.labels("accept_failed")._value.get()
+        )
+
+    used = len(os.listdir("/proc/self/fd"))
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (used + 40, hard))
+        with contextlib.suppress(OSError):  # the client side runs out too
+            for _ in range(200):
+                socks.append(socket.create_connection(("127.0.0.1", st.port), timeout=2.0))
+        assert wait_until(lambda: failures() >= 1, 5.0)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for s in socks:
+            s.close()
+    # accepting resumed by itself: the connections that waited in the kernel's queue, and new ones
+    with RawEsme(st.port, source="127.0.0.2") as esme:
+        assert esme.bind().command_status == Status.ESME_ROK
