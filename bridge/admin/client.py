@@ -152,12 +152,12 @@ def _print_status(s: dict[str, Any], out: TextIO) -> None:
     print("listening: " + ", ".join(f"{k} {v}" for k, v in s["listeners"].items()), file=out)
     print("\nBINDS", file=out)
     rows = [
-        [b.get("session", ""), a["system_id"], b["bind_type"], b["peer"], b["tls"]]
+        [a["system_id"], b["bind_type"], b["peer"], b["tls"], b.get("session", "")]
         for a in s["accounts"]
         for b in a["binds"]
     ]
     if rows:
-        table(["session", "account", "bind type", "peer", "tls"], rows, out)
+        table(["account", "bind type", "peer", "tls", "session"], rows, out)
     else:
         print("(no ESME bound)", file=out)
     print("\nDELIVERY QUEUES (receipts and MO per account)", file=out)
