@@ -30,6 +30,8 @@ from conftest import (
 )
 
 import bridge.core.accounts as accounts_module
+from bridge.app import server_config
+from bridge.config import ConfigError, load_config_text
 from bridge.passwords import hash_password
 from bridge.smpp.pdu import CommandId, DestAddress, Pdu, Status, decode, encode
 from bridge.smpp.session import SessionConfig
@@ -459,3 +461,33 @@ def test_out_of_file_descriptors_pauses_accepting_and_recovers(smpp_server: Star
     # accepting resumed by itself: the connections that waited in the kernel's queue, and new ones
     with RawEsme(st.port, source="127.0.0.2") as esme:
         assert esme.bind().command_status == Status.ESME_ROK
+
+
+def test_the_listeners_own_allowed_ips_narrows_who_may_connect(smpp_server: StartServer) -> None:
+    st = smpp_server(allowed_ips=(ipaddress.ip_network("127.0.0.1/32"),))
+    with RawEsme(st.port, source="127.0.0.2") as outsider:
+        assert outsider.bind().command_status == Status.ESME_RBINDFAIL
+    with RawEsme(st.port) as insider:
+        assert insider.bind().command_status == Status.ESME_ROK
+
+
+def test_the_hardening_settings_are_read_from_the_smpp_section_and_validated() -> None:
+    base = '[[accounts]]\nsystem_id = "demo"\npassword = "demopass"\n'
+    cfg = load_config_text(
+        "[smpp]\nmax_unbound_per_address = 3\nbind_reserve = 5\n"
+        'allowed_ips = ["10.0.0.0/8"]\nlog_sample_interval = 2.5\n'
+        "stalled_receiver_timeout = 15\nreveal_bind_errors = true\n"
+        "bind_lockout_failures = 4\nbind_lockout_duration = 60\n"
+        "hash_workers = 2\nhash_max_pending = 8\n" + base
+    )
+    sc = server_config(cfg)
+    assert (sc.max_unbound_per_address, sc.bind_reserve, sc.log_sample_interval) == (3, 5, 2.5)
+    assert sc.allowed_ips == (ipaddress.ip_network("10.0.0.0/8"),)
+    assert (sc.stalled_receiver_timeout, sc.reveal_bind_errors) == (15, True)
+    assert (sc.bind_lockout_failures, sc.bind_lockout_duration) == (4, 60)
+    assert (sc.hash_workers, sc.hash_max_pending) == (2, 8)
+    defaults = server_config(load_config_text(base))
+    assert defaults.reveal_bind_errors is False and defaults.allowed_ips is None
+    for bad in ("allowed_ips = []", "max_unbound_per_address = 0", "log_sample_interval = 0"):
+        with pytest.raises(ConfigError):
+            load_config_text(f"[smpp]\n{bad}\n" + base)
