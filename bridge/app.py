@@ -103,6 +103,16 @@ def server_config(cfg: Config) -> ServerConfig:
         bind_failure_delay=s.bind_failure_delay,
         bind_failure_delay_max=s.bind_failure_delay_max,
         shutdown_timeout=s.shutdown_timeout,
+        max_unbound_per_address=s.max_unbound_per_address,
+        bind_reserve=s.bind_reserve,
+        allowed_ips=tuple(s.allowed_ips) if s.allowed_ips is not None else None,
+        log_sample_interval=s.log_sample_interval,
+        stalled_receiver_timeout=s.stalled_receiver_timeout,
+        reveal_bind_errors=s.reveal_bind_errors,
+        bind_lockout_failures=s.bind_lockout_failures,
+        bind_lockout_duration=s.bind_lockout_duration,
+        hash_workers=s.hash_workers,
+        hash_max_pending=s.hash_max_pending,
         tls_host=tls.host if tls else None,
         tls_port=tls.port if tls else None,
         tls_cert=str(tls.cert) if tls else None,
@@ -561,12 +571,20 @@ class Bridge:
             )
             return False
         self.accounts.replace(new.to_accounts())
+        # Removed accounts, changed passwords, addresses no longer allowed: unbind their
+        # sessions (README "Revocation").
+        revoked = self.smpp.revoke_changed()
         _prime_metrics(self.metrics, new)
         self._owners = _inbound_owners(new.accounts)
         self.policies.clear()
         self.policies.update({a.system_id: _policy(a) for a in new.accounts})
         self.router.replace_routes(_routes(new, self.providers))
-        log.info("config.reloaded", accounts=len(self.accounts), routes=len(new.routes))
+        log.info(
+            "config.reloaded",
+            accounts=len(self.accounts),
+            routes=len(new.routes),
+            sessions_revoked=revoked,
+        )
         return True
 
 

@@ -143,7 +143,7 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
 
 
 #: The commands that talk to a running bridge's admin listener.
-ADMIN_COMMANDS = ("status", "trace", "route", "queue", "provider", "log-level")
+ADMIN_COMMANDS = ("status", "trace", "route", "queue", "provider", "kick", "log-level")
 
 
 def _admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -185,6 +185,10 @@ def _admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     provider.add_argument("action", choices=["pause", "resume"])
     provider.add_argument("name")
+    kick = sub.add_parser(
+        "kick", parents=[common], help="unbind and close an SMPP session (or an account's)"
+    )
+    kick.add_argument("target", help="a session number (see status) or a system_id")
     level = sub.add_parser(
         "log-level", parents=[common], help="show or change the log level at run time"
     )

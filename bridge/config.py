@@ -194,6 +194,18 @@ class SmppConfig(_Section):
     bind_failure_delay: NonNegFloat = 1.0
     bind_failure_delay_max: NonNegFloat = 30.0
     shutdown_timeout: NonNegFloat = 10.0
+    # connection admission and log sampling (README "Connection admission")
+    max_unbound_per_address: Annotated[int, Field(ge=1)] = 10
+    bind_reserve: Annotated[int, Field(ge=0)] = 100
+    allowed_ips: Annotated[list[Network], Field(min_length=1)] | None = None
+    log_sample_interval: PosFloat = 10.0
+    stalled_receiver_timeout: NonNegFloat = 60.0
+    # brute force (README "Binds")
+    reveal_bind_errors: bool = False
+    bind_lockout_failures: Annotated[int, Field(ge=0)] = 10
+    bind_lockout_duration: PosFloat = 300.0
+    hash_workers: Annotated[int, Field(ge=1, le=64)] = 1
+    hash_max_pending: Annotated[int, Field(ge=1)] = 16
     tls: TlsConfig | None = None
 
     @model_validator(mode="before")

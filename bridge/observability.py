@@ -274,6 +274,18 @@ REPORT_RESULTS = ("matched", "unknown", "duplicate", "early")
 DELIVER_RESULTS = ("acked", "refused", "unsent")
 REASSEMBLY_REASONS = ("timeout", "evicted", "superseded")
 THROTTLE_REASONS = ("tps", "outstanding")
+REFUSE_REASONS = ("not_allowed", "per_address", "unbound_budget", "max_connections", "evicted")
+SMPP_EVENTS = (
+    "protocol_violation",
+    "throttled",
+    "disconnect_bound",
+    "disconnect_unbound",
+    "bind_rejected",
+    "bind_locked",
+    "revoked",
+    "stalled_receiver",
+    "accept_failed",
+)
 INBOUND_RESULTS = ("queued", "unowned")
 
 
@@ -449,6 +461,26 @@ class Metrics:
             ["account", "reason"],
             registry=r,
         )
+        # -- SMPP hardening (issue 14; README "Reliability", block SMPP)
+        self.smpp_refused = Counter(
+            "bridge_smpp_connections_refused_total",
+            "SMPP connections refused (answered with an SMPP PDU, then closed) by reason: "
+            "not_allowed (outside every allowed_ips), per_address "
+            "(max_unbound_per_address), unbound_budget (max_connections - bind_reserve), "
+            "max_connections, evicted (an unbound connection gave its place to another "
+            "address's).",
+            ["reason"],
+            registry=r,
+        )
+        self.smpp_events = Counter(
+            "bridge_smpp_events_total",
+            "SMPP session events whose log lines are sampled, by event: protocol_violation, "
+            "throttled, disconnect_bound, disconnect_unbound, bind_rejected, bind_locked, "
+            "revoked, stalled_receiver, accept_failed (out of file descriptors: accepting pauses "
+            "0.1 s).",
+            ["event"],
+            registry=r,
+        )
         # -- pipeline
         self.messages_accepted = Counter(
             "bridge_messages_accepted_total",
@@ -604,6 +636,8 @@ class Metrics:
             reason: self.reassembly_timeouts.labels(reason) for reason in REASSEMBLY_REASONS
         }
         self._providers: dict[str, ProviderMetrics] = {}
+        self._refused = {reason: self.smpp_refused.labels(reason) for reason in REFUSE_REASONS}
+        self._events = {event: self.smpp_events.labels(event) for event in SMPP_EVENTS}
 
     def prime(
         self,
@@ -644,6 +678,12 @@ class Metrics:
     def bind(self, account: str, bind_type: str, ok: bool) -> None:
         """One bind answered; ``account`` must already be "unknown" for an unknown system_id."""
         self.smpp_binds.labels(account, bind_type, "ok" if ok else "refused").inc()
+
+    def connection_refused(self, reason: str) -> None:
+        self._refused[reason].inc()
+
+    def smpp_event(self, event: str) -> None:
+        self._events[event].inc()
 
     def add_pdu_source(self, source: PduSource) -> None:
         """Register the PDU counts of an SMPP server: ``source()`` yields (direction, command,

@@ -225,8 +225,11 @@ class RawEsme:
         timeout: float = IO_TIMEOUT,
         ssl_context: ssl.SSLContext | None = None,
         rcvbuf: int | None = None,
+        source: str | None = None,
     ) -> None:
         raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if source is not None:  # another loopback address (127.0.0.2 ...): another host
+            raw.bind((source, 0))
         if rcvbuf is not None:  # before connect(), so the window is negotiated small
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

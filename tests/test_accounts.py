@@ -222,10 +222,14 @@ def test_cache_does_not_accept_a_different_password(count_verifications: list[st
     assert registry.authenticate("demo", "hashed", BindType.TRANSMITTER, "127.0.0.1").ok
     wrong = registry.authenticate("demo", "hashex", BindType.TRANSMITTER, "127.0.0.1")
     assert wrong.status == ESME_RINVPASWD
-    assert registry.would_block("demo", "hashex")
-    # Failures are never cached: each one is verified.
-    registry.authenticate("demo", "hashex", BindType.TRANSMITTER, "127.0.0.1")
-    assert len(count_verifications) == 3
+    # A failure is cached too (issue 14, finding 7): the same guess again costs no hashing,
+    # and is still refused.
+    assert not registry.would_block("demo", "hashex")
+    again = registry.authenticate("demo", "hashex", BindType.TRANSMITTER, "127.0.0.1")
+    assert again.status == ESME_RINVPASWD
+    assert len(count_verifications) == 2
+    # The right password still verifies from its own cache entry.
+    assert registry.authenticate("demo", "hashed", BindType.TRANSMITTER, "127.0.0.1").ok
 
 
 def test_cache_never_holds_the_plain_password() -> None:

@@ -94,10 +94,20 @@ def test_bind_with_wrong_password_is_refused_with_rinvpaswd(smpp_server: StartSe
         assert bind_status(client) == 0
 
 
-def test_bind_with_unknown_system_id_is_refused_with_rinvsysid(smpp_server: StartServer) -> None:
-    st = smpp_server()
+def test_bind_with_unknown_system_id_is_refused_with_rinvsysid_when_revealed(
+    smpp_server: StartServer,
+) -> None:
+    st = smpp_server(reveal_bind_errors=True)
     with esme(st) as client:
         assert bind_status(client, system_id="nobody") == Status.ESME_RINVSYSID
+
+
+def test_bind_with_unknown_system_id_is_refused_with_rinvpaswd_by_default(
+    smpp_server: StartServer,
+) -> None:
+    st = smpp_server()
+    with esme(st) as client:
+        assert bind_status(client, system_id="nobody") == Status.ESME_RINVPASWD
 
 
 @pytest.mark.parametrize(

@@ -220,8 +220,13 @@ def test_a_slow_reader_makes_the_server_stop_reading_instead_of_buffering(
     complete = sent // pdu_bytes
 
     def paused() -> bool:
+        # Paused for the slow reader (not only between two batches of a long read).
         (conn,) = st.server._connections
-        return conn.transport is not None and not conn.transport.is_reading()
+        return (
+            conn.transport is not None
+            and not conn.transport.is_reading()
+            and conn._writing_paused
+        )
 
     assert wait_until(lambda: st.run(paused), 2.0)
     handled = len(handler.requests)

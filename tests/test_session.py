@@ -659,7 +659,13 @@ def test_pdus_before_a_framing_error_in_the_same_chunk_are_still_handled() -> No
     events = session.receive_data(submit_sm(2) + bad + submit_sm(3), 1.0)
     assert [type(e) for e in events] == [MessageRequest, ProtocolViolation, ConnectionClosed]
     assert events[0].pdu.sequence_number == 2
-    nack = only(output(session))
+    assert events[2].drain  # the accepted request is still answered, then the nack
+    assert output(session) == []
+    assert session.receive_data(submit_sm(4), 1.1) == []  # nothing is read after the error
+    session.respond(events[0].pdu, events[0].pdu.response(message_id="m2"))
+    resp, nack = output(session)
+    assert (resp.command_id, resp.sequence_number) == (CommandId.submit_sm_resp, 2)
+    assert nack.command_id == CommandId.generic_nack
     assert nack.command_status == Status.ESME_RINVCMDLEN
 
 

@@ -152,12 +152,12 @@ def _print_status(s: dict[str, Any], out: TextIO) -> None:
     print("listening: " + ", ".join(f"{k} {v}" for k, v in s["listeners"].items()), file=out)
     print("\nBINDS", file=out)
     rows = [
-        [a["system_id"], b["bind_type"], b["peer"], b["tls"]]
+        [a["system_id"], b["bind_type"], b["peer"], b["tls"], b.get("session", "")]
         for a in s["accounts"]
         for b in a["binds"]
     ]
     if rows:
-        table(["account", "bind type", "peer", "tls"], rows, out)
+        table(["account", "bind type", "peer", "tls", "session"], rows, out)
     else:
         print("(no ESME bound)", file=out)
     print("\nDELIVERY QUEUES (receipts and MO per account)", file=out)
@@ -337,6 +337,12 @@ def _dispatch(client: AdminClient, args: Any) -> tuple[Any, Any]:
             print(f"provider {a['provider']}:{note} {state}", file=out)
 
         return answer, said
+    if command == "kick":
+        target = quote(args.target, safe="")
+        answer = client.call("POST", f"/api/sessions/{target}/kick")
+        return answer, lambda a, out: print(
+            "unbinding session(s) " + ", ".join(str(i) for i in a["sessions"]), file=out
+        )
     if command == "log-level":
         if args.level is None:
             answer = client.call("GET", "/api/log-level")

@@ -48,14 +48,16 @@ def _binds(accounts: Sequence[Mapping[str, Any]]) -> str:
         if not binds:
             rows.append(
                 "<tr>" + _cell(a["system_id"]) + _cell("not bound", css="muted") + _cell(None)
-                + _cell(None) + "</tr>"
+                + _cell(None) + _cell(None) + "</tr>"
             )
         for bind in binds:
             rows.append(
                 "<tr>" + _cell(a["system_id"]) + _cell(bind["bind_type"]) + _cell(bind["peer"])
-                + _cell("yes" if bind["tls"] else "no") + "</tr>"
+                + _cell("yes" if bind["tls"] else "no") + _cell(bind.get("session")) + "</tr>"
             )
-    return _table("binds", ["account", "bind type", "peer", "TLS"], rows, "no accounts")
+    return _table(
+        "binds", ["account", "bind type", "peer", "TLS", "session"], rows, "no accounts"
+    )
 
 
 def _queues(status: Mapping[str, Any]) -> str:

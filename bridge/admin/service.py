@@ -124,6 +124,7 @@ class AdminService:
             assert info.system_id is not None and info.bind_type is not None
             binds.setdefault(info.system_id, []).append(
                 {
+                    "session": info.id,
                     "bind_type": info.bind_type.value,
                     "peer": f"{info.peer_ip}:{info.peer_port}",
                     "tls": info.tls,
@@ -328,6 +329,15 @@ class AdminService:
         if changed:
             log.warning("admin.provider_resumed", provider=name)
         return {"provider": name, "paused": False, "changed": changed}
+
+    def kick(self, target: str) -> dict[str, Any]:
+        """Unbind and close a session (by its id, as ``status`` lists it) or every session of
+        an account (README "Revocation")."""
+        kicked = self.bridge.smpp.kick(target)
+        if not kicked:
+            raise AdminError(404, f"no bound session or account {target!r}")
+        log.warning("admin.sessions_kicked", target=target, sessions=kicked)
+        return {"target": target, "sessions": kicked}
 
     def log_level(self, level: str | None = None) -> dict[str, Any]:
         if level is None:

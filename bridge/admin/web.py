@@ -171,6 +171,9 @@ def build_admin_app(
     async def resume(request: Request) -> Response:
         return _json(service.resume(request.path_params["name"]))
 
+    async def kick(request: Request) -> Response:
+        return _json(service.kick(request.path_params["target"]))
+
     async def log_level(request: Request) -> Response:
         if request.method == "GET":
             return _json(service.log_level())
@@ -219,6 +222,7 @@ def build_admin_app(
         Route("/api/providers/{name}/pause", guarded(pause), methods=["POST"]),
         Route("/api/providers/{name}/resume", guarded(resume), methods=["POST"]),
         Route("/api/log-level", guarded(log_level), methods=["GET", "POST"]),
+        Route("/api/sessions/{target}/kick", guarded(kick), methods=["POST"]),
     ]
     starlette = Starlette(routes=routes)
 

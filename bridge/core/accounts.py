@@ -31,9 +31,12 @@ __all__ = [
     "Account",
     "AccountRegistry",
     "AuthResult",
+    "BindLockout",
     "BindThrottle",
     "BindType",
     "IPNetwork",
+    "address_key",
+    "ip_in_networks",
 ]
 
 ESME_ROK = 0x00000000
@@ -93,18 +96,25 @@ class Account:
         ``::ffff:a.b.c.d`` matches IPv4 entries (dual-stack listeners report IPv4 peers that way)
         and, for completeness, also IPv6 entries that contain it literally.
         """
-        try:
-            raw = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        candidates: list[IPAddress] = [raw]
-        if isinstance(raw, IPv6Address) and raw.ipv4_mapped is not None:
-            candidates.append(raw.ipv4_mapped)
-        return any(
-            addr.version == net.version and addr in net
-            for net in self.allowed_networks
-            for addr in candidates
-        )
+        return ip_in_networks(ip, self.allowed_networks)
+
+    def bind_type_allowed(self, bind_type: object) -> bool:
+        """``bind_type``: ours or the SMPP layer's enum (both are str enums of the same values)."""
+        return str(bind_type) in self.allowed_bind_types
+
+
+def ip_in_networks(ip: str, networks: Iterable[IPNetwork]) -> bool:
+    """True if ``ip`` is inside one of ``networks`` (see :meth:`Account.ip_allowed`)."""
+    try:
+        raw = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    candidates: list[IPAddress] = [raw]
+    if isinstance(raw, IPv6Address) and raw.ipv4_mapped is not None:
+        candidates.append(raw.ipv4_mapped)
+    return any(
+        addr.version == net.version and addr in net for net in networks for addr in candidates
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,14 +137,18 @@ class AccountRegistry:
     network blip, some every few minutes by design), and the check runs on the event loop, so
     successful verifications are cached. The cache stores an HMAC of the given password under a
     per-process random key, never the password itself, so a memory dump does not reveal it and the
-    entry is useless in any other process. Failed verifications are not cached: that would only
-    help an attacker, and the server's :class:`BindThrottle` handles repeated failures.
+    entry is useless in any other process. Failed verifications are cached the same way (at most
+    ``max_failed_cache`` fingerprints, oldest dropped first): a guess repeated costs no hashing,
+    so a flood of the same wrong password cannot eat the CPU that real binds need (issue 14,
+    finding 7; the server's :class:`BindThrottle` and :class:`BindLockout` handle the rest).
     """
 
-    def __init__(self, accounts: Iterable[Account]) -> None:
+    def __init__(self, accounts: Iterable[Account], max_failed_cache: int = 4096) -> None:
         self._cache_key = secrets.token_bytes(32)
         self._accounts: dict[str, Account] = {}
         self._verified: dict[str, bytes] = {}
+        self._failed: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+        self._max_failed = max_failed_cache
         self.replace(accounts)
 
     def replace(self, accounts: Iterable[Account]) -> None:
@@ -147,6 +161,18 @@ class AccountRegistry:
             new[account.system_id] = account
         self._accounts = new
         self._verified = {}
+        self._failed = OrderedDict()
+        self._networks: tuple[IPNetwork, ...] | None = None
+
+    def networks(self) -> tuple[IPNetwork, ...]:
+        """The union of every account's allowed_ips: a peer outside it can bind to no account,
+        so the listener refuses it at accept (README "Connection admission")."""
+        if self._networks is None:
+            seen: dict[IPNetwork, None] = {}
+            for account in self._accounts.values():
+                seen.update(dict.fromkeys(account.allowed_networks))
+            self._networks = tuple(seen)
+        return self._networks
 
     def get(self, system_id: str) -> Account | None:
         return self._accounts.get(system_id)
@@ -172,8 +198,11 @@ class AccountRegistry:
         account = self._accounts.get(system_id)
         if account is None or not is_hashed(account.password):
             return False
+        fingerprint = self._fingerprint(password)
+        if (system_id, fingerprint) in self._failed:
+            return False
         cached = self._verified.get(system_id)
-        return cached is None or not hmac.compare_digest(cached, self._fingerprint(password))
+        return cached is None or not hmac.compare_digest(cached, fingerprint)
 
     def _password_ok(self, account: Account, password: str) -> bool:
         if not is_hashed(account.password):
@@ -182,7 +211,14 @@ class AccountRegistry:
         cached = self._verified.get(account.system_id)
         if cached is not None and hmac.compare_digest(cached, fingerprint):
             return True
+        key = (account.system_id, fingerprint)
+        if key in self._failed:
+            return False
         if not verify_password(account.password, password):
+            if self._accounts.get(account.system_id) is account:
+                self._failed[key] = None
+                while len(self._failed) > self._max_failed:
+                    self._failed.popitem(last=False)
             return False
         # Only cache if the account was not replaced while we were hashing (thread use).
         if self._accounts.get(account.system_id) is account:
@@ -190,7 +226,13 @@ class AccountRegistry:
         return True
 
     def authenticate(
-        self, system_id: str, password: str, bind_type: BindType, peer_ip: str
+        self,
+        system_id: str,
+        password: str,
+        bind_type: BindType,
+        peer_ip: str,
+        *,
+        reveal: bool = True,
     ) -> AuthResult:
         """Decide a bind. Checks, in order:
 
@@ -200,14 +242,23 @@ class AccountRegistry:
         3. wrong password -> ESME_RINVPASWD
         4. bind type not allowed -> ESME_RBINDFAIL
 
+        ``reveal`` False (``smpp.reveal_bind_errors``): 1 and 2 answer ESME_RINVPASWD too, so
+        the answers do not tell which system_ids exist; the reason (for the log) still does.
+
         ``max_binds`` is left to the caller, which knows the live sessions
         (see :meth:`bind_limit_reached`).
         """
         account = self._accounts.get(system_id)
         if account is None:
-            return AuthResult(ESME_RINVSYSID, None, "unknown system_id")
+            return AuthResult(
+                ESME_RINVSYSID if reveal else ESME_RINVPASWD, None, "unknown system_id"
+            )
         if not account.ip_allowed(peer_ip):
-            return AuthResult(ESME_RBINDFAIL, account, f"peer address {peer_ip} not allowed")
+            return AuthResult(
+                ESME_RBINDFAIL if reveal else ESME_RINVPASWD,
+                account,
+                f"peer address {peer_ip} not allowed",
+            )
         if not self._password_ok(account, password):
             return AuthResult(ESME_RINVPASWD, account, "wrong password")
         if bind_type not in account.allowed_bind_types:
@@ -221,7 +272,7 @@ class AccountRegistry:
         return account is None or current >= account.max_binds
 
 
-def _throttle_key(ip: str) -> str:
+def address_key(ip: str) -> str:
     """Group addresses the way an attacker controls them: one IPv4 address, or one IPv6 /64
     (a single host usually owns a whole /64, so per-address counting would be trivial to dodge)."""
     addr = _parse_ip(ip)
@@ -236,6 +287,8 @@ def _throttle_key(ip: str) -> str:
 class _Failures:
     count: int
     last: float
+    # failures by system_id: a success forgives only its own account's (issue 14, finding 7)
+    by_account: dict[str, int] = field(default_factory=dict)
 
 
 class BindThrottle:
@@ -278,7 +331,7 @@ class BindThrottle:
 
     def failures(self, ip: str, now: float) -> int:
         """Consecutive failures currently remembered for ``ip``."""
-        entry = self._failures.get(_throttle_key(ip))
+        entry = self._failures.get(address_key(ip))
         if entry is None or now - entry.last >= self.forget_after:
             return 0
         return entry.count
@@ -292,20 +345,94 @@ class BindThrottle:
         # Cap the exponent too: 2**n for a huge n would overflow a float.
         return min(self.base_delay * 2.0 ** min(n - 1, 64), self.max_delay)
 
-    def record_failure(self, ip: str, now: float) -> float:
+    def record_failure(self, ip: str, now: float, system_id: str = "") -> float:
         """Count a failed bind from ``ip``; returns the delay to apply (as :meth:`delay_for`)."""
         self._expire(now)
-        key = _throttle_key(ip)
+        key = address_key(ip)
         entry = self._failures.pop(key, None)
         if entry is None:
             entry = _Failures(0, now)
         entry.count += 1
         entry.last = now
+        by = entry.by_account
+        if system_id in by or len(by) < 32:  # bounded; the rest count under ""
+            by[system_id] = by.get(system_id, 0) + 1
+        else:
+            by[""] = by.get("", 0) + 1
         self._failures[key] = entry
         while len(self._failures) > self.max_tracked:
             self._failures.popitem(last=False)
         return self.delay_for(ip, now)
 
-    def record_success(self, ip: str) -> None:
-        """A successful bind forgives the address's earlier failures."""
-        self._failures.pop(_throttle_key(ip), None)
+    def record_success(self, ip: str, system_id: str = "") -> None:
+        """A successful bind forgives the address's earlier failures against the same account
+        only: guesses against other accounts keep counting (issue 14, finding 7)."""
+        key = address_key(ip)
+        entry = self._failures.get(key)
+        if entry is None:
+            return
+        entry.count -= entry.by_account.pop(system_id, 0)
+        if entry.count <= 0:
+            del self._failures[key]
+
+
+@dataclass(slots=True)
+class _Lock:
+    failures: int = 0
+    until: float = 0.0
+    # address keys that bound to this account successfully: not locked out by others' guesses
+    known: OrderedDict[str, None] = field(default_factory=OrderedDict)
+
+
+class BindLockout:
+    """Per-account lockout: ``max_failures`` consecutive wrong passwords for an account (from
+    any address) lock it for ``duration`` seconds. While locked, binds to it are refused
+    without checking the password (no hashing), except from addresses that bound to it
+    successfully before (at most ``max_known`` per account, most recent kept): an attacker
+    guessing cannot lock the account's own ESMEs out. A success resets the count. 0 failures
+    disables it. Pure: the caller passes a monotonic ``now``.
+    """
+
+    def __init__(
+        self, max_failures: int, duration: float, max_known: int = 64, max_accounts: int = 10000
+    ) -> None:
+        self.max_failures = max_failures
+        self.duration = duration
+        self.max_known = max_known
+        self.max_accounts = max_accounts
+        self._locks: OrderedDict[str, _Lock] = OrderedDict()
+
+    def locked(self, system_id: str, ip: str, now: float) -> bool:
+        lock = self._locks.get(system_id)
+        if lock is None or lock.until <= now:
+            return False
+        return address_key(ip) not in lock.known
+
+    def record_failure(self, system_id: str, now: float) -> bool:
+        """A wrong password for ``system_id``; True when this failure locks the account."""
+        if self.max_failures <= 0:
+            return False
+        lock = self._locks.get(system_id)
+        if lock is None:
+            lock = self._locks[system_id] = _Lock()
+            while len(self._locks) > self.max_accounts:
+                self._locks.popitem(last=False)
+        if lock.until and lock.until <= now:  # an expired lock starts a new count
+            lock.until = 0.0
+            lock.failures = 0
+        lock.failures += 1
+        if lock.failures >= self.max_failures and lock.until <= now:
+            lock.until = now + self.duration
+            return True
+        return False
+
+    def record_success(self, system_id: str, ip: str) -> None:
+        lock = self._locks.get(system_id)
+        if lock is None:
+            lock = self._locks[system_id] = _Lock()
+        lock.failures = 0  # a lock in force stays: the guesser is still locked out
+        key = address_key(ip)
+        lock.known.pop(key, None)
+        lock.known[key] = None
+        while len(lock.known) > self.max_known:
+            lock.known.popitem(last=False)

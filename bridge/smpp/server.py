@@ -17,7 +17,7 @@ readers, and the two seams to the pipeline:
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import itertools
 import ssl
 import struct
@@ -30,10 +30,20 @@ from typing import Any, NamedTuple, Protocol, cast
 import structlog
 from aiolimiter import AsyncLimiter
 
-from bridge.core.accounts import Account, AccountRegistry, BindThrottle
+from bridge.core.accounts import (
+    Account,
+    AccountRegistry,
+    AuthResult,
+    BindLockout,
+    BindThrottle,
+    IPNetwork,
+)
 from bridge.core.accounts import BindType as AccountBindType
-from bridge.observability import LoopHistogram, Metrics
-from bridge.smpp.pdu import RESPONSE_BIT, CommandId, Pdu, Status
+from bridge.observability import LoopHistogram, Metrics, SampledLog
+from bridge.smpp.admission import Admission, AdmissionConfig
+from bridge.smpp.hash_pool import HashPool, PoolBusy
+from bridge.smpp.listener import Listener, open_listeners
+from bridge.smpp.pdu import RESPONSE_BIT, CommandId, Pdu, Status, encode
 from bridge.smpp.session import (
     BindRequested,
     BindType,
@@ -63,6 +73,21 @@ log = structlog.get_logger("bridge.smpp")
 _THROTTLED_COMMANDS = frozenset({CommandId.submit_sm, CommandId.submit_multi, CommandId.data_sm})
 # Pause reading from a peer whose unread responses exceed this many octets (slow reader).
 _HIGH_WATER = 256 * 1024
+# Fairness (README "Reliability", SMPP): at most this many PDUs of one session are handled per
+# loop pass; the rest waits in its buffer (reading paused) until the other sessions had a turn.
+_BATCH = 128
+# A refused connection waits this long for its first PDU, to answer a bind with bind_resp
+# ESME_RBINDFAIL (else generic_nack ESME_RSYSERR), then closes; at most _MAX_REFUSING wait at
+# once (beyond that they are closed at once, still counted).
+_REFUSE_WAIT = 0.5
+# listen() backlog: asyncio's default of 100 overflows under a reconnect storm, and a dropped
+# SYN costs a good ESME 1 s, then 3 s (TCP retransmission) before its bind even arrives. The
+# kernel caps it at net.core.somaxconn.
+_BACKLOG = 4096
+_MAX_REFUSING = 256
+_BIND_IDS = frozenset(
+    {CommandId.bind_transmitter, CommandId.bind_receiver, CommandId.bind_transceiver}
+)
 
 # --- metrics: PDU label names (bounded: SMPP 3.4's commands and statuses, else one bucket)
 _COMMAND_NAMES = {int(c): c.name for c in CommandId}
@@ -99,6 +124,19 @@ class ServerConfig:
     bind_failure_delay: float = 1.0
     bind_failure_delay_max: float = 30.0
     shutdown_timeout: float = 10.0
+    # connection admission (see bridge/smpp/admission.py)
+    max_unbound_per_address: int = 10
+    bind_reserve: int = 100
+    allowed_ips: tuple[IPNetwork, ...] | None = None  # None: the union of the accounts'
+    log_sample_interval: float = 10.0
+    # a receiver owing answers (or not reading) this long is closed; 0 = never
+    stalled_receiver_timeout: float = 60.0
+    # brute force (README "Binds")
+    reveal_bind_errors: bool = False
+    bind_lockout_failures: int = 10
+    bind_lockout_duration: float = 300.0
+    hash_workers: int = 1
+    hash_max_pending: int = 16
     tls_host: str | None = None
     tls_port: int | None = None
     tls_cert: str | None = None
@@ -214,7 +252,13 @@ class _Connection(asyncio.Protocol):
         self._tasks: set[asyncio.Task[None]] = set()
         self._reading_paused = False
         self._writing_paused = False
+        self._backlog = False  # PDUs left in the session's buffer after a _BATCH (fairness)
+        self._refusing = False  # refused at accept: waiting for the first PDU to answer
+        self._refused = False
         self._closed = False
+        # since when the peer owes us something (an answer to a request we sent, or reading
+        # what we wrote) without having sent a single octet: see _check_stalled()
+        self._owed_since: float | None = None
         self._flush_scheduled = False
         self._limiter: AsyncLimiter | None = None
         self._rx_at = 0.0  # server.clock() when the last chunk arrived (submit latency)
@@ -236,28 +280,131 @@ class _Connection(asyncio.Protocol):
         self.log = log.bind(session=self.info.id, peer=self.info.peer_ip)
         self.transport.set_write_buffer_limits(high=_HIGH_WATER)
         server = self.server
-        if len(server._connections) >= server.config.max_connections:
-            self.log.warning("smpp.connection_refused", reason="max_connections")
-            self.transport.abort()
-            self._closed = True
+        decision = server.admission.admit(self, self.info.peer_ip)
+        if decision.refused is not None:
+            self._refuse(decision.refused)
             return
+        if decision.evict is not None:
+            decision.evict._evicted()
         server._connections.add(self)
         self.log.debug("smpp.connected", tls=self.tls)
         self._schedule_tick()
 
     def data_received(self, data: bytes) -> None:
+        if self._refusing:
+            self._answer_refused(data)
+            return
         now = self._rx_at = self.server.clock()
+        self._owed_since = None
         if self._in_next >= 0:
             self._count_in(data)
-        events = self.session.receive_data(data, now)
+        session = self.session
+        events = session.receive_data(data, now, _BATCH)
+        if events:
+            self._dispatch(events)
+        if session.more_input:
+            self._hold_input()
+        self._flush()
+
+    # ------------------------------------------------------------------ fairness
+
+    def _hold_input(self) -> None:
+        """More than _BATCH PDUs came in one read: stop reading and handle the rest in later
+        loop passes, so one pipelining session cannot delay the others' answers."""
+        if not self._backlog:
+            self._backlog = True
+            self._set_reading()
+            self.loop.call_soon(self._more_input)
+
+    def _more_input(self) -> None:
+        if self._closed:
+            return
+        if self._writing_paused:
+            return  # a slow reader: resume_writing() goes on with the backlog
+        session = self.session
+        events = session.receive_data(b"", self.server.clock(), _BATCH)
         if events:
             self._dispatch(events)
         self._flush()
+        if session.more_input and not self._closed:
+            self.loop.call_soon(self._more_input)
+        else:
+            self._backlog = False
+            self._set_reading()
+
+    def _set_reading(self) -> None:
+        """Read while the peer reads its answers and no backlog waits."""
+        transport = self.transport
+        if transport is None or self._closed:
+            return
+        pause = self._writing_paused or self._backlog
+        if pause and not self._reading_paused:
+            transport.pause_reading()
+            self._reading_paused = True
+        elif not pause and self._reading_paused:
+            transport.resume_reading()
+            self._reading_paused = False
+
+    # ------------------------------------------------------------------ admission
+
+    def _refuse(self, reason: str) -> None:
+        """Refused at accept: answer with an SMPP PDU, never a bare reset (README "Connection
+        admission"); sampled WARNING + bridge_smpp_connections_refused_total."""
+        self._closed = self._refused = True
+        server = self.server
+        server.metrics.connection_refused(reason)
+        server.sampled(
+            "warning", "smpp.connection_refused", reason, reason=reason, peer=self.info.peer_ip
+        )
+        transport = self.transport
+        assert transport is not None
+        if server._refusing >= _MAX_REFUSING:
+            transport.write(encode(Pdu(CommandId.generic_nack, 0, Status.ESME_RSYSERR)))
+            transport.close()
+            return
+        server._refusing += 1
+        self._refusing = True
+        self._timer = self.loop.call_later(_REFUSE_WAIT, self._answer_refused, b"")
+
+    def _answer_refused(self, data: bytes) -> None:
+        if not self._refusing:
+            return
+        self._refusing = False
+        self.server._refusing -= 1
+        if self._timer is not None:
+            self._timer.cancel()
+        pdu = Pdu(CommandId.generic_nack, 0, Status.ESME_RSYSERR)
+        if len(data) >= 16:
+            _, cid, _, seq = struct.unpack_from(">IIII", data)
+            if cid in _BIND_IDS:
+                system_id = self.server.config.session.system_id
+                pdu = Pdu(cid | RESPONSE_BIT, seq, Status.ESME_RBINDFAIL, {"system_id": system_id})
+            else:
+                pdu = Pdu(CommandId.generic_nack, seq, Status.ESME_RSYSERR)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode(pdu))
+            self.transport.close()
+
+    def _evicted(self) -> None:
+        """An unbound connection gives its place to a newcomer from a lighter address."""
+        server = self.server
+        server.metrics.connection_refused("evicted")
+        server.sampled("warning", "smpp.connection_evicted", "evicted", peer=self.info.peer_ip)
+        self.session.close()
+        self.session._out.append(encode(Pdu(CommandId.generic_nack, 0, Status.ESME_RSYSERR)))
+        self._close_soon()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            if self._refusing:
+                self._refusing = False
+                self.server._refusing -= 1
+                if self._timer is not None:
+                    self._timer.cancel()
+            return
         if self._closed and self.transport is None:
             return
         self._closed = True
@@ -279,21 +426,31 @@ class _Connection(asyncio.Protocol):
             if not w.done():
                 w.set_exception(ConnectionError("connection lost"))
         self._window_waiters.clear()
-        self.server._forget(self)
-        self.log.info("smpp.disconnected", system_id=self.info.system_id, error=str(exc or ""))
+        server = self.server
+        server._forget(self)
+        system_id = self.info.system_id
+        if system_id is not None:
+            server.metrics.smpp_event("disconnect_bound")
+            server.sampled(
+                "info", "smpp.disconnected", system_id, system_id=system_id, error=str(exc or "")
+            )
+        else:
+            server.metrics.smpp_event("disconnect_unbound")
+            self.log.debug("smpp.disconnected", error=str(exc or ""))
 
     def pause_writing(self) -> None:
         # The peer does not read its responses: stop reading its requests until it catches up.
         self._writing_paused = True
-        if self.transport is not None and not self._reading_paused:
-            self.transport.pause_reading()
-            self._reading_paused = True
+        if self._owed_since is None:
+            self._owed_since = self.server.clock()
+        self._set_reading()
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        if self.transport is not None and self._reading_paused:
-            self.transport.resume_reading()
-            self._reading_paused = False
+        if self._backlog:
+            self.loop.call_soon(self._more_input)
+        else:
+            self._set_reading()
 
     # ------------------------------------------------------------------ events
 
@@ -308,20 +465,53 @@ class _Connection(asyncio.Protocol):
             elif isinstance(ev, BindRequested):
                 self._spawn(self._bind(ev))
             elif isinstance(ev, ProtocolViolation):
-                if ev.status == Status.ESME_RTHROTTLED and not ev.command_id & RESPONSE_BIT:
-                    self.server.metrics.throttled(self.info.system_id or "unknown", "outstanding")
-                self.log.info(
-                    "smpp.protocol_violation",
-                    status=ev.status,
-                    command_id=ev.command_id,
-                    detail=ev.detail,
-                )
+                self._violation(ev)
             elif isinstance(ev, Unbound):
-                self.log.info("smpp.unbound", by_peer=ev.initiated_by_peer)
+                self.server.sampled(
+                    "info",
+                    "smpp.unbound",
+                    self.info.system_id or "-",
+                    session=self.info.id,
+                    system_id=self.info.system_id,
+                    by_peer=ev.initiated_by_peer,
+                )
                 self._close_when_answered()
             elif isinstance(ev, ConnectionClosed):
-                self.log.info("smpp.closing", reason=ev.reason)
-                self._close_soon()
+                self.server.sampled(
+                    "info",
+                    "smpp.closing",
+                    ev.reason,
+                    session=self.info.id,
+                    peer=self.info.peer_ip,
+                    system_id=self.info.system_id,
+                    reason=ev.reason,
+                )
+                if ev.drain:
+                    self._close_when_answered()
+                else:
+                    self._close_soon()
+
+    def _violation(self, ev: ProtocolViolation) -> None:
+        """Throttled requests and protocol violations: counted each, logged sampled (one line
+        per account and status per log_sample_interval, with the suppressed count)."""
+        server = self.server
+        system_id = self.info.system_id or "unknown"
+        if ev.status == Status.ESME_RTHROTTLED and not ev.command_id & RESPONSE_BIT:
+            server.metrics.throttled(system_id, "outstanding")
+            server.metrics.smpp_event("throttled")
+        else:
+            server.metrics.smpp_event("protocol_violation")
+        server.sampled(
+            "info",
+            "smpp.protocol_violation",
+            f"{system_id}:{ev.status}",
+            session=self.info.id,
+            peer=self.info.peer_ip,
+            system_id=self.info.system_id,
+            status=ev.status,
+            command_id=ev.command_id,
+            detail=ev.detail,
+        )
 
     def _start_request(self, pdu: Pdu) -> None:
         limiter = self._limiter
@@ -332,7 +522,11 @@ class _Connection(asyncio.Protocol):
         ):
             throttled = Pdu(pdu.command_id, command_status=Status.ESME_RTHROTTLED)
             self.session.respond(pdu, throttled)
-            self.server.metrics.throttled(self.info.system_id or "unknown", "tps")
+            server = self.server
+            system_id = self.info.system_id or "unknown"
+            server.metrics.throttled(system_id, "tps")
+            server.metrics.smpp_event("throttled")
+            server.sampled("info", "smpp.throttled", system_id, system_id=system_id, reason="tps")
             return
         handler = self.server.handler
         try:
@@ -372,13 +566,36 @@ class _Connection(asyncio.Protocol):
         ip = self.info.peer_ip
         bind_type = AccountBindType(ev.bind_type.value)
         accounts = server.accounts
-        if accounts.would_block(ev.system_id, ev.password):
-            # A password hash not verified before costs tens of ms of CPU: keep it off the loop.
-            result = await asyncio.to_thread(
-                accounts.authenticate, ev.system_id, ev.password, bind_type, ip
-            )
+        reveal = server.config.reveal_bind_errors
+        now = server.clock()
+        if accounts.get(ev.system_id) is not None and server.lockout.locked(
+            ev.system_id, ip, now
+        ):
+            # Locked (README "Binds"): refused without looking at the password (no hashing).
+            locked = int(Status.ESME_RBINDFAIL if reveal else Status.ESME_RINVPASWD)
+            result = AuthResult(locked, accounts.get(ev.system_id), "account locked out")
+            server.metrics.smpp_event("bind_locked")
+        elif accounts.would_block(ev.system_id, ev.password):
+            # A password hash not verified before costs tens of ms of CPU: keep it off the
+            # loop, in a bounded pool (bridge/smpp/hash_pool.py).
+            try:
+                result = await server.hash_pool.run(
+                    ip,
+                    functools.partial(
+                        accounts.authenticate,
+                        ev.system_id,
+                        ev.password,
+                        bind_type,
+                        ip,
+                        reveal=reveal,
+                    ),
+                )
+            except PoolBusy:
+                result = AuthResult(
+                    Status.ESME_RBINDFAIL, accounts.get(ev.system_id), "password checks busy"
+                )
         else:
-            result = accounts.authenticate(ev.system_id, ev.password, bind_type, ip)
+            result = accounts.authenticate(ev.system_id, ev.password, bind_type, ip, reveal=reveal)
         status = result.status
         account = result.account
         reason = result.reason
@@ -386,7 +603,7 @@ class _Connection(asyncio.Protocol):
             bound = server.bound_count(account.system_id)
             if account.max_binds and bound >= account.max_binds:
                 status, reason = Status.ESME_RBINDFAIL, f"max_binds {account.max_binds} reached"
-        if self._closed:
+        if self._closed or self.transport is None or self.transport.is_closing():
             return
         if status != 0 or account is None:
             # Never the raw system_id of a failed bind as a label: unknown ones are unbounded.
@@ -395,10 +612,27 @@ class _Connection(asyncio.Protocol):
                 ev.bind_type.value,
                 ok=False,
             )
+            now = server.clock()
+            if (
+                reason == "wrong password"
+                and account is not None
+                and server.lockout.record_failure(account.system_id, now)
+            ):
+                log.warning(  # once per lock: not a flood
+                    "smpp.account_locked",
+                    system_id=account.system_id,
+                    failures=server.lockout.max_failures,
+                    seconds=server.lockout.duration,
+                )
             # The n-th consecutive failure waits base_delay * 2**(n-1), the first one included.
-            delay = server.throttle.record_failure(ip, server.clock())
-            self.log.warning(
+            delay = server.throttle.record_failure(ip, now, ev.system_id)
+            server.metrics.smpp_event("bind_rejected")
+            server.sampled(
+                "warning",
                 "smpp.bind_rejected",
+                ip,
+                session=self.info.id,
+                peer=ip,
                 system_id=ev.system_id,
                 bind_type=ev.bind_type.value,
                 status=status,
@@ -412,7 +646,9 @@ class _Connection(asyncio.Protocol):
             self.session.reject_bind(status or Status.ESME_RBINDFAIL)
             self._flush()
             return
-        server.throttle.record_success(ip)
+        server.throttle.record_success(ip, account.system_id)
+        server.lockout.record_success(account.system_id, ip)
+        server.admission.bound(self)
         self.session.accept_bind(max_outstanding=account.max_outstanding)
         server.metrics.bind(account.system_id, ev.bind_type.value, ok=True)
         self.info.system_id = account.system_id
@@ -420,7 +656,15 @@ class _Connection(asyncio.Protocol):
         self.info.account = account
         self._limiter = server.limiter_for(account)
         self.log = self.log.bind(system_id=account.system_id)
-        self.log.info("smpp.bound", bind_type=ev.bind_type.value)
+        server.sampled(
+            "info",
+            "smpp.bound",
+            account.system_id,
+            session=self.info.id,
+            peer=ip,
+            system_id=account.system_id,
+            bind_type=ev.bind_type.value,
+        )
         self._flush()
         try:
             server.handler.session_bound(self.info)
@@ -445,6 +689,8 @@ class _Connection(asyncio.Protocol):
                     await fut
                 except ConnectionError:
                     return None
+        if self._owed_since is None:
+            self._owed_since = self.server.clock()
         waiter: asyncio.Future[Pdu | None] = self.loop.create_future()
         self._waiters[seq] = waiter
         self._flush_soon()
@@ -457,7 +703,10 @@ class _Connection(asyncio.Protocol):
         (nothing sent) when the window is full or the session cannot take it."""
         if self._closed or not self.session.can_receive or self.session.window_free <= 0:
             return False
-        seq = self.session.send_request(pdu, self.server.clock())
+        now = self.server.clock()
+        seq = self.session.send_request(pdu, now)
+        if self._owed_since is None:
+            self._owed_since = now
         self._callbacks[seq] = (done, arg)
         self._flush_soon()
         return True
@@ -624,7 +873,13 @@ class _Connection(asyncio.Protocol):
     def _tick(self) -> None:
         if self._closed:
             return
-        events = self.session.handle_timers(self.server.clock())
+        now = self.server.clock()
+        owed = self._owed_since
+        limit = self.server.config.stalled_receiver_timeout
+        if owed is not None and limit and now - owed >= limit:
+            self._stalled(now - owed)
+            return
+        events = self.session.handle_timers(now)
         if events:
             self._dispatch(events)
         self._flush()
@@ -634,6 +889,44 @@ class _Connection(asyncio.Protocol):
     def unbind(self) -> None:
         self.session.unbind(self.server.clock())
         self._flush()
+
+    def _stalled(self, seconds: float) -> None:
+        """A receiver that neither answers nor reads (README "Reliability", SMPP): close it at
+        once (abort: what we wrote is not being read), so that its deliver_sm fail now and
+        go to another session of the account, or wait for one, instead of after ~330 s."""
+        server = self.server
+        system_id = self.info.system_id or "-"
+        server.metrics.smpp_event("stalled_receiver")
+        server.sampled(
+            "warning",
+            "smpp.stalled_receiver",
+            system_id,
+            session=self.info.id,
+            peer=self.info.peer_ip,
+            system_id=self.info.system_id,
+            seconds=round(seconds, 1),
+            unanswered=self.session.in_flight,
+            write_buffer=self.transport.get_write_buffer_size() if self.transport else 0,
+        )
+        self.abort()
+
+    def revoke(self, reason: str) -> None:
+        """End a session whose right to be bound is gone (README "Revocation"): send unbind,
+        then close once it is answered (or after response_timeout); requests already taken
+        still get their responses, new ones get ESME_RINVBNDSTS."""
+        server = self.server
+        server.metrics.smpp_event("revoked")
+        log.warning(
+            "smpp.session_revoked",
+            session=self.info.id,
+            peer=self.info.peer_ip,
+            system_id=self.info.system_id,
+            reason=reason,
+        )
+        if self.session.is_bound:
+            self.unbind()
+        else:
+            self._close_when_answered()
 
 
 class SmppServer:
@@ -661,10 +954,20 @@ class SmppServer:
             int(cid): self.metrics.submit_latency(cid.name) for cid in _THROTTLED_COMMANDS
         }
         self.throttle = BindThrottle(config.bind_failure_delay, config.bind_failure_delay_max)
+        self.lockout = BindLockout(config.bind_lockout_failures, config.bind_lockout_duration)
+        self.hash_pool = HashPool(config.hash_workers, config.hash_max_pending)
+        # Per-event log lines of the SMPP side are sampled (README "Reliability", SMPP).
+        self.sampled = SampledLog(log, interval=config.log_sample_interval, clock=clock)
+        reserve = min(config.bind_reserve, config.max_connections // 2)
+        self.admission: Admission[_Connection] = Admission(
+            AdmissionConfig(config.max_connections, config.max_unbound_per_address, reserve),
+            self._allowed_networks,
+        )
+        self._refusing = 0  # refused connections waiting to be answered
         self._ids = itertools.count(1)
         self._connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[Listener] = []
         self._limiters: dict[str, AsyncLimiter] = {}
         self._rr: dict[str, int] = {}
         self._receiver_event: asyncio.Event | None = None
@@ -685,26 +988,28 @@ class SmppServer:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         cfg = self.config
-        srv = await loop.create_server(
-            lambda: _Connection(self, tls=False), cfg.host, cfg.port, reuse_address=True
-        )
-        self._servers.append(srv)
-        self.ports["smpp"] = srv.sockets[0].getsockname()[1]
+        # Our own accept loop (bridge/smpp/listener.py): many accepts per loop pass.
+        plain = open_listeners(
+            cfg.host, cfg.port, _BACKLOG, lambda: _Connection(self, tls=False), None,
+            self._accept_failed,
+        )  # fmt: skip
+        self._servers.extend(plain)
+        self.ports["smpp"] = plain[0].port
         if cfg.tls_port is not None and cfg.tls_cert and cfg.tls_key:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-            tls = await loop.create_server(
-                lambda: _Connection(self, tls=True),
-                cfg.tls_host or cfg.host,
-                cfg.tls_port,
-                ssl=ctx,
-                reuse_address=True,
-            )
-            self._servers.append(tls)
-            self.ports["smpp_tls"] = tls.sockets[0].getsockname()[1]
+            tls = open_listeners(
+                cfg.tls_host or cfg.host, cfg.tls_port, _BACKLOG,
+                lambda: _Connection(self, tls=True), ctx, self._accept_failed,
+            )  # fmt: skip
+            self._servers.extend(tls)
+            self.ports["smpp_tls"] = tls[0].port
         log.info("smpp.listening", **self.ports)
+
+    def _accept_failed(self, error: OSError) -> None:
+        self.metrics.smpp_event("accept_failed")
+        self.sampled("warning", "smpp.accept_failed", str(error.errno), error=str(error))
 
     async def stop(self, timeout: float | None = None) -> None:
         """Graceful shutdown: stop accepting, unbind bound sessions, let in-flight work finish.
@@ -729,19 +1034,15 @@ class SmppServer:
             await asyncio.sleep(0.02)
         for conn in list(self._connections):
             conn.abort()
-        for srv in self._servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(srv.wait_closed(), 1.0)
         self._servers.clear()
+        self.hash_pool.close()
         log.info("smpp.stopped")
 
     # ------------------------------------------------------------------ pipeline side
 
     def bound_count(self, system_id: str) -> int:
         return sum(
-            1
-            for c in self._connections
-            if c.info.system_id == system_id and c.session.is_bound
+            1 for c in self._connections if c.info.system_id == system_id and c.session.is_bound
         )
 
     def receivers(self, system_id: str) -> list[_Connection]:
@@ -809,9 +1110,14 @@ class SmppServer:
             self._limiters[account.system_id] = lim
         return lim
 
+    def _allowed_networks(self) -> tuple[IPNetwork, ...]:
+        allowed = self.config.allowed_ips
+        return allowed if allowed is not None else self.accounts.networks()
+
     def _forget(self, conn: _Connection) -> None:
         was_bound = conn.info.system_id is not None
         self._connections.discard(conn)
+        self.admission.closed(conn)
         if was_bound:
             try:
                 self.handler.session_closed(conn.info)
@@ -821,6 +1127,45 @@ class SmppServer:
     @property
     def connection_count(self) -> int:
         return len(self._connections)
+
+    def revoke_changed(self) -> int:
+        """After the accounts were replaced (SIGHUP): revoke every bound session whose account
+        is gone, whose password changed or whose address is no longer allowed. Returns how
+        many."""
+        n = 0
+        for conn in list(self._connections):
+            info = conn.info
+            old = info.account
+            if old is None or not conn.session.is_bound:
+                continue
+            new = self.accounts.get(old.system_id)
+            if new is None:
+                reason = "account removed"
+            elif new.password != old.password:
+                reason = "password changed"
+            elif not new.ip_allowed(info.peer_ip):
+                reason = "address no longer allowed"
+            elif new.bind_type_allowed(info.bind_type):
+                info.account = new  # other changes (tps, max_outstanding) apply to new binds
+                continue
+            else:
+                reason = "bind type no longer allowed"
+            conn.revoke(reason)
+            n += 1
+        return n
+
+    def kick(self, target: str) -> list[int]:
+        """Revoke a session by its id, or every session of a system_id (admin API ``kick``).
+        Returns the ids of the sessions kicked."""
+        kicked = []
+        for conn in list(self._connections):
+            info = conn.info
+            if info.system_id is None or conn._closed:
+                continue
+            if str(info.id) == target or info.system_id == target:
+                conn.revoke("kicked by the operator")
+                kicked.append(info.id)
+        return kicked
 
     def bound_sessions(self) -> list[SessionInfo]:
         """Every bound session (who, from where, bound how), for the admin status."""
@@ -837,8 +1182,10 @@ class SmppServer:
         counts: dict[tuple[str, str], int] = {}
         for conn in list(self._connections):
             info = conn.info
-            if info.system_id is not None and info.bind_type is not None and (
-                conn.session.is_bound
+            if (
+                info.system_id is not None
+                and info.bind_type is not None
+                and (conn.session.is_bound)
             ):
                 key = (info.system_id, info.bind_type.value)
                 counts[key] = counts.get(key, 0) + 1

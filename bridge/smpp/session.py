@@ -32,6 +32,7 @@ from bridge.smpp.pdu import (
     encode,
     is_known_command,
 )
+from bridge.smpp.ranges import check_ranges
 
 __all__ = [
     "BindRequested",
@@ -150,9 +151,13 @@ class Unbound:
 
 @dataclass(slots=True)
 class ConnectionClosed:
-    """The session must be closed once its output is flushed; reason is for logs and metrics."""
+    """The session must be closed once its output is flushed; reason is for logs and metrics.
+
+    ``drain``: requests already handed out as MessageRequest must still be answered first (a
+    framing error: their responses, then the generic_nack, then the close)."""
 
     reason: str
+    drain: bool = False
 
 
 @dataclass(slots=True)
@@ -208,6 +213,11 @@ class ServerSession:
         self._bind_pdu: Pdu | None = None
         self._enquire_seq: int | None = None
         self._unbind_seq: int | None = None  # our unbind, while it awaits its unbind_resp
+        # After a framing error: the generic_nack that goes out once every request handed out
+        # before it is answered (README "Framing errors"); input is ignored from then on.
+        self._final_nack: Pdu | None = None
+        self._input_done = False
+        self.more_input = False  # receive_data stopped at its limit with input left
 
     # ------------------------------------------------------------------ properties
 
@@ -239,22 +249,47 @@ class ServerSession:
 
     # ------------------------------------------------------------------ input
 
-    def receive_data(self, data: bytes, now: float) -> list[Event]:
-        """Feed bytes from the peer; returns the events they cause."""
+    def receive_data(self, data: bytes, now: float, limit: int = 0) -> list[Event]:
+        """Feed bytes from the peer; returns the events they cause.
+
+        ``limit`` > 0 handles at most that many PDUs; the rest stays buffered and
+        :attr:`more_input` says so: call again (with ``b""``) to go on.
+        """
         events: list[Event] = []
-        if self.state is SessionState.CLOSED:
+        self.more_input = False
+        if self.state is SessionState.CLOSED or self._input_done:
             return events
-        self._reader.feed(data)
+        if data:
+            self._reader.feed(data)
+        n = 0
         try:
             for frame in self._reader.frames():
                 self._last_rx = now
                 if self._handle_frame(frame, now, events):
                     break
+                n += 1
+                if n == limit:
+                    self.more_input = self._reader.buffered >= 4
+                    break
         except PduError as e:  # impossible command_length: the stream cannot be resynchronised
-            self._send(Pdu(CommandId.generic_nack, e.sequence_number, e.status))
             events.append(ProtocolViolation(e.status, e.command_id, str(e)))
-            self._close(events, f"framing error: {e}")
+            self._framing_error(Pdu(CommandId.generic_nack, e.sequence_number, e.status), events)
         return events
+
+    def _framing_error(self, nack: Pdu, events: list[Event]) -> None:
+        """Stop reading; answer what was read before the error, then the generic_nack, then
+        close. Requests already handed out may be accepted messages: without their responses
+        the ESME would resubmit them (issue 14, finding 6)."""
+        self._input_done = True
+        self._reader = FrameReader(0)  # drop whatever followed the bad header
+        if self.state in _BOUND or self.state is SessionState.BINDING:
+            self.state = SessionState.UNBOUND  # only responses and the close remain
+        if self.outstanding:
+            self._final_nack = nack
+            events.append(ConnectionClosed(f"framing error: {nack.command_status:#x}", drain=True))
+        else:
+            self._send(nack)
+            self._close(events, "framing error")
 
     def _handle_frame(self, frame: bytes, now: float, events: list[Event]) -> bool:
         """Handle one whole PDU; True when the session is closed and input must stop."""
@@ -274,6 +309,10 @@ class ServerSession:
                 self._reject(pdu, Status.ESME_RINVBNDSTS, events)
             elif self.outstanding >= self.max_outstanding:
                 self._reject(pdu, Status.ESME_RTHROTTLED, events)
+            elif (bad := check_ranges(pdu)) is not None:  # SMPP 3.4 §5.2 (ranges.py)
+                status, what = bad
+                self._send(Pdu(cid | RESPONSE_BIT, pdu.sequence_number, status))
+                events.append(ProtocolViolation(status, cid, f"{pdu.name}: {what} out of range"))
             else:
                 self.outstanding += 1
                 events.append(MessageRequest(pdu))
@@ -421,6 +460,10 @@ class ServerSession:
         response.command_id = request.command_id | RESPONSE_BIT
         response.sequence_number = request.sequence_number
         self._send(response)
+        if self._final_nack is not None and not self.outstanding:
+            self._send(self._final_nack)
+            self._final_nack = None
+            self.state = SessionState.CLOSED  # the asyncio layer closes once this is written
 
     # ------------------------------------------------------------------ requests we send
 
