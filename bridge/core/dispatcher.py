@@ -8,7 +8,7 @@ Where a message is, while the dispatcher holds it:
   a single timer task moves due messages on;
 - **queued** for its current provider: one priority queue per provider (SMPP priority first,
   then FIFO), drained by ``capabilities.concurrency`` consumer tasks that each await the
-  provider's rate limiter (aiolimiter) before a send;
+  provider's rate limiter (a sliding window, bridge.ratelimit) before a send;
 - **sending**: a consumer is inside ``provider.send()``; from here it cannot be cancelled.
 
 The current provider is ``message.provider`` (its position in ``message.route`` is the failover
@@ -57,13 +57,13 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import structlog
-from aiolimiter import AsyncLimiter
 
 from bridge.core.breaker import BreakerState, CircuitBreaker
 from bridge.core.model import DeliveryReport, Message, MessageState, Outcome, OutcomeKind
 from bridge.core.provider import Provider
 from bridge.core.store import StateChange, Store
 from bridge.observability import Metrics, ProviderMetrics, SampledLog
+from bridge.ratelimit import SlidingWindowLimiter, limiter_for_rate
 
 __all__ = ["Dispatcher", "Finisher"]
 
@@ -192,7 +192,7 @@ class Dispatcher:
         self._seq = itertools.count()
         self._queues: dict[str, asyncio.PriorityQueue[tuple[int, int, _Entry]]] = {}
         self._ready: dict[str, dict[str, _Entry]] = {}  # insertion order = ready order
-        self._limiters: dict[str, AsyncLimiter] = {}
+        self._limiters: dict[str, SlidingWindowLimiter] = {}
         #: Per provider (see bridge.core.breaker); times are the loop's monotonic clock.
         self.breakers = {
             name: CircuitBreaker(breaker_failures, breaker_cooldown, breaker_cooldown_max)
@@ -201,14 +201,13 @@ class Dispatcher:
         for name, provider in providers.items():
             self._queues[name] = asyncio.PriorityQueue()
             self._ready[name] = {}
-            rps = provider.capabilities.requests_per_second
-            if rps > 0:
-                # AsyncLimiter(rate, 1) lets a burst of `rate` through, then `rate` per second;
-                # below 1/s a single-slot bucket of period 1/rate does the same (acquire(1)
-                # would be refused by a bucket smaller than 1).
-                self._limiters[name] = (
-                    AsyncLimiter(rps, 1) if rps >= 1 else AsyncLimiter(1, 1 / rps)
-                )
+            # No burst above the documented limit (README, "Reliability"): a sliding window,
+            # shared with the provider's own polls and balance calls when it has one.
+            limiter = getattr(provider, "limiter", None) or limiter_for_rate(
+                provider.capabilities.requests_per_second
+            )
+            if limiter is not None:
+                self._limiters[name] = limiter
         # Per-message failures come in floods when a provider is down: one line per provider
         # and event every 10 s (with the number not logged); the metrics count every one.
         self._sampled = SampledLog(log)

@@ -32,6 +32,7 @@ from bridge.core.provider import (
 )
 from bridge.providers.http import HttpClient, HttpError, HttpRequest, HttpResponse, create_client
 from bridge.providers.settings import HttpProviderSettings
+from bridge.ratelimit import limiter_for_rate
 
 __all__ = ["HttpProvider", "Unsendable", "classify_http_status"]
 
@@ -78,6 +79,9 @@ class HttpProvider(abc.ABC):
         self.client: HttpClient | None = None
         self.reports: ReportSink | None = None
         self.inbound: InboundSink | None = None
+        #: The documented request limit, shared by sends (the dispatcher acquires it), polls
+        #: and balance checks (:meth:`paced_call`): no second may hold more calls than it.
+        self.limiter = limiter_for_rate(capabilities.requests_per_second)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, reports: ReportSink, inbound: InboundSink) -> None:
@@ -103,6 +107,13 @@ class HttpProvider(abc.ABC):
         if self.client is None:
             raise HttpError("connect", "provider not started")
         return await self.client.request(request)
+
+    async def paced_call(self, request: HttpRequest) -> HttpResponse:
+        """:meth:`call` after the provider's rate limiter (polls and balance checks; sends are
+        paced by the dispatcher, which acquires the same limiter)."""
+        if self.limiter is not None:
+            await self.limiter.acquire()
+        return await self.call(request)
 
     # ------------------------------------------------------------------ sending
     async def send(self, message: Message) -> Outcome:
@@ -146,7 +157,7 @@ class HttpProvider(abc.ABC):
         if request is None:
             return True
         try:
-            response = await self.call(request)
+            response = await self.paced_call(request)
         except HttpError as exc:
             log.warning("provider_health_failed", provider=self.name, reason=exc.reason)
             return False

@@ -536,7 +536,7 @@ class IsmsHttpProvider(HttpProvider):
     async def query(self, mid: str, mobile: str) -> QueryResult:
         """Ask ``query.php`` about one message (``error`` set when there is no usable answer)."""
         try:
-            response = await self.call(self._query_request(mid, mobile))
+            response = await self.paced_call(self._query_request(mid, mobile))
         except HttpError as exc:
             return QueryResult(error=f"no answer ({exc.reason})")
         if classify_http_status(response.status) is not None or response.status >= 400:
