@@ -13,12 +13,13 @@ import hmac
 import shutil
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import prometheus_client
 import structlog
+from pydantic import SecretStr
 
 from bridge.admin.service import AdminService
 from bridge.admin.token import admin_token
@@ -46,7 +47,7 @@ from bridge.core.provider import (
 )
 from bridge.core.receipts import DeliveryQueue, ReportHandler
 from bridge.core.router import Route, Router
-from bridge.observability import BridgeCollector, Metrics, Snapshot
+from bridge.observability import BridgeCollector, Metrics, Snapshot, register_secret
 from bridge.passwords import secret_file
 from bridge.providers import isms_http, isms_smpp, mycoolsms, phlymail, sms1601, smsflatrate
 from bridge.providers.sandbox import SandboxProvider, SandboxRule
@@ -136,6 +137,7 @@ class Bridge:
             name: _callback_token(self._callback_secret, name, pc)
             for name, pc in cfg.providers.items()
         }
+        _register_secrets(cfg, self.callback_tokens.values())
         self.providers: dict[str, Provider] = {
             name: _build_provider(name, pc, self._provider_context(name))
             for name, pc in cfg.providers.items()
@@ -222,6 +224,7 @@ class Bridge:
         # off the callback port (which faces the providers, and so the internet).
         self.admin = AdminService(self, clock=clock)
         self.admin_token = admin_token(cfg, create=True)  # None: [admin] allow_unauthenticated
+        register_secret(self.admin_token)
         self.admin_http = HttpServer(
             cfg.admin.host,
             cfg.admin.port,
@@ -568,6 +571,17 @@ class Bridge:
         self.router.replace_routes(_routes(new, self.providers))
         log.info("config.reloaded", accounts=len(self.accounts), routes=len(new.routes))
         return True
+
+
+def _register_secrets(cfg: Config, tokens: Iterable[str]) -> None:
+    """Every credential and callback token a library's log line might quote (a URL, an
+    exception text): the stdlib log handler blanks them (bridge.observability)."""
+    for token in tokens:
+        register_secret(token)
+    for pc in cfg.providers.values():
+        for value in pc.__dict__.values():
+            if isinstance(value, SecretStr):
+                register_secret(value.get_secret_value())
 
 
 def _routes(cfg: Config, providers: Mapping[str, object]) -> list[Route]:
