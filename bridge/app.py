@@ -26,8 +26,10 @@ from bridge.admin.token import admin_token
 from bridge.admin.web import build_admin_app
 from bridge.config import (
     AccountConfig,
+    AdminConfig,
     Config,
     ConfigError,
+    HttpConfig,
     ProviderConfig,
     SandboxConfig,
     apply_overrides,
@@ -57,6 +59,7 @@ from bridge.smpp.session import SessionConfig
 from bridge.smsc import SmppReceiptSender, SmscHandler, decode_payload, text_units
 from bridge.store.embedded import EmbeddedStore
 from bridge.store.legacy import import_legacy
+from bridge.web.guard import HttpGuard
 from bridge.web.server import CallbackEndpoint, HealthReport, HttpServer, build_app
 
 log = structlog.get_logger("bridge.app")
@@ -219,6 +222,7 @@ class Bridge:
                 },
                 metrics_sink=metrics,
             ),
+            guard=_guard("http", cfg.http, metrics),
         )
         # The operator's listener: admin API, status page, /metrics and the health probes,
         # off the callback port (which faces the providers, and so the internet).
@@ -237,6 +241,7 @@ class Bridge:
                 on_refused=metrics.admin_refused.inc,
             ),
             name="admin",
+            guard=_guard("admin", cfg.admin, metrics),
         )
 
         self.registry.register(BridgeCollector(self.metrics_snapshot))
@@ -597,6 +602,18 @@ def _routes(cfg: Config, providers: Mapping[str, object]) -> list[Route]:
         )
         for r in cfg.routes
     ] or [Route([next(iter(providers), "sandbox")], name="default")]
+
+
+def _guard(listener: str, limits: HttpConfig | AdminConfig, metrics: Metrics) -> HttpGuard:
+    """Header/body timeouts and the per-address cap of one HTTP listener (bridge.web.guard)."""
+    counter = metrics.http_guard
+    return HttpGuard(
+        listener,
+        header_timeout=limits.header_timeout,
+        body_timeout=limits.body_timeout,
+        max_per_address=limits.max_connections_per_ip,
+        on_event=lambda reason: counter.labels(listener, reason).inc(),
+    )
 
 
 def _prime_metrics(metrics: Metrics, cfg: Config) -> None:

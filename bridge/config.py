@@ -215,7 +215,18 @@ class SmppConfig(_Section):
         return value
 
 
-class HttpConfig(_Section):
+class _ListenerLimits(_Section):
+    """Slowloris protection of an HTTP listener (bridge.web.guard): a request's headers must
+    arrive within ``header_timeout`` seconds of the connection opening (or of the previous
+    response), its body within ``body_timeout`` seconds after that; one client address may
+    hold at most ``max_connections_per_ip`` connections (0 = no cap), the next get 503."""
+
+    header_timeout: PosFloat = 10.0
+    body_timeout: PosFloat = 30.0
+    max_connections_per_ip: Annotated[int, Field(ge=0)] = 64
+
+
+class HttpConfig(_ListenerLimits):
     """``[http]``: provider callbacks, /metrics, /healthz."""
 
     host: str = "127.0.0.1"
@@ -247,7 +258,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class AdminConfig(_Section):
+class AdminConfig(_ListenerLimits):
     """``[admin]``: the operator's listener: admin API, status page, /metrics, /healthz,
     /readyz. Kept off the ``[http]`` port, which faces the providers (and so the internet).
 

@@ -656,6 +656,18 @@ class Metrics:
             "(a steady rate is someone guessing, or a scraper with an old token).",
             registry=r,
         )
+        # -- HTTP listeners (bridge.web.guard)
+        self.http_guard = Counter(
+            "bridge_http_guard_total",
+            "HTTP connections the listeners closed or refused by listener (http, admin) and "
+            "reason: per_address_cap (one client address already holds max_connections_per_ip; "
+            "answered 503), header_timeout, body_timeout (a slow or stalled request: slowloris).",
+            ["listener", "reason"],
+            registry=r,
+        )
+        for listener in ("http", "admin"):
+            for reason in ("per_address_cap", "header_timeout", "body_timeout"):
+                self.http_guard.labels(listener, reason)
         # -- store
         self.store_commit_batch_size = Histogram(
             "bridge_store_commit_batch_size",
