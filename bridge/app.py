@@ -169,6 +169,7 @@ class Bridge:
             breaker_failures=pc.breaker_failures,
             breaker_cooldown=pc.breaker_cooldown,
             breaker_cooldown_max=max(pc.breaker_cooldown_max, pc.breaker_cooldown),
+            breaker_health_interval=pc.breaker_health_interval,
             poll_backoff_max=max(pc.poll_backoff_max, pc.poll_interval),
             push_poll_after=pc.push_poll_after,
             on_dispatched=self._dispatched,

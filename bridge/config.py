@@ -441,10 +441,13 @@ class PipelineConfig(_Section):
     # Circuit breaker per provider: this many transient failures in a row (no answer, 5xx,
     # throttled) stop sends to it for breaker_cooldown seconds (doubling while its probes fail,
     # up to breaker_cooldown_max); messages with another provider on their route fail over at
-    # once. 0 disables it.
+    # once. 0 disables it. While a circuit is open, the provider's health check (balance or
+    # connection test) is asked every breaker_health_interval seconds (0: never); a healthy
+    # answer closes the circuit at once and polls its messages awaiting a report.
     breaker_failures: Annotated[int, Field(ge=0)] = 10
     breaker_cooldown: PosFloat = 5.0
-    breaker_cooldown_max: PosFloat = 300.0
+    breaker_cooldown_max: PosFloat = 30.0
+    breaker_health_interval: NonNegFloat = 5.0
 
 
 class SandboxRuleConfig(_Section):

@@ -152,6 +152,11 @@ class HttpProvider(abc.ABC):
         """(reachable with valid credentials, balance or None)."""
         return 200 <= response.status < 300, None
 
+    @property
+    def has_health_check(self) -> bool:
+        """``healthy()`` asks the provider (the dispatcher lets it close an open circuit)."""
+        return self.build_health() is not None
+
     async def healthy(self) -> bool:
         request = self.build_health()
         if request is None:
