@@ -569,12 +569,22 @@ class Bridge:
                 errors="the [providers] set changed; restart the bridge to apply it",
             )
             return False
-        self.accounts.replace(new.to_accounts())
+        # All or nothing: everything the new file makes is built before any of it is applied,
+        # so a file refused at any step leaves the running config whole (README, "Reliability").
+        try:
+            accounts = new.to_accounts()
+            owners = _inbound_owners(new.accounts)
+            policies = {a.system_id: _policy(a) for a in new.accounts}
+            routes = _routes(new, self.providers)
+        except Exception as exc:
+            log.error("config.reload_failed", errors=f"{type(exc).__name__}: {exc}"[:500])
+            return False
+        self.accounts.replace(accounts)
         _prime_metrics(self.metrics, new)
-        self._owners = _inbound_owners(new.accounts)
+        self._owners = owners
         self.policies.clear()
-        self.policies.update({a.system_id: _policy(a) for a in new.accounts})
-        self.router.replace_routes(_routes(new, self.providers))
+        self.policies.update(policies)
+        self.router.replace_routes(routes)
         log.info("config.reloaded", accounts=len(self.accounts), routes=len(new.routes))
         return True
 

@@ -137,8 +137,10 @@ def _lower(value: object) -> object:
 
 
 Port = Annotated[int, Field(ge=0, le=65535)]  # 0 = any free port (tests)
-NonNegFloat = Annotated[float, Field(ge=0)]
-PosFloat = Annotated[float, Field(gt=0)]
+# Finite only: "inf" or "nan" for a timeout or a limit is refused (a timeout of inf never
+# times out, which is what the timeouts are there to prevent).
+NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 SystemId = Annotated[
     str, BeforeValidator(lambda v: _check_system_id(v) if isinstance(v, str) else v)
 ]
@@ -340,7 +342,8 @@ class AccountConfig(_Section):
     system_id: SystemId
     password: SecretStr
     allowed_bind_types: list[BindTypeField] = Field(default_factory=lambda: list(_ALL_BIND_TYPES))
-    # Default loopback only; [] admits nobody (fail closed).
+    # Default loopback only. [] is refused: it would admit nobody (to lock an account out,
+    # remove it).
     allowed_ips: list[Network] = Field(
         default_factory=lambda: [
             ipaddress.ip_network("127.0.0.0/8"),
@@ -396,6 +399,16 @@ class AccountConfig(_Section):
             )
         if not all(" " <= c <= "~" for c in value):
             raise ValueError(f"must contain only printable ASCII characters{origin}")
+        return value
+
+    @field_validator("allowed_ips")
+    @classmethod
+    def _someone_allowed(cls, value: list[IPNetwork]) -> list[IPNetwork]:
+        if not value:
+            raise ValueError(
+                "must list at least one network: [] would let nobody bind (remove the account "
+                'to lock it out; "0.0.0.0/0" and "::/0" admit everyone)'
+            )
         return value
 
     @field_validator("default_region", mode="before")
@@ -511,6 +524,18 @@ class RouteConfig(_Section):
     countries: list[str] | None = None  # ISO 3166 alpha-2 of the destination
     prefixes: list[str] | None = None  # E.164 digit prefixes of the destination
     regex: str | None = None  # on the E.164 destination digits
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        # Here, not when the router is built: check-config reports it with its line, `run`
+        # refuses the file without a traceback, and a SIGHUP with it applies nothing.
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
 
 
 def _default_providers() -> dict[str, ProviderConfig]:

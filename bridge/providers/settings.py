@@ -25,8 +25,8 @@ __all__ = [
     "resolve_env",
 ]
 
-NonNegFloat = Annotated[float, Field(ge=0)]
-PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]  # finite only
+PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 def resolve_env(value: Any, info: ValidationInfo) -> Any:
