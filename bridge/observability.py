@@ -363,7 +363,7 @@ COMMIT_DURATION_BUCKETS = (
 )
 
 PROVIDER_OUTCOMES = ("accepted", "permanent", "transient", "error")
-REPORT_RESULTS = ("matched", "unknown", "duplicate", "early")
+REPORT_RESULTS = ("matched", "unknown", "duplicate", "early", "mismatch")
 DELIVER_RESULTS = ("acked", "refused", "unsent")
 REASSEMBLY_REASONS = ("timeout", "evicted", "superseded")
 THROTTLE_REASONS = ("tps", "outstanding")
@@ -605,7 +605,8 @@ class Metrics:
             "Delivery reports from providers by result: matched (applied to a message), "
             "unknown (no message for the provider's id), duplicate (nothing new), early "
             "(parked until the send's correlation is stored; counted again as matched or "
-            "unknown once resolved).",
+            "unknown once resolved), mismatch (the report names another number than the "
+            "message's: a forged push, not applied).",
             ["provider", "result"],
             registry=r,
         )

@@ -42,7 +42,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from bridge.core.provider import CallbackProvider, CallbackReply, CallbackRequest
-from bridge.observability import Metrics
+from bridge.observability import Metrics, SampledLog
 from bridge.providers.http import content_type_charset, decode_pairs
 from bridge.web.guard import HttpGuard
 
@@ -223,6 +223,9 @@ class _CallbackApp:
     ) -> None:
         self.endpoints = endpoints
         self.count = count
+        # Wrong tokens come in floods from a scanner: one WARNING per 10 s (with the number not
+        # logged); bridge_callbacks_total{provider="-"} counts every one.
+        self._sampled = SampledLog(log)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         status, body, content_type = await self._handle(scope, receive)
@@ -249,7 +252,13 @@ class _CallbackApp:
             token.encode(), endpoint.token.encode()
         )
         if endpoint is None or not valid or kind not in endpoint.provider.callback_kinds:
-            log.warning("callback_refused", provider=name if endpoint else "-", kind=kind)
+            self._sampled(
+                "warning",
+                "callback_refused",
+                "refused",
+                provider=name if endpoint else "-",
+                kind=kind[:32] if endpoint else "-",
+            )
             self.count("-", "-", 404)
             return _NOT_FOUND
         method = scope["method"]
