@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from bridge.core.model import DeliveryReport, Message, Outcome, OutcomeKind
+from bridge.core.model import DeliveryReport, Message, MessageState, Outcome, OutcomeKind
 from bridge.core.provider import (
     CallbackKind,
     Capabilities,
@@ -30,6 +30,7 @@ from bridge.core.provider import (
     ProviderContext,
     ReportSink,
 )
+from bridge.observability import SampledLog
 from bridge.providers.http import HttpClient, HttpError, HttpRequest, HttpResponse, create_client
 from bridge.providers.settings import HttpProviderSettings
 from bridge.ratelimit import limiter_for_rate
@@ -37,6 +38,8 @@ from bridge.ratelimit import limiter_for_rate
 __all__ = ["HttpProvider", "Unsendable", "classify_http_status"]
 
 log = structlog.get_logger("bridge.providers")
+#: One line per provider every 10 s for per-message failures that come in floods.
+_sampled = SampledLog(log)
 
 #: err: value of receipts for messages no route could express (bridge-defined, see README).
 ERR_UNSENDABLE = 1
@@ -124,11 +127,33 @@ class HttpProvider(abc.ABC):
         try:
             response = await self.call(request)
         except HttpError as exc:
+            if exc.reason != "connect" and not self.settings.retry_after_timeout:
+                return self._maybe_taken(message, exc.reason)
             return Outcome(OutcomeKind.TRANSIENT, detail=f"no answer ({exc.reason})")
         kind = classify_http_status(response.status)
         if kind is not None:
             return Outcome(kind, detail=f"HTTP {response.status}")
         return self.parse_send(message, response)
+
+    def _maybe_taken(self, message: Message, reason: str) -> Outcome:
+        """``retry_after_timeout = false``: the request went out and no answer came, so the
+        provider may have the message. It is not sent again (no duplicate SMS): it counts as
+        taken without an id and ends UNKNOWN (README, "Reliability")."""
+        _sampled(
+            "warning",
+            "provider_send_unanswered",
+            self.name,
+            provider=self.name,
+            message_id=message.id,
+            account=message.account,
+            reason=reason,
+        )
+        return Outcome(
+            OutcomeKind.ACCEPTED,
+            None,
+            detail=f"no answer ({reason}); not sent again (retry_after_timeout = false)",
+            state=MessageState.UNKNOWN,
+        )
 
     @abc.abstractmethod
     def build_send(self, message: Message) -> HttpRequest:
