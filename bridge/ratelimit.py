@@ -20,8 +20,9 @@ from collections import deque
 
 __all__ = ["SlidingWindowLimiter", "limiter_for_rate"]
 
-#: Added to every window: arrival-time jitter at the provider must not make 11 out of 10.
-DEFAULT_MARGIN = 0.02
+#: Added to every window (50 ms: 5 % of a second): arrival-time jitter at the provider (network,
+#: a busy loop on either side) must not make 11 out of 10.
+DEFAULT_MARGIN = 0.05
 
 
 class SlidingWindowLimiter:
