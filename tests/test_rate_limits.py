@@ -110,3 +110,46 @@ def test_smsflatrate_never_gets_more_than_ten_calls_in_any_second(
     start = min(times)
     assert busiest_window(times) <= 10, [round(t - start, 3) for t in sorted(times)]
     assert throttled == 0
+
+
+def test_the_smpp_upstream_never_gets_more_submits_than_its_tps_in_any_second() -> None:
+    """iSMS documents 700 SMS/s per account for its SMPP upstream; the client's token bucket
+    (50 ms worth of burst, for upstreams that count per 100 ms) let that burst out on top of a
+    full second's rate. Each part of a long message is a submit_sm of its own, so the client
+    itself keeps the limit (scaled down to 100/s here)."""
+    from bridge.simulators.smpp_upstream import SmppUpstreamSimulator
+    from bridge.smpp.client import ClientConfig, SmppClient
+    from bridge.smpp.pdu import CommandId, Pdu
+
+    tps, count = 100.0, 260
+
+    async def accept_all(pdu: Pdu) -> int:
+        return 0
+
+    async def run() -> list[float]:
+        sim = SmppUpstreamSimulator(tps=0, delay=60.0, window=count)
+        await sim.start()
+        client = SmppClient(
+            ClientConfig("127.0.0.1", sim.port, "isms", "isms", tps=tps, window=count),
+            accept_all,
+            name="isms",
+        )
+        try:
+            await client.start()
+            for _ in range(200):
+                if client.bound_count:
+                    break
+                await asyncio.sleep(0.02)
+            pdu = dict(source_addr="Bridge", destination_addr="306912345600",
+                       short_message=b"x")
+            await asyncio.gather(
+                *(client.submit(Pdu(CommandId.submit_sm, fields=pdu)) for _ in range(count))
+            )
+            return [s.received_at for s in sim.submitted]
+        finally:
+            await client.stop()
+            await sim.close()
+
+    times = asyncio.run(run())
+    assert len(times) == count
+    assert busiest_window(times) <= tps
