@@ -189,14 +189,19 @@ class HttpProvider(abc.ABC):
         try:
             response = await self.paced_call(request)
         except HttpError as exc:
-            log.warning("provider_health_failed", provider=self.name, reason=exc.reason)
+            self._health_failed(reason=exc.reason)
             return False
         if classify_http_status(response.status) is not None:
-            log.warning("provider_health_failed", provider=self.name, status=response.status)
+            self._health_failed(status=response.status)
             return False
         ok, balance = self.parse_health(response)
         if balance is not None:
             self.ctx.set_balance(balance)
         if not ok:
-            log.warning("provider_health_failed", provider=self.name, status=response.status)
+            self._health_failed(status=response.status)
         return ok
+
+    def _health_failed(self, **why: object) -> None:
+        # Asked every breaker_health_interval while a circuit is open, and by /readyz: one
+        # line per provider every 10 s, not one per check.
+        _sampled("warning", "provider_health_failed", self.name, provider=self.name, **why)
