@@ -13,20 +13,23 @@ import hmac
 import shutil
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import prometheus_client
 import structlog
+from pydantic import SecretStr
 
 from bridge.admin.service import AdminService
 from bridge.admin.token import admin_token
 from bridge.admin.web import build_admin_app
 from bridge.config import (
     AccountConfig,
+    AdminConfig,
     Config,
     ConfigError,
+    HttpConfig,
     ProviderConfig,
     SandboxConfig,
     apply_overrides,
@@ -46,7 +49,7 @@ from bridge.core.provider import (
 )
 from bridge.core.receipts import DeliveryQueue, ReportHandler
 from bridge.core.router import Route, Router
-from bridge.observability import BridgeCollector, Metrics, Snapshot
+from bridge.observability import BridgeCollector, Metrics, Snapshot, register_secret
 from bridge.passwords import secret_file
 from bridge.providers import isms_http, isms_smpp, mycoolsms, phlymail, sms1601, smsflatrate
 from bridge.providers.sandbox import SandboxProvider, SandboxRule
@@ -56,6 +59,7 @@ from bridge.smpp.session import SessionConfig
 from bridge.smsc import SmppReceiptSender, SmscHandler, decode_payload, text_units
 from bridge.store.embedded import EmbeddedStore
 from bridge.store.legacy import import_legacy
+from bridge.web.guard import HttpGuard
 from bridge.web.server import CallbackEndpoint, HealthReport, HttpServer, build_app
 
 log = structlog.get_logger("bridge.app")
@@ -146,6 +150,7 @@ class Bridge:
             name: _callback_token(self._callback_secret, name, pc)
             for name, pc in cfg.providers.items()
         }
+        _register_secrets(cfg, self.callback_tokens.values())
         self.providers: dict[str, Provider] = {
             name: _build_provider(name, pc, self._provider_context(name))
             for name, pc in cfg.providers.items()
@@ -174,6 +179,7 @@ class Bridge:
             breaker_failures=pc.breaker_failures,
             breaker_cooldown=pc.breaker_cooldown,
             breaker_cooldown_max=max(pc.breaker_cooldown_max, pc.breaker_cooldown),
+            breaker_health_interval=pc.breaker_health_interval,
             poll_backoff_max=max(pc.poll_backoff_max, pc.poll_interval),
             push_poll_after=pc.push_poll_after,
             on_dispatched=self._dispatched,
@@ -227,11 +233,13 @@ class Bridge:
                 },
                 metrics_sink=metrics,
             ),
+            guard=_guard("http", cfg.http, metrics),
         )
         # The operator's listener: admin API, status page, /metrics and the health probes,
         # off the callback port (which faces the providers, and so the internet).
         self.admin = AdminService(self, clock=clock)
         self.admin_token = admin_token(cfg, create=True)  # None: [admin] allow_unauthenticated
+        register_secret(self.admin_token)
         self.admin_http = HttpServer(
             cfg.admin.host,
             cfg.admin.port,
@@ -244,6 +252,7 @@ class Bridge:
                 on_refused=metrics.admin_refused.inc,
             ),
             name="admin",
+            guard=_guard("admin", cfg.admin, metrics),
         )
 
         self.registry.register(BridgeCollector(self.metrics_snapshot))
@@ -570,15 +579,25 @@ class Bridge:
                 errors="the [providers] set changed; restart the bridge to apply it",
             )
             return False
-        self.accounts.replace(new.to_accounts())
+        # All or nothing: everything the new file makes is built before any of it is applied,
+        # so a file refused at any step leaves the running config whole (README, "Reliability").
+        try:
+            accounts = new.to_accounts()
+            owners = _inbound_owners(new.accounts)
+            policies = {a.system_id: _policy(a) for a in new.accounts}
+            routes = _routes(new, self.providers)
+        except Exception as exc:
+            log.error("config.reload_failed", errors=f"{type(exc).__name__}: {exc}"[:500])
+            return False
+        self.accounts.replace(accounts)
         # Removed accounts, changed passwords, addresses no longer allowed: unbind their
         # sessions (README "Revocation").
         revoked = self.smpp.revoke_changed()
         _prime_metrics(self.metrics, new)
-        self._owners = _inbound_owners(new.accounts)
+        self._owners = owners
         self.policies.clear()
-        self.policies.update({a.system_id: _policy(a) for a in new.accounts})
-        self.router.replace_routes(_routes(new, self.providers))
+        self.policies.update(policies)
+        self.router.replace_routes(routes)
         log.info(
             "config.reloaded",
             accounts=len(self.accounts),
@@ -586,6 +605,17 @@ class Bridge:
             sessions_revoked=revoked,
         )
         return True
+
+
+def _register_secrets(cfg: Config, tokens: Iterable[str]) -> None:
+    """Every credential and callback token a library's log line might quote (a URL, an
+    exception text): the stdlib log handler blanks them (bridge.observability)."""
+    for token in tokens:
+        register_secret(token)
+    for pc in cfg.providers.values():
+        for value in pc.__dict__.values():
+            if isinstance(value, SecretStr):
+                register_secret(value.get_secret_value())
 
 
 def _routes(cfg: Config, providers: Mapping[str, object]) -> list[Route]:
@@ -601,6 +631,18 @@ def _routes(cfg: Config, providers: Mapping[str, object]) -> list[Route]:
         )
         for r in cfg.routes
     ] or [Route([next(iter(providers), "sandbox")], name="default")]
+
+
+def _guard(listener: str, limits: HttpConfig | AdminConfig, metrics: Metrics) -> HttpGuard:
+    """Header/body timeouts and the per-address cap of one HTTP listener (bridge.web.guard)."""
+    counter = metrics.http_guard
+    return HttpGuard(
+        listener,
+        header_timeout=limits.header_timeout,
+        body_timeout=limits.body_timeout,
+        max_per_address=limits.max_connections_per_ip,
+        on_event=lambda reason: counter.labels(listener, reason).inc(),
+    )
 
 
 def _prime_metrics(metrics: Metrics, cfg: Config) -> None:

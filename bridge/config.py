@@ -137,8 +137,10 @@ def _lower(value: object) -> object:
 
 
 Port = Annotated[int, Field(ge=0, le=65535)]  # 0 = any free port (tests)
-NonNegFloat = Annotated[float, Field(ge=0)]
-PosFloat = Annotated[float, Field(gt=0)]
+# Finite only: "inf" or "nan" for a timeout or a limit is refused (a timeout of inf never
+# times out, which is what the timeouts are there to prevent).
+NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 SystemId = Annotated[
     str, BeforeValidator(lambda v: _check_system_id(v) if isinstance(v, str) else v)
 ]
@@ -227,7 +229,18 @@ class SmppConfig(_Section):
         return value
 
 
-class HttpConfig(_Section):
+class _ListenerLimits(_Section):
+    """Slowloris protection of an HTTP listener (bridge.web.guard): a request's headers must
+    arrive within ``header_timeout`` seconds of the connection opening (or of the previous
+    response), its body within ``body_timeout`` seconds after that; one client address may
+    hold at most ``max_connections_per_ip`` connections (0 = no cap), the next get 503."""
+
+    header_timeout: PosFloat = 10.0
+    body_timeout: PosFloat = 30.0
+    max_connections_per_ip: Annotated[int, Field(ge=0)] = 64
+
+
+class HttpConfig(_ListenerLimits):
     """``[http]``: provider callbacks, /metrics, /healthz."""
 
     host: str = "127.0.0.1"
@@ -259,7 +272,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class AdminConfig(_Section):
+class AdminConfig(_ListenerLimits):
     """``[admin]``: the operator's listener: admin API, status page, /metrics, /healthz,
     /readyz. Kept off the ``[http]`` port, which faces the providers (and so the internet).
 
@@ -341,7 +354,8 @@ class AccountConfig(_Section):
     system_id: SystemId
     password: SecretStr
     allowed_bind_types: list[BindTypeField] = Field(default_factory=lambda: list(_ALL_BIND_TYPES))
-    # Default loopback only; [] admits nobody (fail closed).
+    # Default loopback only. [] is refused: it would admit nobody (to lock an account out,
+    # remove it).
     allowed_ips: list[Network] = Field(
         default_factory=lambda: [
             ipaddress.ip_network("127.0.0.0/8"),
@@ -399,6 +413,16 @@ class AccountConfig(_Section):
             raise ValueError(f"must contain only printable ASCII characters{origin}")
         return value
 
+    @field_validator("allowed_ips")
+    @classmethod
+    def _someone_allowed(cls, value: list[IPNetwork]) -> list[IPNetwork]:
+        if not value:
+            raise ValueError(
+                "must list at least one network: [] would let nobody bind (remove the account "
+                'to lock it out; "0.0.0.0/0" and "::/0" admit everyone)'
+            )
+        return value
+
     @field_validator("default_region", mode="before")
     @classmethod
     def _region_code(cls, value: Any) -> Any:
@@ -442,10 +466,13 @@ class PipelineConfig(_Section):
     # Circuit breaker per provider: this many transient failures in a row (no answer, 5xx,
     # throttled) stop sends to it for breaker_cooldown seconds (doubling while its probes fail,
     # up to breaker_cooldown_max); messages with another provider on their route fail over at
-    # once. 0 disables it.
+    # once. 0 disables it. While a circuit is open, the provider's health check (balance or
+    # connection test) is asked every breaker_health_interval seconds (0: never); a healthy
+    # answer closes the circuit at once and polls its messages awaiting a report.
     breaker_failures: Annotated[int, Field(ge=0)] = 10
     breaker_cooldown: PosFloat = 5.0
-    breaker_cooldown_max: PosFloat = 300.0
+    breaker_cooldown_max: PosFloat = 30.0
+    breaker_health_interval: NonNegFloat = 5.0
 
 
 class SandboxRuleConfig(_Section):
@@ -509,6 +536,18 @@ class RouteConfig(_Section):
     countries: list[str] | None = None  # ISO 3166 alpha-2 of the destination
     prefixes: list[str] | None = None  # E.164 digit prefixes of the destination
     regex: str | None = None  # on the E.164 destination digits
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        # Here, not when the router is built: check-config reports it with its line, `run`
+        # refuses the file without a traceback, and a SIGHUP with it applies nothing.
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
 
 
 def _default_providers() -> dict[str, ProviderConfig]:

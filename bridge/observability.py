@@ -7,7 +7,9 @@ not a property of the cached logger classes, so :func:`set_log_level` changes it
 (the admin API's ``log-level``) for every logger, including those already cached. Secrets
 never reach a log call in the first place; as a second line of defence, a :class:`Redactor`
 blanks any event key that names one, and message text too (``[logging] redact``). Stdlib
-``logging`` (uvicorn, asyncio) is rendered the same way.
+``logging`` (uvicorn, asyncio, httpx, aiohttp) is rendered the same way, after
+:class:`ThirdPartyScrubber` took URL credentials, query strings, callback tokens and known
+secrets out of it (README, "Reliability").
 
 Metrics (Prometheus, ``bridge_`` prefix): :class:`Metrics` holds every counter and histogram of
 one bridge on its own :class:`~prometheus_client.CollectorRegistry` (not the global default, so
@@ -27,8 +29,10 @@ This module is a leaf: it imports nothing of ``bridge.smpp``, ``bridge.web`` or
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
+import traceback
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -101,6 +105,93 @@ class Redactor:
 
 #: The default redaction, as a plain processor (for code that builds its own chain).
 redact_secrets = Redactor()
+
+
+# --------------------------------------------------------------------------- third-party records
+
+#: Literal secrets (provider credentials, callback tokens, the admin token) that must never
+#: appear in a line from a library; registered by the wiring (:func:`register_secret`).
+_known_secrets: set[str] = set()
+#: An absolute URL: scheme, optional user:password@, host[:port], path, query, fragment.
+_URL = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?:[^\s/?#@'\"<>]*@)?(?P<host>[^\s/?#'\"<>]*)"
+    r"(?P<path>[^\s?#'\"<>]*)(?P<query>\?[^\s#'\"<>]*)?(?:#[^\s'\"<>]*)?"
+)
+#: A query string outside a full URL (a request line "GET /cb?to=…&text=… HTTP/1.1").
+_QUERY = re.compile(r"\?[^\s'\"<>]*=[^\s'\"<>]*")
+#: The secret path element of a callback URL (/callbacks/<provider>/<token>/<kind>).
+_CALLBACK_TOKEN = re.compile(r"(/callbacks/[^/\s?#'\"<>]+/)[^/\s?#'\"<>]+")
+#: httpcore's DEBUG trace lines carry request and response headers: only the event stays.
+_EVENT_ONLY_LOGGERS = ("httpcore", "hpack")
+#: Libraries whose per-request INFO line ("HTTP Request: GET …") is a DEBUG line for us: the
+#: bridge writes nothing per message at INFO.
+_PER_REQUEST_LOGGERS = ("httpx",)
+
+
+def register_secret(value: str | None) -> None:
+    """A value (password, key, token) that a library's log line must never show."""
+    if value and len(value) >= 4:
+        _known_secrets.add(value)
+
+
+def _scrub_url(match: re.Match[str]) -> str:
+    path = _CALLBACK_TOKEN.sub(r"\1" + REDACTED, match["path"])
+    return f"{match['scheme']}{match['host']}{path}{'?' + REDACTED if match['query'] else ''}"
+
+
+def scrub_text(text: str) -> str:
+    """``text`` without URL credentials, query strings, callback tokens or known secrets."""
+    text = _URL.sub(_scrub_url, text)
+    text = _QUERY.sub("?" + REDACTED, text)
+    text = _CALLBACK_TOKEN.sub(r"\1" + REDACTED, text)
+    for secret in _known_secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+class ThirdPartyScrubber(logging.Filter):
+    """The stdlib handler's filter: every record from a library (httpx, httpcore, aiohttp.*,
+    uvicorn.*, asyncio …) is rendered and scrubbed before it is formatted — URLs keep scheme,
+    host and path (callback tokens blanked), never credentials or a query string (which carry
+    provider passwords, numbers and message text); tracebacks are scrubbed the same way;
+    httpcore's header traces keep only their event name; httpx's per-request INFO line counts
+    as DEBUG. The bridge's own events never come this way (they have their own redaction)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        if name.startswith(_PER_REQUEST_LOGGERS) and record.levelno == logging.INFO:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            if _min_level > logging.DEBUG:
+                return False
+        try:
+            message = record.getMessage()
+        except Exception:  # a library's broken format string: keep the template only
+            message = str(record.msg)
+        if name.startswith(_EVENT_ONLY_LOGGERS):
+            message = message.split(" ", 1)[0]
+        if record.exc_info or record.stack_info:
+            trace = ""
+            if record.exc_info:
+                trace = "".join(traceback.format_exception(*record.exc_info)).rstrip()
+            if record.stack_info:
+                trace = f"{trace}\n{record.stack_info}".strip()
+            # Rendered by _scrubbed_exception as the line's "exception" key.
+            record.scrubbed_exception = scrub_text(trace)
+            record.exc_info = record.exc_text = record.stack_info = None
+        record.msg = scrub_text(message)
+        record.args = None
+        return True
+
+
+def _scrubbed_exception(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    record = event.get("_record")
+    trace = getattr(record, "scrubbed_exception", None)
+    if trace:
+        event["exception"] = trace
+    return event
 
 
 #: The current minimum level of the bridge's own events (see :class:`LevelFilteringLogger`).
@@ -225,12 +316,14 @@ def configure_logging(
     )
     handler = logging.StreamHandler(out)
     handler.set_name(_STDLIB_HANDLER)
+    handler.addFilter(ThirdPartyScrubber())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[
                 structlog.stdlib.add_log_level,
                 structlog.stdlib.add_logger_name,
                 timestamper,
+                _scrubbed_exception,
             ],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
@@ -270,7 +363,7 @@ COMMIT_DURATION_BUCKETS = (
 )
 
 PROVIDER_OUTCOMES = ("accepted", "permanent", "transient", "error")
-REPORT_RESULTS = ("matched", "unknown", "duplicate", "early")
+REPORT_RESULTS = ("matched", "unknown", "duplicate", "early", "mismatch")
 DELIVER_RESULTS = ("acked", "refused", "unsent")
 REASSEMBLY_REASONS = ("timeout", "evicted", "superseded")
 THROTTLE_REASONS = ("tps", "outstanding")
@@ -544,7 +637,8 @@ class Metrics:
             "Delivery reports from providers by result: matched (applied to a message), "
             "unknown (no message for the provider's id), duplicate (nothing new), early "
             "(parked until the send's correlation is stored; counted again as matched or "
-            "unknown once resolved).",
+            "unknown once resolved), mismatch (the report names another number than the "
+            "message's: a forged push, not applied).",
             ["provider", "result"],
             registry=r,
         )
@@ -595,6 +689,18 @@ class Metrics:
             "(a steady rate is someone guessing, or a scraper with an old token).",
             registry=r,
         )
+        # -- HTTP listeners (bridge.web.guard)
+        self.http_guard = Counter(
+            "bridge_http_guard_total",
+            "HTTP connections the listeners closed or refused by listener (http, admin) and "
+            "reason: per_address_cap (one client address already holds max_connections_per_ip; "
+            "answered 503), header_timeout, body_timeout (a slow or stalled request: slowloris).",
+            ["listener", "reason"],
+            registry=r,
+        )
+        for listener in ("http", "admin"):
+            for reason in ("per_address_cap", "header_timeout", "body_timeout"):
+                self.http_guard.labels(listener, reason)
         # -- store
         self.store_commit_batch_size = Histogram(
             "bridge_store_commit_batch_size",

@@ -87,11 +87,12 @@ def bridge_config(
     provider: Mapping[str, object] | None = None,
     admin: Mapping[str, object] | None = None,
     storage: Mapping[str, object] | None = None,
+    http: Mapping[str, object] | None = None,
     extra: str = "",
 ) -> str:
     """TOML for one sandbox provider and the ``demo`` account (loopback, all bind types).
 
-    ``account``, ``pipeline``, ``provider`` and ``admin`` add or override keys of those
+    ``account``, ``pipeline``, ``provider``, ``http`` and ``admin`` add or override keys of those
     tables; ``extra`` is appended as is (``[[routes]]`` tables, more providers).
     """
     smpp = {
@@ -108,7 +109,7 @@ def bridge_config(
     prov: dict[str, object] = {"delay": delay}
     prov.update(provider or {})
     text = _table("[smpp]", smpp)
-    text += _table("[http]", {"host": "127.0.0.1", "port": http_port})
+    text += _table("[http]", {"host": "127.0.0.1", "port": http_port, **(http or {})})
     text += _table("[admin]", {"host": "127.0.0.1", "port": 0, **(admin or {})})
     text += _table("[storage]", {"data_dir": str(data_dir), **(storage or {})})
     text += _table("[logging]", {"level": "warning", "format": "console"})

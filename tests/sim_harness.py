@@ -13,12 +13,13 @@ from bridge.web.server import HttpServer
 
 
 class SimulatorThread(LoopThread):
-    """Serves ``app`` on 127.0.0.1 (free port). ``url`` is ``http://127.0.0.1:PORT``;
+    """Serves ``app`` on 127.0.0.1 (``port``, default a free one: a provider that comes back
+    is a new thread on the old port). ``url`` is ``http://127.0.0.1:PORT``;
     ``run(fn)`` reads or changes the simulator's state inside its loop."""
 
-    def __init__(self, app: Starlette) -> None:
+    def __init__(self, app: Starlette, port: int = 0) -> None:
         super().__init__()
-        self.server = HttpServer("127.0.0.1", 0, app, shutdown_timeout=1.0)
+        self.server = HttpServer("127.0.0.1", port, app, shutdown_timeout=1.0)
         try:
             self.call(self.server.start(), timeout=10.0)
         except BaseException:

@@ -56,3 +56,21 @@ def test_threshold_zero_disables_it() -> None:
     for _ in range(100):
         assert not b.record(False, 0)
     assert b.state is BreakerState.CLOSED
+
+
+def test_a_healthy_check_closes_an_open_circuit_and_resets_its_cooldown() -> None:
+    breaker = CircuitBreaker(threshold=1, cooldown=5.0, cooldown_max=30.0)
+    breaker.record(False, 0.0)
+    assert breaker.wait(6.0) == 0.0  # half-open: the probe
+    breaker.record(False, 6.0)  # the probe failed: cooldown doubled
+    assert breaker.cooldown == 10.0 and breaker.is_open
+    assert breaker.close() is True
+    assert (breaker.state, breaker.cooldown, breaker.failures) == (BreakerState.CLOSED, 5.0, 0)
+    assert breaker.close() is False  # already closed
+
+
+def test_breaker_cooldown_max_defaults_to_30_seconds_and_health_probes_to_5() -> None:
+    from bridge.config import PipelineConfig
+
+    cfg = PipelineConfig()
+    assert (cfg.breaker_cooldown_max, cfg.breaker_health_interval) == (30.0, 5.0)

@@ -378,10 +378,25 @@ def test_allowed_ips_accept_ipv4_ipv6_and_bare_addresses() -> None:
     assert not account.ip_allowed("127.0.0.1")
 
 
-def test_empty_allowed_ips_fails_closed() -> None:
-    account = load_config_text(MINIMAL + "allowed_ips = []\n").accounts[0].to_account()
-    assert account.allowed_networks == ()
-    assert not account.ip_allowed("127.0.0.1")
+def test_empty_allowed_ips_is_refused_with_a_clear_error() -> None:
+    # Issue 14, finding 11: [] was accepted and locked the account out without a word.
+    p = only_problem(MINIMAL + "allowed_ips = []\n")
+    assert (p.path, p.line) == ("accounts[0].allowed_ips", 4)
+    assert "at least one network" in p.message
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_an_infinite_timeout_is_refused(value: str) -> None:
+    p = only_problem(f"[smpp]\nsession_init_timeout = {value}\n" + MINIMAL)
+    assert (p.path, p.line) == ("smpp.session_init_timeout", 2)
+    assert "finite" in p.message
+
+
+def test_a_route_regex_that_does_not_compile_is_reported_with_its_line_and_key() -> None:
+    text = MINIMAL + '[[routes]]\nproviders = ["sandbox"]\nregex = "^49(1[5-7"\n'
+    p = only_problem(text)
+    assert (p.path, p.line) == ("routes[0].regex", 6)
+    assert "not a valid regular expression" in p.message
 
 
 def test_allow_all_networks() -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import smpplib.exceptions
-from bridge_harness import Esme
+from bridge_harness import Esme, bridge_config
 from test_crash_recovery import daemon  # noqa: F401  (the fixture)
 
 OTHER = '''
@@ -88,3 +91,46 @@ def test_sighup_applies_the_command_line_sets_again(daemon: Callable[..., Any]) 
     wait_for_log(d, "config.reloaded")
     bind_other(d.port)  # the file's change applied ...
     assert binds("setpw") and not binds("demopass")  # ... and the override still holds
+
+
+BAD_ROUTE = '''
+[[routes]]
+providers = ["sandbox"]
+regex = "^49(1[5-7"
+'''
+
+
+def test_sighup_with_a_bad_route_regex_applies_nothing_of_the_file(
+    daemon: Callable[..., Any],  # noqa: F811
+) -> None:
+    """Issue 14, finding 11: the new accounts were applied before the routes raised
+    ("Exception in callback Bridge.reload"). Now the file is refused as a whole."""
+    d = daemon().start()
+    d.config.write_text(d.config.read_text() + OTHER + BAD_ROUTE)
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for_log(d, "config.reload_failed")
+    assert "not a valid regular expression" in d.output()
+    assert "Traceback" not in d.output() and "Exception in callback" not in d.output()
+    with pytest.raises(smpplib.exceptions.PDUError):
+        bind_other(d.port)  # the file's new account was not applied
+    with Esme(d.port) as esme:
+        esme.bind()
+        assert esme.submit_ok(registered_delivery=0)
+
+
+def test_check_config_and_run_refuse_a_bad_route_regex_with_file_line_and_key(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "bridge.toml"
+    config.write_text(bridge_config(tmp_path / "data") + BAD_ROUTE)
+    line = config.read_text().splitlines().index('regex = "^49(1[5-7"') + 1
+    for command in ("check-config", "run"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "bridge", command, "--config", str(config)],
+            capture_output=True, text=True, timeout=30,
+        )
+        output = proc.stdout + proc.stderr
+        assert proc.returncode != 0, output
+        assert f"bridge.toml:{line}: routes[0].regex: not a valid regular expression" in output
+        assert "Traceback" not in output

@@ -6,7 +6,8 @@ With it, ``threshold`` transient failures in a row *open* the circuit: no messag
 provider for ``cooldown`` seconds (messages that have another provider on their route fail over
 to it at once; the others wait, and expire on time). Then one probe goes out (*half-open*): an
 answer closes the circuit, another failure opens it again for twice as long, up to
-``cooldown_max``.
+``cooldown_max``. A successful health check closes it at once (:meth:`close`; the dispatcher
+asks an open circuit's provider every ``breaker_health_interval`` seconds).
 
 Only transient failures count (no answer, 5xx, throttling): a refusal is an answer, and a
 provider that answers is up. Pure state, the clock passed in; the dispatcher does the waiting.
@@ -82,6 +83,15 @@ class CircuitBreaker:
         ):
             return self._open(now)
         return False
+
+    def close(self) -> bool:
+        """The provider is known to be up again (a successful health or balance check):
+        close at once, without waiting for the cooldown's probe. True when it was open."""
+        was_open = self.state is not BreakerState.CLOSED
+        self.state = BreakerState.CLOSED
+        self.failures = 0
+        self.cooldown = self.base_cooldown
+        return was_open
 
     def abandon_probe(self, now: float) -> None:
         """The probe was not sent after all (its message was cancelled or expired): let the

@@ -8,7 +8,7 @@ Where a message is, while the dispatcher holds it:
   a single timer task moves due messages on;
 - **queued** for its current provider: one priority queue per provider (SMPP priority first,
   then FIFO), drained by ``capabilities.concurrency`` consumer tasks that each await the
-  provider's rate limiter (aiolimiter) before a send;
+  provider's rate limiter (a sliding window, bridge.ratelimit) before a send;
 - **sending**: a consumer is inside ``provider.send()``; from here it cannot be cancelled.
 
 The current provider is ``message.provider`` (its position in ``message.route`` is the failover
@@ -57,13 +57,13 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import structlog
-from aiolimiter import AsyncLimiter
 
 from bridge.core.breaker import BreakerState, CircuitBreaker
 from bridge.core.model import DeliveryReport, Message, MessageState, Outcome, OutcomeKind
 from bridge.core.provider import Provider
 from bridge.core.store import StateChange, Store
 from bridge.observability import Metrics, ProviderMetrics, SampledLog
+from bridge.ratelimit import SlidingWindowLimiter, limiter_for_rate
 
 __all__ = ["Dispatcher", "Finisher"]
 
@@ -158,7 +158,8 @@ class Dispatcher:
         metrics: Metrics | None = None,
         breaker_failures: int = 10,
         breaker_cooldown: float = 5.0,
-        breaker_cooldown_max: float = 300.0,
+        breaker_cooldown_max: float = 30.0,
+        breaker_health_interval: float = 5.0,
         retry_delay: float = 1.0,
     ) -> None:
         self.store = store
@@ -178,6 +179,9 @@ class Dispatcher:
         self.on_dispatched = on_dispatched
         #: How long to wait before writing again an acceptance the store refused.
         self.retry_delay = retry_delay
+        #: While a circuit is open its provider's health check is asked this often; a healthy
+        #: answer closes it (README, "Reliability"). 0: only the cooldown's probe send.
+        self.breaker_health_interval = breaker_health_interval
         self.store_retries = 0
         self._recording = 0  # acceptances on their way to the journal
         self._recorded: asyncio.Event | None = None  # set when _recording drops to 0 (stop)
@@ -192,7 +196,7 @@ class Dispatcher:
         self._seq = itertools.count()
         self._queues: dict[str, asyncio.PriorityQueue[tuple[int, int, _Entry]]] = {}
         self._ready: dict[str, dict[str, _Entry]] = {}  # insertion order = ready order
-        self._limiters: dict[str, AsyncLimiter] = {}
+        self._limiters: dict[str, SlidingWindowLimiter] = {}
         #: Per provider (see bridge.core.breaker); times are the loop's monotonic clock.
         self.breakers = {
             name: CircuitBreaker(breaker_failures, breaker_cooldown, breaker_cooldown_max)
@@ -201,14 +205,13 @@ class Dispatcher:
         for name, provider in providers.items():
             self._queues[name] = asyncio.PriorityQueue()
             self._ready[name] = {}
-            rps = provider.capabilities.requests_per_second
-            if rps > 0:
-                # AsyncLimiter(rate, 1) lets a burst of `rate` through, then `rate` per second;
-                # below 1/s a single-slot bucket of period 1/rate does the same (acquire(1)
-                # would be refused by a bucket smaller than 1).
-                self._limiters[name] = (
-                    AsyncLimiter(rps, 1) if rps >= 1 else AsyncLimiter(1, 1 / rps)
-                )
+            # No burst above the documented limit (README, "Reliability"): a sliding window,
+            # shared with the provider's own polls and balance calls when it has one.
+            limiter = getattr(provider, "limiter", None) or limiter_for_rate(
+                provider.capabilities.requests_per_second
+            )
+            if limiter is not None:
+                self._limiters[name] = limiter
         # Per-message failures come in floods when a provider is down: one line per provider
         # and event every 10 s (with the number not logged); the metrics count every one.
         self._sampled = SampledLog(log)
@@ -218,6 +221,8 @@ class Dispatcher:
         self._background: set[asyncio.Task[None]] = set()
         self._timer_task: asyncio.Task[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._recovery_polls: set[str] = set()  # providers with a recovery poll under way
         self._poll_due: dict[str, tuple[float, int]] = {}  # message id -> (next poll, polls)
         #: Providers the operator paused (admin API): they get no sends; their messages fail
         #: over or wait, as on an open circuit. Set on resume, so waiting senders go at once.
@@ -248,6 +253,8 @@ class Dispatcher:
         if resumed:
             log.info("dispatch_resumed", messages=resumed)
         self._poll_task = asyncio.create_task(self._poll_loop(), name="dispatch-poll")
+        if self.breaker_health_interval > 0:
+            self._watch_task = asyncio.create_task(self._breaker_watch(), name="breaker-watch")
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Stop taking work. Sends under way finish (up to ``timeout``, then they are cancelled
@@ -256,13 +263,17 @@ class Dispatcher:
         if not self._running:
             return
         self._stopping = True
-        for task in (self._timer_task, self._poll_task):
+        for task in (self._timer_task, self._poll_task, self._watch_task):
             if task is not None:
                 task.cancel()
         for task in self._consumers:
             if task not in self._busy:
                 task.cancel()
-        tasks = [t for t in (*self._consumers, self._timer_task, self._poll_task) if t is not None]
+        tasks = [
+            t
+            for t in (*self._consumers, self._timer_task, self._poll_task, self._watch_task)
+            if t is not None
+        ]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=timeout)
             for task in pending:
@@ -280,7 +291,7 @@ class Dispatcher:
             self._recorded = None
         self._consumers.clear()
         self._busy.clear()
-        self._timer_task = self._poll_task = None
+        self._timer_task = self._poll_task = self._watch_task = None
         self._running = False
 
     # ------------------------------------------------------------------ the public surface
@@ -495,7 +506,53 @@ class Dispatcher:
                 detail=outcome.detail,
             )
         elif was_open and not breaker.is_open:
-            log.info("circuit_closed", provider=name)
+            log.info("circuit_closed", provider=name, by="probe")
+            self._recovered(name)
+
+    def _recovered(self, name: str) -> None:
+        """A provider's circuit closed: reports it pushed while it was unreachable may be lost,
+        so its messages awaiting a report are polled now, not after ``push_poll_after``."""
+        if name in self._recovery_polls or self._stopping:
+            return
+        self._recovery_polls.add(name)
+
+        async def poll() -> None:
+            try:
+                await self.poll_now(everyone=True, only=name)
+            except Exception:
+                log.exception("dispatch_poll_failed", provider=name)
+            finally:
+                self._recovery_polls.discard(name)
+
+        self._spawn(poll())
+
+    async def _breaker_watch(self) -> None:
+        """Every ``breaker_health_interval``: ask the health check of each provider whose
+        circuit is open; a healthy answer closes the circuit at once (senders waiting for it
+        go within a second), instead of after a cooldown of up to ``breaker_cooldown_max``."""
+        while True:
+            await asyncio.sleep(self.breaker_health_interval)
+            open_ = [
+                name
+                for name, b in self.breakers.items()
+                if b.is_open and name not in self.paused and _has_health_check(self.providers[name])
+            ]
+            if not open_:
+                continue
+            results = await asyncio.gather(
+                *(self._healthy(self.providers[name]) for name in open_)
+            )
+            for name, ok in zip(open_, results, strict=True):
+                if ok and self.breakers[name].close():
+                    log.info("circuit_closed", provider=name, by="health_check")
+                    self._recovered(name)
+
+    async def _healthy(self, provider: Provider) -> bool:
+        try:
+            async with asyncio.timeout(max(self.breaker_health_interval, 2.0)):
+                return bool(await provider.healthy())
+        except Exception:
+            return False
 
     async def _fail_over_open_circuit(self, entry: _Entry, why: str = "circuit open") -> bool:
         """A message for a provider whose circuit is open (or that is paused) goes to the next
@@ -809,7 +866,7 @@ class Dispatcher:
                 return
             await asyncio.sleep(self.poll_interval)
 
-    async def poll_now(self, *, everyone: bool = False) -> int:
+    async def poll_now(self, *, everyone: bool = False, only: str | None = None) -> int:
         """One sweep over the messages awaiting a report; returns how many reports came back.
 
         A message is polled when due; each poll that brings no final report doubles its
@@ -819,6 +876,7 @@ class Dispatcher:
         send without a final report (a safety net for lost pushes), on the same schedule. A message
         with no report within ``correlation_ttl`` of its last attempt can never get one (the
         correlation is gone): it is finished UNKNOWN so nothing stays ENROUTE for ever.
+        ``only``: that provider's messages only (its circuit closed).
         """
         now = self.clock()
         batches: dict[str, list[Message]] = {}
@@ -826,6 +884,8 @@ class Dispatcher:
         async for message in self._scan(self.store.awaiting_report):
             seen.add(message.id)
             if message.id in self._entries or message.provider is None:
+                continue
+            if only is not None and message.provider != only:
                 continue
             last_try = max(message.created_at, message.schedule_at or 0.0, message.next_attempt_at)
             if now > last_try + self.correlation_ttl:
@@ -894,6 +954,13 @@ class Dispatcher:
             if len(page) < self.page_size:
                 return
             after = page[-1].id
+
+
+def _has_health_check(provider: Provider) -> bool:
+    """Whether ``healthy()`` really asks the provider (``has_health_check``; an adapter without
+    a balance or test call, or the sandbox, answers True without asking: that cannot close a
+    circuit)."""
+    return bool(getattr(provider, "has_health_check", False))
 
 
 def _chunks(items: Sequence[Message], size: int) -> Iterator[Sequence[Message]]:

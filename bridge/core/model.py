@@ -152,6 +152,19 @@ class DeliveryReport:
     error_code: int = 0
     done_at: float | None = None
     network_error: tuple[int, int] | None = None  # (type, code) for the network_error_code TLV
+    #: The number the provider says the report is for, where its report carries one (iSMS's
+    #: dlr-url push): a report whose number is not the message's is not applied (a forged push).
+    destination: str | None = None
+
+
+def same_number(a: str, b: str) -> bool:
+    """Two spellings of one international number ("+49…", "0049…", "49…")."""
+    return _international(a) == _international(b)
+
+
+def _international(number: str) -> str:
+    digits = number.strip().lstrip("+")
+    return digits[2:] if digits.startswith("00") else digits
 
 
 @dataclass(frozen=True, slots=True)

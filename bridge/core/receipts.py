@@ -36,6 +36,7 @@ from bridge.core.model import (
     Message,
     MessageState,
     Receipt,
+    same_number,
 )
 from bridge.core.store import DeliveryItem, StateChange, Store
 from bridge.observability import Metrics, SampledLog
@@ -516,6 +517,18 @@ class ReportHandler:
         message = self._store.get_message_now(message_id)
         if message is None:
             _resolve(work.future, self._unknown(report))
+            return
+        if report.destination is not None and not same_number(
+            report.destination, message.destination.digits
+        ):
+            # The right token and id but another number: forged, or not ours (README,
+            # "Reliability"). Nothing changes; one sampled WARNING per provider.
+            self.metrics.report(report.provider, "mismatch")
+            self._sampled(
+                "warning", "report_number_mismatch", report.provider,
+                provider=report.provider, message_id=message.id, account=message.account,
+            )  # fmt: skip
+            _resolve(work.future, False)
             return
         if message.state.is_final:
             self._duplicate(message, report.state, report.provider)

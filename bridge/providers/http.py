@@ -135,8 +135,10 @@ class HttpResponse:
 
 class HttpError(Exception):
     """The request got no HTTP answer: a timeout, a refused or reset connection, a broken
-    reply. Always transient for the dispatcher. ``reason`` is one of ``timeout``,
-    ``connect``, ``protocol``; the message never contains the URL (it holds credentials)."""
+    reply. ``reason`` is one of ``connect`` (the request never reached the provider: safe to
+    send again), ``timeout`` and ``protocol`` (it may have: the provider may have taken the
+    message, see ``retry_after_timeout``); the message never contains the URL (it holds
+    credentials)."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         self.reason = reason
@@ -195,10 +197,17 @@ class _AiohttpClient:
                 return HttpResponse(
                     resp.status, data, {k.lower(): v for k, v in resp.headers.items()}
                 )
+        except aiohttp.ConnectionTimeoutError as exc:  # a TimeoutError: before that clause
+            raise HttpError("connect", type(exc).__name__) from None
         except TimeoutError as exc:
             raise HttpError("timeout", type(exc).__name__) from None
         except aiohttp.ClientConnectionError as exc:
-            reason = "timeout" if isinstance(exc, aiohttp.ServerTimeoutError) else "connect"
+            if isinstance(exc, aiohttp.ServerTimeoutError):
+                reason = "timeout"
+            elif isinstance(exc, aiohttp.ServerDisconnectedError):
+                reason = "protocol"  # the request went out: the provider may have taken it
+            else:
+                reason = "connect"
             raise HttpError(reason, type(exc).__name__) from None
         except (aiohttp.ClientError, ValueError) as exc:
             raise HttpError("protocol", type(exc).__name__) from None
@@ -232,6 +241,8 @@ class _HttpxClient:
             resp = await self._client.request(
                 request.method, request.full_url(), content=body, headers=headers
             )
+        except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:  # never reached the provider
+            raise HttpError("connect", type(exc).__name__) from None
         except httpx.TimeoutException as exc:
             raise HttpError("timeout", type(exc).__name__) from None
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:

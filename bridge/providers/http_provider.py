@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from bridge.core.model import DeliveryReport, Message, Outcome, OutcomeKind
+from bridge.core.model import DeliveryReport, Message, MessageState, Outcome, OutcomeKind
 from bridge.core.provider import (
     CallbackKind,
     Capabilities,
@@ -30,12 +30,16 @@ from bridge.core.provider import (
     ProviderContext,
     ReportSink,
 )
+from bridge.observability import SampledLog
 from bridge.providers.http import HttpClient, HttpError, HttpRequest, HttpResponse, create_client
 from bridge.providers.settings import HttpProviderSettings
+from bridge.ratelimit import limiter_for_rate
 
 __all__ = ["HttpProvider", "Unsendable", "classify_http_status"]
 
 log = structlog.get_logger("bridge.providers")
+#: One line per provider every 10 s for per-message failures that come in floods.
+_sampled = SampledLog(log)
 
 #: err: value of receipts for messages no route could express (bridge-defined, see README).
 ERR_UNSENDABLE = 1
@@ -78,6 +82,9 @@ class HttpProvider(abc.ABC):
         self.client: HttpClient | None = None
         self.reports: ReportSink | None = None
         self.inbound: InboundSink | None = None
+        #: The documented request limit, shared by sends (the dispatcher acquires it), polls
+        #: and balance checks (:meth:`paced_call`): no second may hold more calls than it.
+        self.limiter = limiter_for_rate(capabilities.requests_per_second)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, reports: ReportSink, inbound: InboundSink) -> None:
@@ -104,6 +111,13 @@ class HttpProvider(abc.ABC):
             raise HttpError("connect", "provider not started")
         return await self.client.request(request)
 
+    async def paced_call(self, request: HttpRequest) -> HttpResponse:
+        """:meth:`call` after the provider's rate limiter (polls and balance checks; sends are
+        paced by the dispatcher, which acquires the same limiter)."""
+        if self.limiter is not None:
+            await self.limiter.acquire()
+        return await self.call(request)
+
     # ------------------------------------------------------------------ sending
     async def send(self, message: Message) -> Outcome:
         try:
@@ -113,11 +127,33 @@ class HttpProvider(abc.ABC):
         try:
             response = await self.call(request)
         except HttpError as exc:
+            if exc.reason != "connect" and not self.settings.retry_after_timeout:
+                return self._maybe_taken(message, exc.reason)
             return Outcome(OutcomeKind.TRANSIENT, detail=f"no answer ({exc.reason})")
         kind = classify_http_status(response.status)
         if kind is not None:
             return Outcome(kind, detail=f"HTTP {response.status}")
         return self.parse_send(message, response)
+
+    def _maybe_taken(self, message: Message, reason: str) -> Outcome:
+        """``retry_after_timeout = false``: the request went out and no answer came, so the
+        provider may have the message. It is not sent again (no duplicate SMS): it counts as
+        taken without an id and ends UNKNOWN (README, "Reliability")."""
+        _sampled(
+            "warning",
+            "provider_send_unanswered",
+            self.name,
+            provider=self.name,
+            message_id=message.id,
+            account=message.account,
+            reason=reason,
+        )
+        return Outcome(
+            OutcomeKind.ACCEPTED,
+            None,
+            detail=f"no answer ({reason}); not sent again (retry_after_timeout = false)",
+            state=MessageState.UNKNOWN,
+        )
 
     @abc.abstractmethod
     def build_send(self, message: Message) -> HttpRequest:
@@ -141,21 +177,31 @@ class HttpProvider(abc.ABC):
         """(reachable with valid credentials, balance or None)."""
         return 200 <= response.status < 300, None
 
+    @property
+    def has_health_check(self) -> bool:
+        """``healthy()`` asks the provider (the dispatcher lets it close an open circuit)."""
+        return self.build_health() is not None
+
     async def healthy(self) -> bool:
         request = self.build_health()
         if request is None:
             return True
         try:
-            response = await self.call(request)
+            response = await self.paced_call(request)
         except HttpError as exc:
-            log.warning("provider_health_failed", provider=self.name, reason=exc.reason)
+            self._health_failed(reason=exc.reason)
             return False
         if classify_http_status(response.status) is not None:
-            log.warning("provider_health_failed", provider=self.name, status=response.status)
+            self._health_failed(status=response.status)
             return False
         ok, balance = self.parse_health(response)
         if balance is not None:
             self.ctx.set_balance(balance)
         if not ok:
-            log.warning("provider_health_failed", provider=self.name, status=response.status)
+            self._health_failed(status=response.status)
         return ok
+
+    def _health_failed(self, **why: object) -> None:
+        # Asked every breaker_health_interval while a circuit is open, and by /readyz: one
+        # line per provider every 10 s, not one per check.
+        _sampled("warning", "provider_health_failed", self.name, provider=self.name, **why)

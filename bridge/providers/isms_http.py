@@ -536,15 +536,19 @@ class IsmsHttpProvider(HttpProvider):
     async def query(self, mid: str, mobile: str) -> QueryResult:
         """Ask ``query.php`` about one message (``error`` set when there is no usable answer)."""
         try:
-            response = await self.call(self._query_request(mid, mobile))
+            response = await self.paced_call(self._query_request(mid, mobile))
         except HttpError as exc:
             return QueryResult(error=f"no answer ({exc.reason})")
         if classify_http_status(response.status) is not None or response.status >= 400:
             return QueryResult(error=f"HTTP {response.status}")
         return parse_query_reply(response.text())
 
-    def _report(self, mid: str, state: MessageState, error_code: int) -> DeliveryReport:
-        return DeliveryReport(self.name, mid, state, error_code, done_at=self.ctx.clock())
+    def _report(
+        self, mid: str, state: MessageState, error_code: int, mobile: str | None = None
+    ) -> DeliveryReport:
+        return DeliveryReport(
+            self.name, mid, state, error_code, done_at=self.ctx.clock(), destination=mobile
+        )
 
     async def poll(self, messages: Sequence[Message]) -> list[DeliveryReport]:
         """``query.php`` for each message (a few at a time); messages without an answer are
@@ -591,7 +595,8 @@ class IsmsHttpProvider(HttpProvider):
                 # The push named a message but we could not learn its state: let iSMS resend.
                 return CallbackReply(503, "status unknown, query failed")
             state, error_code = result.state, result.error_code
-        await sink(self._report(push.mid, state, error_code))
+        # The push's number, when it names one, must be the message's (receipts checks it).
+        await sink(self._report(push.mid, state, error_code, push.mobile))
         return CallbackReply(200, "OK")
 
     # ------------------------------------------------------------------ health

@@ -859,6 +859,9 @@ class IsmsSmppProvider:
         with contextlib.suppress(Exception):
             await self._flush_mo(everything=True)
 
+    #: ``healthy()`` is the upstream's binds: a bind closes an open circuit (the dispatcher).
+    has_health_check = True
+
     async def healthy(self) -> bool:
         return self.client.bound_count > 0
 

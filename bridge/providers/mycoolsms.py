@@ -658,7 +658,7 @@ class MyCoolSmsProvider(HttpProvider):
                 "json",
             )
             try:
-                response = await self.call(request)
+                response = await self.paced_call(request)
             except HttpError as exc:
                 log.warning("mycoolsms_poll_failed", provider=self.name, reason=exc.reason)
                 break

@@ -25,8 +25,8 @@ __all__ = [
     "resolve_env",
 ]
 
-NonNegFloat = Annotated[float, Field(ge=0)]
-PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]  # finite only
+PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 def resolve_env(value: Any, info: ValidationInfo) -> Any:
@@ -77,4 +77,9 @@ class HttpProviderSettings(ProviderSettings):
     transport: Literal["aiohttp", "httpx"] = "aiohttp"
     timeout: PosFloat = 15.0  # whole request, seconds; a timeout is a transient failure
     connect_timeout: PosFloat = 5.0
+    # A send that got no answer after its request went out (a timeout, a connection lost
+    # mid-reply) may have been taken: true sends it again (at least once: a possible duplicate
+    # SMS), false finishes it UNKNOWN (at most once: never a duplicate, maybe never sent). None
+    # of the documented HTTP APIs can be asked whether a send with our reference arrived.
+    retry_after_timeout: bool = True
     callback_token: Secret | None = None

@@ -648,7 +648,7 @@ class Sms1601Provider(HttpProvider):
         async def one(smsid: str) -> DeliveryReport | None:
             async with gate:
                 try:
-                    response = await self.call(build_status_request(self.report_url, smsid))
+                    response = await self.paced_call(build_status_request(self.report_url, smsid))
                 except HttpError as exc:
                     log.debug("sms1601_poll_failed", provider=self.name, reason=exc.reason)
                     return None

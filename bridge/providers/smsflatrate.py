@@ -49,7 +49,6 @@ from typing import Annotated, Any, ClassVar, Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
-from aiolimiter import AsyncLimiter
 from pydantic import BeforeValidator, Field, field_validator
 
 from bridge.core.model import (
@@ -640,9 +639,6 @@ class SmsflatrateProvider(HttpProvider):
         super().__init__(name, settings, ctx, capabilities_for(settings))
         self.config = settings
         self.status_url = status_url_for(settings)
-        rate = settings.requests_per_second
-        # Polls are not paced by the dispatcher's limiter: they keep to the documented limit.
-        self._poll_limiter = AsyncLimiter(rate, 1.0) if rate > 0 else None
 
     def _key(self) -> str:
         return self.config.key.get_secret_value()
@@ -683,10 +679,9 @@ class SmsflatrateProvider(HttpProvider):
             provider_id = message.provider_message_id
             if not provider_id or not provider_id.isdigit():
                 continue
-            if self._poll_limiter is not None:
-                await self._poll_limiter.acquire()
             try:
-                response = await self.call(build_status_request(self.status_url, provider_id))
+                # Polls share the documented limit with sends (self.limiter, bridge.ratelimit).
+                response = await self.paced_call(build_status_request(self.status_url, provider_id))
             except HttpError as exc:
                 log.debug("smsflatrate_poll_failed", provider=self.name, reason=exc.reason)
                 break

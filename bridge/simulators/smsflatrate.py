@@ -190,6 +190,9 @@ class SmsflatrateSimulator:
         self.clock = clock
         self.monotonic = monotonic  # the rate limit's window
         self.requests: list[dict[str, str]] = []
+        #: ``monotonic()`` at the arrival of every call (schnittstelle.php and status.php,
+        #: throttled ones included): what the documented 10 calls a second is counted on.
+        self.request_times: list[float] = []
         self.messages: dict[str, SimMessage] = {}
         self.pushes: list[Pushed] = []
         self.throttled = 0
@@ -254,6 +257,7 @@ class SmsflatrateSimulator:
 
     # ------------------------------------------------------------------ schnittstelle.php
     async def _interface(self, request: Request) -> Response:
+        self.request_times.append(self.monotonic())
         if self._throttled():
             return PlainTextResponse("Too Many Requests", status_code=429)
         params = await self._params(request)
@@ -415,6 +419,7 @@ class SmsflatrateSimulator:
             await self._get(_fill(self.push_url, message, code, int(due)))
 
     async def _status(self, request: Request) -> Response:
+        self.request_times.append(self.monotonic())
         if self._throttled():
             return PlainTextResponse("Too Many Requests", status_code=429)
         params = dict(request.query_params)

@@ -32,6 +32,7 @@ from typing import Literal, cast
 import structlog
 from aiolimiter import AsyncLimiter
 
+from bridge.ratelimit import limiter_for_rate
 from bridge.smpp.client_session import (
     AUTH_FAILURES,
     BindFailed,
@@ -438,6 +439,10 @@ class SmppClient:
             burst = config.tps_burst or max(1.0, config.tps * _AUTO_BURST_SECONDS)
             burst = max(1.0, burst)
             self.limiter = AsyncLimiter(burst, burst / config.tps)
+        # The bucket spreads submits; the window keeps the documented limit: no second,
+        # wherever it starts, holds more than `tps` submits (the bucket alone lets its burst
+        # out on top of a full second's rate). README, "Reliability".
+        self.window = limiter_for_rate(config.tps)
         timers = [t for t in (config.response_timeout, config.enquire_link_interval) if t > 0]
         self._tick_interval = min(1.0, max(0.01, min(timers, default=4.0) / 4))
         if config.bind_mode == "tx_rx":
@@ -540,6 +545,8 @@ class SmppClient:
             conn.reserved += 1
             try:
                 await limiter.acquire()
+                if self.window is not None:
+                    await self.window.acquire()
             finally:
                 conn.reserved -= 1
             if not conn.has_room():  # dropped or stopping meanwhile: another bind, if any

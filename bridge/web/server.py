@@ -39,10 +39,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from bridge.core.provider import CallbackProvider, CallbackReply, CallbackRequest
-from bridge.observability import Metrics
+from bridge.observability import Metrics, SampledLog
 from bridge.providers.http import content_type_charset, decode_pairs
+from bridge.web.guard import HttpGuard
 
 __all__ = [
     "METRICS_CONTENT_TYPE",
@@ -221,6 +223,9 @@ class _CallbackApp:
     ) -> None:
         self.endpoints = endpoints
         self.count = count
+        # Wrong tokens come in floods from a scanner: one WARNING per 10 s (with the number not
+        # logged); bridge_callbacks_total{provider="-"} counts every one.
+        self._sampled = SampledLog(log)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         status, body, content_type = await self._handle(scope, receive)
@@ -247,7 +252,13 @@ class _CallbackApp:
             token.encode(), endpoint.token.encode()
         )
         if endpoint is None or not valid or kind not in endpoint.provider.callback_kinds:
-            log.warning("callback_refused", provider=name if endpoint else "-", kind=kind)
+            self._sampled(
+                "warning",
+                "callback_refused",
+                "refused",
+                provider=name if endpoint else "-",
+                kind=kind[:32] if endpoint else "-",
+            )
             self.count("-", "-", 404)
             return _NOT_FOUND
         method = scope["method"]
@@ -345,8 +356,11 @@ class HttpServer:
         startup_timeout: float = 10.0,
         shutdown_timeout: float = 5.0,
         name: str = "http",
+        guard: HttpGuard | None = None,
     ) -> None:
-        self.name = name  # which listener, in its log lines: "http" (callbacks) or "admin"
+        self.name = name
+        #: Header/body timeouts and the per-address cap (bridge.web.guard); None: uvicorn's own.
+        self.guard = guard  # which listener, in its log lines: "http" (callbacks) or "admin"
         self.host = host
         self.port = port
         self.app = app
@@ -389,6 +403,7 @@ class HttpServer:
             ws="none",
             server_header=False,
             timeout_graceful_shutdown=max(1, int(self.shutdown_timeout)),
+            http=self.guard.protocol(AutoHTTPProtocol) if self.guard else AutoHTTPProtocol,
         )
         server = _EmbeddedServer(config)
         self._server = server
