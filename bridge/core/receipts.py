@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import re
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -433,6 +434,13 @@ class ReportHandler:
         # message id -> work that arrived while that message's records were on their way to disk
         self._busy: dict[str, list[_Work]] = {}
         self._sampled = SampledLog(log)
+        # A networked store (Redis) answers the local reads only for what it holds: it offers
+        # prefetch(), awaited once per batch when something is missing (see Store.prefetch).
+        # The embedded store has none, and its path is unchanged.
+        self._prefetch: Callable[..., Awaitable[None] | None] | None = getattr(
+            store, "prefetch", None
+        )
+        self._fetching = False
 
     # ------------------------------------------------------------------ the surface
 
@@ -482,7 +490,46 @@ class ReportHandler:
 
     def _drain(self) -> None:
         self._scheduled = False
+        if self._fetching:
+            return  # drained again when the fetch is back (work keeps its order)
         batch, self._queue = self._queue, []
+        if self._prefetch is not None and batch:
+            pending = self._prefetch(
+                [
+                    (w.report.provider, w.report.provider_message_id)
+                    for w in batch
+                    if w.report is not None
+                ],
+                [w.message.id for w in batch if w.message is not None],
+            )
+            if pending is not None:
+                self._fetching = True
+                fetch = asyncio.ensure_future(pending)  # one per batch, not per report
+                fetch.add_done_callback(functools.partial(self._fetched, batch))
+                return
+        self._run_batch(batch)
+
+    def _fetched(self, batch: list[_Work], fetch: asyncio.Future[None]) -> None:
+        self._fetching = False
+        error = None if fetch.cancelled() else fetch.exception()
+        if fetch.cancelled() or error is not None:
+            self.store_retries += 1
+            self._sampled(
+                "warning",
+                "report_prefetch_failed",
+                "store",
+                reports=len(batch),
+                error=f"{type(error).__name__}: {error}"[:200],
+                retry_in=self.retry_delay,
+            )
+            asyncio.get_running_loop().call_later(self.retry_delay, self._requeue, batch)
+        else:
+            self._run_batch(batch)
+        if self._queue and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._drain)
+
+    def _run_batch(self, batch: list[_Work]) -> None:
         for work in batch:
             try:
                 self._run(work)

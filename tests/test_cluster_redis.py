@@ -1,0 +1,87 @@
+"""Cluster mode on Redis: the core's report path over a RedisStore shared by two "nodes" (two
+store instances on one real redis-server started here), and the start-up contract."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis_harness import RedisServer, redis_server
+from test_store_embedded import msg
+
+from bridge.core.model import DeliveryReport, MessageState
+from bridge.core.receipts import ReportHandler
+from bridge.store.redis import RedisStore
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+def clock() -> float:
+    return 2000.0
+
+
+async def test_a_report_landing_on_another_node_finds_the_message_and_queues_its_receipt(
+    redis: RedisServer,
+) -> None:
+    prefix = f"c{next(_prefixes)}:"
+    async with RedisStore(redis.url, prefix=prefix) as a, RedisStore(
+        redis.url, prefix=prefix
+    ) as b:
+        m = msg("m1", registered_delivery=1)
+        await a.add_message(m)
+        m.provider, m.provider_message_id = "sandbox", "P1"
+        await a.update_message(m, correlation=("sandbox", "P1", 9e9))
+
+        handler = ReportHandler(b, clock)  # the provider's callback reached node B
+        report = DeliveryReport("sandbox", "P1", MessageState.DELIVERED, done_at=1500.0)
+        assert await handler.on_report(report) is True
+        queued = await b.pending_deliveries("demo")
+        assert [(d.item.message_id, d.item.state) for d in queued] == [  # type: ignore[union-attr]
+            ("m1", MessageState.DELIVERED)
+        ]
+        final = await a.get_message("m1")
+        assert final is not None and final.state is MessageState.DELIVERED
+        # the same report again (providers resend), on either node: no second receipt
+        assert await ReportHandler(a, clock).on_report(report) is True
+        assert await handler.on_report(report) is True
+        assert len(await b.pending_deliveries("demo")) == 1
+        assert handler.duplicate_reports == 1
+
+
+async def test_a_report_for_an_unknown_id_is_parked_not_lost(redis: RedisServer) -> None:
+    prefix = f"c{next(_prefixes)}:"
+    async with RedisStore(redis.url, prefix=prefix) as store:
+        handler = ReportHandler(store, clock)
+        report = DeliveryReport("sandbox", "nope", MessageState.DELIVERED)
+        assert await handler.on_report(report) is False
+        assert handler.early_reports == 1
+
+
+async def test_reports_wait_for_redis_to_return_and_are_applied_then(tmp_path: Path) -> None:
+    with redis_server(tmp_path / "r") as server:
+        async with RedisStore(server.url, timeout=1.0) as a, RedisStore(
+            server.url, timeout=1.0
+        ) as b:
+            m = msg("m1", registered_delivery=1)
+            await a.add_message(m)
+            m.provider, m.provider_message_id = "sandbox", "P1"
+            await a.update_message(m, correlation=("sandbox", "P1", 9e9))
+            handler = ReportHandler(b, clock, retry_delay=0.2)
+            server.kill()
+            pending = handler.on_report(
+                DeliveryReport("sandbox", "P1", MessageState.DELIVERED, done_at=1500.0)
+            )
+            await asyncio.sleep(0.5)
+            assert not pending.done() and handler.store_retries >= 1
+            server.start()
+            assert await asyncio.wait_for(pending, 10) is True
+            assert len(await b.pending_deliveries("demo")) == 1
