@@ -56,6 +56,7 @@ from bridge.smpp.session import SessionConfig
 from bridge.smsc import SmppReceiptSender, SmscHandler, decode_payload, text_units
 from bridge.store.embedded import EmbeddedStore
 from bridge.store.legacy import import_legacy
+from bridge.store.redis import RedisStore
 from bridge.web.server import CallbackEndpoint, HealthReport, HttpServer, build_app
 
 log = structlog.get_logger("bridge.app")
@@ -80,6 +81,23 @@ _PROVIDER_MODULES: dict[str, Any] = {
 }
 
 CALLBACK_SECRET_FILE = "callback.secret"
+
+
+def _build_store(cfg: Config, metrics: Metrics) -> EmbeddedStore | RedisStore:
+    """The embedded journal, or Redis when ``[storage] url`` (``--store-url``) names one."""
+    st = cfg.storage
+    if st.url is None:
+        return EmbeddedStore(
+            Path(st.data_dir) / "store", metrics=metrics, archive_after=st.archive_after
+        )
+    return RedisStore(
+        st.url,
+        metrics=metrics,
+        prefix=st.prefix,
+        node_id=cfg.cluster.node,
+        timeout=st.timeout,
+        password=st.password.get_secret_value() if st.password is not None else None,
+    )
 
 
 def server_config(cfg: Config) -> ServerConfig:
@@ -126,11 +144,15 @@ class Bridge:
         # collide in the global default one); /metrics serves generate_latest(self.registry).
         self.registry = prometheus_client.CollectorRegistry()
         self.metrics = metrics = Metrics(self.registry)
-        self.store = EmbeddedStore(
-            Path(cfg.storage.data_dir) / "store",
-            metrics=metrics,
-            archive_after=cfg.storage.archive_after,
-        )
+        self.store: EmbeddedStore | RedisStore = _build_store(cfg, metrics)
+        self.node_id = cfg.cluster.node
+        # The node as an info metric (a constant 1): dashboards join on it, no per-series label.
+        prometheus_client.Gauge(
+            "bridge_node_info",
+            "Always 1; this bridge's node id and store (embedded or redis) as labels.",
+            ["node", "store"],
+            registry=self.registry,
+        ).labels(self.node_id, "redis" if cfg.storage.url else "embedded").set(1)
         self._callback_secret = _callback_secret(cfg)
         self.callback_tokens = {
             name: _callback_token(self._callback_secret, name, pc)
@@ -306,9 +328,13 @@ class Bridge:
             store_ok = False
         listening = bool(self.smpp.ports) and self.smpp.listening
         providers = await self._providers_health()
-        return HealthReport(
+        report = HealthReport(
             store_ok, listening, providers, self._routed, disk_space=not self.pipeline.disk_low
         )
+        if isinstance(self.store, RedisStore):  # cluster mode: say so, and which node this is
+            report.extra["redis"] = store_ok
+            report.extra["node"] = self.node_id
+        return report
 
     @property
     def routed_providers(self) -> frozenset[str]:

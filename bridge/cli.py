@@ -27,6 +27,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--http-port", type=int, help="override http.port")
     run.add_argument("--admin-port", type=int, help="override admin.port")
     run.add_argument("--data-dir", help="override storage.data_dir")
+    run.add_argument(
+        "--store-url",
+        help="cluster mode: Redis URL, e.g. redis://HOST:6379/0 (overrides storage.url)",
+    )
+    run.add_argument("--node-id", help="this node's name in a cluster (overrides cluster.node_id)")
     run.add_argument("--no-uvloop", action="store_true", help="use the stock asyncio loop")
     _add_set(run)
 
@@ -366,6 +371,8 @@ def _run(args: argparse.Namespace) -> int:
             ("http_port", args.http_port),
             ("admin_port", args.admin_port),
             ("data_dir", args.data_dir),
+            ("store_url", args.store_url),
+            ("node_id", args.node_id),
         )
         if v is not None
     }

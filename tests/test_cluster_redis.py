@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from bridge_harness import BridgeThread, Esme, bridge_config, receipt_id, receipts_by_id
+from loop_thread import LoopThread
 from redis_harness import RedisServer, redis_server
 from test_store_embedded import msg
 
@@ -85,3 +88,73 @@ async def test_reports_wait_for_redis_to_return_and_are_applied_then(tmp_path: P
             server.start()
             assert await asyncio.wait_for(pending, 10) is True
             assert len(await b.pending_deliveries("demo")) == 1
+
+
+# --------------------------------------------------------------------------- the start-up contract
+
+
+class RedisBridge(BridgeThread):
+    """A whole bridge (sandbox provider) on the test redis-server: ``[storage] url`` and
+    ``[cluster] node_id`` in its config."""
+
+    def __init__(self, data_dir: Path, url: str, node: str, prefix: str, **config: Any) -> None:
+        self.data_dir = data_dir
+        text = bridge_config(data_dir, **config)
+        self.config_text = text.replace(
+            "[storage]\n", f'[storage]\nurl = "{url}"\nprefix = "{prefix}"\n'
+        ) + f'[cluster]\nnode_id = "{node}"\n'
+        LoopThread.__init__(self)
+        self._stopped = False
+        try:
+            self.bridge = self.call(self._start(), timeout=15.0)
+        except BaseException:
+            self.close_loop()
+            raise
+        self.port = self.bridge.smpp.ports["smpp"]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, redis: RedisServer) -> Iterator[Callable[[str], RedisBridge]]:
+    prefix = f"b{next(_prefixes)}:"
+    started: list[RedisBridge] = []
+
+    def start(node: str) -> RedisBridge:
+        b = RedisBridge(tmp_path / node, redis.url, node, prefix)
+        started.append(b)
+        return b
+
+    yield start
+    for b in reversed(started):
+        b.stop()
+
+
+def test_a_bridge_on_redis_accepts_answers_query_sm_and_sends_the_receipt(
+    cluster: Callable[[str], RedisBridge],
+) -> None:
+    node = cluster("alpha")
+    assert isinstance(node.bridge.store, RedisStore)
+    with Esme(node.port) as esme:
+        esme.bind("transceiver")
+        message_id = esme.submit_ok(registered_delivery=1)
+        [dlr] = esme.receipts(1)
+        assert receipt_id(dlr) == message_id
+        assert int(esme.query(message_id).message_state) == MessageState.DELIVERED
+    health = node.call(node.bridge.health())
+    checks = health.to_json()["checks"]
+    assert checks["redis"] is True and checks["node"] == "alpha"
+    metrics = node.run(node.bridge._metrics_text).decode()
+    assert 'bridge_node_info{node="alpha",store="redis"} 1.0' in metrics
+
+
+def test_query_sm_answers_on_every_node_and_receipts_reach_the_node_with_the_receiver(
+    cluster: Callable[[str], RedisBridge],
+) -> None:
+    a, b = cluster("a"), cluster("b")
+    with Esme(b.port) as receiver, Esme(a.port) as sender:
+        receiver.bind("receiver")
+        sender.bind("transmitter")
+        ids = [sender.submit_ok(registered_delivery=1) for _ in range(5)]
+        got = receipts_by_id(receiver.receipts(5, timeout=10))
+        assert set(got) == set(ids)
+        for message_id in ids:
+            assert int(receiver.query(message_id).message_state) == MessageState.DELIVERED

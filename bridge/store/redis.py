@@ -79,10 +79,10 @@ _CACHED_FINALS = 10_000
 # ARGV[1] is always the key prefix. Scripts compute their keys (one Redis primary holds all).
 
 _ADD = """
-local P = ARGV[1]
-local pk = ARGV[2]
-local n = tonumber(ARGV[3])
-local i = 4
+local P, N = ARGV[1], ARGV[2]
+local pk = ARGV[3]
+local n = tonumber(ARGV[4])
+local i = 5
 local seen = {}
 for k = 1, n do
   local id = ARGV[i]
@@ -100,7 +100,7 @@ for k = 1, n do
   end
   i = i + 6 + no
 end
-i = 4
+i = 5
 for k = 1, n do
   local id, blob, state = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local has_pid, created = ARGV[i + 3], ARGV[i + 4]
@@ -111,13 +111,13 @@ for k = 1, n do
     redis.call('SET', P .. 'p:' .. others[j], id)
   end
   redis.call('HSET', P .. 'm:' .. id, 'b', blob, 's', state, 'c', created,
-             'o', cmsgpack.pack(others))
+             'o', cmsgpack.pack(others), 'n', N)
   if tonumber(state) ~= 1 then
     redis.call('ZADD', P .. 'f', created, id)
   elseif has_pid == '1' then
-    redis.call('ZADD', P .. 'a', 0, id)
+    redis.call('ZADD', P .. 'a:' .. N, 0, id)
   else
-    redis.call('ZADD', P .. 'q', 0, id)
+    redis.call('ZADD', P .. 'q:' .. N, 0, id)
   end
   i = i + 6 + no
 end
@@ -145,16 +145,17 @@ if tonumber(s) ~= 1 then
 end
 redis.call('HSET', key, 'b', blob, 's', state)
 if change ~= '' then redis.call('RPUSH', P .. 'h:' .. id, change) end
+local N = redis.call('HGET', key, 'n')  -- the node that owns it (takeover moves it)
 if tonumber(state) ~= 1 then
-  redis.call('ZREM', P .. 'q', id)
-  redis.call('ZREM', P .. 'a', id)
+  redis.call('ZREM', P .. 'q:' .. N, id)
+  redis.call('ZREM', P .. 'a:' .. N, id)
   redis.call('ZADD', P .. 'f', redis.call('HGET', key, 'c'), id)
 elseif has_pid == '1' then
-  redis.call('ZREM', P .. 'q', id)
-  redis.call('ZADD', P .. 'a', 0, id)
+  redis.call('ZREM', P .. 'q:' .. N, id)
+  redis.call('ZADD', P .. 'a:' .. N, 0, id)
 else
-  redis.call('ZREM', P .. 'a', id)
-  redis.call('ZADD', P .. 'q', 0, id)
+  redis.call('ZREM', P .. 'a:' .. N, id)
+  redis.call('ZADD', P .. 'q:' .. N, 0, id)
 end
 return 1
 """
@@ -167,10 +168,11 @@ local function drop(mid)
   local key = P .. 'm:' .. mid
   local o = redis.call('HGET', key, 'o')
   if not o then return 0 end
+  local N = redis.call('HGET', key, 'n')
   for _, pid in ipairs(cmsgpack.unpack(o)) do redis.call('DEL', P .. 'p:' .. pid) end
   redis.call('DEL', key, P .. 'h:' .. mid)
-  redis.call('ZREM', P .. 'q', mid)
-  redis.call('ZREM', P .. 'a', mid)
+  redis.call('ZREM', P .. 'q:' .. N, mid)
+  redis.call('ZREM', P .. 'a:' .. N, mid)
   redis.call('ZREM', P .. 'f', mid)
   return 1
 end
@@ -255,7 +257,11 @@ return 0
 
 _DEPTHS = """
 local P = ARGV[1]
-local out = {redis.call('ZCARD', P .. 'q')}
+local queued = 0
+for _, node in ipairs(redis.call('SMEMBERS', P .. 'nodes')) do
+  queued = queued + redis.call('ZCARD', P .. 'q:' .. node)
+end
+local out = {queued}
 for _, account in ipairs(redis.call('SMEMBERS', P .. 'da')) do
   out[#out + 1] = account
   out[#out + 1] = redis.call('XLEN', P .. 'd:' .. account)
@@ -290,7 +296,62 @@ end
 return out
 """
 
+# A node's heartbeat: ARGV[2] node, ARGV[3] milliseconds until it counts as dead. Then every
+# registered node without a heartbeat is dead: its queued and awaiting messages move to this
+# node (one atomic step, so two survivors cannot both take them). Returns
+# {dead node, queued ids moved, awaiting ids moved, ...}.
+_HEARTBEAT = """
+local P, me, ttl = ARGV[1], ARGV[2], ARGV[3]
+redis.call('SET', P .. 'hb:' .. me, ARGV[4], 'PX', ttl)
+redis.call('SADD', P .. 'nodes', me)
+local out = {}
+for _, node in ipairs(redis.call('SMEMBERS', P .. 'nodes')) do
+  if node ~= me and redis.call('EXISTS', P .. 'hb:' .. node) == 0 then
+    local moved = {}
+    for _, kind in ipairs({'q', 'a'}) do
+      local ids = redis.call('ZRANGE', P .. kind .. ':' .. node, 0, -1)
+      for _, id in ipairs(ids) do
+        redis.call('ZADD', P .. kind .. ':' .. me, 0, id)
+        redis.call('HSET', P .. 'm:' .. id, 'n', me)
+      end
+      redis.call('DEL', P .. kind .. ':' .. node)
+      moved[#moved + 1] = ids
+    end
+    redis.call('SREM', P .. 'nodes', node)
+    out[#out + 1] = node
+    out[#out + 1] = moved[1]
+    out[#out + 1] = moved[2]
+  end
+end
+return out
+"""
+
+# Delivery leases: ARGV[2] node, ARGV[3] ttl ms, then 'h' accounts to hold (take or renew)
+# and 'r' accounts to release. Returns the accounts held.
+_LEASE = """
+local P, me, ttl = ARGV[1], ARGV[2], ARGV[3]
+local held = {}
+for j = 4, #ARGV, 2 do
+  local key = P .. 'dl:' .. ARGV[j + 1]
+  local owner = redis.call('GET', key)
+  if ARGV[j] == 'h' then
+    if owner == me then
+      redis.call('PEXPIRE', key, ttl)
+      held[#held + 1] = ARGV[j + 1]
+    elseif not owner then
+      redis.call('SET', key, me, 'PX', ttl)
+      held[#held + 1] = ARGV[j + 1]
+    end
+  elseif owner == me then
+    redis.call('DEL', key)
+  end
+end
+return held
+"""
+
 _SCRIPTS = {
+    "lease": _LEASE,
+    "heartbeat": _HEARTBEAT,
     "add": _ADD,
     "update": _UPDATE,
     "delete": _DELETE,
@@ -391,8 +452,12 @@ class RedisStore:
         prefix: str = "sb:",
         node_id: str = "",
         timeout: float = 5.0,
+        password: str | None = None,
+        dead_after: float = 10.0,
     ) -> None:
         self.url = url
+        self._password = password
+        self.dead_after = dead_after
         self.metrics = metrics if metrics is not None else Metrics()
         self.prefix = prefix
         self.node_id = node_id
@@ -445,6 +510,7 @@ class RedisStore:
             health_check_interval=30,
             retry=Retry(NoBackoff(), 1),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            **({"password": self._password} if self._password is not None else {}),
         )
         try:
             await client.ping()
@@ -456,8 +522,16 @@ class RedisStore:
         self._closing = False
         self._wake = asyncio.Event()
         self._writer = asyncio.create_task(self._write_loop(), name="redis-store-writer")
-        await self._refresh_depths()
-        log.info("store.opened", store=self.description, node=self.node_id)
+        # Alive from now on; the work of nodes found dead moves here, and the dispatcher's
+        # start-up scan of pending_messages / awaiting_report resumes it like our own.
+        taken = await self.heartbeat(self.dead_after)
+        await self.refresh_depths()
+        log.info(
+            "store.opened",
+            store=self.description,
+            node=self.node_id,
+            took_over=[node for node, _, _ in taken],
+        )
 
     async def _load_scripts(self, client: aioredis.Redis) -> None:
         for name, body in _SCRIPTS.items():
@@ -609,7 +683,8 @@ class RedisStore:
             _str(raw[i]): int(raw[i + 1]) for i in range(1, len(raw) - 1, 2)
         }
 
-    async def _refresh_depths(self) -> None:
+    async def refresh_depths(self) -> None:
+        """Read the depths again (a node that writes nothing still sees other nodes' work)."""
         self._set_depths(await self._eval("depths"))
 
     # ------------------------------------------------------------------ messages
@@ -640,17 +715,22 @@ class RedisStore:
     def add_message_nowait(self, message: Message, done: Done, arg: Any = None) -> None:
         """Queue the add (checked by Redis for a duplicate id); ``done`` after Redis has it."""
         self._check_local(message)
-        self._queue("add", ["", 1, *self._add_args(message)], done, arg, self._added([message]))
+        self._queue(
+            "add", [self.node_id, "", 1, *self._add_args(message)], done, arg,
+            self._added([message]),
+        )  # fmt: skip
 
     async def add_message(self, message: Message) -> None:
         self._check_local(message)
-        await self._write("add", ["", 1, *self._add_args(message)], self._added([message]))
+        await self._write(
+            "add", [self.node_id, "", 1, *self._add_args(message)], self._added([message])
+        )
 
     async def add_messages(self, messages: Sequence[Message]) -> None:
         """Several in one script: all added or none."""
         if not messages:
             return
-        args: list[Any] = ["", len(messages)]
+        args: list[Any] = [self.node_id, "", len(messages)]
         for m in messages:
             self._check_local(m)
             args += self._add_args(m)
@@ -869,10 +949,49 @@ class RedisStore:
         return out
 
     async def pending_messages(self, limit: int = 10_000, after_id: str = "") -> list[Message]:
-        return await self._messages("q", limit, after_id)
+        """This node's queued messages (its own and those it took over), by id."""
+        return await self._messages(f"q:{self.node_id}", limit, after_id)
 
     async def awaiting_report(self, limit: int = 10_000, after_id: str = "") -> list[Message]:
-        return await self._messages("a", limit, after_id)
+        """This node's messages awaiting a report (its own and those it took over), by id."""
+        return await self._messages(f"a:{self.node_id}", limit, after_id)
+
+    async def heartbeat(self, dead_after: float) -> list[tuple[str, list[str], list[str]]]:
+        """Say this node is alive for ``dead_after`` seconds and take over the work of every
+        node whose heartbeat has run out: [(dead node, queued ids, awaiting ids)] moved to this
+        node (README, "Running several nodes")."""
+        rows = await self._eval(
+            "heartbeat", self.node_id, max(1, int(dead_after * 1000)), time.time()
+        )
+        out = []
+        for i in range(0, len(rows), 3):
+            out.append(
+                (_str(rows[i]), [_str(x) for x in rows[i + 1]], [_str(x) for x in rows[i + 2]])
+            )
+        return out
+
+    async def delivery_leases(
+        self, hold: Iterable[str], release: Iterable[str], ttl: float
+    ) -> set[str]:
+        """Take or renew this node's lease on the delivery queue of each account in ``hold``
+        (it has a receiver bound there), give up those in ``release``; returns the accounts it
+        holds. One node at a time sends an account's queue, so an item goes out once."""
+        args: list[Any] = [self.node_id, max(1, int(ttl * 1000))]
+        for account in hold:
+            args += ["h", account]
+        for account in release:
+            args += ["r", account]
+        return {_str(a) for a in await self._eval("lease", *args)}
+
+    async def messages(self, ids: Sequence[str]) -> list[Message]:
+        """Several messages by id (as Redis has them), in one round trip; unknown ids left out."""
+        if not ids:
+            return []
+        pipe = self._client().pipeline(transaction=False)
+        for mid in ids:
+            pipe.hget(f"{self.prefix}m:{mid}", "b")
+        blobs = await pipe.execute()
+        return [message_from_blob(b) for b in blobs if b is not None]
 
     async def delete_message(self, message_id: str) -> bool:
         def apply(result: Any) -> bool:
@@ -906,7 +1025,9 @@ class RedisStore:
 
     async def complete_parts(self, key: str, message: Message) -> None:
         self._check_local(message)
-        await self._write("add", [key, 1, *self._add_args(message)], self._added([message]))
+        await self._write(
+            "add", [self.node_id, key, 1, *self._add_args(message)], self._added([message])
+        )
 
     async def drop_parts(self, key: str) -> None:
         await self._write("part", ["drop", key])
