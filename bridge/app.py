@@ -23,6 +23,7 @@ import structlog
 from bridge.admin.service import AdminService
 from bridge.admin.token import admin_token
 from bridge.admin.web import build_admin_app
+from bridge.cluster import ClusterNode, LeasedSender
 from bridge.config import (
     AccountConfig,
     Config,
@@ -44,7 +45,7 @@ from bridge.core.provider import (
     ProviderContext,
     StatsProvider,
 )
-from bridge.core.receipts import DeliveryQueue, ReportHandler
+from bridge.core.receipts import DeliveryQueue, ReceiptSender, ReportHandler
 from bridge.core.router import Route, Router
 from bridge.observability import BridgeCollector, Metrics, Snapshot
 from bridge.passwords import secret_file
@@ -96,6 +97,7 @@ def _build_store(cfg: Config, metrics: Metrics) -> EmbeddedStore | RedisStore:
         prefix=st.prefix,
         node_id=cfg.cluster.node,
         timeout=st.timeout,
+        dead_after=cfg.cluster.dead_after,
         password=st.password.get_secret_value() if st.password is not None else None,
     )
 
@@ -206,9 +208,24 @@ class Bridge:
         self.policies = {a.system_id: _policy(a) for a in cfg.accounts}
         self.handler = SmscHandler(self.pipeline, self.policies, metrics=metrics)
         self.smpp = SmppServer(server_config(cfg), self.accounts, self.handler, metrics=metrics)
+        sender: ReceiptSender = SmppReceiptSender(self.smpp)
+        self.cluster: ClusterNode | None = None
+        if isinstance(self.store, RedisStore):
+            self.cluster = ClusterNode(
+                self.store,
+                accounts=lambda: list(self.policies),
+                has_receiver=self.smpp.has_receiver,
+                wake=self._wake_account,
+                resume=self.dispatcher.submit,
+                poll=lambda: self.dispatcher.poll_now(everyone=True),
+                interval=cfg.cluster.heartbeat_interval,
+                dead_after=cfg.cluster.dead_after,
+                registry=self.registry,
+            )
+            sender = LeasedSender(sender, self.cluster)
         self.deliveries = DeliveryQueue(
             self.store,
-            SmppReceiptSender(self.smpp),
+            sender,
             clock,
             window=pc.delivery_window,
             retry_delay=pc.delivery_retry,
@@ -462,6 +479,8 @@ class Bridge:
         await self.pipeline.restore()
         await self.dispatcher.start()
         self.deliveries.start()
+        if self.cluster is not None:
+            self.cluster.start()
         self._reaper = asyncio.create_task(self._reap_parts(), name="reassembly-timeouts")
         self._housekeeper = asyncio.create_task(self._housekeeping(), name="housekeeping")
         self._health_checker = asyncio.create_task(
@@ -561,6 +580,8 @@ class Bridge:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self.cluster is not None:
+            await self.cluster.stop()
         await self.dispatcher.stop()
         await self.deliveries.stop()
         for provider in self.providers.values():

@@ -359,6 +359,17 @@ class ClusterConfig(_Section):
     # The node's name in Redis (its consumer name, heartbeats) and in the metrics; absent = the
     # host name. Every node of a cluster needs its own.
     node_id: Annotated[str | None, AfterValidator(_optional_node_id)] = None
+    # Seconds between heartbeats (and lease renewals, and looks at other nodes' receipts).
+    heartbeat_interval: PosFloat = 0.5
+    # A node silent this long is dead: its unfinished work moves to a live node, its delivery
+    # leases to whoever has a receiver bound. Must be well above heartbeat_interval.
+    dead_after: PosFloat = 10.0
+
+    @model_validator(mode="after")
+    def _dead_after_exceeds_interval(self) -> ClusterConfig:
+        if self.dead_after < 3 * self.heartbeat_interval:
+            raise ValueError("dead_after must be at least 3 × heartbeat_interval")
+        return self
 
     @property
     def node(self) -> str:

@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from bridge_harness import BridgeThread, Esme, bridge_config, receipt_id, receipts_by_id
+from bridge_harness import (
+    BridgeThread,
+    Esme,
+    bridge_config,
+    receipt_id,
+    receipts_by_id,
+    wait_until,
+)
 from loop_thread import LoopThread
 from redis_harness import RedisServer, redis_server
 from test_store_embedded import msg
@@ -156,5 +164,44 @@ def test_query_sm_answers_on_every_node_and_receipts_reach_the_node_with_the_rec
         ids = [sender.submit_ok(registered_delivery=1) for _ in range(5)]
         got = receipts_by_id(receiver.receipts(5, timeout=10))
         assert set(got) == set(ids)
+    with Esme(b.port) as other:
+        other.bind("transmitter")
         for message_id in ids:
-            assert int(receiver.query(message_id).message_state) == MessageState.DELIVERED
+            assert int(other.query(message_id).message_state) == MessageState.DELIVERED
+
+
+def test_receipts_wait_in_redis_while_nobody_is_bound_and_go_to_the_node_that_binds(
+    cluster: Callable[[str], RedisBridge],
+) -> None:
+    a, b = cluster("a"), cluster("b")
+    with Esme(a.port) as sender:
+        sender.bind("transmitter")
+        ids = [sender.submit_ok(registered_delivery=1) for _ in range(3)]
+        assert wait_until(lambda: a.run(lambda: a.bridge.store.delivery_depth("demo")) == 3)
+    with Esme(b.port) as receiver:
+        receiver.bind("receiver")
+        assert set(receipts_by_id(receiver.receipts(3, timeout=10))) == set(ids)
+
+
+def test_an_account_bound_on_two_nodes_gets_each_receipt_once(
+    cluster: Callable[[str], RedisBridge],
+) -> None:
+    a, b = cluster("a"), cluster("b")
+    with Esme(a.port) as on_a, Esme(b.port) as on_b:
+        on_a.bind("transceiver")
+        on_b.bind("receiver")
+        time.sleep(1.0)  # both nodes have seen their binds (one of them holds the lease)
+        ids = [on_a.submit_ok(registered_delivery=1) for _ in range(20)]
+
+
+        def all_acked() -> bool:
+            on_a.pump(0.05)
+            on_b.pump(0.05)
+            return a.run(lambda: a.bridge.store.delivery_depth("demo")) == 0
+
+        assert wait_until(all_acked, timeout=10)
+        for _ in range(10):  # anything sent twice would arrive now
+            on_a.pump(0.05)
+            on_b.pump(0.05)
+        delivered = [receipt_id(p) for p in (*on_a.delivered, *on_b.delivered)]
+        assert sorted(delivered) == sorted(ids)
