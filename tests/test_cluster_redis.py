@@ -205,3 +205,25 @@ def test_an_account_bound_on_two_nodes_gets_each_receipt_once(
             on_b.pump(0.05)
         delivered = [receipt_id(p) for p in (*on_a.delivered, *on_b.delivered)]
         assert sorted(delivered) == sorted(ids)
+
+
+async def test_a_dead_nodes_queued_and_awaiting_messages_move_to_one_survivor(
+    redis: RedisServer,
+) -> None:
+    prefix = f"c{next(_prefixes)}:"
+    a = RedisStore(redis.url, prefix=prefix, node_id="a", dead_after=0.3)
+    b = RedisStore(redis.url, prefix=prefix, node_id="b", dead_after=5.0)
+    c = RedisStore(redis.url, prefix=prefix, node_id="c", dead_after=5.0)
+    async with a, b, c:
+        await a.add_messages([msg("q1"), msg("q2"), msg("w1")])
+        taken = msg("w1", provider="p", provider_message_id="P1")
+        await a.update_message(taken)
+        assert [m.id for m in await a.pending_messages()] == ["q1", "q2"]
+        assert await b.pending_messages() == []  # a's work, not b's
+        await asyncio.sleep(0.5)  # a stops heartbeating (b and c beat now)
+        moved = [*await b.heartbeat(5.0), *await c.heartbeat(5.0)]
+        assert moved == [("a", ["q1", "q2"], ["w1"])]  # one survivor took it, whole
+        survivor = b if (await b.pending_messages()) else c
+        assert [m.id for m in await survivor.pending_messages()] == ["q1", "q2"]
+        assert [m.id for m in await survivor.awaiting_report()] == ["w1"]
+        assert await a.pending_messages() == []
