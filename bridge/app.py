@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import prometheus_client
 import structlog
@@ -23,7 +23,6 @@ import structlog
 from bridge.admin.service import AdminService
 from bridge.admin.token import admin_token
 from bridge.admin.web import build_admin_app
-from bridge.cluster import ClusterNode, LeasedSender
 from bridge.config import (
     AccountConfig,
     Config,
@@ -57,8 +56,11 @@ from bridge.smpp.session import SessionConfig
 from bridge.smsc import SmppReceiptSender, SmscHandler, decode_payload, text_units
 from bridge.store.embedded import EmbeddedStore
 from bridge.store.legacy import import_legacy
-from bridge.store.redis import RedisStore
 from bridge.web.server import CallbackEndpoint, HealthReport, HttpServer, build_app
+
+if TYPE_CHECKING:  # cluster mode's modules (and redis-py) load only when a store URL is set
+    from bridge.cluster import ClusterNode
+    from bridge.store.redis import RedisStore
 
 log = structlog.get_logger("bridge.app")
 
@@ -91,6 +93,8 @@ def _build_store(cfg: Config, metrics: Metrics) -> EmbeddedStore | RedisStore:
         return EmbeddedStore(
             Path(st.data_dir) / "store", metrics=metrics, archive_after=st.archive_after
         )
+    from bridge.store.redis import RedisStore
+
     return RedisStore(
         st.url,
         metrics=metrics,
@@ -210,19 +214,10 @@ class Bridge:
         self.smpp = SmppServer(server_config(cfg), self.accounts, self.handler, metrics=metrics)
         sender: ReceiptSender = SmppReceiptSender(self.smpp)
         self.cluster: ClusterNode | None = None
-        if isinstance(self.store, RedisStore):
-            self.cluster = ClusterNode(
-                self.store,
-                accounts=lambda: list(self.policies),
-                has_receiver=self.smpp.has_receiver,
-                wake=self._wake_account,
-                resume=self.dispatcher.submit,
-                poll=lambda: self.dispatcher.poll_now(everyone=True),
-                interval=cfg.cluster.heartbeat_interval,
-                dead_after=cfg.cluster.dead_after,
-                registry=self.registry,
-            )
-            sender = LeasedSender(sender, self.cluster)
+        if cfg.storage.url is not None:
+            from bridge.cluster import attach
+
+            self.cluster, sender = attach(self, sender)
         self.deliveries = DeliveryQueue(
             self.store,
             sender,
@@ -348,7 +343,7 @@ class Bridge:
         report = HealthReport(
             store_ok, listening, providers, self._routed, disk_space=not self.pipeline.disk_low
         )
-        if isinstance(self.store, RedisStore):  # cluster mode: say so, and which node this is
+        if self.cluster is not None:  # cluster mode: say so, and which node this is
             report.extra["redis"] = store_ok
             report.extra["node"] = self.node_id
         return report

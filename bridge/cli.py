@@ -70,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--json", action="store_true", help="print only the JSON report (for machines)"
     )
+    bench.add_argument(
+        "--store-url",
+        help="e2e: also run the bridge on this Redis (cluster store) and compare; its keys go "
+        "under a fresh prefix, deleted afterwards",
+    )
 
     from bridge.send import PASSWORD_ENV
 
@@ -305,7 +310,11 @@ def main(argv: list[str] | None = None) -> int:
             from bridge.bench_e2e import main as e2e_main
 
             return e2e_main(
-                binds=args.binds, window=args.window, messages=args.messages, as_json=args.json
+                binds=args.binds,
+                window=args.window,
+                messages=args.messages,
+                as_json=args.json,
+                store_url=args.store_url,
             )
         from bridge.bench import main as bench_main
 

@@ -12,6 +12,8 @@ Every ``interval`` seconds, one :meth:`ClusterNode.step`:
   so an item goes to the ESME once per acknowledgement even when it is bound on several nodes.
   A lease runs out ``dead_after`` after its node died; the next holder sends what was in flight
   again. Nobody bound anywhere: the items stay queued in Redis.
+* **shared limits**: the number of live nodes (each enforces its share of an account's TPS) and
+  this node's binds per account (for ``max_binds`` across nodes), see bridge/cluster_limits.py.
 * **cross-node wake**: receipts and MO queued by another node (a provider callback that landed
   there) are noticed from the depths and sent from here.
 
@@ -23,17 +25,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import prometheus_client
 import structlog
 
+from bridge.cluster_limits import ClusterRateLimiter, shared_tps
 from bridge.core.model import InboundMessage, Message, Receipt
 from bridge.core.receipts import ReceiptSender
 from bridge.observability import SampledLog
 from bridge.store.redis import RedisStore
 
-__all__ = ["ClusterNode", "LeasedSender"]
+if TYPE_CHECKING:
+    from bridge.app import Bridge
+
+__all__ = ["ClusterNode", "LeasedSender", "attach"]
 
 log = structlog.get_logger("bridge.cluster")
 
@@ -48,6 +54,8 @@ class ClusterNode:
         wake: Callable[[str], None],
         resume: Callable[[Message], None],
         poll: Callable[[], Awaitable[int]],
+        bound_count: Callable[[str], int] | None = None,
+        on_nodes: Callable[[int], None] | None = None,
         interval: float = 0.5,
         dead_after: float = 10.0,
         registry: prometheus_client.CollectorRegistry | None = None,
@@ -58,6 +66,8 @@ class ClusterNode:
         self._wake = wake
         self._resume = resume
         self._poll = poll
+        self._bound_count = bound_count
+        self._on_nodes = on_nodes
         self.interval = interval
         self.dead_after = dead_after
         self.leases: set[str] = set()
@@ -124,7 +134,12 @@ class ClusterNode:
                     self._resume(message)
             if awaiting:
                 await self._poll()
+        if self._on_nodes is not None:
+            self._on_nodes(self.store.live_nodes)
         accounts = list(self._accounts())
+        if self._bound_count is not None:
+            binds = {a: n for a in accounts if (n := self._bound_count(a))}
+            await self.store.publish_binds(binds, self.dead_after)
         bound = [a for a in accounts if self._has_receiver(a)]
         release = [a for a in self.leases if a not in bound]
         self.leases = await self.store.delivery_leases(bound, release, self.dead_after)
@@ -153,3 +168,49 @@ class LeasedSender:
         arg: Any,
     ) -> bool:
         return self.inner.send_nowait(account, item, done, arg)
+
+
+def attach(bridge: Bridge, sender: ReceiptSender) -> tuple[ClusterNode, ReceiptSender]:
+    """Cluster mode for ``bridge`` (its store is a RedisStore): the node's loop, the leased
+    sender for its delivery queue, max_binds and provider rates across nodes, TPS shares.
+    Returns the node and the sender to use."""
+    store = bridge.store
+    assert isinstance(store, RedisStore)
+    cfg = bridge.cfg
+
+    def share_limits(nodes: int) -> None:
+        wanted = shared_tps(bridge.cfg.to_accounts(), nodes)
+        if any(
+            (have := bridge.accounts.get(a.system_id)) is None or have.tps != a.tps
+            for a in wanted
+        ):
+            bridge.accounts.replace(wanted)
+            log.info("cluster.tps_shared", node=store.node_id, nodes=nodes)
+
+    async def bind_gate(system_id: str, max_binds: int, here: int) -> bool:
+        # Redis away: this node's binds only (the local check passed); not refused for that.
+        try:
+            return await store.bind_fits(system_id, max_binds, here, cfg.cluster.dead_after)
+        except Exception as exc:
+            log.warning("cluster.bind_check_failed", error=type(exc).__name__)
+            return True
+
+    node = ClusterNode(
+        store,
+        accounts=lambda: list(bridge.policies),
+        has_receiver=bridge.smpp.has_receiver,
+        wake=lambda account: bridge.deliveries.wake(account),
+        resume=bridge.dispatcher.submit,
+        poll=lambda: bridge.dispatcher.poll_now(everyone=True),
+        bound_count=bridge.smpp.bound_count,
+        on_nodes=share_limits,
+        interval=cfg.cluster.heartbeat_interval,
+        dead_after=cfg.cluster.dead_after,
+        registry=bridge.registry,
+    )
+    bridge.smpp.bind_gate = bind_gate
+    for name, provider in bridge.providers.items():
+        rps = provider.capabilities.requests_per_second
+        if rps > 0:  # a provider's documented rate holds for all nodes together
+            bridge.dispatcher.set_limiter(name, ClusterRateLimiter(store, f"provider:{name}", rps))
+    return node, LeasedSender(sender, node)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import smpplib.exceptions
 from bridge_harness import (
     BridgeThread,
     Esme,
@@ -19,10 +20,12 @@ from bridge_harness import (
     receipts_by_id,
     wait_until,
 )
+from conftest import make_account
 from loop_thread import LoopThread
 from redis_harness import RedisServer, redis_server
 from test_store_embedded import msg
 
+from bridge.cluster_limits import ClusterRateLimiter, shared_tps
 from bridge.core.model import DeliveryReport, MessageState
 from bridge.core.receipts import ReportHandler
 from bridge.store.redis import RedisStore
@@ -227,3 +230,55 @@ async def test_a_dead_nodes_queued_and_awaiting_messages_move_to_one_survivor(
         assert [m.id for m in await survivor.pending_messages()] == ["q1", "q2"]
         assert [m.id for m in await survivor.awaiting_report()] == ["w1"]
         assert await a.pending_messages() == []
+
+
+# --------------------------------------------------------------------------- limits across nodes
+
+
+async def test_a_provider_rate_limit_holds_across_nodes(redis: RedisServer) -> None:
+    """smsflatrate allows 10 requests/s: two nodes with two senders each never take more than
+    10 slots in any one-second window together."""
+    prefix = f"c{next(_prefixes)}:"
+    async with RedisStore(redis.url, prefix=prefix, node_id="a") as a, RedisStore(
+        redis.url, prefix=prefix, node_id="b"
+    ) as b:
+        limiters = [ClusterRateLimiter(s, "provider:smsflatrate", 10.0) for s in (a, b, a, b)]
+        taken: list[float] = []
+
+        async def sender(limiter: ClusterRateLimiter) -> None:
+            for _ in range(8):
+                await limiter.acquire()
+                taken.append(time.monotonic())
+
+        await asyncio.gather(*(sender(lim) for lim in limiters))
+        taken.sort()
+        assert len(taken) == 32
+        most = max(sum(1 for t in taken[i:] if t - start < 1.0) for i, start in enumerate(taken))
+        assert most <= 10, most
+
+
+def test_account_tps_is_shared_among_the_live_nodes() -> None:
+    accounts = [make_account(system_id="a", tps=90.0), make_account(system_id="b", tps=0.0)]
+    assert [x.tps for x in shared_tps(accounts, 3)] == [30.0, 0.0]
+    assert shared_tps(accounts, 1) == accounts
+
+
+def test_max_binds_counts_the_binds_on_every_node(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    prefix = f"b{next(_prefixes)}:"
+    a = RedisBridge(tmp_path / "a", redis.url, "a", prefix, account={"max_binds": 2})
+    b = RedisBridge(tmp_path / "b", redis.url, "b", prefix, account={"max_binds": 2})
+    try:
+        with Esme(a.port) as first, Esme(b.port) as second:
+            first.bind("transmitter")
+            second.bind("receiver")
+            with Esme(a.port) as third, pytest.raises(smpplib.exceptions.PDUError):
+                third.bind("transmitter")  # ESME_RBINDFAIL: 2 bound, on two nodes
+            first.unbind()
+            time.sleep(1.0)  # a heartbeat publishes the unbind
+            with Esme(b.port) as fourth:
+                fourth.bind("transmitter")
+    finally:
+        a.stop()
+        b.stop()

@@ -67,6 +67,12 @@ from bridge.observability import Metrics, ProviderMetrics, SampledLog
 
 __all__ = ["Dispatcher", "Finisher"]
 
+
+class RateLimiter(Protocol):
+    """What a provider's send limiter offers: aiolimiter's AsyncLimiter, or a cluster-wide one."""
+
+    async def acquire(self) -> None: ...
+
 log = structlog.get_logger("bridge.dispatch")
 
 #: The timer never sleeps longer than this, so a wall-clock step (NTP) is noticed soon.
@@ -192,7 +198,7 @@ class Dispatcher:
         self._seq = itertools.count()
         self._queues: dict[str, asyncio.PriorityQueue[tuple[int, int, _Entry]]] = {}
         self._ready: dict[str, dict[str, _Entry]] = {}  # insertion order = ready order
-        self._limiters: dict[str, AsyncLimiter] = {}
+        self._limiters: dict[str, RateLimiter] = {}
         #: Per provider (see bridge.core.breaker); times are the loop's monotonic clock.
         self.breakers = {
             name: CircuitBreaker(breaker_failures, breaker_cooldown, breaker_cooldown_max)
@@ -225,6 +231,11 @@ class Dispatcher:
         self._resumed: dict[str, asyncio.Event] = {name: asyncio.Event() for name in providers}
         self._running = False
         self._stopping = False
+
+    def set_limiter(self, provider: str, limiter: RateLimiter) -> None:
+        """Replace a provider's rate limiter (anything with ``async acquire()``) before
+        :meth:`start` — cluster mode shares one across nodes (bridge/cluster_limits.py)."""
+        self._limiters[provider] = limiter
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
@@ -318,12 +319,57 @@ for _, node in ipairs(redis.call('SMEMBERS', P .. 'nodes')) do
       moved[#moved + 1] = ids
     end
     redis.call('SREM', P .. 'nodes', node)
+    redis.call('DEL', P .. 'binds:' .. node)
     out[#out + 1] = node
     out[#out + 1] = moved[1]
     out[#out + 1] = moved[2]
   end
 end
+table.insert(out, 1, redis.call('SCARD', P .. 'nodes'))
 return out
+"""
+
+# A sliding-window log (README, "Running several nodes"): ARGV[2] the limit's name, ARGV[3] at
+# most this many in ARGV[4] ms, ARGV[5] a unique member. 0 = taken; else ms to wait. Redis's
+# clock, so every node measures the same window.
+_RATE = """
+local key = ARGV[1] .. 'rl:' .. ARGV[2]
+local limit, window = tonumber(ARGV[3]), tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+if redis.call('ZCARD', key) < limit then
+  redis.call('ZADD', key, now, ARGV[5])
+  redis.call('PEXPIRE', key, window)
+  return 0
+end
+local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+return math.max(1, tonumber(oldest[2]) + window - now + 1)
+"""
+
+# Binds across nodes. ARGV[2] node, ARGV[3] ttl ms; 'gate': ARGV[5] account, ARGV[6] max_binds,
+# ARGV[7] binds on this node → 1 (and counted) when one more fits, else 0; 'publish': ARGV[5..]
+# pairs of account, binds on this node.
+_BINDS = """
+local P, me, ttl = ARGV[1], ARGV[2], ARGV[3]
+local mine = P .. 'binds:' .. me
+if ARGV[4] == 'publish' then
+  redis.call('DEL', mine)
+  for j = 5, #ARGV, 2 do redis.call('HSET', mine, ARGV[j], ARGV[j + 1]) end
+  redis.call('PEXPIRE', mine, ttl)
+  return 1
+end
+local account, max, here = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+local total = here
+for _, node in ipairs(redis.call('SMEMBERS', P .. 'nodes')) do
+  if node ~= me and redis.call('EXISTS', P .. 'hb:' .. node) == 1 then
+    total = total + (tonumber(redis.call('HGET', P .. 'binds:' .. node, account)) or 0)
+  end
+end
+if total + 1 > max then return 0 end
+redis.call('HSET', mine, account, here + 1)
+redis.call('PEXPIRE', mine, ttl)
+return 1
 """
 
 # Delivery leases: ARGV[2] node, ARGV[3] ttl ms, then 'h' accounts to hold (take or renew)
@@ -350,6 +396,8 @@ return held
 """
 
 _SCRIPTS = {
+    "rate": _RATE,
+    "binds": _BINDS,
     "lease": _LEASE,
     "heartbeat": _HEARTBEAT,
     "add": _ADD,
@@ -458,6 +506,8 @@ class RedisStore:
         self.url = url
         self._password = password
         self.dead_after = dead_after
+        self.live_nodes = 1
+        self._members = itertools.count()
         self.metrics = metrics if metrics is not None else Metrics()
         self.prefix = prefix
         self.node_id = node_id
@@ -959,12 +1009,13 @@ class RedisStore:
     async def heartbeat(self, dead_after: float) -> list[tuple[str, list[str], list[str]]]:
         """Say this node is alive for ``dead_after`` seconds and take over the work of every
         node whose heartbeat has run out: [(dead node, queued ids, awaiting ids)] moved to this
-        node (README, "Running several nodes")."""
+        node (README, "Running several nodes"). Sets :attr:`live_nodes`."""
         rows = await self._eval(
             "heartbeat", self.node_id, max(1, int(dead_after * 1000)), time.time()
         )
+        self.live_nodes = max(1, int(rows[0]))
         out = []
-        for i in range(0, len(rows), 3):
+        for i in range(1, len(rows), 3):
             out.append(
                 (_str(rows[i]), [_str(x) for x in rows[i + 1]], [_str(x) for x in rows[i + 2]])
             )
@@ -982,6 +1033,28 @@ class RedisStore:
         for account in release:
             args += ["r", account]
         return {_str(a) for a in await self._eval("lease", *args)}
+
+    async def rate_wait(self, name: str, limit: int, window: float) -> float:
+        """Take one slot of the cluster-wide limit ``name`` (at most ``limit`` in any
+        ``window`` seconds): 0.0 when taken, else the seconds to wait before asking again."""
+        member = f"{self.node_id}:{next(self._members)}"
+        wait = await self._eval("rate", name, limit, max(1, int(window * 1000)), member)
+        return float(wait) / 1000
+
+    async def bind_fits(self, account: str, max_binds: int, here: int, ttl: float) -> bool:
+        """One more bind of ``account`` fits under ``max_binds`` with every live node's binds
+        counted (``here`` on this node); counted at once when it does."""
+        ttl_ms = max(1, int(ttl * 1000))
+        return bool(
+            await self._eval("binds", self.node_id, ttl_ms, "gate", account, max_binds, here)
+        )
+
+    async def publish_binds(self, binds: dict[str, int], ttl: float) -> None:
+        """This node's binds per account, for the other nodes' :meth:`bind_fits`."""
+        args: list[Any] = []
+        for account, n in binds.items():
+            args += [account, n]
+        await self._eval("binds", self.node_id, max(1, int(ttl * 1000)), "publish", *args)
 
     async def messages(self, ids: Sequence[str]) -> list[Message]:
         """Several messages by id (as Redis has them), in one round trip; unknown ids left out."""
