@@ -14,6 +14,8 @@ Every ``interval`` seconds, one :meth:`ClusterNode.step`:
   again. Nobody bound anywhere: the items stay queued in Redis.
 * **shared limits**: the number of live nodes (each enforces its share of an account's TPS) and
   this node's binds per account (for ``max_binds`` across nodes), see bridge/cluster_limits.py.
+* **early reports**: a report that came before its correlation was stored is looked for again
+  (the correlation may have been stored by another node, whose dispatcher sent the message).
 * **cross-node wake**: receipts and MO queued by another node (a provider callback that landed
   there) are noticed from the depths and sent from here.
 
@@ -56,6 +58,7 @@ class ClusterNode:
         poll: Callable[[], Awaitable[int]],
         bound_count: Callable[[str], int] | None = None,
         on_nodes: Callable[[int], None] | None = None,
+        retry_reports: Callable[[], object] | None = None,
         interval: float = 0.5,
         dead_after: float = 10.0,
         registry: prometheus_client.CollectorRegistry | None = None,
@@ -68,6 +71,7 @@ class ClusterNode:
         self._poll = poll
         self._bound_count = bound_count
         self._on_nodes = on_nodes
+        self._retry_reports = retry_reports
         self.interval = interval
         self.dead_after = dead_after
         self.leases: set[str] = set()
@@ -143,6 +147,8 @@ class ClusterNode:
         bound = [a for a in accounts if self._has_receiver(a)]
         release = [a for a in self.leases if a not in bound]
         self.leases = await self.store.delivery_leases(bound, release, self.dead_after)
+        if self._retry_reports is not None:
+            self._retry_reports()
         await self.store.refresh_depths()
         for account in self.leases:
             if self.store.delivery_depth(account):
@@ -204,6 +210,7 @@ def attach(bridge: Bridge, sender: ReceiptSender) -> tuple[ClusterNode, ReceiptS
         poll=lambda: bridge.dispatcher.poll_now(everyone=True),
         bound_count=bridge.smpp.bound_count,
         on_nodes=share_limits,
+        retry_reports=bridge.reports.retry_early,
         interval=cfg.cluster.heartbeat_interval,
         dead_after=cfg.cluster.dead_after,
         registry=bridge.registry,

@@ -80,6 +80,34 @@ async def test_a_report_for_an_unknown_id_is_parked_not_lost(redis: RedisServer)
         assert handler.early_reports == 1
 
 
+async def test_an_early_report_on_one_node_is_applied_once_another_node_stores_the_correlation(
+    redis: RedisServer,
+) -> None:
+    prefix = f"c{next(_prefixes)}:"
+    async with RedisStore(redis.url, prefix=prefix, node_id="a") as a, RedisStore(
+        redis.url, prefix=prefix, node_id="b"
+    ) as b:
+        m = msg("m1", registered_delivery=1)
+        await a.add_message(m)
+        handler = ReportHandler(b, clock)  # the push reached B before A recorded the send
+        report = DeliveryReport("sandbox", "P1", MessageState.DELIVERED, done_at=1500.0)
+        assert await handler.on_report(report) is False
+        assert handler.early_reports == 1
+        assert handler.retry_early() == 1
+        await asyncio.sleep(0.05)
+        assert await b.pending_deliveries("demo") == []  # still unknown: still parked
+        m.provider, m.provider_message_id = "sandbox", "P1"
+        await a.update_message(m, correlation=("sandbox", "P1", 9e9))
+        handler.retry_early()
+        for _ in range(100):
+            if await b.pending_deliveries("demo"):
+                break
+            await asyncio.sleep(0.01)
+        assert len(await b.pending_deliveries("demo")) == 1
+        assert handler.retry_early() == 0  # matched: no longer parked
+        assert (handler.early_reports, handler.unknown_reports, handler.reports) == (1, 0, 1)
+
+
 async def test_reports_wait_for_redis_to_return_and_are_applied_then(tmp_path: Path) -> None:
     with redis_server(tmp_path / "r") as server:
         async with RedisStore(server.url, timeout=1.0) as a, RedisStore(

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import functools
 import heapq
+import itertools
 import re
 import time
 import unicodedata
@@ -540,11 +541,15 @@ class ReportHandler:
     def _run(self, work: _Work) -> None:
         report = work.report
         if report is not None:
-            self.reports += 1
+            retry = work.detail is _RETRY
+            if not retry:
+                self.reports += 1
             message_id = self._store.lookup_now(report.provider, report.provider_message_id)
             if message_id is None:
-                _resolve(work.future, self._park(report))
+                _resolve(work.future, self._park(report, keep=retry))
                 return
+            if retry:
+                self._early.pop((report.provider, report.provider_message_id), None)
         else:
             assert work.message is not None
             message_id = work.message.id
@@ -689,11 +694,24 @@ class ReportHandler:
 
     # ------------------------------------------------------------------ helpers
 
-    def _park(self, report: DeliveryReport) -> bool:
+    def retry_early(self, limit: int = 1000) -> int:
+        """Look again for up to ``limit`` parked reports, the newest first (cluster mode: another
+        node may have stored their correlation meanwhile — only this node's dispatcher calls
+        :meth:`correlated`). A report still unmatched stays parked as it was."""
+        keys = list(itertools.islice(reversed(self._early), limit))
+        for key in keys:
+            work = _Work(self._future(), report=self._early[key][0])
+            work.detail = _RETRY
+            self._submit(work)
+        return len(keys)
+
+    def _park(self, report: DeliveryReport, *, keep: bool = False) -> bool:
         """Keep an unmatched report a while: its correlation may be about to be written."""
         now = self._clock()
         self._expire_early(now)
         key = (report.provider, report.provider_message_id)
+        if keep:  # a retry (retry_early): parked as it was, or expired meanwhile
+            return False
         if key not in self._early:
             if len(self._early) >= self.max_early:
                 oldest = next(iter(self._early))
@@ -737,6 +755,10 @@ class ReportHandler:
         """An intermediate report equal to the last one recorded (providers resend those too)."""
         history = self._store.history_now(message_id)
         return bool(history) and history[-1].state is state and history[-1].detail == detail
+
+
+#: The ``detail`` of a parked report looked at again (retry_early), compared by identity.
+_RETRY = "\x00retry"
 
 
 def _resolve(future: asyncio.Future[bool], outcome: bool | BaseException) -> None:
