@@ -216,6 +216,7 @@ def attach(bridge: Bridge, sender: ReceiptSender) -> tuple[ClusterNode, ReceiptS
         registry=bridge.registry,
     )
     bridge.smpp.bind_gate = bind_gate
+    bridge.pipeline.shared_parts = True
     for name, provider in bridge.providers.items():
         rps = provider.capabilities.requests_per_second
         if rps > 0:  # a provider's documented rate holds for all nodes together

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import smpplib.exceptions
+import smpplib.gsm
 from bridge_harness import (
     BridgeThread,
     Esme,
@@ -310,3 +311,24 @@ def test_max_binds_counts_the_binds_on_every_node(
     finally:
         a.stop()
         b.stop()
+
+
+def test_the_parts_of_a_long_message_sent_over_binds_on_two_nodes_make_one_message(
+    cluster: Callable[[str], RedisBridge],
+) -> None:
+    a, b = cluster("a"), cluster("b")
+    text = ("Parts may come in over binds on different nodes of a cluster. " * 7)[:400]
+    parts, encoding, esm_class = smpplib.gsm.make_parts(text)
+    assert len(parts) == 3
+    with Esme(a.port) as on_a, Esme(b.port) as on_b:
+        on_a.bind("transceiver")
+        on_b.bind("transmitter")
+        ids = [
+            esme.submit_ok(short_message=part, esm_class=esm_class, data_coding=encoding)
+            for esme, part in zip((on_a, on_b, on_a), parts, strict=True)
+        ]
+        receipts = receipts_by_id(on_a.receipts(3, timeout=10))
+    assert set(receipts) == set(ids)
+    whole = b.call(b.bridge.store.get_message(ids[1]))
+    assert whole is not None and whole.text == text and whole.part_ids == ids
+    assert a.bridge.pipeline.incomplete == b.bridge.pipeline.incomplete == 0
