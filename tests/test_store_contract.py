@@ -20,7 +20,7 @@ from redis_harness import RedisServer, redis_server
 from test_store_embedded import full_message, msg, part, receipt
 
 from bridge.core.model import Address, InboundMessage, MessageState
-from bridge.store.base import DeliveryItem, StateChange, Store
+from bridge.core.store import DeliveryItem, StateChange, Store
 from bridge.store.embedded import DuplicateMessage, EmbeddedStore, StoreUnavailable
 from bridge.store.redis import RedisStore, redact_url
 

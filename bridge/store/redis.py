@@ -49,8 +49,8 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bridge.core.model import InboundMessage, Message, MessageState, Receipt
+from bridge.core.store import DeliveryItem, StateChange, StoredPart
 from bridge.observability import Metrics
-from bridge.store.base import DeliveryItem, StateChange, StoredPart
 from bridge.store.embedded import (
     DuplicateMessage,
     StoreUnavailable,
@@ -489,7 +489,7 @@ def _ignore(arg: Any, result: Any, error: BaseException | None) -> None:
 
 
 class RedisStore:
-    """:class:`bridge.store.base.Store` on a Redis server at ``url`` (``redis://``,
+    """:class:`bridge.core.store.Store` on a Redis server at ``url`` (``redis://``,
     ``rediss://``, ``unix://``), keys under ``prefix``."""
 
     def __init__(
