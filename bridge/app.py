@@ -59,7 +59,7 @@ from bridge.store.legacy import import_legacy
 from bridge.web.server import CallbackEndpoint, HealthReport, HttpServer, build_app
 
 if TYPE_CHECKING:  # cluster mode's modules (and redis-py) load only when a store URL is set
-    from bridge.cluster import ClusterNode
+    from bridge.store.cluster import ClusterNode
     from bridge.store.redis import RedisStore
 
 log = structlog.get_logger("bridge.app")
@@ -215,7 +215,7 @@ class Bridge:
         sender: ReceiptSender = SmppReceiptSender(self.smpp)
         self.cluster: ClusterNode | None = None
         if cfg.storage.url is not None:
-            from bridge.cluster import attach
+            from bridge.store.cluster import attach
 
             self.cluster, sender = attach(self, sender)
         self.deliveries = DeliveryQueue(

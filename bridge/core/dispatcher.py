@@ -234,7 +234,7 @@ class Dispatcher:
 
     def set_limiter(self, provider: str, limiter: RateLimiter) -> None:
         """Replace a provider's rate limiter (anything with ``async acquire()``) before
-        :meth:`start` — cluster mode shares one across nodes (bridge/cluster_limits.py)."""
+        :meth:`start` — cluster mode shares one across nodes (bridge/store/cluster_limits.py)."""
         self._limiters[provider] = limiter
 
     # ------------------------------------------------------------------ lifecycle

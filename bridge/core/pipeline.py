@@ -259,7 +259,7 @@ class Pipeline:
         self.max_queue = max_queue
         #: Set by the bridge's disk watch (the domain does no I/O): refuse new submissions.
         self.disk_low = False
-        #: Cluster mode (set by bridge/cluster.py): the parts of a long message may arrive at
+        #: Cluster mode (set by bridge/store/cluster.py): the parts of a long message may arrive at
         #: several nodes; the stored ones are merged and whoever has them all completes it.
         self.shared_parts = False
         self.ids = MessageIds(clock)

@@ -389,7 +389,7 @@ class _Connection(asyncio.Protocol):
             elif (
                 account.max_binds
                 and server.bind_gate is not None
-                # Cluster mode: the binds of the other nodes count too (bridge/cluster.py).
+                # Cluster mode: the binds of the other nodes count too (bridge/store/cluster.py).
                 and not await server.bind_gate(account.system_id, account.max_binds, bound)
             ):
                 status = Status.ESME_RBINDFAIL

@@ -13,7 +13,7 @@ Every ``interval`` seconds, one :meth:`ClusterNode.step`:
   A lease runs out ``dead_after`` after its node died; the next holder sends what was in flight
   again. Nobody bound anywhere: the items stay queued in Redis.
 * **shared limits**: the number of live nodes (each enforces its share of an account's TPS) and
-  this node's binds per account (for ``max_binds`` across nodes), see bridge/cluster_limits.py.
+  this node's binds per account (for ``max_binds`` across nodes): store/cluster_limits.py.
 * **early reports**: a report that came before its correlation was stored is looked for again
   (the correlation may have been stored by another node, whose dispatcher sent the message).
 * **cross-node wake**: receipts and MO queued by another node (a provider callback that landed
@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any
 import prometheus_client
 import structlog
 
-from bridge.cluster_limits import ClusterRateLimiter, shared_tps
 from bridge.core.model import InboundMessage, Message, Receipt
 from bridge.core.receipts import ReceiptSender
 from bridge.observability import SampledLog
+from bridge.store.cluster_limits import ClusterRateLimiter, shared_tps
 from bridge.store.redis import RedisStore
 
 if TYPE_CHECKING:
