@@ -517,3 +517,22 @@ async def test_a_password_protected_redis_with_the_password_in_the_url(tmp_path:
             await store.add_message(msg("m1"))
             assert await store.get_message("m1") is not None
             assert "s3cret" not in store.description
+
+
+async def test_an_acknowledged_delivery_removed_while_redis_is_away_is_removed_when_it_returns(
+    tmp_path: Path,
+) -> None:
+    with redis_server(tmp_path / "r") as server:
+        async with RedisStore(server.url, timeout=1.0) as store:
+            ids = await store.enqueue_deliveries(
+                [("demo", receipt("m1")), ("demo", receipt("m2"))], 1.0
+            )
+            server.kill()
+            store.remove_delivery_nowait(ids[0])
+            await asyncio.sleep(0.2)  # the removal failed once
+            server.start()
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if not store._removing:
+                    break
+            assert [d.id for d in await store.pending_deliveries("demo")] == ids[1:]

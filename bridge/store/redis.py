@@ -1222,11 +1222,17 @@ class RedisStore:
         await self._write("remove", ["", delivery_id])
 
     def remove_delivery_nowait(self, delivery_id: int) -> None:
-        """Gone for this node's reads at once; the removal rides with the next batch."""
+        """Gone for this node's reads at once; the removal rides with the next batch, and is
+        sent again a second later while Redis refuses it (each loss would repeat a receipt)."""
         self._removing.add(delivery_id)
+        self._send_removal(delivery_id)
 
+    def _send_removal(self, delivery_id: int) -> None:
         def removed(arg: Any, result: Any, error: BaseException | None) -> None:
-            self._removing.discard(delivery_id)
+            if error is None or self._writer is None or self._closing:
+                self._removing.discard(delivery_id)
+                return
+            asyncio.get_running_loop().call_later(1.0, self._send_removal, delivery_id)
 
         try:
             self._queue("remove", ["", delivery_id], removed)
