@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import prometheus_client
 import structlog
@@ -47,7 +47,7 @@ from bridge.core.provider import (
     ProviderContext,
     StatsProvider,
 )
-from bridge.core.receipts import DeliveryQueue, ReportHandler
+from bridge.core.receipts import DeliveryQueue, ReceiptSender, ReportHandler
 from bridge.core.router import Route, Router
 from bridge.observability import BridgeCollector, Metrics, Snapshot, register_secret
 from bridge.passwords import secret_file
@@ -61,6 +61,10 @@ from bridge.store.embedded import EmbeddedStore
 from bridge.store.legacy import import_legacy
 from bridge.web.guard import HttpGuard
 from bridge.web.server import CallbackEndpoint, HealthReport, HttpServer, build_app
+
+if TYPE_CHECKING:  # cluster mode's modules (and redis-py) load only when a store URL is set
+    from bridge.store.cluster import ClusterNode
+    from bridge.store.redis import RedisStore
 
 log = structlog.get_logger("bridge.app")
 
@@ -84,6 +88,26 @@ _PROVIDER_MODULES: dict[str, Any] = {
 }
 
 CALLBACK_SECRET_FILE = "callback.secret"
+
+
+def _build_store(cfg: Config, metrics: Metrics) -> EmbeddedStore | RedisStore:
+    """The embedded journal, or Redis when ``[storage] url`` (``--store-url``) names one."""
+    st = cfg.storage
+    if st.url is None:
+        return EmbeddedStore(
+            Path(st.data_dir) / "store", metrics=metrics, archive_after=st.archive_after
+        )
+    from bridge.store.redis import RedisStore
+
+    return RedisStore(
+        st.url,
+        metrics=metrics,
+        prefix=st.prefix,
+        node_id=cfg.cluster.node,
+        timeout=st.timeout,
+        dead_after=cfg.cluster.dead_after,
+        password=st.password.get_secret_value() if st.password is not None else None,
+    )
 
 
 def server_config(cfg: Config) -> ServerConfig:
@@ -140,11 +164,15 @@ class Bridge:
         # collide in the global default one); /metrics serves generate_latest(self.registry).
         self.registry = prometheus_client.CollectorRegistry()
         self.metrics = metrics = Metrics(self.registry)
-        self.store = EmbeddedStore(
-            Path(cfg.storage.data_dir) / "store",
-            metrics=metrics,
-            archive_after=cfg.storage.archive_after,
-        )
+        self.store: EmbeddedStore | RedisStore = _build_store(cfg, metrics)
+        self.node_id = cfg.cluster.node
+        # The node as an info metric (a constant 1): dashboards join on it, no per-series label.
+        prometheus_client.Gauge(
+            "bridge_node_info",
+            "Always 1; this bridge's node id and store (embedded or redis) as labels.",
+            ["node", "store"],
+            registry=self.registry,
+        ).labels(self.node_id, "redis" if cfg.storage.url else "embedded").set(1)
         self._callback_secret = _callback_secret(cfg)
         self.callback_tokens = {
             name: _callback_token(self._callback_secret, name, pc)
@@ -200,9 +228,15 @@ class Bridge:
         self.policies = {a.system_id: _policy(a) for a in cfg.accounts}
         self.handler = SmscHandler(self.pipeline, self.policies, metrics=metrics)
         self.smpp = SmppServer(server_config(cfg), self.accounts, self.handler, metrics=metrics)
+        sender: ReceiptSender = SmppReceiptSender(self.smpp)
+        self.cluster: ClusterNode | None = None
+        if cfg.storage.url is not None:
+            from bridge.store.cluster import attach
+
+            self.cluster, sender = attach(self, sender)
         self.deliveries = DeliveryQueue(
             self.store,
-            SmppReceiptSender(self.smpp),
+            sender,
             clock,
             window=pc.delivery_window,
             retry_delay=pc.delivery_retry,
@@ -325,9 +359,13 @@ class Bridge:
             store_ok = False
         listening = bool(self.smpp.ports) and self.smpp.listening
         providers = await self._providers_health()
-        return HealthReport(
+        report = HealthReport(
             store_ok, listening, providers, self._routed, disk_space=not self.pipeline.disk_low
         )
+        if self.cluster is not None:  # cluster mode: say so, and which node this is
+            report.extra["redis"] = store_ok
+            report.extra["node"] = self.node_id
+        return report
 
     @property
     def routed_providers(self) -> frozenset[str]:
@@ -455,6 +493,8 @@ class Bridge:
         await self.pipeline.restore()
         await self.dispatcher.start()
         self.deliveries.start()
+        if self.cluster is not None:
+            self.cluster.start()
         self._reaper = asyncio.create_task(self._reap_parts(), name="reassembly-timeouts")
         self._housekeeper = asyncio.create_task(self._housekeeping(), name="housekeeping")
         self._health_checker = asyncio.create_task(
@@ -554,6 +594,8 @@ class Bridge:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self.cluster is not None:
+            await self.cluster.stop()
         await self.dispatcher.stop()
         await self.deliveries.stop()
         for provider in self.providers.values():

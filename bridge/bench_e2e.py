@@ -279,7 +279,9 @@ max_outstanding = {window * 2}
 """
 
 
-async def _bench(binds: int, window: int, messages: int, timeout: float) -> dict[str, Any]:
+async def _bench(
+    binds: int, window: int, messages: int, timeout: float, store_url: str | None = None
+) -> dict[str, Any]:
     from bridge.app import Bridge
     from bridge.config import load_config_text
     from bridge.runtime import tune_gc
@@ -309,7 +311,55 @@ async def _bench(binds: int, window: int, messages: int, timeout: float) -> dict
             result["journal_largest_batch"] = bridge.store.largest_batch
         finally:
             await bridge.stop()
-    return {"baseline": baseline, "bridge": result}
+    out = {"baseline": baseline, "bridge": result}
+    if store_url is not None:
+        out["bridge_redis"] = await _bench_redis(binds, window, messages, timeout, store_url)
+    return out
+
+
+async def _bench_redis(
+    binds: int, window: int, messages: int, timeout: float, store_url: str
+) -> dict[str, Any]:
+    """The same bridge on the Redis store (cluster mode, one node): its own CPU and the Redis
+    server's (from INFO, so both halves of the cost are counted)."""
+    import redis.asyncio as aioredis
+
+    from bridge.app import Bridge
+    from bridge.config import load_config_text
+
+    prefix = f"bench{os.getpid()}:"
+    client = aioredis.from_url(store_url)
+    with tempfile.TemporaryDirectory() as tmp:
+        text = _config(tmp, window).replace(
+            "[storage]\n", f'[storage]\nurl = "{store_url}"\nprefix = "{prefix}"\n'
+        )
+        bridge = Bridge(load_config_text(text, base_dir=Path(tmp)))
+        await bridge.start()
+        print("bridge (sandbox provider, Redis store, one node):", file=sys.stderr)
+        cpu = time.process_time()
+        redis_cpu = await _redis_cpu(client)
+        try:
+            result = await asyncio.to_thread(
+                _run_client, bridge.smpp.ports["smpp"], binds, window, messages, timeout
+            )
+            result["server_cpu_us_per_message"] = (time.process_time() - cpu) / messages * 1e6
+            result["redis_cpu_us_per_message"] = (
+                (await _redis_cpu(client)) - redis_cpu
+            ) / messages * 1e6
+            result["redis_batches"] = bridge.store.commits
+            result["redis_largest_batch"] = bridge.store.largest_batch
+        finally:
+            await bridge.stop()
+            keys = [k async for k in client.scan_iter(match=prefix + "*", count=1000)]
+            for start in range(0, len(keys), 1000):
+                await client.delete(*keys[start : start + 1000])
+            await client.aclose()
+    return result
+
+
+async def _redis_cpu(client: Any) -> float:
+    info = await client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
 def main(
@@ -319,6 +369,7 @@ def main(
     messages: int = 50_000,
     timeout: float = 120,
     as_json: bool = False,
+    store_url: str | None = None,
 ) -> int:
     from bridge.bench_summary import e2e_summary
     from bridge.observability import configure_logging
@@ -330,12 +381,20 @@ def main(
 
         uvloop.install()
         loop_name = "uvloop"
-    res = asyncio.run(_bench(binds, window, messages, timeout))
+    res = asyncio.run(_bench(binds, window, messages, timeout, store_url))
     b, base = res["bridge"], res["baseline"]
     res["ratios"] = {
         "submit_per_s": b["submit_per_s"] / base["submit_per_s"],
         "end_to_end_per_s": b["end_to_end_per_s"] / base["end_to_end_per_s"],
     }
+    if "bridge_redis" in res:
+        r = res["bridge_redis"]
+        res["ratios_redis_vs_embedded"] = {
+            "submit_per_s": r["submit_per_s"] / b["submit_per_s"],
+            "end_to_end_per_s": r["end_to_end_per_s"] / b["end_to_end_per_s"],
+            "server_cpu_us_per_message": r["server_cpu_us_per_message"]
+            / b["server_cpu_us_per_message"],
+        }
     res["setup"] = {"binds": binds, "window": window, "messages": messages, "loop": loop_name,
                     "cpus": os.cpu_count(), "python": sys.version.split()[0]}
     if not as_json:

@@ -27,6 +27,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--http-port", type=int, help="override http.port")
     run.add_argument("--admin-port", type=int, help="override admin.port")
     run.add_argument("--data-dir", help="override storage.data_dir")
+    run.add_argument(
+        "--store-url",
+        help="cluster mode: Redis URL, e.g. redis://HOST:6379/0 (overrides storage.url)",
+    )
+    run.add_argument("--node-id", help="this node's name in a cluster (overrides cluster.node_id)")
     run.add_argument("--no-uvloop", action="store_true", help="use the stock asyncio loop")
     _add_set(run)
 
@@ -64,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--window", type=int, default=64, help="submit_sm in flight per bind (e2e)")
     bench.add_argument(
         "--json", action="store_true", help="print only the JSON report (for machines)"
+    )
+    bench.add_argument(
+        "--store-url",
+        help="e2e: also run the bridge on this Redis (cluster store) and compare; its keys go "
+        "under a fresh prefix, deleted afterwards",
     )
 
     from bridge.send import PASSWORD_ENV
@@ -304,7 +314,11 @@ def main(argv: list[str] | None = None) -> int:
             from bridge.bench_e2e import main as e2e_main
 
             return e2e_main(
-                binds=args.binds, window=args.window, messages=args.messages, as_json=args.json
+                binds=args.binds,
+                window=args.window,
+                messages=args.messages,
+                as_json=args.json,
+                store_url=args.store_url,
             )
         from bridge.bench import main as bench_main
 
@@ -370,6 +384,8 @@ def _run(args: argparse.Namespace) -> int:
             ("http_port", args.http_port),
             ("admin_port", args.admin_port),
             ("data_dir", args.data_dir),
+            ("store_url", args.store_url),
+            ("node_id", args.node_id),
         )
         if v is not None
     }

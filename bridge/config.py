@@ -25,6 +25,7 @@ import difflib
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -49,11 +51,12 @@ from bridge.core.accounts import Account, BindType, IPNetwork
 from bridge.observability import DEFAULT_REDACT_KEYS
 from bridge.passwords import MAX_SMPP_PASSWORD_LENGTH, is_hashed, parse_hash
 from bridge.providers import isms_http, isms_smpp, mycoolsms, phlymail, sms1601, smsflatrate
-from bridge.providers.settings import ProviderSettings, Secret
+from bridge.providers.settings import ProviderSettings, Secret, resolve_env
 
 __all__ = [
     "AccountConfig",
     "AdminConfig",
+    "ClusterConfig",
     "Config",
     "ConfigError",
     "ConfigProblem",
@@ -326,11 +329,81 @@ class StorageConfig(_Section):
     # there, query_sm answers without the disk) before it moves to the archive on disk
     # (store/finals.db), where query_sm, trace and history still find it until `retention`.
     archive_after: NonNegFloat = 3600.0
+    # Cluster mode (README, "Running several nodes"): a Redis URL (redis://HOST:PORT/DB,
+    # rediss:// for TLS, unix:///path.sock) or "env:VAR"; absent = the embedded store.
+    url: Annotated[str | None, BeforeValidator(resolve_env)] = None
+    # Redis AUTH password (or in the URL); plain or "env:VAR".
+    password: Secret | None = None
+    # Every key the bridge writes in Redis starts with this (several bridges on one Redis).
+    prefix: Annotated[str, Field(min_length=1, max_length=64)] = "sb:"
+    # Seconds a Redis command may take before it counts as failed (submits get ESME_RSYSERR).
+    timeout: PosFloat = 5.0
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        return _check_store_url(value)
 
     @field_validator("data_dir")
     @classmethod
     def _relative_to_config(cls, value: Path, info: ValidationInfo) -> Path:
         return _resolve_path(value, info)
+
+
+_NODE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+def _check_store_url(value: str | None) -> str | None:
+    # The value is never echoed: it may hold a password.
+    if value is None:
+        return None
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in ("redis", "rediss", "unix") or not rest:
+        raise ValueError(
+            "must be a Redis URL: redis://HOST:PORT/DB, rediss://HOST:PORT/DB or unix:///PATH"
+        )
+    return value
+
+
+def _check_node_id(value: str) -> str:
+    if not _NODE_ID_RE.fullmatch(value):
+        raise ValueError(
+            "must be 1..63 characters: letters, digits, '_', '.', '-', starting with a letter "
+            "or digit"
+        )
+    return value
+
+
+def _optional_node_id(value: str | None) -> str | None:
+    return None if value is None else _check_node_id(value)
+
+
+class ClusterConfig(_Section):
+    """``[cluster]``: this node's place among several on one Redis (``storage.url``)."""
+
+    # The node's name in Redis (its consumer name, heartbeats) and in the metrics; absent = the
+    # host name. Every node of a cluster needs its own.
+    node_id: Annotated[str | None, AfterValidator(_optional_node_id)] = None
+    # Seconds between heartbeats (and lease renewals, and looks at other nodes' receipts).
+    heartbeat_interval: PosFloat = 0.5
+    # A node silent this long is dead: its unfinished work moves to a live node, its delivery
+    # leases to whoever has a receiver bound. Must be well above heartbeat_interval.
+    dead_after: PosFloat = 10.0
+
+    @model_validator(mode="after")
+    def _dead_after_exceeds_interval(self) -> ClusterConfig:
+        if self.dead_after < 3 * self.heartbeat_interval:
+            raise ValueError("dead_after must be at least 3 × heartbeat_interval")
+        return self
+
+    @property
+    def node(self) -> str:
+        return self.node_id or _default_node_id()
+
+
+def _default_node_id() -> str:
+    name = socket.gethostname().split(".")[0] or "node"
+    return name if _NODE_ID_RE.fullmatch(name) else "node"
 
 
 class LoggingConfig(_Section):
@@ -554,7 +627,7 @@ def _default_providers() -> dict[str, ProviderConfig]:
     return {"sandbox": SandboxConfig()}
 
 
-_SECTIONS = ("smpp", "http", "admin", "storage", "logging", "pipeline")
+_SECTIONS = ("smpp", "http", "admin", "storage", "logging", "pipeline", "cluster")
 
 
 class Config(_Section):
@@ -564,6 +637,7 @@ class Config(_Section):
     http: HttpConfig
     admin: AdminConfig
     storage: StorageConfig
+    cluster: ClusterConfig
     logging: LoggingConfig
     pipeline: PipelineConfig
     accounts: Annotated[list[AccountConfig], Field(min_length=1)]
@@ -607,6 +681,7 @@ _MODEL_AT: dict[tuple[str, ...], type[BaseModel]] = {
     ("http",): HttpConfig,
     ("admin",): AdminConfig,
     ("storage",): StorageConfig,
+    ("cluster",): ClusterConfig,
     ("logging",): LoggingConfig,
     ("accounts",): AccountConfig,
     ("pipeline",): PipelineConfig,
@@ -995,6 +1070,8 @@ def apply_overrides(
     http_port: int | None = None,
     admin_port: int | None = None,
     data_dir: str | Path | None = None,
+    store_url: str | None = None,
+    node_id: str | None = None,
 ) -> Config:
     """Apply command-line overrides. A relative ``data_dir`` here resolves against the current
     directory, as command-line paths do."""
@@ -1007,6 +1084,15 @@ def apply_overrides(
         )
         if port is not None and not 0 <= port <= 65535
     ]
+    for name, check, value in (
+        ("--store-url", _check_store_url, store_url),
+        ("--node-id", _check_node_id, node_id),
+    ):
+        if value is not None:
+            try:
+                check(value)
+            except ValueError as exc:
+                problems.append(ConfigProblem(name, str(exc)))
     if problems:
         raise ConfigError(problems, "command line")
     update: dict[str, Any] = {}
@@ -1016,8 +1102,13 @@ def apply_overrides(
         update["http"] = cfg.http.model_copy(update={"port": http_port})
     if admin_port is not None:
         update["admin"] = cfg.admin.model_copy(update={"port": admin_port})
+    storage: dict[str, Any] = {}
     if data_dir is not None:
-        update["storage"] = cfg.storage.model_copy(
-            update={"data_dir": Path(os.path.normpath(Path(data_dir).absolute()))}
-        )
+        storage["data_dir"] = Path(os.path.normpath(Path(data_dir).absolute()))
+    if store_url is not None:
+        storage["url"] = store_url
+    if storage:
+        update["storage"] = cfg.storage.model_copy(update=storage)
+    if node_id is not None:
+        update["cluster"] = cfg.cluster.model_copy(update={"node_id": node_id})
     return cfg.model_copy(update=update)

@@ -528,3 +528,44 @@ def test_check_config_prints_the_accounts_providers_and_routes_it_understood(
     assert "1. germany: accounts billing and countries DE and prefixes 49 -> sandbox" in text
     assert "2. everything else: regex ^[0-9]+$ -> sandbox" in text
     assert "example1" not in text and "pbkdf2" not in text and "testpass" not in text
+
+
+# --------------------------------------------------------------------------- cluster mode
+
+
+def test_cluster_mode_settings_and_their_command_line_overrides(tmp_path: Path) -> None:
+    cfg = load_config_text(
+        MINIMAL
+        + '[storage]\nurl = "env:REDIS_URL"\npassword = "env:REDIS_PW"\n'
+        + '[cluster]\nnode_id = "node-a"\n',
+        env={"REDIS_URL": "rediss://redis.example:6380/2", "REDIS_PW": "pw"},
+    )
+    assert cfg.storage.url == "rediss://redis.example:6380/2"
+    assert cfg.storage.password is not None and cfg.storage.password.get_secret_value() == "pw"
+    assert cfg.cluster.node == "node-a"
+    assert load_config_text(MINIMAL).storage.url is None  # the embedded store by default
+    assert load_config_text(MINIMAL).cluster.node  # the host name
+    moved = apply_overrides(cfg, store_url="redis://10.0.0.1:6379/0", node_id="node-b")
+    assert (moved.storage.url, moved.cluster.node) == ("redis://10.0.0.1:6379/0", "node-b")
+
+
+def test_a_store_url_that_is_not_redis_is_reported_with_its_line_never_its_value() -> None:
+    p = only_problem(MINIMAL + '[storage]\nurl = "http://user:s3cret@example.com/"\n')
+    assert (p.path, p.line) == ("storage.url", MINIMAL.count("\n") + 2)
+    assert "redis://" in p.message and "s3cret" not in p.message
+
+
+def test_a_bad_node_id_and_a_missing_password_variable_are_reported() -> None:
+    found = problems(
+        MINIMAL + '[storage]\npassword = "env:NOPE_NOT_SET"\n[cluster]\nnode_id = "a b"\n',
+        env={},
+    )
+    assert {p.path for p in found} == {"storage.password", "cluster.node_id"}
+
+
+def test_bad_store_url_or_node_id_on_the_command_line_is_an_error() -> None:
+    cfg = load_config_text(MINIMAL)
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(cfg, store_url="localhost:6379", node_id="")
+    assert {p.path for p in info.value.errors} == {"--store-url", "--node-id"}
+    assert str(info.value).startswith("command line: ")

@@ -63,9 +63,17 @@ from bridge.core.model import DeliveryReport, Message, MessageState, Outcome, Ou
 from bridge.core.provider import Provider
 from bridge.core.store import StateChange, Store
 from bridge.observability import Metrics, ProviderMetrics, SampledLog
-from bridge.ratelimit import SlidingWindowLimiter, limiter_for_rate
+from bridge.ratelimit import limiter_for_rate
 
 __all__ = ["Dispatcher", "Finisher"]
+
+
+class RateLimiter(Protocol):
+    """What a provider's send limiter offers: the sliding window of bridge.ratelimit, or a
+    cluster-wide one (bridge.store.cluster_limits)."""
+
+    async def acquire(self) -> None: ...
+
 
 log = structlog.get_logger("bridge.dispatch")
 
@@ -196,7 +204,7 @@ class Dispatcher:
         self._seq = itertools.count()
         self._queues: dict[str, asyncio.PriorityQueue[tuple[int, int, _Entry]]] = {}
         self._ready: dict[str, dict[str, _Entry]] = {}  # insertion order = ready order
-        self._limiters: dict[str, SlidingWindowLimiter] = {}
+        self._limiters: dict[str, RateLimiter] = {}
         #: Per provider (see bridge.core.breaker); times are the loop's monotonic clock.
         self.breakers = {
             name: CircuitBreaker(breaker_failures, breaker_cooldown, breaker_cooldown_max)
@@ -230,6 +238,11 @@ class Dispatcher:
         self._resumed: dict[str, asyncio.Event] = {name: asyncio.Event() for name in providers}
         self._running = False
         self._stopping = False
+
+    def set_limiter(self, provider: str, limiter: RateLimiter) -> None:
+        """Replace a provider's rate limiter (anything with ``async acquire()``) before
+        :meth:`start` — cluster mode shares one across nodes (bridge/store/cluster_limits.py)."""
+        self._limiters[provider] = limiter
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -259,6 +259,9 @@ class Pipeline:
         self.max_queue = max_queue
         #: Set by the bridge's disk watch (the domain does no I/O): refuse new submissions.
         self.disk_low = False
+        #: Cluster mode (set by bridge/store/cluster.py): the parts of a long message may arrive at
+        #: several nodes; the stored ones are merged and whoever has them all completes it.
+        self.shared_parts = False
         self.ids = MessageIds(clock)
         self.reassembly = ReassemblyBuffer(timeout=reassembly_timeout)
         # (text, data_coding) -> (length in the units providers count, needs unicode)
@@ -459,9 +462,25 @@ class Pipeline:
         await self.store.add_part(
             StoredPart(key.as_str(), seqnum, total, message_id, sub.payload, now, meta)
         )
+        if assembled is None and self.shared_parts:
+            assembled = await self._merge_shared(key.as_str(), fragment)
         if assembled is not None:
             await self._complete(assembled)
         return message_id
+
+    async def _merge_shared(self, key: str, fragment: Fragment) -> Assembled | None:
+        """Cluster mode: the other parts of this message may have come in over binds on other
+        nodes — take the stored ones into this node's buffer (a part it holds is a no-op)."""
+        assembled = None
+        for part in await self.store.parts(key):
+            if part.total != fragment.total or part.seqnum == fragment.seqnum:
+                continue
+            assembled, displaced = self.reassembly.add(Fragment.from_stored(part))
+            for inc in displaced:
+                await self._fail_incomplete(inc)
+            if assembled is not None:
+                break
+        return assembled
 
     def _from_first_part(self, first: Fragment, account: str, payload: bytes | None) -> Message:
         """The message a set of parts stands for, built from the fields stored with its first
@@ -503,6 +522,20 @@ class Pipeline:
     async def _complete(self, assembled: Assembled) -> None:
         message = self._assemble_sync(assembled)
         key = assembled.key.as_str()
+        if self.shared_parts:
+            try:
+                self._route(message)
+            except Rejected:
+                pass  # the same refusal below
+            else:
+                try:
+                    await self.store.complete_parts(key, message)
+                except ValueError:  # a duplicate: another node completed it at the same time
+                    log.debug("pipeline.completed_elsewhere", message_id=message.id)
+                    return
+                self._queued += 1
+                self.dispatcher.submit(message)
+                return
         try:
             self._route(message)
         except Rejected as e:
@@ -529,6 +562,8 @@ class Pipeline:
 
     async def _fail_incomplete(self, inc: Incomplete) -> None:
         """An incomplete concatenated message: a failure receipt for every part received."""
+        if self.shared_parts and not await self.store.parts(inc.key.as_str()):
+            return  # completed (or ended) by another node that held the other parts
         self.incomplete += 1
         self.metrics.reassembly_timeout(inc.reason)
         frags = inc.fragments
@@ -545,7 +580,12 @@ class Pipeline:
             total=inc.total,
             reason=inc.reason,
         )
-        await self.store.complete_parts(inc.key.as_str(), message)
+        try:
+            await self.store.complete_parts(inc.key.as_str(), message)
+        except ValueError:
+            if not self.shared_parts:
+                raise
+            return  # cluster mode: another node ended the same set at the same time
         await self.finisher.finish(
             message, MessageState.UNDELIVERABLE, 0, f"incomplete: {inc.reason}"
         )

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
+import itertools
 import re
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -434,6 +436,13 @@ class ReportHandler:
         # message id -> work that arrived while that message's records were on their way to disk
         self._busy: dict[str, list[_Work]] = {}
         self._sampled = SampledLog(log)
+        # A networked store (Redis) answers the local reads only for what it holds: it offers
+        # prefetch(), awaited once per batch when something is missing (see Store.prefetch).
+        # The embedded store has none, and its path is unchanged.
+        self._prefetch: Callable[..., Awaitable[None] | None] | None = getattr(
+            store, "prefetch", None
+        )
+        self._fetching = False
 
     # ------------------------------------------------------------------ the surface
 
@@ -483,7 +492,46 @@ class ReportHandler:
 
     def _drain(self) -> None:
         self._scheduled = False
+        if self._fetching:
+            return  # drained again when the fetch is back (work keeps its order)
         batch, self._queue = self._queue, []
+        if self._prefetch is not None and batch:
+            pending = self._prefetch(
+                [
+                    (w.report.provider, w.report.provider_message_id)
+                    for w in batch
+                    if w.report is not None
+                ],
+                [w.message.id for w in batch if w.message is not None],
+            )
+            if pending is not None:
+                self._fetching = True
+                fetch = asyncio.ensure_future(pending)  # one per batch, not per report
+                fetch.add_done_callback(functools.partial(self._fetched, batch))
+                return
+        self._run_batch(batch)
+
+    def _fetched(self, batch: list[_Work], fetch: asyncio.Future[None]) -> None:
+        self._fetching = False
+        error = None if fetch.cancelled() else fetch.exception()
+        if fetch.cancelled() or error is not None:
+            self.store_retries += 1
+            self._sampled(
+                "warning",
+                "report_prefetch_failed",
+                "store",
+                reports=len(batch),
+                error=f"{type(error).__name__}: {error}"[:200],
+                retry_in=self.retry_delay,
+            )
+            asyncio.get_running_loop().call_later(self.retry_delay, self._requeue, batch)
+        else:
+            self._run_batch(batch)
+        if self._queue and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._drain)
+
+    def _run_batch(self, batch: list[_Work]) -> None:
         for work in batch:
             try:
                 self._run(work)
@@ -494,11 +542,15 @@ class ReportHandler:
     def _run(self, work: _Work) -> None:
         report = work.report
         if report is not None:
-            self.reports += 1
+            retry = work.detail is _RETRY
+            if not retry:
+                self.reports += 1
             message_id = self._store.lookup_now(report.provider, report.provider_message_id)
             if message_id is None:
-                _resolve(work.future, self._park(report))
+                _resolve(work.future, self._park(report, keep=retry))
                 return
+            if retry:
+                self._early.pop((report.provider, report.provider_message_id), None)
         else:
             assert work.message is not None
             message_id = work.message.id
@@ -655,11 +707,24 @@ class ReportHandler:
 
     # ------------------------------------------------------------------ helpers
 
-    def _park(self, report: DeliveryReport) -> bool:
+    def retry_early(self, limit: int = 1000) -> int:
+        """Look again for up to ``limit`` parked reports, the newest first (cluster mode: another
+        node may have stored their correlation meanwhile — only this node's dispatcher calls
+        :meth:`correlated`). A report still unmatched stays parked as it was."""
+        keys = list(itertools.islice(reversed(self._early), limit))
+        for key in keys:
+            work = _Work(self._future(), report=self._early[key][0])
+            work.detail = _RETRY
+            self._submit(work)
+        return len(keys)
+
+    def _park(self, report: DeliveryReport, *, keep: bool = False) -> bool:
         """Keep an unmatched report a while: its correlation may be about to be written."""
         now = self._clock()
         self._expire_early(now)
         key = (report.provider, report.provider_message_id)
+        if keep:  # a retry (retry_early): parked as it was, or expired meanwhile
+            return False
         if key not in self._early:
             if len(self._early) >= self.max_early:
                 oldest = next(iter(self._early))
@@ -703,6 +768,10 @@ class ReportHandler:
         """An intermediate report equal to the last one recorded (providers resend those too)."""
         history = self._store.history_now(message_id)
         return bool(history) and history[-1].state is state and history[-1].detail == detail
+
+
+#: The ``detail`` of a parked report looked at again (retry_early), compared by identity.
+_RETRY = "\x00retry"
 
 
 def _resolve(future: asyncio.Future[bool], outcome: bool | BaseException) -> None:

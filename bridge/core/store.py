@@ -113,6 +113,11 @@ class Store(Protocol):
     def history_now(self, message_id: str) -> list[StateChange]: ...
     def lookup_now(self, provider: str, provider_message_id: str) -> str | None: ...
 
+    # Optional, for a networked store (bridge/store/redis.py), looked up with getattr by the
+    # report handler: ``prefetch(correlations, message_ids)`` returns None when the local reads
+    # above can answer for all of them, else an awaitable that brings the missing ones into
+    # this node in one round trip. The embedded store holds everything and has none.
+
     def update_message_nowait(
         self,
         message: Message,

@@ -23,7 +23,7 @@ import ssl
 import struct
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, cast
 
@@ -603,6 +603,14 @@ class _Connection(asyncio.Protocol):
             bound = server.bound_count(account.system_id)
             if account.max_binds and bound >= account.max_binds:
                 status, reason = Status.ESME_RBINDFAIL, f"max_binds {account.max_binds} reached"
+            elif (
+                account.max_binds
+                and server.bind_gate is not None
+                # Cluster mode: the binds of the other nodes count too (bridge/store/cluster.py).
+                and not await server.bind_gate(account.system_id, account.max_binds, bound)
+            ):
+                status = Status.ESME_RBINDFAIL
+                reason = f"max_binds {account.max_binds} reached across the cluster"
         if self._closed or self.transport is None or self.transport.is_closing():
             return
         if status != 0 or account is None:
@@ -969,6 +977,9 @@ class SmppServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._servers: list[Listener] = []
         self._limiters: dict[str, AsyncLimiter] = {}
+        #: Cluster mode: ``await bind_gate(system_id, max_binds, bound here)`` says whether one
+        #: more bind of the account fits cluster-wide (None: only this server's binds count).
+        self.bind_gate: Callable[[str, int, int], Awaitable[bool]] | None = None
         self._rr: dict[str, int] = {}
         self._receiver_event: asyncio.Event | None = None
         s = config.session

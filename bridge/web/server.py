@@ -81,6 +81,8 @@ class HealthReport:
     providers: Mapping[str, bool] = field(default_factory=dict)
     routed: frozenset[str] | None = None
     disk_space: bool = True  # free space on the store's disk above [storage] min_free_mb
+    #: More to show under "checks" (cluster mode: "redis" and "node").
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
@@ -98,6 +100,7 @@ class HealthReport:
                 "disk_space": self.disk_space,
                 "smpp_listener": self.smpp_listener,
                 "providers": dict(sorted(self.providers.items())),
+                **self.extra,
             },
         }
 
