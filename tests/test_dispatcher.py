@@ -255,6 +255,41 @@ async def test_stop_waits_for_acceptances_still_on_their_way_to_the_store(rig: R
     assert rig.store.lookup_now("p1", "p1-1") == "m1"
 
 
+async def test_an_at_most_once_send_cut_off_by_a_stop_is_not_sent_again_and_ends_unknown(
+    rig: Rig,
+) -> None:
+    # retry_after_timeout = false: the bridge dies while the request is out. The provider may
+    # have the message, so the next start must not send it again: it ends UNKNOWN.
+    p1 = FakeProvider("p1", caps=Capabilities(at_most_once=True))
+    p1.gate = asyncio.Event()  # the send never returns
+    d = rig.dispatcher(p1)
+    await d.start()
+    await rig.add(d, make_message())
+    await until(lambda: p1.in_flight == 1)
+    assert any("sending to p1" in detail for detail in rig.details())
+    await d.stop(timeout=0.05)  # the send is cut off, as by kill -9
+
+    again = FakeProvider("p1", caps=Capabilities(at_most_once=True))
+    d2 = rig.dispatcher(again)
+    await d2.start()
+    await until(lambda: "m1" in rig.finisher.finished)
+    assert rig.finisher.finished["m1"][0] is MessageState.UNKNOWN
+    assert again.sent == [] and len(p1.sent) == 0
+
+
+async def test_an_at_most_once_send_that_failed_transiently_is_queued_and_sent_again(
+    rig: Rig,
+) -> None:
+    transient = Outcome(OutcomeKind.TRANSIENT, detail="connect failed")
+    p1 = FakeProvider("p1", [transient], caps=Capabilities(at_most_once=True))
+    d = rig.dispatcher(p1)
+    await d.start()
+    await rig.add(d, make_message())
+    await until(lambda: rig.store.lookup_now("p1", "p1-1") == "m1")
+    assert p1.sent_ids() == ["m1", "m1"]  # the failed one never reached the provider
+    assert sum("sending to p1" in detail for detail in rig.details()) == 2
+
+
 async def test_accepted_parts_ids_are_all_correlated_with_the_message(rig: Rig) -> None:
     accepted = Outcome(OutcomeKind.ACCEPTED, provider_message_id="U1", other_ids=("U2", "U3"))
     d = rig.dispatcher(FakeProvider("p1", [accepted]))

@@ -258,6 +258,7 @@ class Dispatcher:
                 task = asyncio.create_task(self._consume(name, provider), name=f"send-{name}-{i}")
                 self._consumers.append(task)
         self._timer_task = asyncio.create_task(self._timer_loop(), name="dispatch-timer")
+        await self._finish_interrupted_sends()
         resumed = 0
         async for message in self._scan(self.store.pending_messages):
             if message.id not in self._entries:
@@ -610,6 +611,8 @@ class Dispatcher:
                 entry, MessageState.EXPIRED, message.error_code, "validity ended before dispatch"
             )
             return
+        if provider.capabilities.at_most_once and not await self._mark_sending(entry):
+            return
         started = time.perf_counter()
         try:
             outcome = await provider.send(message)
@@ -638,12 +641,59 @@ class Dispatcher:
             provider_message_id=outcome.provider_message_id,
         )
         self._record_breaker(name, outcome)
+        if outcome.kind is not OutcomeKind.ACCEPTED and message.provider_message_id == "":
+            message.provider_message_id = None  # the "sending" mark: not taken after all
         if outcome.kind is OutcomeKind.ACCEPTED:
             self._accepted(entry, outcome)
         elif outcome.kind is OutcomeKind.PERMANENT:
             await self._permanent(entry, outcome)
         else:
             await self._transient(entry, outcome)
+
+    async def _mark_sending(self, entry: _Entry) -> bool:
+        """At most once: before the send goes out, record durably that it is going out (the
+        message counts as taken by the provider, without an id). A bridge killed during the
+        send finds the mark at its restart and ends the message UNKNOWN instead of sending it
+        a second time (:meth:`_finish_interrupted_sends`). False: not recorded, not sent (the
+        message is retried like after a transient failure)."""
+        message, name = entry.message, entry.provider
+        message.provider, message.provider_message_id = name, ""
+        change = StateChange(
+            message.id, MessageState.ENROUTE, self.clock(),
+            f"sending to {name} (at most once: not sent again if the bridge stops now)",
+        )  # fmt: skip
+        try:
+            await self.store.update_message(message, change)
+        except Exception as exc:
+            message.provider_message_id = None
+            await self._transient(
+                entry,
+                Outcome(OutcomeKind.TRANSIENT, detail=f"store: {type(exc).__name__}"),
+            )
+            return False
+        return True
+
+    async def _finish_interrupted_sends(self) -> int:
+        """At start: a message marked "sending" to an at-most-once provider but never
+        recorded as taken was being sent when the bridge stopped. The provider may have it;
+        it is not sent again: it ends UNKNOWN (its receipt says so)."""
+        interrupted = 0
+        async for message in self._scan(self.store.awaiting_report):
+            provider = self.providers.get(message.provider or "")
+            if (
+                message.provider_message_id == ""
+                and provider is not None
+                and provider.capabilities.at_most_once
+            ):
+                interrupted += 1
+                await self._call_finish(
+                    message, MessageState.UNKNOWN, 0,
+                    f"the bridge stopped while sending it to {message.provider}; not sent again"
+                    " (retry_after_timeout = false)",
+                )  # fmt: skip
+        if interrupted:
+            log.warning("dispatch_interrupted_sends", messages=interrupted, state="UNKNOWN")
+        return interrupted
 
     def _accepted(self, entry: _Entry, outcome: Outcome) -> None:
         """The provider took the message: record it (with the correlation its report needs)

@@ -57,6 +57,10 @@ class Capabilities:
     max_sender_chars: int = 11
     reports: Literal["push", "poll", "none"] = "push"
     requests_per_second: float = 0.0  # 0 = unlimited
+    # At most once (HTTP providers with retry_after_timeout = false): the dispatcher journals
+    # "sending" before each send, so a bridge killed during the send does not send it again
+    # after the restart; such a message ends UNKNOWN instead (README, "Reliability").
+    at_most_once: bool = False
     concurrency: int = 16
 
 

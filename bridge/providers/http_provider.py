@@ -18,6 +18,7 @@ that must behave the same for all of them:
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Sequence
 
 import structlog
@@ -78,6 +79,8 @@ class HttpProvider(abc.ABC):
         self.name = name
         self.settings = settings
         self.ctx = ctx
+        if not settings.retry_after_timeout:
+            capabilities = dataclasses.replace(capabilities, at_most_once=True)
         self.capabilities = capabilities
         self.client: HttpClient | None = None
         self.reports: ReportSink | None = None
