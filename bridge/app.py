@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import prometheus_client
 import structlog
@@ -31,7 +31,6 @@ from bridge.config import (
     ConfigError,
     HttpConfig,
     ProviderConfig,
-    SandboxConfig,
     apply_overrides,
     load_config,
 )
@@ -51,8 +50,7 @@ from bridge.core.receipts import DeliveryQueue, ReceiptSender, ReportHandler
 from bridge.core.router import Route, Router
 from bridge.observability import BridgeCollector, Metrics, Snapshot, register_secret
 from bridge.passwords import secret_file
-from bridge.providers import isms_http, isms_smpp, mycoolsms, phlymail, sms1601, smsflatrate
-from bridge.providers.sandbox import SandboxProvider, SandboxRule
+from bridge.providers.registry import PROVIDER_TYPES
 from bridge.runtime import tune_gc
 from bridge.smpp.server import ServerConfig, SessionInfo, SmppServer
 from bridge.smpp.session import SessionConfig
@@ -77,15 +75,6 @@ PROVIDER_HEALTH_TIMEOUT = 2.0
 #: asks); the gauge shows the last answer.
 PROVIDER_UP_INTERVAL = 30.0
 
-#: Provider modules by config ``type`` (the sandbox is built here: it takes no HTTP settings).
-_PROVIDER_MODULES: dict[str, Any] = {
-    "phlymail": phlymail,
-    "smsflatrate": smsflatrate,
-    "mycoolsms": mycoolsms,
-    "sms1601": sms1601,
-    "isms_http": isms_http,
-    "isms_smpp": isms_smpp,
-}
 
 CALLBACK_SECRET_FILE = "callback.secret"
 
@@ -748,16 +737,8 @@ def _callback_url(base: str, provider: str, token: str, kind: str) -> str:
 
 
 def _build_provider(name: str, pc: ProviderConfig, ctx: ProviderContext) -> Provider:
-    """The adapter a ``[providers.NAME]`` table describes."""
-    if isinstance(pc, SandboxConfig):
-        return SandboxProvider(
-            name,
-            delay=pc.delay,
-            rules=[SandboxRule(r.suffix, r.outcome, r.error_code) for r in pc.rules],
-            clock=ctx.clock,
-        )
-    provider: Provider = _PROVIDER_MODULES[pc.type].create(name, pc, ctx)
-    return provider
+    """The adapter a ``[providers.NAME]`` table describes (bridge.providers.registry)."""
+    return PROVIDER_TYPES[pc.type].create(name, pc, ctx)
 
 
 def _callback_secret(cfg: Config) -> bytes:

@@ -50,8 +50,17 @@ from pydantic import (
 from bridge.core.accounts import Account, BindType, IPNetwork
 from bridge.observability import DEFAULT_REDACT_KEYS
 from bridge.passwords import MAX_SMPP_PASSWORD_LENGTH, is_hashed, parse_hash
-from bridge.providers import isms_http, isms_smpp, mycoolsms, phlymail, sms1601, smsflatrate
-from bridge.providers.settings import ProviderSettings, Secret, resolve_env
+from bridge.providers import (
+    isms_http,
+    isms_smpp,
+    mycoolsms,
+    phlymail,
+    sandbox,
+    sms1601,
+    smsflatrate,
+)
+from bridge.providers.registry import PROVIDER_TYPES as _REGISTRY
+from bridge.providers.settings import Secret, resolve_env
 
 __all__ = [
     "AccountConfig",
@@ -73,9 +82,8 @@ __all__ = [
 ]
 
 DEFAULT_SMPP_HOST = "127.0.0.1"
-PROVIDER_TYPES = (
-    "sandbox", "phlymail", "smsflatrate", "mycoolsms", "sms1601", "isms_http", "isms_smpp"
-)
+#: The ``type`` values of ``[providers.NAME]``, from the one registry (bridge.providers.registry).
+PROVIDER_TYPES = tuple(_REGISTRY)
 MAX_SYSTEM_ID_LENGTH = 15  # SMPP 3.4: C-Octet String, max 16 octets including the NUL
 
 
@@ -548,29 +556,9 @@ class PipelineConfig(_Section):
     breaker_health_interval: NonNegFloat = 5.0
 
 
-class SandboxRuleConfig(_Section):
-    """Outcome by destination suffix, to exercise every receipt path."""
-
-    suffix: Annotated[str, Field(pattern=r"^[0-9]+$")]
-    outcome: Literal[
-        "DELIVRD",
-        "UNDELIV",
-        "EXPIRED",
-        "REJECTD",
-        "transient_then_delivrd",
-        "permanent",
-        "transient",
-    ]
-    error_code: Annotated[int, Field(ge=0, le=999)] = 0
-
-
-class SandboxConfig(ProviderSettings):
-    """``[providers.NAME] type = "sandbox"`` (the default type): no network, see
-    :mod:`bridge.providers.sandbox`."""
-
-    type: Literal["sandbox"] = "sandbox"
-    delay: NonNegFloat = 1.0  # seconds before the sandbox reports
-    rules: list[SandboxRuleConfig] = Field(default_factory=list)
+# The sandbox's table lives beside its adapter, like every provider's (bridge.providers.sandbox).
+SandboxRuleConfig = sandbox.RuleSettings
+SandboxConfig = sandbox.Settings
 
 
 def _provider_type(value: Any) -> str:
@@ -581,7 +569,8 @@ def _provider_type(value: Any) -> str:
     return str(getattr(value, "type", ""))
 
 
-#: One ``[providers.NAME]`` table; its ``type`` says which adapter and which keys.
+#: One ``[providers.NAME]`` table; its ``type`` says which adapter and which keys. Spelled out
+#: for the type checker; tests/test_config.py checks it names exactly the registry's types.
 ProviderConfig = Annotated[
     Annotated[SandboxConfig, Tag("sandbox")]
     | Annotated[phlymail.Settings, Tag("phlymail")]

@@ -569,3 +569,35 @@ def test_bad_store_url_or_node_id_on_the_command_line_is_an_error() -> None:
         apply_overrides(cfg, store_url="localhost:6379", node_id="")
     assert {p.path for p in info.value.errors} == {"--store-url", "--node-id"}
     assert str(info.value).startswith("command line: ")
+
+
+def test_the_typed_provider_union_names_exactly_the_registrys_types() -> None:
+    import typing
+
+    from pydantic import Tag
+
+    from bridge.config import ProviderConfig
+    from bridge.providers.registry import PROVIDER_TYPES
+
+    union, _discriminator = typing.get_args(ProviderConfig)
+    tags = {}
+    for member in typing.get_args(union):
+        settings, tag = typing.get_args(member)
+        assert isinstance(tag, Tag)
+        tags[tag.tag] = settings
+    assert tags == {name: t.settings for name, t in PROVIDER_TYPES.items()}
+
+
+def test_every_provider_type_has_its_docs_page_and_simulator_module() -> None:
+    import importlib
+    from pathlib import Path
+
+    from bridge.providers.registry import PROVIDER_TYPES
+    from bridge.simulators import SIMULATORS
+
+    root = Path(__file__).resolve().parent.parent
+    for name, t in PROVIDER_TYPES.items():
+        assert (root / t.docs).is_file(), name
+        if t.simulator is not None:
+            assert hasattr(importlib.import_module(t.simulator), "serve"), name
+            assert SIMULATORS[name] == t.simulator

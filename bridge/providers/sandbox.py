@@ -19,12 +19,24 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from bridge.core.model import DeliveryReport, Message, MessageState, Outcome, OutcomeKind
-from bridge.core.provider import Capabilities, InboundSink, ReportSink
+from bridge.core.provider import Capabilities, InboundSink, Provider, ProviderContext, ReportSink
+from bridge.providers.settings import NonNegFloat, ProviderSettings
 
-__all__ = ["CAPABILITIES", "ID_PREFIX", "SandboxOutcome", "SandboxProvider", "SandboxRule"]
+__all__ = [
+    "CAPABILITIES",
+    "ID_PREFIX",
+    "RuleSettings",
+    "SandboxOutcome",
+    "SandboxProvider",
+    "SandboxRule",
+    "Settings",
+    "create",
+]
 
 ID_PREFIX = "sbx-"
 
@@ -47,6 +59,27 @@ CAPABILITIES = Capabilities(
     alphanumeric_sender=True,
     reports="push",
 )
+
+
+
+class RuleSettings(BaseModel):
+    """``[[providers.NAME.rules]]``: an outcome by destination suffix, to exercise every
+    receipt path."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    suffix: Annotated[str, Field(pattern=r"^[0-9]+$")]
+    outcome: SandboxOutcome
+    error_code: Annotated[int, Field(ge=0, le=999)] = 0
+
+
+class Settings(ProviderSettings):
+    """``[providers.NAME] type = "sandbox"`` (the default type): no network."""
+
+    type: Literal["sandbox"] = "sandbox"
+    delay: NonNegFloat = 1.0  # seconds before the sandbox reports
+    rules: list[RuleSettings] = Field(default_factory=list)
+
 
 _REPORT_STATES: dict[str, MessageState] = {
     "DELIVRD": MessageState.DELIVERED,
@@ -206,3 +239,13 @@ class SandboxProvider:
     def pending_reports(self) -> int:
         """Reports scheduled but not yet pushed."""
         return len(self._timers)
+
+
+def create(name: str, settings: Settings, ctx: ProviderContext) -> Provider:
+    """The registry's factory (bridge.providers.registry)."""
+    return SandboxProvider(
+        name,
+        delay=settings.delay,
+        rules=[SandboxRule(r.suffix, r.outcome, r.error_code) for r in settings.rules],
+        clock=ctx.clock,
+    )
