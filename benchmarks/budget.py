@@ -38,7 +38,7 @@ from typing import Any
 import msgspec
 
 from bridge.app import Bridge
-from bridge.bench import _submit_bytes
+from bridge.bench.wire import submit_bytes as _submit_bytes
 from bridge.config import load_config_text
 from bridge.core.pipeline import normalise_destination, normalise_source
 from bridge.observability import configure_logging

@@ -29,7 +29,6 @@ import json
 import logging
 import multiprocessing
 import platform
-import struct
 import sys
 import time
 from pathlib import Path
@@ -38,50 +37,16 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bridge.bench.wire import Responder
 from bridge.smpp.client import ClientConfig, SmppClient
 from bridge.smpp.pdu import CommandId, Pdu
 
 # --------------------------------------------------------------------------- the responder
 
-_HEADER = struct.Struct(">IIII")
-_BIND_IDS = frozenset({0x1, 0x2, 0x9})
+class _Responder(Responder):
+    """The benchmarks' shared responder (bridge.bench.wire), without receipts."""
 
-
-class _Responder(asyncio.Protocol):
-    """Answers whatever an ESME needs to bind and submit; nothing is decoded past the header."""
-
-    def __init__(self) -> None:
-        self.buf = b""
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf + data if self.buf else data
-        out: list[bytes] = []
-        p, end = 0, len(buf)
-        close = False
-        while end - p >= 16:
-            length, cid, _status, seq = _HEADER.unpack_from(buf, p)
-            if end - p < length:
-                break
-            p += length
-            if cid == 0x4:  # submit_sm → submit_sm_resp with a message_id
-                mid = b"%08x\0" % seq
-                out.append(_HEADER.pack(16 + len(mid), 0x80000004, 0, seq) + mid)
-            elif cid in _BIND_IDS:
-                out.append(_HEADER.pack(16 + 6, cid | 0x80000000, 0, seq) + b"bench\0")
-            elif cid == 0x15:  # enquire_link
-                out.append(_HEADER.pack(16, 0x80000015, 0, seq))
-            elif cid == 0x6:  # unbind
-                out.append(_HEADER.pack(16, 0x80000006, 0, seq))
-                close = True
-        self.buf = buf[p:]
-        if out and self.transport is not None:
-            self.transport.write(b"".join(out))
-        if close and self.transport is not None:
-            self.transport.close()
+    receipts = False
 
 
 def _serve(port_queue: Any) -> None:

@@ -296,13 +296,13 @@ def main(argv: list[str] | None = None) -> int:
         return _send(args)
     if args.command == "bench":
         if args.what == "provider":
-            from bridge.bench_provider import main as provider_main
+            from bridge.bench.provider import main as provider_main
 
             return provider_main(
                 binds=args.binds, window=args.window, messages=args.messages, as_json=args.json
             )
         if args.what == "load":
-            from bridge.bench_e2e import load_main
+            from bridge.bench.e2e import load_main
             from bridge.send import PASSWORD_ENV
 
             return load_main(
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                 binds=args.binds, window=args.window, messages=args.messages, as_json=args.json,
             )  # fmt: skip
         if args.what == "e2e":
-            from bridge.bench_e2e import main as e2e_main
+            from bridge.bench.e2e import main as e2e_main
 
             return e2e_main(
                 binds=args.binds,
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                 as_json=args.json,
                 store_url=args.store_url,
             )
-        from bridge.bench import main as bench_main
+        from bridge.bench.layer import main as bench_main
 
         return bench_main(args.what, messages=args.messages, as_json=args.json)
     return _run(args)

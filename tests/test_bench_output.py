@@ -9,7 +9,7 @@ import sys
 
 from bridge_harness import StartBridge, start_bridge
 
-from bridge.bench_summary import e2e_summary, provider_summary, rate
+from bridge.bench.summary import e2e_summary, provider_summary, rate
 
 __all__ = ["start_bridge"]  # the fixture
 

@@ -1,9 +1,10 @@
 """``smpp-bridge bench provider``: ESME → bridge → a provider simulator over real HTTP → receipt,
 against a naive forwarder measured in the same run.
 
-Three processes, as in production: the load client (``bench_e2e.client``, its own process), the
-system under test (this process), and the iSMS HTTP simulator (``smpp-bridge simulate isms-http``, a
-subprocess) which answers ``send.php`` and pushes each delivery report to the ``dlr-url``.
+Three processes, as in production: the load client (``bench.wire.load_client``, its own
+process), the system under test (this process), and the iSMS HTTP simulator (``smpp-bridge
+simulate isms-http``, a subprocess) which answers ``send.php`` and pushes each delivery report
+to the ``dlr-url``.
 
 * **Naive forwarder** (the baseline): an SMPP responder that, for each submit_sm, makes one
   aiohttp GET to the simulator's ``send.php`` with a pooled session and answers submit_sm_resp
@@ -34,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bridge.bench_e2e import _run_client
+from bridge.bench.wire import run_load_client as _run_client
 from bridge.smpp.pdu import CommandId, FrameReader, Pdu, encode
 
 _HEADER = struct.Struct(">IIII")
@@ -211,7 +212,7 @@ def main(
     delay: float = 0.2,
     as_json: bool = False,
 ) -> int:
-    from bridge.bench_summary import provider_summary
+    from bridge.bench.summary import provider_summary
     from bridge.observability import configure_logging
 
     configure_logging("error", "console")

@@ -19,109 +19,29 @@ import contextlib
 import itertools
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
 import time
-from typing import Any, cast
+from typing import Any
 
-from bridge.smpp.pdu import CommandId, FrameReader, Pdu, decode, encode
-
-_HEADER = struct.Struct(">IIII")
-_BIND_RESP_BODY = b"baseline\0\x02\x10\x00\x01\x34"  # system_id + sc_interface_version
-
-
-def _submit_bytes(seq: int) -> bytes:
-    return encode(
-        Pdu(
-            CommandId.submit_sm,
-            seq,
-            0,
-            {
-                "source_addr_ton": 1,
-                "source_addr_npi": 1,
-                "source_addr": "4930123456",
-                "dest_addr_ton": 1,
-                "dest_addr_npi": 1,
-                "destination_addr": "4915112345678",
-                "registered_delivery": 1,
-                "short_message": b"Benchmark message: hello from smpp-bridge",
-            },
-        )
-    )
-
+from bridge.bench.wire import Responder, bind_cycles, load_client, submit_bytes
+from bridge.smpp.pdu import CommandId, Pdu, decode, encode
 
 # --------------------------------------------------------------------------- client (subprocess)
 
 
-def _client(port: int, messages: int, window: int, binds: int) -> dict[str, float]:
-    """Blocking pipelined ESME; returns submits/s and binds/s."""
-    bind = encode(
-        Pdu(
-            CommandId.bind_transmitter,
-            1,
-            0,
-            {"system_id": "demo", "password": "demopass", "interface_version": 0x34},
-        )
-    )
-    template = bytearray(_submit_bytes(1))
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    reader = FrameReader(1 << 20)
-
-    def read_frames() -> list[bytes]:
-        while True:
-            data = sock.recv(1 << 16)
-            if not data:
-                raise ConnectionError("server closed")
-            reader.feed(data)
-            frames = list(reader.frames())
-            if frames:
-                return frames
-
-    sock.sendall(bind)
-    resp = decode(read_frames()[0])
-    if resp.command_status:
-        raise RuntimeError(f"bind failed: {resp.command_status}")
-    seqs = itertools.count(2)
-    sent = answered = ok = 0
-    t0 = time.perf_counter()
-    batch = bytearray()
-    while sent < min(window, messages):
-        struct.pack_into(">I", template, 12, next(seqs))
-        batch += template
-        sent += 1
-    sock.sendall(batch)
-    while answered < messages:
-        frames = read_frames()
-        answered += len(frames)
-        ok += sum(1 for f in frames if f[8:12] == b"\0\0\0\0")
-        batch.clear()
-        for _ in range(min(len(frames), messages - sent)):
-            struct.pack_into(">I", template, 12, next(seqs))
-            batch += template
-            sent += 1
-        if batch:
-            sock.sendall(batch)
-    elapsed = time.perf_counter() - t0
-    sock.close()
-
-    t1 = time.perf_counter()
-    unbind = encode(Pdu(CommandId.unbind, 3))
-    for _ in range(binds):
-        s = socket.create_connection(("127.0.0.1", port))
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        s.sendall(bind)
-        s.recv(1024)
-        s.sendall(unbind)
-        s.recv(1024)
-        s.close()
-    bind_elapsed = time.perf_counter() - t1
+def layer_client(port: int, messages: int, window: int, binds: int) -> dict[str, float]:
+    """The load client over one pipelined bind (no receipts), then ``binds`` bind/unbind
+    cycles; runs in its own process."""
+    result = load_client(
+        port, 1, window, messages, 300.0, expect_receipts=False,
+        bind_type=CommandId.bind_transmitter,
+    )  # fmt: skip
     return {
-        "submits_per_s": messages / elapsed,
-        "ok_ratio": ok / messages,
-        "binds_per_s": binds / bind_elapsed if binds else 0.0,
+        "submits_per_s": result["submit_per_s"],
+        "ok_ratio": result["accepted"] / messages,
+        "binds_per_s": bind_cycles(port, binds),
     }
 
 
@@ -130,8 +50,8 @@ def _run_client(port: int, messages: int, window: int, binds: int) -> dict[str, 
         [
             sys.executable,
             "-c",
-            "import json,sys; from bridge.bench import _client; "
-            f"print(json.dumps(_client({port}, {messages}, {window}, {binds})))",
+            "import json,sys; from bridge.bench.layer import layer_client; "
+            f"print(json.dumps(layer_client({port}, {messages}, {window}, {binds})))",
         ],
         capture_output=True,
         text=True,
@@ -167,27 +87,10 @@ class _AcceptAll:
         return None
 
 
-class _BareResponder(asyncio.Protocol):
-    """Baseline: frames PDUs and answers with prebuilt responses, nothing else."""
+class _BareResponder(Responder):
+    """The shared responder without receipts: the SMPP layer alone."""
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, only alike.
-        self.transport = cast(asyncio.Transport, transport)
-        self.reader = FrameReader()
-
-    def data_received(self, data: bytes) -> None:
-        self.reader.feed(data)
-        out = []
-        for frame in self.reader.frames():
-            _, cid, _, seq = _HEADER.unpack_from(frame)
-            if cid == CommandId.unbind:
-                out.append(_HEADER.pack(16, cid | 0x80000000, 0, seq))
-            elif cid == CommandId.submit_sm:
-                out.append(_HEADER.pack(20, cid | 0x80000000, 0, seq) + b"abc\0")
-            else:
-                head = _HEADER.pack(16 + len(_BIND_RESP_BODY), cid | 0x80000000, 0, seq)
-                out.append(head + _BIND_RESP_BODY)
-        self.transport.write(b"".join(out))
+    receipts = False
 
 
 async def _bench_smpp(messages: int, window: int, binds: int) -> dict[str, Any]:
@@ -227,7 +130,7 @@ async def _bench_smpp(messages: int, window: int, binds: int) -> dict[str, Any]:
 
 
 def _bench_codec(n: int = 100_000) -> dict[str, float]:
-    data = _submit_bytes(7)
+    data = submit_bytes(7)
     pdu = decode(data)
     fmt_head = struct.Struct(">IIII")
 
@@ -293,7 +196,7 @@ def main(
 ) -> int:
     """Run the benchmarks; print the JSON report (ratios against same-run baselines) and,
     unless ``as_json``, a paragraph that says what it means before it."""
-    from bridge.bench_summary import codec_smpp_summary
+    from bridge.bench.summary import codec_smpp_summary
     from bridge.observability import configure_logging
 
     configure_logging("warning", "console")
