@@ -657,6 +657,15 @@ class Metrics:
             ["provider", "result"],
             registry=r,
         )
+        self.provider_events = Counter(
+            "bridge_provider_events_total",
+            "Provider events by kind: inbound_poll_failed (a getIncomingSms poll got no usable "
+            "answer; retried at the next interval), inbound_duplicate (an MO seen by both push "
+            "and poll, delivered once), bulk_request (one request carrying several "
+            "destinations), bulk_destination (a destination sent in such a request).",
+            ["provider", "event"],
+            registry=r,
+        )
         self.receipts = Counter(
             "bridge_receipts_total",
             "Receipts queued for ESMEs, by Appendix B stat word (DELIVRD, UNDELIV, ...).",
@@ -854,6 +863,9 @@ class Metrics:
 
     def inbound(self, provider: str, result: str) -> None:
         self.inbound_messages.labels(provider, result).inc()
+
+    def provider_event(self, provider: str, event: str) -> None:
+        self.provider_events.labels(provider, event).inc()
 
     def receipts_queued(self, state: str, count: int = 1) -> None:
         child = self._receipts.get(state)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 from bridge.core.model import DeliveryReport, InboundMessage, Message, Outcome
@@ -153,6 +154,10 @@ def _no_health_news(healthy: bool) -> None:
     return None
 
 
+def _no_event(event: str) -> None:
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderContext:
     """What the wiring (app.py) gives a provider it builds, beside the provider's settings.
@@ -163,6 +168,10 @@ class ProviderContext:
     ``bridge_provider_balance`` gauge. ``set_healthy`` is for a provider that learns its own
     health as it changes (an SMPP upstream binding or losing its last bind): /readyz and
     ``bridge_provider_up`` follow at once instead of at the next periodic ``healthy()`` check.
+    ``state_dir`` is a directory (in the data directory) where the provider may keep small files
+    of its own that must survive a restart (the My-Cool-SMS inbound poll's ``thresholdid``);
+    None when there is none (tools). ``count_event(name)`` counts an operator-relevant provider
+    event (``bridge_provider_events_total{provider,event}``; a small fixed set of names).
     """
 
     name: str
@@ -170,6 +179,8 @@ class ProviderContext:
     callback_url: Callable[[CallbackKind], str | None] = _no_callback_url
     set_balance: Callable[[float], None] = _no_balance
     set_healthy: Callable[[bool], None] = _no_health_news
+    state_dir: Path | None = None
+    count_event: Callable[[str], None] = _no_event
 
 
 # --------------------------------------------------------------------------- statistics
