@@ -11,7 +11,7 @@ are translators: a :class:`~bridge.core.model.Message` in, an
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
@@ -19,6 +19,7 @@ from typing import Literal, Protocol, runtime_checkable
 from bridge.core.model import DeliveryReport, InboundMessage, Message, Outcome
 
 __all__ = [
+    "BatchProvider",
     "CallbackKind",
     "CallbackProvider",
     "CallbackReply",
@@ -63,6 +64,8 @@ class Capabilities:
     # after the restart; such a message ends UNKNOWN instead (README, "Reliability").
     at_most_once: bool = False
     concurrency: int = 16
+    # Destinations one request may carry (a bulk send, see BatchProvider); 1 = no bulk.
+    max_batch: int = 1
 
 
 class Provider(Protocol):
@@ -86,6 +89,28 @@ class Provider(Protocol):
 
     async def healthy(self) -> bool:
         """Connection test / balance call for /readyz."""
+        ...
+
+
+@runtime_checkable
+class BatchProvider(Protocol):
+    """A provider that can send one text to several destinations in one request (a bulk send).
+
+    The dispatcher uses it when ``capabilities.max_batch`` > 1: messages queued for this
+    provider whose :meth:`batch_key` is equal (not None) go together, at most ``max_batch``, in
+    one :meth:`send_batch` call that counts as one request against the rate limit. Everything
+    else (retries, failover, receipts) stays per message.
+    """
+
+    def batch_key(self, message: Message) -> Hashable | None:
+        """What must be equal for messages to share a request (text, sender, options), or
+        None when this message must go alone (settings, or what the document rules out)."""
+        ...
+
+    async def send_batch(self, messages: Sequence[Message]) -> list[Outcome]:
+        """Send messages that share a batch key in as few requests as the provider allows
+        (usually one); one Outcome per message, in order. Never raises for provider-side
+        failures; a refusal that names no destination is every destination's outcome."""
         ...
 
 
