@@ -380,6 +380,8 @@ SMPP_EVENTS = (
     "accept_failed",
 )
 INBOUND_RESULTS = ("queued", "unowned")
+#: bridge_provider_events_total event names (a fixed set: they are label values).
+PROVIDER_EVENTS = ("inbound_poll_failed", "inbound_duplicate", "bulk_request", "bulk_destination")
 
 
 #: Rows of bridge_smpp_pdus_total: (direction, command, status, count).
@@ -785,6 +787,8 @@ class Metrics:
                 self.reports.labels(name, result)
             for result in INBOUND_RESULTS:
                 self.inbound_messages.labels(name, result)
+            for event in PROVIDER_EVENTS:
+                self.provider_events.labels(name, event)
         for state in receipt_states:
             self.receipts.labels(state)
 
