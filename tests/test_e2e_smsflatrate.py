@@ -425,3 +425,19 @@ def test_a_burst_of_single_submits_queued_for_the_provider_goes_in_one_bulk_requ
     bulk = [r for r in sends if r.get("bulk") == "1"]
     assert len(sends) == 2 and len(bulk) == 1
     assert sorted(n.removeprefix("00") for n in bulk[0]["to"].split(";")) == sorted(numbers)
+
+
+def test_a_bulk_refusal_of_one_number_sends_each_number_again_on_its_own(setup: Any) -> None:
+    s: Setup = setup(bulk="all", pipeline={"retry_base": 0.05, "retry_max": 0.2})
+    # 131 "Empfänger nicht korrekt" names no number: the simulator refuses the request for it.
+    numbers = ["4915100000131", *bulk_numbers(9)]
+    with Esme(s.bt.port) as esme:
+        esme.bind()
+        esme.submit_multi(numbers, b"Einzeln nochmal", registered_delivery=1)
+        receipts = esme.receipts(10)
+    by_number = {r.source_addr.decode(): receipt_fields(r) for r in receipts}
+    assert (by_number[numbers[0]]["stat"], by_number[numbers[0]]["err"]) == ("REJECTD", "131")
+    # The others went on their own, with status=1: real delivery reports.
+    assert {by_number[n]["stat"] for n in numbers[1:]} == {"DELIVRD"}
+    sends = s.sends()
+    assert [r.get("bulk") for r in sends].count("1") == 1 and len(sends) == 11

@@ -387,6 +387,12 @@ def send_params(
 
 #: "Maximale Anzahl der Handynummern: 50" per bulk request.
 MAX_BULK: Final = 50
+#: Message ids remembered as "send alone" (oldest forgotten first).
+MAX_ALONE: Final = 100_000
+#: Refusals of a bulk request that concern one of its numbers, which the reply does not name:
+#: each destination is then retried on its own (131 receiver not correct; 150 a foreign number
+#: on a Germany-only gateway), so only the bad numbers fail.
+PER_NUMBER_CODES: Final = frozenset({131, 150})
 #: Parameters that differ between the destinations of one bulk request (or are dropped in it).
 _PER_DESTINATION = frozenset({"to", "uid", "status", "type"})
 
@@ -441,8 +447,17 @@ def bulk_params(
 
 def split_bulk_outcome(outcome: Outcome, count: int) -> list[Outcome]:
     """Each destination's outcome from the one reply to a bulk request: taken → final
-    ``ACCEPTD`` (bulk SMS get no status report) with an equal share of the cost; anything
-    else (a refusal names no number) → the same outcome for every destination."""
+    ``ACCEPTD`` (bulk SMS get no status report) with an equal share of the cost; a refusal of
+    one of the numbers (:data:`PER_NUMBER_CODES`) → transient (each is sent again on its own,
+    see :meth:`SmsflatrateProvider.send_batch`); anything else (a refusal names no number) →
+    the same outcome for every destination."""
+    if outcome.kind is OutcomeKind.PERMANENT and outcome.error_code in PER_NUMBER_CODES:
+        retry = Outcome(
+            OutcomeKind.TRANSIENT,
+            detail=f"bulk request refused ({outcome.detail}): each number goes on its own",
+            error_code=outcome.error_code,
+        )
+        return [retry] * count
     if outcome.kind is not OutcomeKind.ACCEPTED:
         return [outcome] * count
     share = outcome.cost / count if outcome.cost is not None else None
@@ -726,6 +741,8 @@ class SmsflatrateProvider(HttpProvider):
         super().__init__(name, settings, ctx, capabilities_for(settings))
         self.config = settings
         self.status_url = status_url_for(settings)
+        #: Message ids that must not go in bulk again (a bulk refusal named none of them).
+        self._alone: dict[str, None] = {}
 
     def _key(self) -> str:
         return self.config.key.get_secret_value()
@@ -745,6 +762,8 @@ class SmsflatrateProvider(HttpProvider):
 
     # ------------------------------------------------------------------ bulk
     def batch_key(self, message: Message) -> Hashable | None:
+        if message.id in self._alone:
+            return None
         return bulk_key(message, self.config, self._key(), self.ctx.clock())
 
     async def send_batch(self, messages: Sequence[Message]) -> list[Outcome]:
@@ -775,7 +794,13 @@ class SmsflatrateProvider(HttpProvider):
                     outcome = Outcome(kind, detail=f"HTTP {response.status}")
                 else:
                     outcome = self.parse_send(chunk[0], response)
-            outcomes += split_bulk_outcome(outcome, len(chunk))
+            split = split_bulk_outcome(outcome, len(chunk))
+            if outcome.error_code in PER_NUMBER_CODES and split[0].kind is OutcomeKind.TRANSIENT:
+                for message in chunk:  # their retries go one by one
+                    self._alone[message.id] = None
+                while len(self._alone) > MAX_ALONE:
+                    del self._alone[next(iter(self._alone))]
+            outcomes += split
         return outcomes
 
     # ------------------------------------------------------------------ health
