@@ -77,6 +77,7 @@ from bridge.core.provider import (
     Provider,
     ProviderContext,
 )
+from bridge.providers.bulk import AloneIds, must_go_alone, split_outcome
 from bridge.providers.http import HttpError, HttpRequest, HttpResponse
 from bridge.providers.http_provider import (
     ERR_UNSENDABLE,
@@ -387,8 +388,6 @@ def send_params(
 
 #: "Maximale Anzahl der Handynummern: 50" per bulk request.
 MAX_BULK: Final = 50
-#: Message ids remembered as "send alone" (oldest forgotten first).
-MAX_ALONE: Final = 100_000
 #: Refusals of a bulk request that concern one of its numbers, which the reply does not name:
 #: each destination is then retried on its own (131 receiver not correct; 150 a foreign number
 #: on a Germany-only gateway), so only the bad numbers fail.
@@ -446,28 +445,16 @@ def bulk_params(
 
 
 def split_bulk_outcome(outcome: Outcome, count: int) -> list[Outcome]:
-    """Each destination's outcome from the one reply to a bulk request: taken → final
-    ``ACCEPTD`` (bulk SMS get no status report) with an equal share of the cost; a refusal of
-    one of the numbers (:data:`PER_NUMBER_CODES`) → transient (each is sent again on its own,
-    see :meth:`SmsflatrateProvider.send_batch`); anything else (a refusal names no number) →
-    the same outcome for every destination."""
-    if outcome.kind is OutcomeKind.PERMANENT and outcome.error_code in PER_NUMBER_CODES:
-        retry = Outcome(
-            OutcomeKind.TRANSIENT,
-            detail=f"bulk request refused ({outcome.detail}): each number goes on its own",
-            error_code=outcome.error_code,
-        )
-        return [retry] * count
-    if outcome.kind is not OutcomeKind.ACCEPTED:
-        return [outcome] * count
-    share = outcome.cost / count if outcome.cost is not None else None
-    each = Outcome(
-        OutcomeKind.ACCEPTED,
-        detail=f"taken in a bulk request for {count} numbers; no report will follow",
-        cost=share,
-        state=MessageState.ACCEPTED,
+    """Each destination's outcome from the one reply to a bulk request (bridge.providers.bulk):
+    taken → final ``ACCEPTD`` (bulk SMS get no status report) with an equal share of the cost;
+    131/150 (:data:`PER_NUMBER_CODES`) → each number again on its own; any other answer is
+    every destination's outcome."""
+    return split_outcome(
+        outcome,
+        count,
+        per_number_codes=PER_NUMBER_CODES,
+        taken=f"taken in a bulk request for {count} numbers; no report will follow",
     )
-    return [each] * count
 
 
 def build_send_request(message: Message, settings: Settings, key: str, now: float) -> HttpRequest:
@@ -742,7 +729,7 @@ class SmsflatrateProvider(HttpProvider):
         self.config = settings
         self.status_url = status_url_for(settings)
         #: Message ids that must not go in bulk again (a bulk refusal named none of them).
-        self._alone: dict[str, None] = {}
+        self._alone = AloneIds()
 
     def _key(self) -> str:
         return self.config.key.get_secret_value()
@@ -795,11 +782,8 @@ class SmsflatrateProvider(HttpProvider):
                 else:
                     outcome = self.parse_send(chunk[0], response)
             split = split_bulk_outcome(outcome, len(chunk))
-            if outcome.error_code in PER_NUMBER_CODES and split[0].kind is OutcomeKind.TRANSIENT:
-                for message in chunk:  # their retries go one by one
-                    self._alone[message.id] = None
-                while len(self._alone) > MAX_ALONE:
-                    del self._alone[next(iter(self._alone))]
+            if must_go_alone(split, PER_NUMBER_CODES):
+                self._alone.add([m.id for m in chunk])  # their retries go one by one
             outcomes += split
         return outcomes
 
