@@ -484,10 +484,9 @@ class Dispatcher:
         if not group:
             return batch
         limit = self.providers[name].capabilities.max_batch
-        for other in list(group.values()):
-            if len(batch) >= limit:
-                break
-            del group[other.message.id]
+        while group and len(batch) < limit:
+            other_id = next(iter(group))  # the oldest: O(1) however long the group is
+            other = group.pop(other_id)
             if not self._current(other, "queued"):
                 continue
             other.status = "sending"
