@@ -31,7 +31,7 @@ docs/architecture.md, "One message, socket to receipt", step 4):
   would fall after the validity deadline: then EXPIRED. ``failover_after`` > 0 moves on to the
   next provider after that many consecutive transient failures (off by default).
 
-Bulk sends (:class:`~bridge.providers.base.BatchProvider`, ``capabilities.max_batch`` > 1):
+Bulk sends (:class:`~bridge.core.provider.BatchProvider`, ``capabilities.max_batch`` > 1):
 when a sender is about to send a message whose provider batches and whose ``batch_key`` is not
 None, it takes along the other messages queued for that provider with the same key (at most
 ``max_batch``) and sends them in one ``send_batch`` call — one rate-limiter slot, one request.

@@ -1,4 +1,4 @@
-"""What the bulk-sending adapters share (README "Bulk sends"; :class:`~bridge.providers.base.
+"""What the bulk-sending adapters share (README "Bulk sends"; :class:`~bridge.core.provider.
 BatchProvider`): turning the one reply to a request for several numbers into each
 destination's outcome, and remembering the messages that must not go in bulk again.
 
