@@ -367,5 +367,7 @@ def test_receipts_carried_in_message_payload_are_read(
     fields = receipt_fields(receipt)
     assert receipt_id(receipt) == mid
     assert (fields["stat"], fields["err"]) == ("UNDELIV", "001")
+    # The simulator records the receipt once the bridge's deliver_sm_resp is back.
+    assert wait_until(lambda: upstream.run(lambda: len(upstream.sim.receipts)) == 1)
     [sent] = upstream.run(lambda: list(upstream.sim.receipts))
     assert sent.status == 0

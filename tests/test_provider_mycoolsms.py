@@ -1071,13 +1071,14 @@ async def test_a_polled_mo_that_could_not_be_queued_is_fetched_again_not_skipped
     assert poller is not None
     await p.start(rig.sinks.report, inbound)
     rig.providers.append(p)
-    await until(lambda: poller.threshold is not None)  # the first poll: where the inbox stands
+    # The first poll learns where the inbox stands.
+    await until(lambda: poller.threshold is not None, timeout=15.0)
     assert poller.threshold == 0
     await rig.sim.push_inbound("Hallo", push=False)
-    await until(lambda: bool(queued))
+    await until(lambda: bool(queued), timeout=15.0)
     assert events == ["inbound_poll_failed"]
     assert thresholds == [0, 0]  # not done after the failure: the same MO fetched again
     assert [m.text for m in queued] == ["Hallo"]
-    await until(lambda: poller.threshold == 1)
+    await until(lambda: poller.threshold == 1, timeout=15.0)
     saved = json.loads((tmp_path / "mcs.inbound.json").read_text())
     assert saved["thresholdid"] == 1
