@@ -326,7 +326,8 @@ def test_with_concat_payload_a_long_message_is_one_submit_sm_with_message_payloa
     assert long_one.pdu.tlv("message_payload") == text.encode("ascii")
     # A message that fits one SMS still goes in short_message.
     assert short_one.short_message == b"Short" and short_one.pdu.tlv("message_payload") is None
-    assert upstream.run(lambda: len(upstream.sim.receipts)) == 2
+    # One receipt per submit_sm (recorded once the bridge's deliver_sm_resp is back).
+    assert wait_until(lambda: upstream.run(lambda: len(upstream.sim.receipts)) == 2)
 
 
 def test_with_concat_payload_ucs2_text_goes_whole_as_ucs2_in_message_payload(
