@@ -1079,6 +1079,10 @@ async def test_a_polled_mo_that_could_not_be_queued_is_fetched_again_not_skipped
     assert events == ["inbound_poll_failed"]
     assert thresholds == [0, 0]  # not done after the failure: the same MO fetched again
     assert [m.text for m in queued] == ["Hallo"]
-    await until(lambda: poller.threshold == 1, timeout=15.0)
-    saved = json.loads((tmp_path / "mcs.inbound.json").read_text())
-    assert saved["thresholdid"] == 1
+    state = tmp_path / "mcs.inbound.json"
+
+    def saved_threshold() -> object:
+        return json.loads(state.read_text()).get("thresholdid")
+
+    # Written (fsync, rename) in a thread right after the MO was queued.
+    await until(lambda: saved_threshold() == 1, timeout=15.0)

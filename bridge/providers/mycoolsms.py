@@ -817,6 +817,8 @@ class InboundPoller:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        self._stopping = False
+        self._taking = False  # inside _take: queuing an MO and writing its threshold
         self.wake = asyncio.Event()
 
     # ------------------------------------------------------------------ state
@@ -857,19 +859,26 @@ class InboundPoller:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         self.load()
+        self._stopping = False
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"{self.provider.name}-mo-poll")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop polling. An MO being queued (and its threshold written) is finished first, so a
+        restart does not deliver it again; a fetch or the wait between polls is cancelled."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is None:
+            return
+        self._stopping = True
+        if self._taking:
+            await asyncio.wait({task}, timeout=timeout)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     async def _run(self) -> None:
         interval = self.provider.config.inbound_poll_interval
-        while True:
+        while not self._stopping:
             try:
                 await self.poll_once()
             except asyncio.CancelledError:
@@ -949,8 +958,14 @@ class InboundPoller:
                 log.info("mycoolsms_inbound_poll_recovered", provider=p.name)
             fresh = [e for e in entries if e.id > self.threshold]
             for entry in fresh:
-                queued += await self._take(entry)
-            if len(entries) < MAX_INBOUND_PER_POLL or not fresh:
+                if self._stopping:
+                    return queued
+                self._taking = True
+                try:
+                    queued += await self._take(entry)
+                finally:
+                    self._taking = False
+            if len(entries) < MAX_INBOUND_PER_POLL or not fresh or self._stopping:
                 return queued
 
     async def _take(self, entry: PolledSms) -> int:
