@@ -1086,3 +1086,33 @@ async def test_a_polled_mo_that_could_not_be_queued_is_fetched_again_not_skipped
 
     # Written (fsync, rename) in a thread right after the MO was queued.
     await until(lambda: saved_threshold() == 1, timeout=15.0)
+
+
+async def test_stopping_while_an_mo_is_being_queued_finishes_it_and_writes_its_threshold(
+    rig: Rig, tmp_path: Path
+) -> None:
+    gate = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def inbound(message: InboundMessage) -> bool:
+        entered.set()
+        await gate.wait()  # a slow store
+        return True
+
+    s = settings(
+        base_url=rig.api_url, password="secret", poll_inbound=True, inbound_poll_interval=1.0
+    )
+    p = mcs.MyCoolSmsProvider("mcs", s, ProviderContext("mcs", state_dir=tmp_path))
+    poller = p.inbound_poller
+    assert poller is not None
+    await p.start(rig.sinks.report, inbound)
+    await until(lambda: poller.threshold is not None, timeout=15.0)
+    await rig.sim.push_inbound("Beim Anhalten", push=False)
+    await asyncio.wait_for(entered.wait(), 15.0)
+    stopping = asyncio.create_task(p.stop())
+    await asyncio.sleep(0.05)
+    assert not stopping.done()  # waits for the MO being queued
+    gate.set()
+    await asyncio.wait_for(stopping, 15.0)
+    saved = json.loads((tmp_path / "mcs.inbound.json").read_text())
+    assert saved["thresholdid"] == 1  # a restart will not deliver it again
