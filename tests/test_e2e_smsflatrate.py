@@ -441,3 +441,18 @@ def test_a_bulk_refusal_of_one_number_sends_each_number_again_on_its_own(setup: 
     assert {by_number[n]["stat"] for n in numbers[1:]} == {"DELIVRD"}
     sends = s.sends()
     assert [r.get("bulk") for r in sends].count("1") == 1 and len(sends) == 11
+
+
+def test_an_unanswered_bulk_request_is_not_sent_again_with_retry_after_timeout_false(
+    setup: Any,
+) -> None:
+    s: Setup = setup(bulk="all", timeout=0.5, retry_after_timeout=False)
+    s.sim_state(lambda: setattr(s.sim, "hang", 2.0))
+    numbers = ["4915100000408", *bulk_numbers(2)]  # …408: the simulator answers too late
+    with Esme(s.bt.port) as esme:
+        esme.bind()
+        esme.submit_multi(numbers, b"Vielleicht", registered_delivery=1)
+        receipts = esme.receipts(3)
+    # The provider may have taken them: each ends UNKNOWN, none is sent a second time.
+    assert {receipt_fields(r)["stat"] for r in receipts} == {"UNKNOWN"}
+    assert len(s.sends()) == 1

@@ -705,7 +705,8 @@ class Sms1601Provider(HttpProvider):
             try:
                 response = await self.call(request)
             except HttpError as exc:
-                outcome = Outcome(OutcomeKind.TRANSIENT, detail=f"no answer ({exc.reason})")
+                outcomes += self.unanswered(chunk, exc.reason)
+                continue
             else:
                 outcome = self.parse_send(chunk[0], response)
             split = split_outcome(

@@ -774,7 +774,8 @@ class SmsflatrateProvider(HttpProvider):
             try:
                 response = await self.call(request)
             except HttpError as exc:
-                outcome = Outcome(OutcomeKind.TRANSIENT, detail=f"no answer ({exc.reason})")
+                outcomes += self.unanswered(chunk, exc.reason)
+                continue
             else:
                 kind = classify_http_status(response.status)
                 if kind is not None:
