@@ -297,12 +297,17 @@ class Bridge:
         def set_healthy(healthy: bool) -> None:
             self._provider_health[name] = healthy
 
+        def count_event(event: str) -> None:
+            self.metrics.provider_event(name, event)
+
         return ProviderContext(
             name=name,
             clock=self.clock,
             callback_url=callback_url,
             set_balance=balance,
             set_healthy=set_healthy,
+            state_dir=Path(self.cfg.storage.data_dir) / "providers",
+            count_event=count_event,
         )
 
     def callback_url(self, provider: str, kind: CallbackKind) -> str | None:

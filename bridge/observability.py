@@ -380,6 +380,8 @@ SMPP_EVENTS = (
     "accept_failed",
 )
 INBOUND_RESULTS = ("queued", "unowned")
+#: bridge_provider_events_total event names (a fixed set: they are label values).
+PROVIDER_EVENTS = ("inbound_poll_failed", "inbound_duplicate", "bulk_request", "bulk_destination")
 
 
 #: Rows of bridge_smpp_pdus_total: (direction, command, status, count).
@@ -657,6 +659,15 @@ class Metrics:
             ["provider", "result"],
             registry=r,
         )
+        self.provider_events = Counter(
+            "bridge_provider_events_total",
+            "Provider events by kind: inbound_poll_failed (a getIncomingSms poll got no usable "
+            "answer; retried at the next interval), inbound_duplicate (an MO seen by both push "
+            "and poll, delivered once), bulk_request (one request carrying several "
+            "destinations), bulk_destination (a destination sent in such a request).",
+            ["provider", "event"],
+            registry=r,
+        )
         self.receipts = Counter(
             "bridge_receipts_total",
             "Receipts queued for ESMEs, by Appendix B stat word (DELIVRD, UNDELIV, ...).",
@@ -776,6 +787,8 @@ class Metrics:
                 self.reports.labels(name, result)
             for result in INBOUND_RESULTS:
                 self.inbound_messages.labels(name, result)
+            for event in PROVIDER_EVENTS:
+                self.provider_events.labels(name, event)
         for state in receipt_states:
             self.receipts.labels(state)
 
@@ -854,6 +867,9 @@ class Metrics:
 
     def inbound(self, provider: str, result: str) -> None:
         self.inbound_messages.labels(provider, result).inc()
+
+    def provider_event(self, provider: str, event: str) -> None:
+        self.provider_events.labels(provider, event).inc()
 
     def receipts_queued(self, state: str, count: int = 1) -> None:
         child = self._receipts.get(state)

@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from bridge.core.accounts import Account
-from bridge.core.model import Address, InboundMessage, Receipt
+from bridge.core.model import Address, InboundMessage, Message, Receipt
 from bridge.core.pipeline import AccountPolicy, Pipeline, Rejected, RejectReason, Submission
 from bridge.core.receipts import format_receipt_text
 from bridge.observability import Metrics, SampledLog
@@ -324,8 +324,23 @@ class SmscHandler:
 
     async def _submit_multi(self, pdu: Pdu, policy: AccountPolicy) -> Pdu:
         """One message per destination; failed destinations in unsuccess_sme."""
-        first_id = ""
         failed: list[UnsuccessSme] = []
+        # Stored one by one, dispatched together: a provider that sends in bulk then finds all
+        # destinations queued at once (README, "Bulk sends").
+        deferred: list[Message] = []
+        try:
+            return await self._submit_multi_each(pdu, policy, failed, deferred)
+        finally:
+            self.pipeline.dispatch(deferred)
+
+    async def _submit_multi_each(
+        self,
+        pdu: Pdu,
+        policy: AccountPolicy,
+        failed: list[UnsuccessSme],
+        deferred: list[Message],
+    ) -> Pdu:
+        first_id = ""
         for dest in pdu.fields["dest_addresses"]:
             if not isinstance(dest, DestAddress):
                 failed.append(UnsuccessSme(0, 0, dest.dl_name[:20], Status.ESME_RCNTSUBDL))
@@ -334,7 +349,7 @@ class SmscHandler:
             try:
                 sub = self._submission(pdu, policy, dest.destination_addr, dest.dest_addr_ton,
                                        dest.dest_addr_npi)
-                mid = await self.pipeline.accept(sub)
+                mid = await self.pipeline.accept(sub, defer=deferred)
                 self.metrics.accepted(policy.system_id)
                 first_id = first_id or mid
             except Rejected as e:

@@ -32,7 +32,7 @@ from loop_thread import LoopThread
 
 from bridge.app import Bridge
 from bridge.config import load_config_text
-from bridge.smpp.pdu import CommandId, Pdu, decode, encode
+from bridge.smpp.pdu import CommandId, DestAddress, Pdu, decode, encode
 
 T = TypeVar("T")
 
@@ -194,6 +194,17 @@ class CancelResp:
     status: int
 
 
+@dataclass(frozen=True, slots=True)
+class OurResp:
+    """A response smpplib cannot parse (submit_multi_resp), decoded by our codec."""
+
+    pdu: Pdu
+
+    @property
+    def sequence(self) -> int:
+        return self.pdu.sequence_number
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = IO_TIMEOUT) -> bool:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -260,6 +271,8 @@ class Esme:
         if command_id == CommandId.cancel_sm_resp:
             ours = decode(raw)
             return CancelResp(ours.sequence_number, ours.command_status)
+        if command_id == CommandId.submit_multi_resp:
+            return OurResp(decode(raw))
         pdu = smpplib.smpp.parse_pdu(raw, client=self.client, allow_unknown_opt_params=True)
         if not pdu.is_error() and pdu.command in smpplib.consts.STATE_SETTERS:
             self.client.state = smpplib.consts.STATE_SETTERS[pdu.command]
@@ -267,7 +280,7 @@ class Esme:
 
     def _dispatch(self, pdu: Any) -> None:
         """Answer what the SMSC asks of us; keep responses by sequence number."""
-        if isinstance(pdu, CancelResp):
+        if isinstance(pdu, CancelResp | OurResp):
             self._responses[pdu.sequence] = pdu
         elif pdu.command == "deliver_sm":
             self.delivered.append(pdu)
@@ -364,6 +377,26 @@ class Esme:
         resp = self.wait_response(int(pdu.sequence))
         assert resp.command == "query_sm_resp"
         return resp
+
+    def submit_multi(
+        self, destinations: list[str], short_message: bytes, **fields: Any
+    ) -> Pdu:
+        """A submit_multi to ``destinations`` (international numbers); the submit_multi_resp
+        (our codec's Pdu: message_id, unsuccess_smes)."""
+        seq = self.client.next_sequence()
+        values: dict[str, Any] = {
+            "source_addr_ton": 5,
+            "source_addr_npi": 0,
+            "source_addr": "Bridge",
+            "dest_addresses": [DestAddress(1, 1, d) for d in destinations],
+            "registered_delivery": 1,
+            "short_message": short_message,
+            **fields,
+        }
+        self.client._socket.sendall(encode(Pdu(CommandId.submit_multi, seq, fields=values)))
+        resp = self.wait_response(seq)
+        assert isinstance(resp, OurResp)
+        return resp.pdu
 
     def cancel(self, message_id: str, destination: str = "4915112345678") -> CancelResp:
         seq = self.client.next_sequence()

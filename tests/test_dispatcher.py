@@ -835,3 +835,86 @@ async def test_a_message_waiting_on_a_paused_provider_still_expires_on_time(rig:
     await until(lambda: "a" in rig.finisher.finished)
     assert rig.finisher.finished["a"][0] is MessageState.EXPIRED
     assert p1.sent == []
+
+
+# --------------------------------------------------------------------------- bulk sends
+
+
+class BulkProvider(FakeProvider):
+    """A FakeProvider that also sends in bulk: messages with the same text share a request;
+    ``batch_outcomes`` scripts whole requests (one outcome for every destination)."""
+
+    def __init__(self, name: str, *, max_batch: int = 3, **kw: Any) -> None:
+        super().__init__(name, caps=Capabilities(max_batch=max_batch, concurrency=1), **kw)
+        self.batches: list[list[str]] = []
+        self.batch_outcomes: deque[Outcome] = deque()
+
+    def batch_key(self, message: Message) -> Any:
+        return message.text
+
+    async def send_batch(self, messages: Sequence[Message]) -> list[Outcome]:
+        if self.gate is not None:
+            await self.gate.wait()
+        self.batches.append([m.id for m in messages])
+        if self.batch_outcomes:
+            outcome = self.batch_outcomes.popleft()
+            return [outcome] * len(messages)
+        self._ids += 1
+        return [
+            Outcome(OutcomeKind.ACCEPTED, f"{self.name}-b{self._ids}-{i}")
+            for i in range(len(messages))
+        ]
+
+
+async def test_queued_messages_with_the_same_batch_key_share_one_request_of_at_most_max_batch(
+    rig: Rig,
+) -> None:
+    p1 = BulkProvider("p1", max_batch=3)
+    p1.gate = asyncio.Event()
+    d = rig.dispatcher(p1)
+    await d.start()
+    await rig.add(d, make_message("first", text="one"))
+    await until(lambda: d.where("first") == ("sending", "p1"))  # held at the gate
+    for i in range(4):
+        await rig.add(d, make_message(f"same{i}", text="same"))
+    await rig.add(d, make_message("other", text="another"))
+    p1.gate.set()
+    await until(lambda: d.held == 0 and len(p1.sent) == 3)
+    await until(lambda: rig.store.lookup_now("p1", "p1-b2-2") is not None)
+    assert p1.batches == [["same0", "same1", "same2"]]  # max_batch 3; "first" went alone
+    assert sorted(p1.sent_ids()) == ["first", "other", "same3"]
+    for i in range(3):
+        assert rig.store.lookup_now("p1", f"p1-b2-{i}") == f"same{i}"
+
+
+async def test_a_transient_bulk_failure_retries_every_destination_on_its_own(rig: Rig) -> None:
+    p1 = BulkProvider("p1", max_batch=10)
+    p1.batch_outcomes.append(TRANSIENT)
+    d = rig.dispatcher(p1)
+    await d.start()
+    d.pause("p1")  # they queue together
+    for i in range(3):
+        await rig.add(d, make_message(f"m{i}", text="same"))
+    d.resume("p1")
+    await until(lambda: d.held == 0)
+    assert p1.batches[0] == ["m0", "m1", "m2"]
+    assert all(rig.stored(f"m{i}").provider_message_id for i in range(3))
+    assert all(rig.stored(f"m{i}").attempts >= 2 for i in range(3))
+    assert d.breakers["p1"].failures == 0  # one failure, then successes
+
+
+async def test_a_permanent_bulk_refusal_fails_each_destination_over(rig: Rig) -> None:
+    p1 = BulkProvider("p1", max_batch=10)
+    p1.batch_outcomes.append(PERMANENT)
+    p1.gate = asyncio.Event()
+    p2 = FakeProvider("p2")
+    d = rig.dispatcher(p1, p2)
+    await d.start()
+    await rig.add(d, make_message("blocker", text="alone"))  # holds the one sender
+    await until(lambda: d.where("blocker") == ("sending", "p1"))
+    for i in range(3):
+        await rig.add(d, make_message(f"m{i}", text="same", route=("p1", "p2")))
+    p1.gate.set()
+    await until(lambda: d.held == 0)
+    assert p1.batches == [["m0", "m1", "m2"]]
+    assert sorted(p2.sent_ids()) == ["m0", "m1", "m2"]

@@ -264,3 +264,59 @@ def test_a_report_lost_while_the_bridge_was_down_comes_from_the_start_up_poll(
         [receipt] = esme.receipts(1)
     assert receipt_id(receipt) == mid
     assert receipt_fields(receipt)["stat"] == "DELIVRD"
+
+
+# --------------------------------------------------------------------------- bulk (to=a,b,…)
+
+
+def test_a_submit_multi_goes_as_one_comma_list_per_bulk_max_and_each_number_gets_its_own_receipt(
+    start_bridge: StartBridge, start_simulator: StartSimulator
+) -> None:
+    sim_app = IsmsHttpSimulator(delay=0.05)
+    sim = start_simulator(sim_app.app)
+    bt = isms_bridge(
+        start_bridge, sim, provider="bulk = true\nbulk_max = 3\nrequests_per_second = 5\n"
+    )
+    numbers = [f"3069123456{i}0" for i in range(5)] + [FAILED, PENDING_THEN_DELIVERED]
+    with Esme(bt.port) as esme:
+        esme.bind()
+        resp = esme.submit_multi(numbers, b"Geia se olous", registered_delivery=1)
+        assert resp.command_status == 0
+        receipts = esme.receipts(7)
+    requests = sim_state(sim, lambda: sends(sim_app))
+    assert [len(r["to"].split(",")) for r in requests] == [3, 3, 1]  # 3 requests, not 7
+    # One ID for each request; query.php and the pushes name mid and mobile, so each
+    # destination still gets its own report.
+    by_number = {r.source_addr.decode(): receipt_fields(r) for r in receipts}
+    assert (by_number[FAILED]["stat"], by_number[FAILED]["err"]) == ("UNDELIV", "020")
+    assert {by_number[n]["stat"] for n in numbers if n != FAILED} == {"DELIVRD"}
+    ids = {
+        n: m.provider_message_id
+        for n, m in (
+            (r.source_addr.decode(), stored(bt, receipt_fields(r)["id"])) for r in receipts
+        )
+    }
+    assert all(pid.endswith("/" + n) for n, pid in ids.items())
+
+
+def test_with_bulk_a_report_is_also_polled_per_number(
+    start_bridge: StartBridge, start_simulator: StartSimulator
+) -> None:
+    sim_app = IsmsHttpSimulator(delay=0.05)
+    sim = start_simulator(sim_app.app)
+    bt = isms_bridge(
+        start_bridge,
+        sim,
+        provider='bulk = true\nreports = "poll"\n',
+        pipeline={"poll_interval": 0.2, "poll_backoff_max": 0.4},
+    )
+    numbers = [DELIVERED, FAILED, NOT_PUSHED]
+    with Esme(bt.port) as esme:
+        esme.bind()
+        esme.submit_multi(numbers, b"Polled", registered_delivery=1)
+        receipts = esme.receipts(3)
+    assert len(sim_state(sim, lambda: sends(sim_app))) == 1
+    stats = {r.source_addr.decode(): receipt_fields(r)["stat"] for r in receipts}
+    assert stats == {DELIVERED: "DELIVRD", FAILED: "UNDELIV", NOT_PUSHED: "DELIVRD"}
+    queries = sim_state(sim, lambda: [r for r in sim_app.requests if r["script"] == "query.php"])
+    assert {q["mobile"] for q in queries} == set(numbers)

@@ -155,7 +155,9 @@ def test_a_long_message_in_three_parts_gets_a_receipt_for_each_part(
     assert len(parts) == 3
     assert "".join(p.text for p in parts) == text
     assert [p.concat.seqnum for p in parts] == [1, 2, 3]
-    assert upstream.run(lambda: len(upstream.sim.receipts)) == 3
+    # Recorded by the simulator once the bridge's deliver_sm_resp is back (after the ESME may
+    # already have its receipts).
+    assert wait_until(lambda: upstream.run(lambda: len(upstream.sim.receipts)) == 3)
 
 
 def test_an_undeliverable_message_and_a_refused_one_reach_the_esme_as_failure_receipts(
@@ -294,3 +296,81 @@ def test_readyz_turns_ready_as_soon_as_the_upstream_binds_and_unready_when_it_is
     assert wait_until(lambda: bt.run(lambda: provider.client.bound_count) == 0, timeout=10)
     lost = bt.call(bt.bridge.health())
     assert lost.providers["isms"] is False and not lost.ready
+
+
+# --------------------------------------------------------------------------- message_payload
+
+
+def test_with_concat_payload_a_long_message_is_one_submit_sm_with_message_payload(
+    start_bridge: StartBridge, upstream: UpstreamThread
+) -> None:
+    bt = start(start_bridge, upstream, concat="payload")
+    text = "".join(f"{i:03d} " for i in range(100))  # 400 GSM characters
+    chunks = [text[:153], text[153:306], text[306:]]
+    with Esme(bt.port) as esme:
+        esme.bind("transceiver")
+        ids = [
+            esme.submit_ok(
+                destination_addr=MOBILE,
+                esm_class=0x40,
+                short_message=bytes([5, 0, 3, 0x77, 3, n]) + chunk.encode("ascii"),
+            )
+            for n, chunk in enumerate(chunks, 1)
+        ]
+        short = esme.submit_ok(destination_addr=MOBILE, short_message=b"Short")
+        receipts = esme.receipts(4)
+    assert sorted(receipt_id(r) for r in receipts) == sorted([*ids, short])
+    assert {receipt_fields(r)["stat"] for r in receipts} == {"DELIVRD"}
+    long_one, short_one = submitted(upstream)
+    # The whole text in the TLV, short_message (sm_length) empty, no UDH, no SAR.
+    assert long_one.short_message == b"" and long_one.esm_class & 0x40 == 0
+    assert long_one.text == text and long_one.concat is None
+    assert long_one.pdu.tlv("message_payload") == text.encode("ascii")
+    # A message that fits one SMS still goes in short_message.
+    assert short_one.short_message == b"Short" and short_one.pdu.tlv("message_payload") is None
+    # One receipt per submit_sm (recorded once the bridge's deliver_sm_resp is back).
+    assert wait_until(lambda: upstream.run(lambda: len(upstream.sim.receipts)) == 2)
+
+
+def test_with_concat_payload_ucs2_text_goes_whole_as_ucs2_in_message_payload(
+    start_bridge: StartBridge, upstream: UpstreamThread
+) -> None:
+    bt = start(start_bridge, upstream, concat="payload")
+    text = GREEK * 5  # 110 UCS-2 characters: two parts as UDH, one submit_sm here
+    with Esme(bt.port) as esme:
+        esme.bind("transceiver")
+        mid = esme.submit_ok(
+            destination_addr=MOBILE,
+            data_coding=smpplib.consts.SMPP_ENCODING_ISO10646,
+            esm_class=0x40,
+            short_message=bytes([5, 0, 3, 9, 2, 1]) + text[:67].encode("utf-16-be"),
+        )
+        mid2 = esme.submit_ok(
+            destination_addr=MOBILE,
+            data_coding=smpplib.consts.SMPP_ENCODING_ISO10646,
+            esm_class=0x40,
+            short_message=bytes([5, 0, 3, 9, 2, 2]) + text[67:].encode("utf-16-be"),
+        )
+        receipts = esme.receipts(2)
+    assert sorted(receipt_id(r) for r in receipts) == sorted([mid, mid2])
+    [sub] = submitted(upstream)
+    assert sub.data_coding == 0x08 and sub.short_message == b"" and sub.text == text
+
+
+def test_receipts_carried_in_message_payload_are_read(
+    start_bridge: StartBridge, upstream: UpstreamThread
+) -> None:
+    upstream.run(lambda: setattr(upstream.sim, "receipt_payload", True))
+    upstream.run(lambda: setattr(upstream.sim, "receipt_tlvs", False))  # the text alone
+    bt = start(start_bridge, upstream)
+    with Esme(bt.port) as esme:
+        esme.bind("transceiver")
+        mid = esme.submit_ok(destination_addr=MOBILE[:-2] + "01", short_message=b"Fails")
+        [receipt] = esme.receipts(1)
+    fields = receipt_fields(receipt)
+    assert receipt_id(receipt) == mid
+    assert (fields["stat"], fields["err"]) == ("UNDELIV", "001")
+    # The simulator records the receipt once the bridge's deliver_sm_resp is back.
+    assert wait_until(lambda: upstream.run(lambda: len(upstream.sim.receipts)) == 1)
+    [sent] = upstream.run(lambda: list(upstream.sim.receipts))
+    assert sent.status == 0

@@ -262,3 +262,117 @@ def test_an_inbound_sms_pushed_by_the_provider_becomes_a_deliver_sm(setup: Any) 
     assert mo.source_addr == b"491701234567"
     assert mo.destination_addr == VIRTUAL_NUMBER[1:].encode()
     assert mo.short_message == b"Ja, gerne"
+
+
+# --------------------------------------------------------------------------- getIncomingSms
+
+
+def _incoming_polls(s: Setup) -> int:
+    return s.functions().count("getIncomingSms")
+
+
+def _polling_setup(setup: Any, **keys: Any) -> Setup:
+    """A bridge polling getIncomingSms every second, once its first poll (which only learns
+    where the inbox stands) has run."""
+    s: Setup = setup(poll_inbound=True, inbound_poll_interval=1.0, **keys)
+    assert wait_until(lambda: _incoming_polls(s) >= 2)
+    return s
+
+
+def test_an_inbound_sms_that_was_never_pushed_is_polled_and_becomes_a_deliver_sm(
+    setup: Any,
+) -> None:
+    s = _polling_setup(setup)
+    with Esme(s.bt.port) as esme:
+        esme.bind("receiver")
+        s.sim_thread.call(
+            s.sim.push_inbound(
+                "Nur per Abruf", sender="+491701234567", to=VIRTUAL_NUMBER, push=False
+            )
+        )
+        [mo] = esme.receipts(1)
+        assert mo.esm_class & 0x3C == 0
+        assert mo.source_addr == b"491701234567"
+        assert mo.destination_addr == VIRTUAL_NUMBER[1:].encode()
+        assert mo.short_message == b"Nur per Abruf"
+        # Later polls ask only for what is newer: the MO is not delivered again.
+        polls = _incoming_polls(s)
+        assert wait_until(lambda: _incoming_polls(s) >= polls + 2)
+        esme.pump(0.3)
+        assert len(esme.delivered) == 1
+    calls = s.sim_thread.run(
+        lambda: [r["params"] for r in s.sim.requests if r["params"]["function"] == "getIncomingSms"]
+    )
+    assert calls[-1]["thresholdid"] == 1 and calls[-1]["order"] == "ASC"
+
+
+def test_an_inbound_sms_both_pushed_and_polled_is_delivered_once(setup: Any) -> None:
+    s = _polling_setup(setup)
+    with Esme(s.bt.port) as esme:
+        esme.bind("receiver")
+        # Pushed first, then found by the poll.
+        status = s.sim_thread.call(
+            s.sim.push_inbound(
+                "Zweimal?", sender="+491701234567", to=VIRTUAL_NUMBER, url=s.inbound_url
+            )
+        )
+        assert status == 200
+        esme.receipts(1)
+        polls = _incoming_polls(s)
+        assert wait_until(lambda: _incoming_polls(s) >= polls + 2)
+        # Polled first (the push was late), then pushed: again one deliver_sm.
+        s.sim_thread.call(
+            s.sim.push_inbound("Spaet", sender="+491701234567", to=VIRTUAL_NUMBER, push=False)
+        )
+        esme.receipts(2)
+        assert s.sim_thread.call(s.sim.repush(2, s.inbound_url)) == 200
+        polls = _incoming_polls(s)
+        assert wait_until(lambda: _incoming_polls(s) >= polls + 2)
+        esme.pump(0.3)
+        texts = [pdu.short_message for pdu in esme.delivered]
+    assert texts == [b"Zweimal?", b"Spaet"]
+    events = s.bt.run(
+        lambda: s.bt.bridge.metrics.provider_events.labels(
+            "mycoolsms", "inbound_duplicate"
+        )._value.get()
+    )
+    assert events == 2
+
+
+def test_the_inbound_poll_threshold_survives_a_restart(
+    start_bridge: StartBridge, start_simulator: StartSimulator, tmp_path: Any
+) -> None:
+    sim = MyCoolSmsSimulator(username="bridge", password="secret", delay=0.05)
+    sim_thread = start_simulator(sim.app)
+    extra = (
+        "[providers.mycoolsms]\n"
+        f'type = "mycoolsms"\nbase_url = "{sim_thread.url}{API_PATH}"\n'
+        'username = "bridge"\npassword = "secret"\npoll_inbound = true\n'
+        "inbound_poll_interval = 1.0\n"
+        '[[routes]]\nproviders = ["mycoolsms"]\n'
+    )
+    data = tmp_path / "restart"
+    sim_thread.call(sim.push_inbound("Vor der Einrichtung", push=False))
+
+    def polls() -> int:
+        return sim_thread.run(
+            lambda: sum(r["params"]["function"] == "getIncomingSms" for r in sim.requests)
+        )
+
+    bt = start_bridge(data_dir=data, extra=extra, account={"inbound_numbers": [VIRTUAL_NUMBER]})
+    assert wait_until(lambda: polls() >= 2)
+    sim_thread.call(sim.push_inbound("Eins", push=False))
+    with Esme(bt.port) as esme:
+        esme.bind("receiver")
+        [one] = esme.receipts(1)
+    assert one.short_message == b"Eins"  # not the SMS from before polling was enabled
+    bt.stop()
+    sim_thread.call(sim.push_inbound("Zwei", push=False))  # arrives while the bridge is down
+    bt = start_bridge(data_dir=data, extra=extra, account={"inbound_numbers": [VIRTUAL_NUMBER]})
+    with Esme(bt.port) as esme:
+        esme.bind("receiver")
+        esme.receipts(1)
+        n = polls()
+        assert wait_until(lambda: polls() >= n + 2)
+        esme.pump(0.3)
+        assert [pdu.short_message for pdu in esme.delivered] == [b"Zwei"]

@@ -316,3 +316,56 @@ def test_the_readiness_check_reports_the_credit_balance(
     assert rig.bt.call(provider.healthy()) is True
     gauge = rig.bt.bridge.metrics.provider_balance.labels("sms1601")
     assert gauge._value.get() == 476
+
+
+# --------------------------------------------------------------------------- several numbers
+
+
+def test_a_submit_multi_goes_as_comma_separated_numbers_and_each_gets_an_acceptd_receipt(
+    start_bridge: StartBridge, start_simulator: StartSimulator
+) -> None:
+    rig = Rig(
+        start_bridge,
+        start_simulator,
+        provider={"bulk": "all", "bulk_max": 5, "requests_per_second": 2},
+    )
+    numbers = [f"3247812{i:04d}" for i in range(12)]
+    with rig.esme() as esme:
+        resp = esme.submit_multi(numbers, b"Aan iedereen", registered_delivery=1)
+        assert resp.command_status == 0
+        receipts = esme.receipts(12)
+    sent = rig.requests()
+    assert [len(r["naar"].split(",")) for r in sent] == [5, 5, 2]  # 3 requests, not 12
+    assert sorted(n for r in sent for n in r["naar"].split(",")) == numbers
+    # No report could name its number: no delivery=ja, no referentie; each one ACCEPTD.
+    assert all("delivery" not in r and "referentie" not in r for r in sent)
+    fields = [receipt_fields(r) for r in receipts]
+    assert {(f["stat"], f["err"]) for f in fields} == {("ACCEPTD", "000")}
+    assert sorted(r.source_addr.decode() for r in receipts) == numbers
+
+
+def test_a_bulk_error_about_one_number_sends_each_number_again_on_its_own(
+    start_bridge: StartBridge, start_simulator: StartSimulator
+) -> None:
+    rig = Rig(
+        start_bridge,
+        start_simulator,
+        provider={"bulk": "all"},
+        pipeline={"retry_base": 0.05, "retry_max": 0.2},
+    )
+    bad = "3247899106"  # the simulator answers ERROR 106 (no valid mobile number) for it
+    numbers = [*(f"3247812{i:04d}" for i in range(4)), bad]
+    with rig.esme() as esme:
+        esme.submit_multi(numbers, b"Zonder rapport", registered_delivery=2)  # failures only
+        [receipt] = esme.receipts(1)
+        esme.pump(0.3)
+        assert len(esme.delivered) == 1  # the others were delivered: no failure receipt
+    fields = receipt_fields(receipt)
+    assert receipt.source_addr.decode() == bad and (fields["stat"], fields["err"]) == (
+        "REJECTD",
+        "106",
+    )
+    assert wait_until(lambda: len(rig.requests()) == 6)
+    sent = rig.requests()
+    assert len(sent[0]["naar"].split(",")) == 5  # then one by one
+    assert sorted(r["naar"] for r in sent[1:]) == sorted(numbers)

@@ -319,3 +319,140 @@ def test_the_push_url_callback_urls_prints_works_as_pasted_into_the_account(
         assert [p.status for p in sim_thread.run(lambda: list(sim.pushes))] == [200]
     finally:
         sim_thread.call(sim.close())
+
+
+# --------------------------------------------------------------------------- bulk (bulk=1)
+
+
+def bulk_numbers(count: int, start: int = 0) -> list[str]:
+    """German mobile numbers ending in 7: no simulator outcome is chosen by them."""
+    return [f"49151{i:05d}7" for i in range(start, start + count)]
+
+
+def test_a_submit_multi_to_120_numbers_makes_3_bulk_requests_and_each_gets_its_receipt(
+    setup: Any,
+) -> None:
+    s: Setup = setup(bulk="all")
+    s.sim_state(lambda: setattr(s.sim, "rate_limit", 10.0))  # the documented limit, enforced
+    numbers = bulk_numbers(120)
+    with Esme(s.bt.port) as esme:
+        esme.bind()
+        resp = esme.submit_multi(numbers, b"Hallo an alle", registered_delivery=1)
+        assert resp.command_status == 0 and resp["unsuccess_smes"] == []
+        receipts = esme.receipts(120)
+    sends = s.sends()
+    assert len(sends) == 3  # 50 + 50 + 20 numbers: "Maximale Anzahl der Handynummern: 50"
+    assert [len(r["to"].split(";")) for r in sends] == [50, 50, 20]
+    sent_to = [n.removeprefix("00") for r in sends for n in r["to"].split(";")]
+    assert sorted(sent_to) == sorted(numbers)
+    for r in sends:
+        # Bulk: a concrete gateway (no auto type), no status report, no per-message uid.
+        assert (r["bulk"], r["type"], r["text"]) == ("1", "10", "Hallo an alle")
+        assert "status" not in r and "uid" not in r
+    assert s.sim_state(lambda: s.sim.throttled) == 0
+    # Bulk SMS get no status report: each destination's receipt says the provider took it.
+    fields = [receipt_fields(r) for r in receipts]
+    assert {(f["stat"], f["err"]) for f in fields} == {("ACCEPTD", "000")}
+    assert len({f["id"] for f in fields}) == 120
+    assert sorted(r.destination_addr.decode() for r in receipts) == ["Bridge"] * 120
+    assert sorted(r.source_addr.decode() for r in receipts) == sorted(numbers)
+    events = {
+        e: s.bt.run(
+            lambda e=e: s.bt.bridge.registry.get_sample_value(
+                "bridge_provider_events_total", {"provider": "sf", "event": e}
+            )
+        )
+        for e in ("bulk_request", "bulk_destination")
+    }
+    assert events == {"bulk_request": 3.0, "bulk_destination": 120.0}
+
+
+def test_a_refused_bulk_request_is_the_documented_failure_of_each_of_its_destinations(
+    setup: Any,
+) -> None:
+    s: Setup = setup(bulk="all")
+    # The simulator chooses the outcome of a request by its first number: 132 (sender).
+    numbers = ["4915100000132", *bulk_numbers(59)]
+    with Esme(s.bt.port) as esme:
+        esme.bind()
+        resp = esme.submit_multi(numbers, b"Teilweise", registered_delivery=1)
+        assert resp.command_status == 0
+        receipts = esme.receipts(60)
+    assert len(s.sends()) == 2
+    by_number = {r.source_addr.decode(): receipt_fields(r) for r in receipts}
+    refused = {n for n, f in by_number.items() if (f["stat"], f["err"]) == ("REJECTD", "132")}
+    taken = {n for n, f in by_number.items() if (f["stat"], f["err"]) == ("ACCEPTD", "000")}
+    assert refused == set(numbers[:50]) and taken == set(numbers[50:])
+
+
+def test_with_bulk_unreported_messages_that_want_a_report_still_go_one_by_one(
+    setup: Any,
+) -> None:
+    s: Setup = setup(bulk="unreported")
+    numbers = bulk_numbers(3)
+    with Esme(s.bt.port) as esme:
+        esme.bind()
+        esme.submit_multi(numbers, b"Mit Bericht", registered_delivery=1)
+        receipts = esme.receipts(3)
+    assert {receipt_fields(r)["stat"] for r in receipts} == {"DELIVRD"}
+    sends = s.sends()
+    assert len(sends) == 3 and all("bulk" not in r and r["status"] == "1" for r in sends)
+
+
+def test_a_burst_of_single_submits_queued_for_the_provider_goes_in_one_bulk_request(
+    setup: Any,
+) -> None:
+    s: Setup = setup(bulk="unreported")
+    dispatcher = s.bt.bridge.dispatcher
+    s.bt.run(lambda: dispatcher.pause("sf"))  # the burst queues (as behind a rate limit)
+    numbers = bulk_numbers(30)
+    with Esme(s.bt.port) as esme:
+        esme.bind()
+        ids = [
+            esme.submit_ok(destination_addr=n, short_message=b"Burst", registered_delivery=0)
+            for n in numbers
+        ]
+        other = esme.submit_ok(short_message=b"Anderer Text", registered_delivery=0)
+        assert wait_until(lambda: s.bt.run(lambda: dispatcher.queue_depth("sf")) == 31)
+        s.bt.run(lambda: dispatcher.resume("sf"))
+
+        def final(mid: str) -> bool:
+            m = s.bt.run(lambda: s.bt.bridge.store.get_message_now(mid))
+            return m is not None and m.state is MessageState.ACCEPTED
+
+        assert wait_until(lambda: all(final(m) for m in [*ids, other]))
+    sends = s.sends()
+    bulk = [r for r in sends if r.get("bulk") == "1"]
+    assert len(sends) == 2 and len(bulk) == 1
+    assert sorted(n.removeprefix("00") for n in bulk[0]["to"].split(";")) == sorted(numbers)
+
+
+def test_a_bulk_refusal_of_one_number_sends_each_number_again_on_its_own(setup: Any) -> None:
+    s: Setup = setup(bulk="all", pipeline={"retry_base": 0.05, "retry_max": 0.2})
+    # 131 "Empfänger nicht korrekt" names no number: the simulator refuses the request for it.
+    numbers = ["4915100000131", *bulk_numbers(9)]
+    with Esme(s.bt.port) as esme:
+        esme.bind()
+        esme.submit_multi(numbers, b"Einzeln nochmal", registered_delivery=1)
+        receipts = esme.receipts(10)
+    by_number = {r.source_addr.decode(): receipt_fields(r) for r in receipts}
+    assert (by_number[numbers[0]]["stat"], by_number[numbers[0]]["err"]) == ("REJECTD", "131")
+    # The others went on their own, with status=1: real delivery reports.
+    assert {by_number[n]["stat"] for n in numbers[1:]} == {"DELIVRD"}
+    sends = s.sends()
+    assert [r.get("bulk") for r in sends].count("1") == 1 and len(sends) == 11
+
+
+def test_an_unanswered_bulk_request_is_not_sent_again_with_retry_after_timeout_false(
+    setup: Any,
+) -> None:
+    s: Setup = setup(bulk="all", timeout=0.5, retry_after_timeout=False)
+    s.sim_state(lambda: setattr(s.sim, "hang", 2.0))
+    numbers = ["4915100000408", *bulk_numbers(2)]  # …408: the simulator answers too late
+    with Esme(s.bt.port) as esme:
+        esme.bind()
+        esme.submit_multi(numbers, b"Vielleicht", registered_delivery=1)
+        receipts = esme.receipts(3)
+    # The provider may have taken them: each ends UNKNOWN, none is sent a second time.
+    assert {receipt_fields(r)["stat"] for r in receipts} == {"UNKNOWN"}
+    assert len(s.sends()) == 1

@@ -907,6 +907,16 @@ async def test_mo_text_reaches_the_inbound_sink(
     assert message.source == Address("306900000001", 1, 1)
 
 
+async def test_an_mo_whole_in_message_payload_reaches_the_inbound_sink(
+    sim: SmppUpstreamSimulator, start: Callable[..., Any]
+) -> None:
+    _, sinks = await start()
+    text = "Μια μεγάλη απάντηση από το κινητό, " * 4  # 140 UCS-2 characters in one deliver_sm
+    assert await sim.send_mo("306900000001", "306999999999", text, payload=True) == [0]
+    [message] = sinks.inbound
+    assert message.text == text and message.destination.digits == "306999999999"
+
+
 @pytest.mark.parametrize("concat", ["udh8", "udh16", "sar"])
 async def test_a_concatenated_mo_is_reassembled(
     sim: SmppUpstreamSimulator, start: Callable[..., Any], concat: Any

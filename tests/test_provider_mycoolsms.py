@@ -993,3 +993,126 @@ async def test_a_push_with_a_wrong_token_is_404_and_reaches_nobody(rig: Rig) -> 
     url = rig.callback_base.replace("/tok", "/forged") + "/inbound"
     assert await rig.sim.push_inbound("hi", url=url) == 404
     assert rig.sinks.inbound == []
+
+
+# =========================================================================== getIncomingSms
+
+
+def test_get_incoming_sms_asks_for_what_is_newer_than_the_threshold_oldest_first() -> None:
+    fields = mcs.incoming_fields(
+        username="u", password="p", threshold=17, limit=100, virtual_number="+449876543201"
+    )
+    assert fields == {
+        "username": "u",
+        "password": "p",
+        "function": "getIncomingSms",
+        "thresholdid": 17,
+        "thresholdoperator": "gt",
+        "limit": 100,
+        "order": "ASC",
+        "virtualnumber": "+449876543201",
+    }
+
+
+def test_the_documents_get_incoming_sms_example_becomes_an_inbound_message() -> None:
+    doc = {
+        "success": True,
+        "total": "17",
+        "fetched": 1,
+        "maxid": 201,
+        "minid": 177,
+        "messages": [
+            {
+                "id": 201,
+                "virtualnumber": "+449876543201",
+                "senderid": "+886983029751",
+                "body": "Have a nice day!",
+                "unicode": False,
+                "timestamp": "2011-08-10 00:08:37.488+08",
+            },
+            {"id": 202, "virtualnumber": "+449876543201"},  # no sender: skipped, id passed
+            {"virtualnumber": "+449876543201", "senderid": "+1", "body": "no id"},
+        ],
+    }
+    response = HttpResponse(200, json.dumps(doc).encode(), {"content-type": "application/json"})
+    entries, maxid = mcs.parse_inbound_poll(response, provider="mcs", received_at=1.0)
+    assert maxid == 201
+    assert [e.id for e in entries] == [201, 202]
+    first = entries[0].message
+    assert first is not None
+    assert (first.source.digits, first.destination.digits, first.text) == (
+        "886983029751",
+        "449876543201",
+        "Have a nice day!",
+    )
+    assert entries[1].message is None
+
+
+async def test_a_polled_mo_that_could_not_be_queued_is_fetched_again_not_skipped(
+    rig: Rig, tmp_path: Path
+) -> None:
+    queued: list[InboundMessage] = []
+    thresholds: list[int | None] = []
+    events: list[str] = []
+
+    async def inbound(message: InboundMessage) -> bool:
+        thresholds.append(poller.threshold)
+        if not events:
+            raise OSError("disk full")
+        queued.append(message)
+        return True
+
+    s = settings(
+        base_url=rig.api_url, password="secret", poll_inbound=True, inbound_poll_interval=1.0
+    )
+    ctx = ProviderContext("mcs", state_dir=tmp_path, count_event=events.append)
+    p = mcs.MyCoolSmsProvider("mcs", s, ctx)
+    poller = p.inbound_poller
+    assert poller is not None
+    await p.start(rig.sinks.report, inbound)
+    rig.providers.append(p)
+    # The first poll learns where the inbox stands.
+    await until(lambda: poller.threshold is not None, timeout=15.0)
+    assert poller.threshold == 0
+    await rig.sim.push_inbound("Hallo", push=False)
+    await until(lambda: bool(queued), timeout=15.0)
+    assert events == ["inbound_poll_failed"]
+    assert thresholds == [0, 0]  # not done after the failure: the same MO fetched again
+    assert [m.text for m in queued] == ["Hallo"]
+    state = tmp_path / "mcs.inbound.json"
+
+    def saved_threshold() -> object:
+        return json.loads(state.read_text()).get("thresholdid")
+
+    # Written (fsync, rename) in a thread right after the MO was queued.
+    await until(lambda: saved_threshold() == 1, timeout=15.0)
+
+
+async def test_stopping_while_an_mo_is_being_queued_finishes_it_and_writes_its_threshold(
+    rig: Rig, tmp_path: Path
+) -> None:
+    gate = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def inbound(message: InboundMessage) -> bool:
+        entered.set()
+        await gate.wait()  # a slow store
+        return True
+
+    s = settings(
+        base_url=rig.api_url, password="secret", poll_inbound=True, inbound_poll_interval=1.0
+    )
+    p = mcs.MyCoolSmsProvider("mcs", s, ProviderContext("mcs", state_dir=tmp_path))
+    poller = p.inbound_poller
+    assert poller is not None
+    await p.start(rig.sinks.report, inbound)
+    await until(lambda: poller.threshold is not None, timeout=15.0)
+    await rig.sim.push_inbound("Beim Anhalten", push=False)
+    await asyncio.wait_for(entered.wait(), 15.0)
+    stopping = asyncio.create_task(p.stop())
+    await asyncio.sleep(0.05)
+    assert not stopping.done()  # waits for the MO being queued
+    gate.set()
+    await asyncio.wait_for(stopping, 15.0)
+    saved = json.loads((tmp_path / "mcs.inbound.json").read_text())
+    assert saved["thresholdid"] == 1  # a restart will not deliver it again

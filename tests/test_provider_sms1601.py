@@ -898,3 +898,29 @@ async def test_simulator_outbox_and_report_calls() -> None:
         assert sim.status_reply({"smsid": "1234567"}) == "ERROR 124"  # removed
     finally:
         await sim.aclose()
+
+
+# --------------------------------------------------------------------------- several numbers
+
+
+def test_the_pages_multiple_numbers_example_is_one_naar_with_commas() -> None:
+    # "You can also use multiple numbers by separating them with a comma
+    #  (&to=32478123456,31600123456)"
+    msgs = [
+        message(id="a", destination=Address("32478123456", 1, 1), registered_delivery=0),
+        message(id="b", destination=Address("31600123456", 1, 1), registered_delivery=0),
+    ]
+    request = p.build_bulk_request(msgs, account(), 0.0)
+    params = dict(request.params)
+    assert params["naar"] == "32478123456,31600123456"
+    assert "delivery" not in params and "referentie" not in params
+    keys = {p.bulk_key(m, account(), 0.0, "unreported") for m in msgs}
+    assert len(keys) == 1 and None not in keys
+
+
+def test_a_message_that_asks_for_a_receipt_goes_alone_unless_bulk_is_all() -> None:
+    asks = message(registered_delivery=1)
+    assert p.bulk_key(asks, account(), 0.0, "unreported") is None
+    assert p.bulk_key(asks, account(), 0.0, "all") is not None
+    assert p.bulk_key(message(registered_delivery=0), account(), 0.0, "off") is None
+    assert p.bulk_key(message("Ω≈ unicode ☃"), account(), 0.0, "all") is None  # unsendable

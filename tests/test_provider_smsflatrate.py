@@ -28,6 +28,7 @@ from bridge.core.model import (
 )
 from bridge.core.provider import CallbackRequest, ProviderContext
 from bridge.providers import smsflatrate as sf
+from bridge.providers.http import HttpRequest
 from bridge.providers.http_provider import Unsendable
 from bridge.simulators.smsflatrate import SmsflatrateSimulator
 from bridge.web.server import CallbackEndpoint, HealthReport, HttpServer, build_app
@@ -864,3 +865,68 @@ async def test_simulate_command_refuses_unknown_options() -> None:
 
     with pytest.raises(ValueError, match="bogus"):
         await serve("127.0.0.1", 0, {"bogus": "1"})
+
+
+# --------------------------------------------------------------------------- bulk (bulk=1)
+
+
+def bulk_url(msgs: list[Message], s: sf.Settings) -> str:
+    params = sf.bulk_params(msgs, s, DOC_KEY, 0.0)
+    return HttpRequest("GET", s.base_url, params=params, charset="utf-8").full_url()
+
+
+def test_document_example_bulk_sms() -> None:
+    # "...&from=00491601234567&to=00491606543210;0049151123456789;004917766655544&
+    #  text=hello+germany&type=1&bulk=1"
+    s = settings(gateway="1", bulk="all")
+    numbers = ["491606543210", "49151123456789", "4917766655544"]
+    msgs = [message(id=f"m{i}", destination=Address(n, 1, 1)) for i, n in enumerate(numbers)]
+    example = (
+        f"{BASE}key={DOC_KEY}&from=00491601234567"
+        "&to=00491606543210%3B0049151123456789%3B004917766655544&text=hello+germany&type=1&bulk=1"
+    )
+    assert bulk_url(msgs, s) == example + "&cost=1"
+    assert len({sf.bulk_key(m, s, DOC_KEY, 0.0) for m in msgs}) == 1
+
+
+def test_bulk_uses_the_effective_gateway_since_auto_types_work_for_single_sms_only() -> None:
+    s = settings(gateway="auto10or11", bulk="all")
+    german, foreign = message(), message(destination=Address("441234567890", 1, 1))
+    assert dict(sf.bulk_key(german, s, DOC_KEY, 0.0) or ())["type"] == "10"
+    assert dict(sf.bulk_key(foreign, s, DOC_KEY, 0.0) or ())["type"] == "11"
+    assert "type=10&bulk=1" in bulk_url([german, message(id="2")], s)
+
+
+@pytest.mark.parametrize(
+    ("bulk", "overrides", "alone"),
+    [
+        ("off", {}, True),
+        ("unreported", {}, False),
+        ("unreported", {"registered_delivery": 1}, True),  # it would get a status report
+        ("all", {"registered_delivery": 1}, False),  # its receipt becomes ACCEPTD
+        ("all", {"text": None, "binary": b"\x01"}, True),  # unsendable: refused on its own
+    ],
+)
+def test_which_messages_may_go_in_bulk(bulk: str, overrides: dict[str, Any], alone: bool) -> None:
+    s = settings(gateway="1", bulk=bulk)
+    assert (sf.bulk_key(message(**overrides), s, DOC_KEY, 0.0) is None) is alone
+
+
+def test_a_reply_message_never_goes_in_bulk() -> None:
+    # reply: "nicht möglich mit Gruppen,- Massen-SMS/ terminierten SMS"
+    s = settings(gateway="3", bulk="all", reply=1)
+    assert sf.bulk_key(message(), s, DOC_KEY, 0.0) is None
+
+
+def test_the_bulk_reply_is_split_per_destination() -> None:
+    taken = sf.parse_send_reply("100,0.21")
+    outcomes = sf.split_bulk_outcome(taken, 3)
+    assert [o.state for o in outcomes] == [MessageState.ACCEPTED] * 3
+    assert [o.cost for o in outcomes] == pytest.approx([0.07] * 3)
+    refused = sf.parse_send_reply("132")
+    assert [o.error_code for o in sf.split_bulk_outcome(refused, 2)] == [132, 132]
+
+
+def test_bulk_caps_a_request_at_50_numbers() -> None:
+    assert sf.capabilities_for(settings(bulk="all")).max_batch == 50
+    assert sf.capabilities_for(settings()).max_batch == 1

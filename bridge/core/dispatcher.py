@@ -31,6 +31,15 @@ docs/architecture.md, "One message, socket to receipt", step 4):
   would fall after the validity deadline: then EXPIRED. ``failover_after`` > 0 moves on to the
   next provider after that many consecutive transient failures (off by default).
 
+Bulk sends (:class:`~bridge.core.provider.BatchProvider`, ``capabilities.max_batch`` > 1):
+when a sender is about to send a message whose provider batches and whose ``batch_key`` is not
+None, it takes along the other messages queued for that provider with the same key (at most
+``max_batch``) and sends them in one ``send_batch`` call — one rate-limiter slot, one request.
+Each message then goes on with its own outcome exactly as after ``send`` (see
+:meth:`Dispatcher._attempt_batch`). Nothing waits for a batch to fill: only what is already
+queued goes along (a submit_multi's destinations are queued together; a burst queues while the
+rate limiter makes senders wait).
+
 Every state change is persisted for the restart; :meth:`Dispatcher.start` re-submits the store's
 pending messages and polls providers for the messages that were awaiting a report (push reports
 sent while we were down are lost; the sandbox's timers die with the process).
@@ -49,6 +58,7 @@ from collections.abc import (
     Awaitable,
     Callable,
     Coroutine,
+    Hashable,
     Iterator,
     Mapping,
     Sequence,
@@ -60,7 +70,7 @@ import structlog
 
 from bridge.core.breaker import BreakerState, CircuitBreaker
 from bridge.core.model import DeliveryReport, Message, MessageState, Outcome, OutcomeKind
-from bridge.core.provider import Provider
+from bridge.core.provider import BatchProvider, Provider
 from bridge.core.store import StateChange, Store
 from bridge.observability import Metrics, ProviderMetrics, SampledLog
 from bridge.ratelimit import limiter_for_rate
@@ -119,6 +129,7 @@ class _Entry:
     provider: str
     status: _Status
     since: float = 0.0  # when it became ready to send (for oldest_age)
+    key: Hashable | None = None  # batch key, for a provider that sends in bulk
 
 
 @dataclass(eq=False, slots=True)
@@ -205,6 +216,15 @@ class Dispatcher:
         self._queues: dict[str, asyncio.PriorityQueue[tuple[int, int, _Entry]]] = {}
         self._ready: dict[str, dict[str, _Entry]] = {}  # insertion order = ready order
         self._limiters: dict[str, RateLimiter] = {}
+        #: Providers that send in bulk, and their queued entries by batch key (ready order).
+        self._batchers: dict[str, BatchProvider] = {
+            name: p
+            for name, p in providers.items()
+            if p.capabilities.max_batch > 1 and isinstance(p, BatchProvider)
+        }
+        self._keyed: dict[str, dict[Hashable, dict[str, _Entry]]] = {
+            name: {} for name in self._batchers
+        }
         #: Per provider (see bridge.core.breaker); times are the loop's monotonic clock.
         self.breakers = {
             name: CircuitBreaker(breaker_failures, breaker_cooldown, breaker_cooldown_max)
@@ -352,6 +372,7 @@ class Dispatcher:
             return False
         del self._entries[message_id]
         self._ready[entry.provider].pop(message_id, None)
+        self._unkey(entry)
         return True
 
     def queue_depth(self, provider: str) -> int:
@@ -432,8 +453,48 @@ class Dispatcher:
         entry.status = "queued"
         entry.since = self.clock()
         self._ready[entry.provider][entry.message.id] = entry
+        batcher = self._batchers.get(entry.provider)
+        if batcher is not None:
+            entry.key = batcher.batch_key(entry.message)
+            if entry.key is not None:
+                keyed = self._keyed[entry.provider]
+                keyed.setdefault(entry.key, {})[entry.message.id] = entry
         item = (-entry.message.priority, next(self._seq), entry)
         self._queues[entry.provider].put_nowait(item)
+
+    def _unkey(self, entry: _Entry) -> None:
+        """Drop a queued entry from its batch key's group (it is sent, cancelled or moved)."""
+        if entry.key is None:
+            return
+        group = self._keyed[entry.provider].get(entry.key)
+        if group is not None and group.get(entry.message.id) is entry:
+            del group[entry.message.id]
+            if not group:
+                del self._keyed[entry.provider][entry.key]
+
+    def _take_batch(self, entry: _Entry) -> list[_Entry]:
+        """``entry`` (about to be sent) and the other queued entries with its batch key, up to
+        the provider's ``max_batch``, all marked sending."""
+        name = entry.provider
+        self._unkey(entry)
+        batch = [entry]
+        if entry.key is None:
+            return batch
+        group = self._keyed[name].get(entry.key)
+        if not group:
+            return batch
+        limit = self.providers[name].capabilities.max_batch
+        while group and len(batch) < limit:
+            other_id = next(iter(group))  # the oldest: O(1) however long the group is
+            other = group.pop(other_id)
+            if not self._current(other, "queued"):
+                continue
+            other.status = "sending"
+            self._ready[name].pop(other.message.id, None)
+            batch.append(other)
+        if not group:
+            self._keyed[name].pop(entry.key, None)
+        return batch
 
     def _current(self, entry: _Entry, status: _Status) -> bool:
         return entry.status == status and self._entries.get(entry.message.id) is entry
@@ -486,6 +547,11 @@ class Dispatcher:
                     continue
             entry.status = "sending"
             self._ready[name].pop(entry.message.id, None)
+            if name in self._batchers:
+                batch = self._take_batch(entry)
+                if len(batch) > 1:
+                    await self._send_batch(batch, task, probe)
+                    continue
             self._busy.add(task)
             try:
                 await self._attempt(entry, provider)
@@ -575,6 +641,8 @@ class Dispatcher:
         entry.status = "sending"
         if await self._failover(entry, f"{name}: {why}"):
             self._ready[name].pop(entry.message.id, None)
+            if name in self._batchers:
+                self._unkey(entry)
             return True
         entry.status = "queued"  # the end of its route: it waits for the circuit
         return False
@@ -694,6 +762,106 @@ class Dispatcher:
         if interrupted:
             log.warning("dispatch_interrupted_sends", messages=interrupted, state="UNKNOWN")
         return interrupted
+
+    # ------------------------------------------------------------------ bulk sends
+
+    async def _send_batch(self, batch: list[_Entry], task: asyncio.Task[None], probe: bool) -> None:
+        """One bulk request for ``batch`` (all marked sending), guarded like a single send."""
+        name = batch[0].provider
+        breaker = self.breakers[name]
+        self._busy.add(task)
+        try:
+            await self._attempt_batch(batch, self._batchers[name])
+            if probe and breaker.state is BreakerState.HALF_OPEN:
+                breaker.abandon_probe(self._now())
+        except Exception:
+            log.exception(
+                "dispatch_failed",
+                message_id=batch[0].message.id,
+                account=batch[0].message.account,
+                provider=name,
+                batch=len(batch),
+            )
+            for entry in batch:
+                self._release(entry)
+        finally:
+            self._busy.discard(task)
+
+    async def _attempt_batch(self, batch: list[_Entry], provider: BatchProvider) -> None:
+        """Send several messages in one request; then each goes on with its own outcome, as
+        after a single send (accepted, failed over, retried, expired)."""
+        name = batch[0].provider
+        now = self.clock()
+        live: list[_Entry] = []
+        for entry in batch:
+            if now >= self._deadline(entry.message):
+                await self._finish(
+                    entry,
+                    MessageState.EXPIRED,
+                    entry.message.error_code,
+                    "validity ended before dispatch",
+                )
+            else:
+                live.append(entry)
+        if self.providers[name].capabilities.at_most_once:
+            # Each destination marked "sending" before the request, as a single send is.
+            live = [entry for entry in live if await self._mark_sending(entry)]
+        if not live:
+            return
+        started = time.perf_counter()
+        try:
+            outcomes = await provider.send_batch([e.message for e in live])
+            if len(outcomes) != len(live):
+                raise ValueError(f"{len(outcomes)} outcomes for {len(live)} messages")
+        except Exception as exc:
+            self._metrics[name].request("error", time.perf_counter() - started)
+            self._sampled(
+                "warning",
+                "provider_send_failed",
+                name,
+                message_id=live[0].message.id,
+                account=live[0].message.account,
+                provider=name,
+                error=f"{type(exc).__name__}: {exc}"[:200],
+            )
+            failed = Outcome(OutcomeKind.TRANSIENT, detail=f"exception {type(exc).__name__}")
+            outcomes = [failed] * len(live)
+        else:
+            # One request: one observation (the first destination's outcome names it).
+            self._metrics[name].request(outcomes[0].kind.value, time.perf_counter() - started)
+        self.metrics.provider_event(name, "bulk_request")
+        for _ in live:
+            self.metrics.provider_event(name, "bulk_destination")
+        # The breaker counts requests: a transient bulk failure is one failure.
+        worst = next((o for o in outcomes if o.kind is OutcomeKind.TRANSIENT), outcomes[0])
+        self._record_breaker(name, worst)
+        for entry, outcome in zip(live, outcomes, strict=True):
+            log.debug(
+                "dispatch_outcome",
+                message_id=entry.message.id,
+                account=entry.message.account,
+                provider=name,
+                outcome=outcome.kind.value,
+                provider_message_id=outcome.provider_message_id,
+                batch=len(live),
+            )
+            if outcome.kind is not OutcomeKind.ACCEPTED and entry.message.provider_message_id == "":
+                entry.message.provider_message_id = None  # the "sending" mark: not taken
+            try:
+                if outcome.kind is OutcomeKind.ACCEPTED:
+                    self._accepted(entry, outcome)
+                elif outcome.kind is OutcomeKind.PERMANENT:
+                    await self._permanent(entry, outcome)
+                else:
+                    await self._transient(entry, outcome)
+            except Exception:
+                log.exception(
+                    "dispatch_failed",
+                    message_id=entry.message.id,
+                    account=entry.message.account,
+                    provider=name,
+                )
+                self._release(entry)
 
     def _accepted(self, entry: _Entry, outcome: Outcome) -> None:
         """The provider took the message: record it (with the correlation its report needs)
@@ -877,6 +1045,8 @@ class Dispatcher:
         if self._entries.get(entry.message.id) is entry:
             del self._entries[entry.message.id]
         self._ready[entry.provider].pop(entry.message.id, None)
+        if entry.key is not None:
+            self._unkey(entry)
 
     async def _finish(
         self, entry: _Entry, state: MessageState, error_code: int, detail: str

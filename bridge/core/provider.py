@@ -11,13 +11,15 @@ are translators: a :class:`~bridge.core.model.Message` in, an
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 from bridge.core.model import DeliveryReport, InboundMessage, Message, Outcome
 
 __all__ = [
+    "BatchProvider",
     "CallbackKind",
     "CallbackProvider",
     "CallbackReply",
@@ -62,6 +64,8 @@ class Capabilities:
     # after the restart; such a message ends UNKNOWN instead (README, "Reliability").
     at_most_once: bool = False
     concurrency: int = 16
+    # Destinations one request may carry (a bulk send, see BatchProvider); 1 = no bulk.
+    max_batch: int = 1
 
 
 class Provider(Protocol):
@@ -85,6 +89,28 @@ class Provider(Protocol):
 
     async def healthy(self) -> bool:
         """Connection test / balance call for /readyz."""
+        ...
+
+
+@runtime_checkable
+class BatchProvider(Protocol):
+    """A provider that can send one text to several destinations in one request (a bulk send).
+
+    The dispatcher uses it when ``capabilities.max_batch`` > 1: messages queued for this
+    provider whose :meth:`batch_key` is equal (not None) go together, at most ``max_batch``, in
+    one :meth:`send_batch` call that counts as one request against the rate limit. Everything
+    else (retries, failover, receipts) stays per message.
+    """
+
+    def batch_key(self, message: Message) -> Hashable | None:
+        """What must be equal for messages to share a request (text, sender, options), or
+        None when this message must go alone (settings, or what the document rules out)."""
+        ...
+
+    async def send_batch(self, messages: Sequence[Message]) -> list[Outcome]:
+        """Send messages that share a batch key in as few requests as the provider allows
+        (usually one); one Outcome per message, in order. Never raises for provider-side
+        failures; a refusal that names no destination is every destination's outcome."""
         ...
 
 
@@ -153,6 +179,10 @@ def _no_health_news(healthy: bool) -> None:
     return None
 
 
+def _no_event(event: str) -> None:
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderContext:
     """What the wiring (app.py) gives a provider it builds, beside the provider's settings.
@@ -163,6 +193,10 @@ class ProviderContext:
     ``bridge_provider_balance`` gauge. ``set_healthy`` is for a provider that learns its own
     health as it changes (an SMPP upstream binding or losing its last bind): /readyz and
     ``bridge_provider_up`` follow at once instead of at the next periodic ``healthy()`` check.
+    ``state_dir`` is a directory (in the data directory) where the provider may keep small files
+    of its own that must survive a restart (the My-Cool-SMS inbound poll's ``thresholdid``);
+    None when there is none (tools). ``count_event(name)`` counts an operator-relevant provider
+    event (``bridge_provider_events_total{provider,event}``; a small fixed set of names).
     """
 
     name: str
@@ -170,6 +204,8 @@ class ProviderContext:
     callback_url: Callable[[CallbackKind], str | None] = _no_callback_url
     set_balance: Callable[[float], None] = _no_balance
     set_healthy: Callable[[bool], None] = _no_health_news
+    state_dir: Path | None = None
+    count_event: Callable[[str], None] = _no_event
 
 
 # --------------------------------------------------------------------------- statistics

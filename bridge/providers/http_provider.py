@@ -158,6 +158,14 @@ class HttpProvider(abc.ABC):
             state=MessageState.UNKNOWN,
         )
 
+    def unanswered(self, messages: Sequence[Message], reason: str) -> list[Outcome]:
+        """Each message's outcome when the one request carrying them (a bulk send) got no
+        answer: what :meth:`send` decides for a single message (retried, or with
+        ``retry_after_timeout = false`` after a timeout taken-and-UNKNOWN, never sent twice)."""
+        if reason != "connect" and not self.settings.retry_after_timeout:
+            return [self._maybe_taken(m, reason) for m in messages]
+        return [Outcome(OutcomeKind.TRANSIENT, detail=f"no answer ({reason})")] * len(messages)
+
     @abc.abstractmethod
     def build_send(self, message: Message) -> HttpRequest:
         """The request that sends ``message`` (raise :class:`Unsendable` if it cannot)."""

@@ -4,10 +4,13 @@ The provider's document (Greek, ``shared/seeds/isms-http-soap-smpp``) is the spe
 module-level functions are the translation it describes, the :class:`IsmsHttpProvider` class only
 wires them to the shared HTTP base. Why things are as they are:
 
-* **One message, one request.** ``send.php`` takes ``to`` as a comma list, but its reply is one
-  ``ID:…`` for all of them and ``query.php`` then needs ``mid`` *and* ``mobile``; one recipient
-  per request keeps the id unique per message (so pushes correlate by ``mid`` alone) and lets
-  every message fail over on its own. Bulk requests are not made (see the doc page).
+* **One message, one request** by default. ``send.php`` takes ``to`` as a comma list, but its
+  reply is one ``ID:…`` for all of them and ``query.php`` then needs ``mid`` *and* ``mobile``.
+  With ``bulk = true`` messages queued together with the same text, sender and options go in
+  one request of up to ``bulk_max`` numbers (:meth:`IsmsHttpProvider.send_batch`); every
+  message's provider id is then ``<mid>/<number>`` (single sends too), which is what a push
+  (``mid`` + ``mobile``) and ``query.php`` name, so each destination keeps its own receipt.
+  "No recipients" names no number: each destination is then sent again on its own.
 * **Text.** Every value is percent-encoded in UTF-8 (the document's example:
   ``message=text+at+utf8+format``); ``coding`` tells iSMS how to send it to the handset:
   ``GSM`` when every character is in GSM 03.38 (default table or extension table), else
@@ -41,14 +44,15 @@ wires them to the shared HTTP base. Why things are as they are:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import structlog
-from pydantic import BeforeValidator, field_validator
+from pydantic import BeforeValidator, Field, field_validator
 
 from bridge.core.model import (
     Address,
@@ -66,6 +70,7 @@ from bridge.core.provider import (
     Provider,
     ProviderContext,
 )
+from bridge.providers.bulk import AloneIds, must_go_alone, split_outcome
 from bridge.providers.http import HttpError, HttpRequest, HttpResponse
 from bridge.providers.http_provider import HttpProvider, Unsendable, classify_http_status
 from bridge.providers.settings import HttpProviderSettings, Secret, resolve_env
@@ -77,6 +82,7 @@ __all__ = [
     "ERR_FAILED",
     "ERR_NO_SUCH_MESSAGE",
     "ERR_UNRECOGNISED",
+    "PER_NUMBER_ERRORS",
     "SEND_ERRORS",
     "STATUS_WORDS",
     "IsmsHttpProvider",
@@ -87,6 +93,7 @@ __all__ = [
     "build_credits_request",
     "build_query_request",
     "build_send_request",
+    "bulk_id",
     "choose_coding",
     "count_parts",
     "create",
@@ -98,6 +105,7 @@ __all__ = [
     "parse_send_reply",
     "schedule_value",
     "script_url",
+    "split_bulk_id",
     "status_to_state",
 ]
 
@@ -180,6 +188,10 @@ class Settings(HttpProviderSettings):
     sender: str | None = None
     reports: Literal["push", "poll"] = "push"
     native_schedule: bool = True
+    # Several numbers per send.php request (to=a,b) for messages queued together with the same
+    # text and sender; provider ids become "<mid>/<number>" (see docs/providers/isms_http.md).
+    bulk: bool = False
+    bulk_max: Annotated[int, Field(ge=2, le=500)] = 50
 
     @field_validator("base_url")
     @classmethod
@@ -294,6 +306,24 @@ def build_send_request(
     if dlr_url:
         params.append(("dlr-url", dlr_url))
     return HttpRequest("GET", script_url(base_url, "send.php"), params=params)
+
+
+#: send.php parameters a bulk request does not share between its messages.
+_PER_DESTINATION = frozenset({"to", "username", "password"})
+#: "Error: No recipients." names no number: in a bulk request each number goes again alone.
+PER_NUMBER_ERRORS: frozenset[int] = frozenset({12})
+
+
+def bulk_id(mid: str, number: str) -> str:
+    """A destination's provider id while bulk is on: the request's ``ID`` and the number, the
+    pair ``query.php`` and a push name."""
+    return f"{mid}/{number.lstrip('+')}"
+
+
+def split_bulk_id(provider_id: str, number: str) -> tuple[str, str]:
+    """(mid, mobile) for ``query.php`` from a stored provider id (bare mid or ``mid/number``)."""
+    mid, sep, mobile = provider_id.partition("/")
+    return (mid, mobile) if sep and mobile else (provider_id, number)
 
 
 def _reply_line(text: str) -> str:
@@ -486,9 +516,11 @@ class IsmsHttpProvider(HttpProvider):
             reports=settings.reports,
             requests_per_second=settings.requests_per_second,
             concurrency=settings.concurrency,
+            max_batch=settings.bulk_max if settings.bulk else 1,
         )
         super().__init__(name, settings, ctx, capabilities)
         self._warned_no_callback = False
+        self._alone = AloneIds()  # messages a bulk refusal sent back to go one by one
 
     # ------------------------------------------------------------------ sending
     def _wants_report(self, message: Message) -> bool:
@@ -515,12 +547,85 @@ class IsmsHttpProvider(HttpProvider):
 
     def parse_send(self, message: Message, response: HttpResponse) -> Outcome:
         text = message.text or ""
-        return parse_send_reply(
+        outcome = parse_send_reply(
             response.status,
             response.text(),
             wants_report=self._wants_report(message),
             parts=count_parts(text, choose_coding(text)),
         )
+        if self.settings.bulk and outcome.provider_message_id:
+            # One id form for every message while bulk is on: pushes name mid and mobile.
+            pid = bulk_id(outcome.provider_message_id, message.destination.digits)
+            outcome = dataclasses.replace(outcome, provider_message_id=pid)
+        return outcome
+
+    # ------------------------------------------------------------------ bulk
+    def batch_key(self, message: Message) -> Hashable | None:
+        if not self.settings.bulk or message.id in self._alone:
+            return None
+        try:
+            request = self.build_send(message)
+        except Unsendable:
+            return None
+        return tuple((n, v) for n, v in request.params if n not in _PER_DESTINATION)
+
+    async def send_batch(self, messages: Sequence[Message]) -> list[Outcome]:
+        """One ``send.php`` request with ``to`` = every number (comma-separated) per
+        ``bulk_max``; each destination accepted under ``<mid>/<number>``."""
+        outcomes: list[Outcome] = []
+        size = self.capabilities.max_batch
+        for start in range(0, len(messages), size):
+            chunk = messages[start : start + size]
+            if len(chunk) == 1:
+                outcomes.append(await self.send(chunk[0]))
+                continue
+            try:
+                first = self.build_send(chunk[0])
+                to = ",".join(format_destination(m.destination) for m in chunk)
+            except Unsendable as exc:
+                refused = Outcome(
+                    OutcomeKind.PERMANENT, detail=exc.detail, error_code=exc.error_code
+                )
+                outcomes += [refused] * len(chunk)
+                continue
+            params = [(n, to if n == "to" else v) for n, v in first.params]
+            request = dataclasses.replace(first, params=params)
+            try:
+                response = await self.call(request)
+            except HttpError as exc:
+                outcomes += self.unanswered(chunk, exc.reason)
+                continue
+            else:
+                kind = classify_http_status(response.status)
+                if kind is not None:
+                    outcome = Outcome(kind, detail=f"HTTP {response.status}")
+                else:
+                    text = chunk[0].text or ""
+                    outcome = parse_send_reply(
+                        response.status,
+                        response.text(),
+                        wants_report=self._wants_report(chunk[0]),
+                        parts=count_parts(text, choose_coding(text)),
+                    )
+            if outcome.kind is OutcomeKind.ACCEPTED and outcome.provider_message_id:
+                mid = outcome.provider_message_id
+                outcomes += [
+                    dataclasses.replace(
+                        outcome, provider_message_id=bulk_id(mid, m.destination.digits)
+                    )
+                    for m in chunk
+                ]
+                continue
+            split = split_outcome(
+                outcome,
+                len(chunk),
+                per_number_codes=PER_NUMBER_ERRORS,
+                taken=f"taken in a request for {len(chunk)} numbers without a usable id",
+            )
+            if must_go_alone(split, PER_NUMBER_ERRORS):
+                self._alone.add([m.id for m in chunk])
+            outcomes += split
+        return outcomes
 
     # ------------------------------------------------------------------ reports
     def _query_request(self, mid: str, mobile: str) -> HttpRequest:
@@ -557,15 +662,16 @@ class IsmsHttpProvider(HttpProvider):
         errors: list[str] = []
 
         async def one(message: Message) -> DeliveryReport | None:
-            mid = message.provider_message_id
-            if not mid:
+            pid = message.provider_message_id
+            if not pid:
                 return None
+            mid, mobile = split_bulk_id(pid, message.destination.digits)
             async with limit:
-                result = await self.query(mid, message.destination.digits)
+                result = await self.query(mid, mobile)
             if result.state is None:
                 errors.append(result.error)
                 return None
-            return self._report(mid, result.state, result.error_code)
+            return self._report(pid, result.state, result.error_code)
 
         found = await asyncio.gather(*(one(m) for m in messages))
         if errors:
@@ -596,6 +702,16 @@ class IsmsHttpProvider(HttpProvider):
                 return CallbackReply(503, "status unknown, query failed")
             state, error_code = result.state, result.error_code
         # The push's number, when it names one, must be the message's (receipts checks it).
+        # Ids are "<mid>/<number>" while bulk is on; a message sent before it was switched on
+        # still has the bare mid.
+        if (
+            self.settings.bulk
+            and push.mobile
+            and await sink(
+                self._report(bulk_id(push.mid, push.mobile), state, error_code, push.mobile)
+            )
+        ):
+            return CallbackReply(200, "OK")
         await sink(self._report(push.mid, state, error_code, push.mobile))
         return CallbackReply(200, "OK")
 

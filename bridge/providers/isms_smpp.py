@@ -13,13 +13,16 @@ Sending (:meth:`IsmsSmppProvider.send`)
     added for flash) and its octets. A message longer than one SMS is split into parts with a
     concatenation UDH (``concat = "udh8"``: 8-bit reference, 153 septets / 67 UCS-2 characters a
     part; ``"udh16"``: 16-bit reference, 152 / 66) or with the SAR TLVs (``"sar"``: the SMSC
-    builds the UDH; 152 / 66, room for a 16-bit one). Other UDH elements the ESME sent (ports)
-    go in front of every part. The reference is derived from our message id (CRC-32), so a
-    message sent again after a restart carries the same reference and a handset can drop the
-    duplicate parts. Every part is one submit_sm through the client, which keeps the shared
-    TPS limit (``requests_per_second``, 700 by default, iSMS's figure), the window and the binds.
-    schedule_delivery_time and validity_period go through as absolute SMPP times (UTC);
-    registered_delivery asks for receipts only as the ESME asked (bits 0–1 and 0x10).
+    builds the UDH; 152 / 66, room for a 16-bit one), or whole in one submit_sm whose
+    message_payload TLV carries the text (``"payload"``: short_message empty, the SMSC cuts it;
+    a message that fits one SMS still goes in short_message). Other UDH elements the ESME sent
+    (ports) go in front of every part (of the payload). The reference is derived from our
+    message id (CRC-32), so a message sent again after a restart carries the same reference and
+    a handset can drop the duplicate parts. Every part is one submit_sm through the client,
+    which keeps the shared TPS limit (``requests_per_second``, 700 by default, iSMS's figure),
+    the window and the binds. schedule_delivery_time and validity_period go through as absolute
+    SMPP times (UTC); registered_delivery asks for receipts only as the ESME asked (bits 0–1
+    and 0x10).
 
 submit_sm_resp
     ESME_ROK: the part is taken. ESME_RTHROTTLED: all sending pauses (``throttle_pause``,
@@ -57,9 +60,10 @@ Receipts from the upstream (deliver_sm / data_sm with esm_class 0x04, 0x08 or 0x
 
 Inbound (MO)
     A deliver_sm that is not a receipt is a message from a handset: decoded text (data_coding 0
-    read as ``mo_default_alphabet``), binary otherwise. Concatenated MO (UDH 8/16-bit or SAR)
-    is reassembled in memory; parts still missing after ``mo_reassembly_timeout`` are given up
-    and what arrived is delivered (in order) rather than lost. The bridge finds the owning
+    read as ``mo_default_alphabet``), binary otherwise; the user data is short_message or, when
+    that is empty, the message_payload TLV (receipts likewise). Concatenated MO (UDH 8/16-bit
+    or SAR) is reassembled in memory; parts still missing after ``mo_reassembly_timeout`` are
+    given up and what arrived is delivered (in order) rather than lost. The bridge finds the owning
     account by the destination number. An MO nobody owns is answered ESME_ROK (the bridge logs
     and counts it; the SMSC could do nothing better with an error than resend it).
 """
@@ -146,7 +150,7 @@ __all__ = [
 
 log = structlog.get_logger("bridge.providers.isms_smpp")
 
-ConcatMode = Literal["udh8", "udh16", "sar"]
+ConcatMode = Literal["udh8", "udh16", "sar", "payload"]
 
 
 class Settings(ProviderSettings):
@@ -218,6 +222,9 @@ _PER_PART: dict[ConcatMode, tuple[int, int]] = {
     "udh8": (153, 67),
     "udh16": (152, 66),
     "sar": (152, 66),
+    # One submit_sm with the whole text in message_payload: the SMSC cuts it, typically with
+    # an 8-bit reference UDH; the length limit counts parts of that size.
+    "payload": (153, 67),
 }
 
 
@@ -247,12 +254,14 @@ Alphabet = Literal["gsm7", "ucs2", "binary"]
 @dataclass(frozen=True, slots=True)
 class Part:
     """One submit_sm's user data: ``short_message`` (UDH included when ``esm_class`` has 0x40)
-    and, in SAR mode, (reference, total, seqnum) for the SAR TLVs."""
+    and, in SAR mode, (reference, total, seqnum) for the SAR TLVs. ``payload``: the user data
+    goes in the message_payload TLV, short_message stays empty (SMPP 3.4 §5.3.2.32)."""
 
     short_message: bytes
     esm_class: int
     data_coding: int
     sar: tuple[int, int, int] | None = None
+    payload: bool = False
 
 
 def message_coding(message: Message) -> tuple[int, Alphabet]:
@@ -295,6 +304,10 @@ def _back_off(alphabet: Alphabet, data: bytes, cut: int) -> int:
     return 0
 
 
+#: message_payload is at most 64 K octets (SMPP 3.4 §5.3.2.32).
+MAX_PAYLOAD = 65535
+
+
 def split_message(message: Message, concat: ConcatMode, reference: int) -> list[Part]:
     """Encode ``message`` and cut it into submit_sm parts (see the module docstring).
 
@@ -313,6 +326,12 @@ def split_message(message: Message, concat: ConcatMode, reference: int) -> list[
     if len(data) <= single:
         udh = (bytes((len(extra),)) + extra) if extra else b""
         return [Part(udh + data, 0x40 if udh else 0, dc)]
+    if concat == "payload":
+        # The whole user data in one submit_sm (the ESME's other IEs stay in front of it).
+        udh = (bytes((len(extra),)) + extra) if extra else b""
+        if len(udh) + len(data) > MAX_PAYLOAD:
+            raise TextError(f"message longer than {MAX_PAYLOAD} octets")
+        return [Part(udh + data, 0x40 if udh else 0, dc, payload=True)]
     ie_octets = {"udh8": 5, "udh16": 6, "sar": 6}[concat]
     per_part = _capacity(alphabet, 1 + len(extra) + ie_octets)
     chunks: list[bytes] = []
@@ -378,9 +397,11 @@ def build_submit(message: Message, part: Part, settings: Settings, now: float) -
             "replace_if_present_flag": 0,
             "data_coding": part.data_coding,
             "sm_default_msg_id": 0,
-            "short_message": part.short_message,
+            "short_message": b"" if part.payload else part.short_message,
         },
     )
+    if part.payload:
+        pdu.set_tlv("message_payload", part.short_message)
     if part.sar is not None:
         ref, total, seqnum = part.sar
         pdu.set_tlv("sar_msg_ref_num", ref)

@@ -53,6 +53,13 @@ lists them.
 
 **Inbound SMS** (``pushIncomingSms``) are POSTed as JSON to the URL set in the web interface's
 inbox settings: that is the bridge's ``inbound`` callback URL (see docs/providers/mycoolsms.md).
+With ``poll_inbound = true`` they are also fetched with ``getIncomingSms`` every
+``inbound_poll_interval`` (:class:`InboundPoller`): ``thresholdid`` = the highest id already
+queued, ``order=ASC``, 100 per call, kept in a small file in the data directory so a restart
+neither loses nor repeats MOs. An MO counts as done (the threshold moves past its id) only once
+the bridge has queued it for its account. The push carries no id, so an MO that arrives both
+ways is recognised by its content (sender, virtual number, text): each push cancels one polled
+MO with the same content and vice versa, within :data:`DEDUPE_WINDOW`.
 
 **Health** is ``getBalance``; the balance (in EUR) also comes back with every ``sendSms`` and
 feeds the ``bridge_provider_balance`` gauge.
@@ -60,9 +67,17 @@ feeds the ``bridge_provider_balance`` gauge.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import json
+import os
+import time
+from collections import deque
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import structlog
@@ -82,8 +97,10 @@ from bridge.core.provider import (
     CallbackReply,
     CallbackRequest,
     Capabilities,
+    InboundSink,
     Provider,
     ProviderContext,
+    ReportSink,
 )
 from bridge.providers.http import HttpError, HttpRequest, HttpResponse
 from bridge.providers.http_provider import HttpProvider, Unsendable, classify_http_status
@@ -92,6 +109,7 @@ from bridge.smpp.text import TextError, gsm7_decode, gsm7_septet_count, is_gsm7
 
 __all__ = [
     "CAPABILITIES",
+    "DEDUPE_WINDOW",
     "DEFAULT_URL",
     "ERR_BAD_REPLY",
     "ERR_BOUNCED",
@@ -101,22 +119,28 @@ __all__ = [
     "ERR_UNKNOWN_ID",
     "MAX_GSM_CHARS",
     "MAX_IDS_PER_POLL",
+    "MAX_INBOUND_PER_POLL",
     "MAX_SENDER_CHARS",
     "MAX_UCS2_CHARS",
     "SEND_ERRORS",
     "STATUS_STATES",
+    "InboundPoller",
     "MyCoolSmsProvider",
+    "PolledSms",
     "Settings",
     "atom_time",
     "balance_fields",
     "capabilities_for",
     "create",
     "encode_request",
+    "fingerprint",
     "format_number",
     "format_sender",
     "from_ucs2_hex",
+    "incoming_fields",
     "needs_unicode",
     "parse_balance_reply",
+    "parse_inbound_poll",
     "parse_inbound_push",
     "parse_poll_reply",
     "parse_report_push",
@@ -138,6 +162,13 @@ MAX_UCS2_CHARS = 335
 MAX_SENDER_CHARS = 11
 #: getDeliveryReports error 241: "The maximum number of delivery reports per request is 100."
 MAX_IDS_PER_POLL = 100
+#: getIncomingSms ``limit`` per call (the default is 25; 0 would mean "no limit", unbounded).
+MAX_INBOUND_PER_POLL = 100
+#: How long a pushed (or polled) MO's content is remembered to recognise the same MO arriving
+#: the other way. A push comes within seconds; a poll within ``inbound_poll_interval``.
+DEDUPE_WINDOW = 86400.0
+#: At most this many remembered contents per direction (oldest dropped first).
+MAX_REMEMBERED = 10000
 
 # Bridge-defined err: values (the API has numeric codes only for refused calls).
 ERR_BAD_REPLY = 300  # the reply was not the documented JSON
@@ -225,6 +256,12 @@ class Settings(HttpProviderSettings):
     # Poll getDeliveryReports for messages still without a final report (every
     # [pipeline] poll_interval, doubling). False: pushes only, plus the start-up sweep.
     poll_reports: bool = True
+    # Fetch inbound SMS with getIncomingSms every inbound_poll_interval seconds, besides (or
+    # instead of) the inbox push. An MO arriving both ways is delivered once.
+    poll_inbound: bool = False
+    inbound_poll_interval: Annotated[float, Field(ge=1.0, le=3600.0)] = 30.0
+    # getIncomingSms virtualnumber: only this virtual number's SMS; unset: all of the account's.
+    virtual_number: str | None = None
 
     @model_validator(mode="after")
     def _some_reports(self) -> Settings:
@@ -590,6 +627,390 @@ def parse_inbound_push(body: bytes, *, provider: str, received_at: float) -> Inb
     )
 
 
+def incoming_fields(
+    *,
+    username: str,
+    password: str,
+    threshold: int,
+    limit: int,
+    order: Literal["ASC", "DESC"] = "ASC",
+    virtual_number: str | None = None,
+) -> dict[str, Any]:
+    """``getIncomingSms``: the SMS with an id above ``threshold``, oldest first."""
+    fields: dict[str, Any] = {
+        "username": username,
+        "password": password,
+        "function": "getIncomingSms",
+        "thresholdid": threshold,
+        "thresholdoperator": "gt",
+        "limit": limit,
+        "order": order,
+    }
+    if virtual_number:
+        fields["virtualnumber"] = virtual_number
+    return fields
+
+
+@dataclass(frozen=True, slots=True)
+class PolledSms:
+    """One entry of ``getIncomingSms``'s ``messages``: its id and the MO (None when the entry
+    is unusable: it is skipped, but its id still moves the threshold)."""
+
+    id: int
+    message: InboundMessage | None
+    error: str = ""
+
+
+def _int_id(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def parse_inbound_poll(
+    response: HttpResponse, *, provider: str, received_at: float
+) -> tuple[list[PolledSms], int | None]:
+    """``getIncomingSms`` → (entries sorted by id, ``maxid``). ValueError for an error reply
+    or a body that is not the documented one. Entries without a usable id are dropped (no
+    threshold can pass them); entries with an id but no sender/number/text are returned with
+    ``message=None`` so the caller logs them and moves on."""
+    reply = _reply_object(response)
+    if reply is None or not isinstance(reply.get("success"), bool):
+        raise ValueError(f"HTTP {response.status}: not a My-Cool-SMS reply")
+    if not reply["success"]:
+        raise ValueError(f"error {_error_code(reply)}: {_describe(reply)}".rstrip(": "))
+    items = reply.get("messages")
+    if not isinstance(items, list):
+        raise ValueError("no messages array in the reply")
+    out: list[PolledSms] = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        sms_id = _int_id(item.get("id"))
+        if sms_id is None:
+            continue
+        sender, to = item.get("senderid"), item.get("virtualnumber")
+        try:
+            if not isinstance(sender, str) or not sender.strip():
+                raise ValueError("no senderid")
+            if not isinstance(to, str) or not to.strip():
+                raise ValueError("no virtualnumber")
+            message = InboundMessage(
+                account="",
+                source=_inbound_address(sender, allow_text=True),
+                destination=_inbound_address(to, allow_text=False),
+                text=_inbound_text(item),
+                received_at=received_at,
+                provider=provider,
+            )
+        except ValueError as exc:
+            out.append(PolledSms(sms_id, None, str(exc)))
+            continue
+        out.append(PolledSms(sms_id, message))
+    out.sort(key=lambda p: p.id)
+    return out, _int_id(reply.get("maxid"))
+
+
+def fingerprint(message: InboundMessage) -> str:
+    """What an MO pushed and the same MO polled have in common (the push has no id): sender,
+    receiving number and text, hashed (the state file holds no numbers or texts)."""
+    key = f"{message.source.digits}\0{message.destination.digits}\0{message.text or ''}"
+    return hashlib.sha256(key.encode("utf-8", errors="surrogatepass")).hexdigest()[:32]
+
+
+class _Seen:
+    """A multiset of fingerprints with expiry (oldest first), bounded."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self.items: deque[tuple[str, float]] = deque()
+        self.counts: dict[str, int] = {}
+
+    def add(self, fp: str, now: float) -> None:
+        self.items.append((fp, now + self.window))
+        self.counts[fp] = self.counts.get(fp, 0) + 1
+        while len(self.items) > MAX_REMEMBERED:
+            self._drop_left()
+
+    def _drop_left(self) -> None:
+        fp, _ = self.items.popleft()
+        n = self.counts.get(fp, 0) - 1
+        if n > 0:
+            self.counts[fp] = n
+        else:
+            self.counts.pop(fp, None)
+
+    def expire(self, now: float) -> None:
+        while self.items and self.items[0][1] <= now:
+            self._drop_left()
+
+    def take(self, fp: str) -> bool:
+        """Remove one occurrence of ``fp``; True if there was one."""
+        n = self.counts.get(fp, 0)
+        if n <= 0:
+            return False
+        for i, (item, _) in enumerate(self.items):
+            if item == fp:
+                del self.items[i]
+                break
+        if n > 1:
+            self.counts[fp] = n - 1
+        else:
+            del self.counts[fp]
+        return True
+
+    def dump(self) -> list[list[Any]]:
+        return [[fp, expires] for fp, expires in self.items]
+
+    def load(self, items: Any, now: float) -> None:
+        if not isinstance(items, list):
+            return
+        for item in items:
+            if (
+                isinstance(item, list)
+                and len(item) == 2
+                and isinstance(item[0], str)
+                and isinstance(item[1], int | float)
+                and item[1] > now
+            ):
+                self.items.append((item[0], float(item[1])))
+                self.counts[item[0]] = self.counts.get(item[0], 0) + 1
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    with contextlib.suppress(OSError):
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class InboundPoller:
+    """``getIncomingSms`` polling with its durable threshold and the push/poll dedupe.
+
+    State (``<data_dir>/providers/<name>.inbound.json``): ``thresholdid`` (the highest id
+    already queued or skipped), and the fingerprints of MOs taken by push and not yet seen by
+    poll (``pushed``) and vice versa (``polled``). Written (fsync, rename) after every MO
+    queued and every push taken: a crash can at worst deliver one MO twice, never lose one.
+    Without a state file (first start) the threshold starts at the provider's current
+    ``maxid``: SMS received before polling was enabled are not fetched again.
+    """
+
+    def __init__(self, provider: MyCoolSmsProvider, path: Path | None) -> None:
+        self.provider = provider
+        self.path = path
+        self.threshold: int | None = None
+        self.pushed = _Seen(DEDUPE_WINDOW)
+        self.polled = _Seen(DEDUPE_WINDOW)
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+        self._stopping = False
+        self._taking = False  # inside _take: queuing an MO and writing its threshold
+        self.wake = asyncio.Event()
+
+    # ------------------------------------------------------------------ state
+    def load(self) -> None:
+        if self.path is None or not self.path.exists():
+            return
+        try:
+            data = json.loads(self.path.read_text("utf-8"))
+        except (OSError, ValueError) as exc:
+            log.warning(
+                "mycoolsms_inbound_state_unreadable", provider=self.provider.name, error=str(exc)
+            )
+            return
+        if not isinstance(data, dict):
+            return
+        threshold = _int_id(data.get("thresholdid"))
+        self.threshold = threshold
+        now = time.time()
+        self.pushed.load(data.get("pushed"), now)
+        self.polled.load(data.get("polled"), now)
+
+    async def save(self) -> None:
+        if self.path is None:
+            return
+        now = time.time()
+        self.pushed.expire(now)
+        self.polled.expire(now)
+        data = json.dumps(
+            {
+                "thresholdid": self.threshold,
+                "pushed": self.pushed.dump(),
+                "polled": self.polled.dump(),
+            },
+            separators=(",", ":"),
+        ).encode()
+        await asyncio.to_thread(_write_atomically, self.path, data)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self.load()
+        self._stopping = False
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"{self.provider.name}-mo-poll")
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop polling. An MO being queued (and its threshold written) is finished first, so a
+        restart does not deliver it again; a fetch or the wait between polls is cancelled."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        if self._taking:
+            await asyncio.wait({task}, timeout=timeout)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _run(self) -> None:
+        interval = self.provider.config.inbound_poll_interval
+        while not self._stopping:
+            try:
+                await self.poll_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # supervised: a bug or a store error must not end polling
+                self._failed("error", error=repr(exc)[:200])
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), interval)
+
+    def _failed(self, reason: str, **fields: Any) -> None:
+        self.provider.ctx.count_event("inbound_poll_failed")
+        if not self._failing:  # one line per outage, not one per interval
+            self._failing = True
+            log.warning(
+                "mycoolsms_inbound_poll_failed",
+                provider=self.provider.name,
+                reason=reason,
+                **fields,
+            )
+
+    # ------------------------------------------------------------------ one poll
+    async def _fetch(
+        self, threshold: int, limit: int, order: Literal["ASC", "DESC"]
+    ) -> tuple[list[PolledSms], int | None] | None:
+        p = self.provider
+        username, password = p._credentials()
+        request = encode_request(
+            p.config.base_url,
+            incoming_fields(
+                username=username,
+                password=password,
+                threshold=threshold,
+                limit=limit,
+                order=order,
+                virtual_number=p.config.virtual_number,
+            ),
+            p.config.request_format,
+        )
+        try:
+            response = await p.call(request)
+        except HttpError as exc:
+            self._failed("no_answer", detail=exc.reason)
+            return None
+        if classify_http_status(response.status) is not None:
+            self._failed("http_status", status=response.status)
+            return None
+        try:
+            return parse_inbound_poll(response, provider=p.name, received_at=p.ctx.clock())
+        except ValueError as exc:
+            self._failed("bad_reply", error=str(exc))
+            return None
+
+    async def poll_once(self) -> int:
+        """Fetch and queue every MO above the threshold; the number queued."""
+        p = self.provider
+        if p.inbound is None:
+            return 0
+        if self.threshold is None:
+            # First start: begin after what the account already holds.
+            got = await self._fetch(0, 1, "DESC")
+            if got is None:
+                return 0
+            entries, maxid = got
+            self.threshold = max([maxid or 0, *(e.id for e in entries)])
+            async with self._lock:
+                await self.save()
+            log.info("mycoolsms_inbound_poll_started", provider=p.name, thresholdid=self.threshold)
+        queued = 0
+        while True:
+            got = await self._fetch(self.threshold, MAX_INBOUND_PER_POLL, "ASC")
+            if got is None:
+                return queued
+            entries, _ = got
+            if self._failing:
+                self._failing = False
+                log.info("mycoolsms_inbound_poll_recovered", provider=p.name)
+            fresh = [e for e in entries if e.id > self.threshold]
+            for entry in fresh:
+                if self._stopping:
+                    return queued
+                self._taking = True
+                try:
+                    queued += await self._take(entry)
+                finally:
+                    self._taking = False
+            if len(entries) < MAX_INBOUND_PER_POLL or not fresh or self._stopping:
+                return queued
+
+    async def _take(self, entry: PolledSms) -> int:
+        """Queue one polled MO unless a push brought it already; then move the threshold."""
+        p = self.provider
+        assert p.inbound is not None and self.threshold is not None
+        async with self._lock:
+            if entry.message is None:
+                log.warning(
+                    "mycoolsms_inbound_unusable", provider=p.name, id=entry.id, error=entry.error
+                )
+                self.threshold = max(self.threshold, entry.id)
+                await self.save()
+                return 0
+            fp = fingerprint(entry.message)
+            if self.pushed.take(fp):
+                p.ctx.count_event("inbound_duplicate")
+                self.threshold = max(self.threshold, entry.id)
+                await self.save()
+                return 0
+            # Queued before it counts as done: a store error raises here, the threshold stays
+            # and the next poll fetches it again.
+            await p.inbound(entry.message)
+            self.polled.add(fp, time.time())
+            self.threshold = max(self.threshold, entry.id)
+            await self.save()
+            return 1
+
+    async def take_push(self, message: InboundMessage) -> bool:
+        """A pushed MO: False when polling queued it already (answer 200, queue nothing);
+        else queue it and remember it for the poll."""
+        p = self.provider
+        assert p.inbound is not None
+        async with self._lock:
+            fp = fingerprint(message)
+            if self.polled.take(fp):
+                p.ctx.count_event("inbound_duplicate")
+                await self.save()
+                return False
+            await p.inbound(message)
+            self.pushed.add(fp, time.time())
+            await self.save()
+            return True
+
+
 # --------------------------------------------------------------------------- the provider
 
 
@@ -606,6 +1027,20 @@ class MyCoolSmsProvider(HttpProvider):
     def __init__(self, name: str, settings: Settings, ctx: ProviderContext) -> None:
         super().__init__(name, settings, ctx, capabilities_for(settings))
         self.config = settings
+        self.inbound_poller: InboundPoller | None = None
+        if settings.poll_inbound:
+            path = None if ctx.state_dir is None else ctx.state_dir / f"{name}.inbound.json"
+            self.inbound_poller = InboundPoller(self, path)
+
+    async def start(self, reports: ReportSink, inbound: InboundSink) -> None:
+        await super().start(reports, inbound)
+        if self.inbound_poller is not None:
+            self.inbound_poller.start()
+
+    async def stop(self) -> None:
+        if self.inbound_poller is not None:
+            await self.inbound_poller.stop()
+        await super().stop()
 
     def _credentials(self) -> tuple[str, str]:
         return self.config.username, self.config.password.get_secret_value()
@@ -710,6 +1145,9 @@ class MyCoolSmsProvider(HttpProvider):
             return CallbackReply(400, f"malformed incoming SMS: {exc}")
         if self.inbound is None:
             return CallbackReply(503, "not ready")
+        if self.inbound_poller is not None:
+            await self.inbound_poller.take_push(message)  # once, whichever way came first
+            return CallbackReply()
         await self.inbound(message)  # an unowned number is logged and counted by the receiver
         return CallbackReply()
 

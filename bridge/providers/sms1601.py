@@ -44,6 +44,16 @@ it where it says nothing:
   ``emailen=nee`` (else the gateway mails a confirmation per scheduled message). Error 121 (date
   in the past) is transient: the retry, once the time has passed, sends without ``datum``.
   ``native_scheduling = false`` leaves scheduled messages to the bridge instead.
+* **Several numbers per request** ("You can also use multiple numbers by separating them with a
+  comma"): with ``bulk = "unreported"`` or ``"all"`` messages queued together with the same text,
+  sender and options go in one request of up to ``bulk_max`` numbers
+  (:meth:`Sms1601Provider.send_batch`). The page does not say what ``OK + a smsID`` looks like
+  for several numbers, and a push carries ``smsid`` and ``referentie`` but no number, so a report
+  could not be attributed to a destination: bulk requests never ask ``delivery=ja`` nor pass a
+  ``referentie``, and every destination taken is finished ``ACCEPTD`` ("unreported": only
+  messages whose ESME asked for no receipt go in bulk; "all": also the others, whose receipt then
+  is ``ACCEPTD``). Errors about a number (106, 107, 112, 114, 119) send each number again on its
+  own; any other error is every destination's.
 * **Our message id** goes in ``referentie`` (≤ 75 characters; ours are ≤ 64), which the gateway
   echoes in pushes.
 * Not in the API, so not supported: Unicode, binary/UDH content, flash, validity periods.
@@ -56,7 +66,7 @@ import dataclasses
 import hashlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Annotated, Literal
@@ -82,6 +92,7 @@ from bridge.core.provider import (
     Provider,
     ProviderContext,
 )
+from bridge.providers.bulk import AloneIds, must_go_alone, split_outcome
 from bridge.providers.http import HttpError, HttpRequest, HttpResponse
 from bridge.providers.http_provider import HttpProvider, Unsendable
 from bridge.providers.settings import HttpProviderSettings, Secret, resolve_env
@@ -97,15 +108,18 @@ __all__ = [
     "LONG_MAX_SEPTETS",
     "LONG_PART_SEPTETS",
     "MAX_NAME_CHARS",
+    "PER_NUMBER_ERRORS",
     "SINGLE_MAX_SEPTETS",
     "STATUSES",
     "Account",
     "PushedReport",
     "Settings",
     "Sms1601Provider",
+    "build_bulk_request",
     "build_credits_request",
     "build_send_request",
     "build_status_request",
+    "bulk_key",
     "create",
     "format_datum",
     "format_sender",
@@ -200,6 +214,11 @@ ERRORS: dict[int, tuple[OutcomeKind, str]] = {
     126: (_P, "group is empty"),
     150: (_T, "system down for maintenance"),
 }
+
+#: Errors that concern one number of a request: in a bulk request each number is then sent
+#: again on its own (invalid number, country not enabled / no valid country code / not
+#: permitted, no long messages to this country).
+PER_NUMBER_ERRORS: frozenset[int] = frozenset({106, 107, 112, 114, 119})
 
 #: Report words (push ``status``, poll reply) → (state, receipt err:).
 STATUSES: dict[str, tuple[MessageState, int]] = {
@@ -366,6 +385,39 @@ def build_send_request(message: Message, account: Account, now: float) -> HttpRe
         params.append(("test", "ja"))
     if account.logging is not None:
         params.append(("logging", "ja" if account.logging else "nee"))
+    return HttpRequest("GET", account.url, params=params, charset=account.charset)
+
+
+#: Parameters a bulk request does not share between its messages (or leaves out).
+_PER_MESSAGE = frozenset({"naar", "referentie", "delivery"})
+_CREDENTIALS = frozenset({"klantuser", "klantpwd"})
+
+
+def bulk_key(
+    message: Message, account: Account, now: float, mode: Literal["off", "unreported", "all"]
+) -> tuple[tuple[str, str], ...] | None:
+    """What messages must share to go in one request with several numbers (None: alone): the
+    text, sender, ``type``, ``datum`` and the account options. A message the adapter cannot
+    send goes alone (and is refused on its own); with ``"unreported"`` so does one whose ESME
+    asked for a receipt."""
+    if mode == "off" or (mode == "unreported" and _asks_report(message)):
+        return None
+    try:
+        request = build_send_request(message, account, now)
+    except Unsendable:
+        return None
+    return tuple((n, v) for n, v in request.params if n not in _PER_MESSAGE | _CREDENTIALS)
+
+
+def build_bulk_request(messages: Sequence[Message], account: Account, now: float) -> HttpRequest:
+    """One ``gateway.php`` GET for messages with the same :func:`bulk_key`: the first one's
+    parameters with ``naar`` = every number, comma-separated (the page's
+    ``&to=32478123456,31600123456``), without ``delivery`` and ``referentie`` (no report could
+    name its number)."""
+    first = build_send_request(messages[0], account, now)
+    naar = ",".join(m.destination.digits.lstrip("+") for m in messages)
+    left_out = ("delivery", "referentie")
+    params = [(n, naar if n == "naar" else v) for n, v in first.params if n not in left_out]
     return HttpRequest("GET", account.url, params=params, charset=account.charset)
 
 
@@ -562,6 +614,12 @@ class Settings(HttpProviderSettings):
     charset: Literal["utf-8", "iso-8859-1"] = "utf-8"
     #: ``logging=ja|nee`` (keep sendings in the web module's history); unset: the account default.
     logging: bool | None = None
+    #: Several numbers per request (``naar=a,b``) for messages queued together with the same
+    #: text and sender: "off"; "unreported": only messages whose ESME asked for no receipt;
+    #: "all": also those (their receipt is then ACCEPTD: no report names its number).
+    bulk: Literal["off", "unreported", "all"] = "off"
+    #: Numbers per bulk request (the page states no limit; a GET URL should stay short).
+    bulk_max: Annotated[int, Field(ge=2, le=500)] = 50
 
     @field_validator("timezone")
     @classmethod
@@ -605,6 +663,8 @@ class Sms1601Provider(HttpProvider):
         super().__init__(name, settings, ctx, capabilities)
         self.account = settings.account()
         self.report_url = settings.report_url or report_url_for(settings.base_url)
+        self.bulk: Literal["off", "unreported", "all"] = settings.bulk
+        self._alone = AloneIds()  # messages a bulk refusal sent back to go one by one
 
     # ------------------------------------------------------------------ sending
     def build_send(self, message: Message) -> HttpRequest:
@@ -617,6 +677,48 @@ class Sms1601Provider(HttpProvider):
             return Outcome(OutcomeKind.TRANSIENT, detail=f"HTTP {response.status}")
         septets = gsm_septets(message.text or "") or 0
         return parse_send_reply(response.text(), parts=text_parts(septets), test=self.account.test)
+
+    # ------------------------------------------------------------------ bulk
+    def batch_key(self, message: Message) -> Hashable | None:
+        if message.id in self._alone:
+            return None
+        return bulk_key(message, self.account, self.ctx.clock(), self.bulk)
+
+    async def send_batch(self, messages: Sequence[Message]) -> list[Outcome]:
+        """One ``naar=a,b,…`` request per ``capabilities.max_batch`` numbers (the dispatcher
+        hands at most that many); each destination's outcome from the one reply."""
+        outcomes: list[Outcome] = []
+        size = self.capabilities.max_batch
+        for start in range(0, len(messages), size):
+            chunk = messages[start : start + size]
+            if len(chunk) == 1:
+                outcomes.append(await self.send(chunk[0]))
+                continue
+            try:
+                request = build_bulk_request(chunk, self.account, self.ctx.clock())
+            except Unsendable as exc:
+                refused = Outcome(
+                    OutcomeKind.PERMANENT, detail=exc.detail, error_code=exc.error_code
+                )
+                outcomes += [refused] * len(chunk)
+                continue
+            try:
+                response = await self.call(request)
+            except HttpError as exc:
+                outcomes += self.unanswered(chunk, exc.reason)
+                continue
+            else:
+                outcome = self.parse_send(chunk[0], response)
+            split = split_outcome(
+                outcome,
+                len(chunk),
+                per_number_codes=PER_NUMBER_ERRORS,
+                taken=f"taken in a request for {len(chunk)} numbers; no report can name it",
+            )
+            if must_go_alone(split, PER_NUMBER_ERRORS):
+                self._alone.add([m.id for m in chunk])
+            outcomes += split
+        return outcomes
 
     # ------------------------------------------------------------------ reports
     async def handle_callback(self, kind: CallbackKind, request: CallbackRequest) -> CallbackReply:
@@ -678,6 +780,9 @@ class Sms1601Provider(HttpProvider):
 def create(name: str, settings: Settings, ctx: ProviderContext) -> Provider:
     """The adapter for one ``[providers.NAME]`` table (app.py applies the rate limits)."""
     capabilities = dataclasses.replace(
-        CAPABILITIES, scheduling=settings.native_scheduling, reports=settings.reports
+        CAPABILITIES,
+        scheduling=settings.native_scheduling,
+        reports=settings.reports,
+        max_batch=1 if settings.bulk == "off" else settings.bulk_max,
     )
     return Sms1601Provider(name, settings, ctx, capabilities)

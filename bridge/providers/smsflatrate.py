@@ -30,6 +30,15 @@ What the document says, and how it shapes this module:
 * **Inbound SMS** are pushed to a URL set in the inbound customer center. The document names no
   parameters for that push, so :func:`parse_inbound` accepts the obvious names (``from``/``to``/
   ``text``/``time`` and a few aliases) and the simulator uses the first of each.
+* **Bulk** (``bulk=1``: up to 50 numbers separated by ``;``, one request, all gateways) is used
+  only with ``bulk = "unreported"`` or ``"all"`` (default ``"off"``): messages queued together
+  with the same text, sender and options go in one request (:meth:`SmsflatrateProvider.
+  send_batch`). The document rules out status reports, auto types and replies for bulk SMS, so
+  the effective gateway (1/2 …) is sent instead of ``autoXorY``, a message with ``reply`` never
+  goes in bulk, and every bulk destination is finished ``ACCEPTD`` once taken ("unreported":
+  only messages that would get no report anyway — no receipt asked for, or scheduled — go in
+  bulk; "all": also those that asked, whose receipt then is ``ACCEPTD``). The reply is one return
+  value for the request: a refusal is every destination's outcome (it names no number).
 * **Rate limit**: 10 requests per second (the Settings default). The document names no reply
   for an exceeded limit; HTTP 429 is transient in the base class, which is what a limit means.
 
@@ -42,7 +51,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Final, Literal
@@ -68,6 +77,7 @@ from bridge.core.provider import (
     Provider,
     ProviderContext,
 )
+from bridge.providers.bulk import AloneIds, must_go_alone, split_outcome
 from bridge.providers.http import HttpError, HttpRequest, HttpResponse
 from bridge.providers.http_provider import (
     ERR_UNSENDABLE,
@@ -83,6 +93,7 @@ __all__ = [
     "ERR_UNEXPECTED_REPLY",
     "GATEWAYS",
     "INBOUND_PARAMS",
+    "MAX_BULK",
     "PUSH_QUERY",
     "REPORT_CODES",
     "SEND_CODES",
@@ -92,6 +103,8 @@ __all__ = [
     "build_health_request",
     "build_send_request",
     "build_status_request",
+    "bulk_key",
+    "bulk_params",
     "capabilities_for",
     "create",
     "effective_gateway",
@@ -104,6 +117,7 @@ __all__ = [
     "push_url",
     "report_state",
     "send_params",
+    "split_bulk_outcome",
     "status_url_for",
 ]
 
@@ -218,6 +232,9 @@ class Settings(HttpProviderSettings):
     inbound_number: str = DOCUMENTED_REPLY_NUMBER
     requests_per_second: NonNegFloat = 10.0  # "max. 10 request per second"
     concurrency: Annotated[int, Field(ge=1)] = 10
+    # bulk=1 for messages queued together with the same text and sender (up to 50 numbers a
+    # request): "off"; "unreported": only messages that get no status report anyway; "all".
+    bulk: Literal["off", "unreported", "all"] = "off"
 
     @field_validator("timezone")
     @classmethod
@@ -260,6 +277,7 @@ def capabilities_for(settings: Settings) -> Capabilities:
         reports="push" if settings.push_reports else "poll",
         requests_per_second=settings.requests_per_second,
         concurrency=settings.concurrency,
+        max_batch=1 if settings.bulk == "off" else MAX_BULK,
     )
 
 
@@ -366,6 +384,77 @@ def send_params(
         params.append(("reply", str(reply)))
     params += [("uid", message.id), ("cost", "1")]
     return params
+
+
+#: "Maximale Anzahl der Handynummern: 50" per bulk request.
+MAX_BULK: Final = 50
+#: Refusals of a bulk request that concern one of its numbers, which the reply does not name:
+#: each destination is then retried on its own (131 receiver not correct; 150 a foreign number
+#: on a Germany-only gateway), so only the bad numbers fail.
+PER_NUMBER_CODES: Final = frozenset({131, 150})
+#: Parameters that differ between the destinations of one bulk request (or are dropped in it).
+_PER_DESTINATION = frozenset({"to", "uid", "status", "type"})
+
+
+def bulk_key(
+    message: Message, settings: Settings, key: str, now: float
+) -> tuple[tuple[str, str], ...] | None:
+    """What messages must share to go in one ``bulk=1`` request (None: this one goes alone).
+
+    Everything but the number: sender, text, flash, time, and the *effective* gateway ("Die
+    Auto-Type-Funktion funktioniert nur für Einzel-SMS"). A message the adapter cannot send,
+    one with ``reply`` ("nicht möglich mit … Massen-SMS"), and with ``bulk = "unreported"`` one
+    that would get a status report, go alone.
+    """
+    if settings.bulk == "off":
+        return None
+    try:
+        params = send_params(message, settings, key, now)
+    except Unsendable:
+        return None
+    names = {name for name, _ in params}
+    if "reply" in names or ("status" in names and settings.bulk != "all"):
+        return None
+    gateway = effective_gateway(settings.gateway_for(message.account), message.destination.digits)
+    kept = tuple((n, v) for n, v in params if n not in _PER_DESTINATION and n != "key")
+    return (*kept, ("type", gateway))
+
+
+def bulk_params(
+    messages: Sequence[Message], settings: Settings, key: str, now: float
+) -> list[tuple[str, str]]:
+    """One ``bulk=1`` request for messages with the same :func:`bulk_key`: the first one's
+    parameters, ``to`` = every number joined by ``;``, the effective gateway, no ``status``
+    and no ``uid`` (bulk SMS get no status report), ``bulk=1``."""
+    first = messages[0]
+    params = send_params(first, settings, key, now)
+    gateway = effective_gateway(settings.gateway_for(first.account), first.destination.digits)
+    to = ";".join("00" + m.destination.digits for m in messages)
+    out: list[tuple[str, str]] = []
+    for name, value in params:
+        if name in ("status", "uid"):
+            continue
+        if name == "to":
+            value = to
+        elif name == "type":
+            value = gateway
+        out.append((name, value))
+        if name == "type":
+            out.append(("bulk", "1"))
+    return out
+
+
+def split_bulk_outcome(outcome: Outcome, count: int) -> list[Outcome]:
+    """Each destination's outcome from the one reply to a bulk request (bridge.providers.bulk):
+    taken → final ``ACCEPTD`` (bulk SMS get no status report) with an equal share of the cost;
+    131/150 (:data:`PER_NUMBER_CODES`) → each number again on its own; any other answer is
+    every destination's outcome."""
+    return split_outcome(
+        outcome,
+        count,
+        per_number_codes=PER_NUMBER_CODES,
+        taken=f"taken in a bulk request for {count} numbers; no report will follow",
+    )
 
 
 def build_send_request(message: Message, settings: Settings, key: str, now: float) -> HttpRequest:
@@ -639,6 +728,8 @@ class SmsflatrateProvider(HttpProvider):
         super().__init__(name, settings, ctx, capabilities_for(settings))
         self.config = settings
         self.status_url = status_url_for(settings)
+        #: Message ids that must not go in bulk again (a bulk refusal named none of them).
+        self._alone = AloneIds()
 
     def _key(self) -> str:
         return self.config.key.get_secret_value()
@@ -655,6 +746,47 @@ class SmsflatrateProvider(HttpProvider):
                 error_code=ERR_HTTP_REFUSAL,
             )
         return parse_send_reply(response.text())
+
+    # ------------------------------------------------------------------ bulk
+    def batch_key(self, message: Message) -> Hashable | None:
+        if message.id in self._alone:
+            return None
+        return bulk_key(message, self.config, self._key(), self.ctx.clock())
+
+    async def send_batch(self, messages: Sequence[Message]) -> list[Outcome]:
+        """``bulk=1`` requests of at most 50 numbers for messages sharing a :meth:`batch_key`
+        (the dispatcher hands at most ``max_batch``, so one request)."""
+        outcomes: list[Outcome] = []
+        for start in range(0, len(messages), MAX_BULK):
+            chunk = messages[start : start + MAX_BULK]
+            if len(chunk) == 1:
+                outcomes.append(await self.send(chunk[0]))
+                continue
+            try:
+                params = bulk_params(chunk, self.config, self._key(), self.ctx.clock())
+            except Unsendable as exc:
+                refused = Outcome(
+                    OutcomeKind.PERMANENT, detail=exc.detail, error_code=exc.error_code
+                )
+                outcomes += [refused] * len(chunk)
+                continue
+            request = HttpRequest("GET", self.config.base_url, params=params, charset="utf-8")
+            try:
+                response = await self.call(request)
+            except HttpError as exc:
+                outcomes += self.unanswered(chunk, exc.reason)
+                continue
+            else:
+                kind = classify_http_status(response.status)
+                if kind is not None:
+                    outcome = Outcome(kind, detail=f"HTTP {response.status}")
+                else:
+                    outcome = self.parse_send(chunk[0], response)
+            split = split_bulk_outcome(outcome, len(chunk))
+            if must_go_alone(split, PER_NUMBER_CODES):
+                self._alone.add([m.id for m in chunk])  # their retries go one by one
+            outcomes += split
+        return outcomes
 
     # ------------------------------------------------------------------ health
     def build_health(self) -> HttpRequest | None:

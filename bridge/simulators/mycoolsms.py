@@ -46,10 +46,12 @@ once its scheduletime (if any) has passed. Every timed status is POSTed to the m
 ``callbackurl`` (if it gave one) as ``{"smsid": …, "status": …}``, like ``pushDeliveryReport``.
 
 Inbound SMS: :meth:`MyCoolSmsSimulator.push_inbound`, or ``POST /_sim/inbound`` with a JSON
-object ``{"text": …, "from": …, "to": …, "url": …}`` (all but text optional), stores the
-message for ``getIncomingSms`` and POSTs it, in the ``pushIncomingSms`` format, to ``url`` or
-the ``inbound_url`` setting (the real service's inbox setting); the reply says the push's HTTP
-status.
+object ``{"text": …, "from": …, "to": …, "url": …, "push": true}`` (all but text optional),
+stores the message for ``getIncomingSms`` (ids 1, 2, …; ``thresholdid``, ``thresholdoperator``,
+``limit``, ``order`` and ``virtualnumber`` as documented) and POSTs it, in the
+``pushIncomingSms`` format, to ``url`` or the ``inbound_url`` setting (the real service's inbox
+setting) unless ``push`` is false (a push that got lost: only polling finds it); the reply says
+the push's HTTP status.
 
 ``smpp-bridge simulate mycoolsms --option KEY=VALUE``: ``username`` (default ``bridge``),
 ``password`` (``secret``), ``balance`` (EUR, 100), ``price`` (EUR per part, 0.05), ``delay``
@@ -578,21 +580,33 @@ class MyCoolSmsSimulator:
         sender: str = "+491701234567",
         to: str | None = None,
         url: str | None = None,
+        push: bool = True,
     ) -> int | None:
         """An SMS arrives on the virtual number ``to``: stored for getIncomingSms and pushed
-        (pushIncomingSms) to ``url`` or ``inbound_url``. Returns the push's HTTP status (None:
-        no URL or no answer)."""
+        (pushIncomingSms) to ``url`` or ``inbound_url`` unless ``push`` is false (a push that
+        never arrived). Returns the push's HTTP status (None: not pushed or no answer)."""
         to = to or self.virtual_number
         unicode = not is_gsm7(text)
+        sms = InboundSms(len(self.inbox) + 1, to, sender, text, unicode, time.time())
+        self.inbox.append(sms)
+        target = url or self.inbound_url
+        if not target or not push:
+            return None
+        return await self._push_incoming(sms, target)
+
+    async def repush(self, sms_id: int, url: str | None = None) -> int | None:
+        """Push inbound SMS ``sms_id`` (again): the provider retrying a push, or a push that
+        arrives after the SMS was already fetched with getIncomingSms."""
+        sms = next(m for m in self.inbox if m.id == sms_id)
+        target = url or self.inbound_url
+        return None if not target else await self._push_incoming(sms, target)
+
+    async def _push_incoming(self, sms: InboundSms, target: str) -> int | None:
+        text, sender, to, unicode = sms.body, sms.senderid, sms.virtualnumber, sms.unicode
         if unicode:
             units, escaped = len(text.encode("utf-16-be", errors="surrogatepass")) // 2, 0
         else:
             units, escaped = _gsm_length(text)
-        sms = InboundSms(len(self.inbox) + 1, to, sender, text, unicode, time.time())
-        self.inbox.append(sms)
-        target = url or self.inbound_url
-        if not target:
-            return None
         sender_digits = _digits(sender)
         payload = {
             "from": sender,
@@ -621,30 +635,34 @@ class MyCoolSmsSimulator:
             sender=str(data.get("from") or "+491701234567"),
             to=str(data["to"]) if data.get("to") else None,
             url=str(data["url"]) if data.get("url") else None,
+            push=data.get("push", True) is not False,
         )
         return JSONResponse({"id": len(self.inbox), "status": status})
 
     async def _get_incoming_sms(self, params: Mapping[str, Any]) -> Response:
         virtual = _text(params, "virtualnumber")
+        inbox = self.inbox
         if virtual:
             digits = _digits(virtual)
             if digits is None:
                 raise _ApiError(232)
             if digits != _digits(self.virtual_number):
                 raise _ApiError(233)
+            # "The virtual number for which sms text messages should be fetched."
+            inbox = [m for m in self.inbox if _digits(m.virtualnumber) == digits]
         threshold = _int(params.get("thresholdid"), 0, 234)
         limit = _int(params.get("limit"), 25, 235)
         order = (_text(params, "order") or "DESC").upper()
         if order not in ("ASC", "DESC"):
             raise _ApiError(236)
         greater = (_text(params, "thresholdoperator") or "gt") != "lt"
-        chosen = [m for m in self.inbox if (m.id > threshold if greater else m.id < threshold)]
+        chosen = [m for m in inbox if (m.id > threshold if greater else m.id < threshold)]
         chosen.sort(key=lambda m: m.id, reverse=order == "DESC")
         if limit:
             chosen = chosen[:limit]
-        ids = [m.id for m in self.inbox]
+        ids = [m.id for m in inbox]
         return _ok(
-            total=str(len(self.inbox)),
+            total=str(len(inbox)),
             fetched=len(chosen),
             maxid=max(ids, default=0),
             minid=min(ids, default=0),

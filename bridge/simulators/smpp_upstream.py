@@ -28,6 +28,10 @@ Outcomes by the last two digits of the destination (other numbers: ``DELIVRD`` a
       ESME_RSUBMITFAIL (a message partly sent)
 ====  =====================================================================================
 
+A submit_sm may carry its user data in short_message or in the message_payload TLV (then
+sm_length must be 0: both at once is refused with ESME_RINVOPTPARAMVAL, SMPP 3.4 §5.3.2.32);
+:meth:`~SmppUpstreamSimulator.send_mo` can send an MO whole in message_payload (``payload=True``).
+
 Receipts follow registered_delivery like an SMSC does (bits 0–1: 1 every final receipt, 2 only
 failures, 0 none). A receipt that finds no receiver bound, or is refused, is retried every
 ``retry`` seconds until it is acknowledged (at-least-once, like a real SMSC).
@@ -44,8 +48,9 @@ Options (``smpp-bridge simulate smpp-upstream --port 2775 --option key=value``):
 (default ``isms``), ``password`` (``isms``), ``tps`` (``700``; 0 = unlimited), ``delay``
 (receipt delay, seconds, ``0.5``), ``receipt_ids`` (``same``; ``decimal`` writes the receipt's
 id in decimal, as some carriers do), ``receipt_tlvs`` (``true``; ``false`` sends the text
-only), ``seconds`` (``false``; ``true`` writes 12-digit dates ``YYMMDDhhmmss``), ``window``
-(``10``), ``response_delay`` (``0``).
+only), ``receipt_payload`` (``false``; ``true`` puts the receipt text in the message_payload
+TLV, short_message empty), ``seconds`` (``false``; ``true`` writes 12-digit dates
+``YYMMDDhhmmss``), ``window`` (``10``), ``response_delay`` (``0``).
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ from bridge.smpp.text import (
     TextError,
     choose_coding,
     decode_text,
+    encode_text,
     find_concat,
     parse_udh,
     split_binary,
@@ -186,6 +192,7 @@ class SmppUpstreamSimulator:
         delay: float = 0.5,
         receipt_ids: ReceiptIds = "same",
         receipt_tlvs: bool = True,
+        receipt_payload: bool = False,
         seconds: bool = False,
         window: int = 10,
         response_delay: float = 0.0,
@@ -201,6 +208,7 @@ class SmppUpstreamSimulator:
         self.delay = delay
         self.receipt_ids: ReceiptIds = receipt_ids
         self.receipt_tlvs = receipt_tlvs
+        self.receipt_payload = receipt_payload
         self.seconds = seconds
         self.window = window
         self.response_delay = response_delay
@@ -323,6 +331,9 @@ class SmppUpstreamSimulator:
         status = self._forced_status()
         if status == Status.ESME_RTHROTTLED:
             return pdu.response(status)  # not even recorded: the SMSC did not look at it
+        if status == 0 and pdu.get("short_message", b"") and pdu.tlv("message_payload"):
+            # "If the message_payload parameter is specified, sm_length must be 0".
+            status = Status.ESME_RINVOPTPARAMVAL
         if status == 0:
             status = self._submit_status(pdu)
         message_id = format(next(self._ids), "08X") if status == 0 else ""
@@ -370,7 +381,8 @@ class SmppUpstreamSimulator:
         if kind == "submit":
             return status
         if kind == "submit_once":
-            key = (str(pdu.get("destination_addr", "")), bytes(pdu.get("short_message", b"")))
+            data = pdu.get("short_message", b"") or pdu.tlv("message_payload", b"")
+            key = (str(pdu.get("destination_addr", "")), bytes(data))
             if key not in self._refused_once:
                 self._refused_once.add(key)
                 return status
@@ -434,6 +446,9 @@ class SmppUpstreamSimulator:
                 "short_message": text.encode("ascii", "replace"),
             },
         )
+        if self.receipt_payload:
+            pdu.set_tlv("message_payload", pdu.get("short_message"))
+            pdu.fields["short_message"] = b""
         if self.receipt_tlvs:
             pdu.set_tlv("receipted_message_id", rid)
             pdu.set_tlv("message_state", _MESSAGE_STATES[stat])
@@ -481,15 +496,41 @@ class SmppUpstreamSimulator:
         data_coding: int | None = None,
         system_id: str | None = None,
         retry: bool = False,
+        payload: bool = False,
     ) -> list[int | None]:
         """A message from a handset, as one or more deliver_sm (concatenated when long, with a
-        UDH or the SAR TLVs); returns the ESME's status for each part (None: no answer).
+        UDH or the SAR TLVs; with ``payload`` one deliver_sm, the whole user data in the
+        message_payload TLV); returns the ESME's status for each part (None: no answer).
 
         ``max_single`` (septets / UCS-2 units) forces a long message to split sooner, so a test
         needs no 161-character texts.
         """
         ref = next(self._refs) & (0xFF if concat == "udh8" else 0xFFFF)
         ref_bits = 8 if concat == "udh8" else 16
+        if payload:
+            if data_coding is not None:
+                dc = data_coding
+            else:
+                dc = choose_coding(text) if text is not None else 0x04
+            data = encode_text(text, dc) if text is not None else binary
+            pdu = Pdu(
+                CommandId.deliver_sm,
+                fields={
+                    "source_addr_ton": 1,
+                    "source_addr_npi": 1,
+                    "source_addr": source,
+                    "dest_addr_ton": 1 if len(destination) > 8 else 0,
+                    "dest_addr_npi": 1,
+                    "destination_addr": destination,
+                    "esm_class": 0,
+                    "data_coding": dc,
+                    "short_message": b"",
+                },
+            )
+            pdu.set_tlv("message_payload", data)
+            result = await self.deliver(pdu, system_id, retry=retry)
+            self.mo_sent.append(ReceiptSent("", "MO", result.status))
+            return [result.status]
         if text is not None:
             dc = choose_coding(text) if data_coding is None else data_coding
             segments = split_text(text, dc, reference=ref, ref_bits=ref_bits, max_single=max_single)
@@ -554,6 +595,7 @@ async def serve(host: str, port: int, options: Mapping[str, str]) -> None:
         delay=option_float(options, "delay", 0.5),
         receipt_ids=_receipt_ids(options.get("receipt_ids", "same")),
         receipt_tlvs=option_bool(options, "receipt_tlvs", True),
+        receipt_payload=option_bool(options, "receipt_payload", False),
         seconds=option_bool(options, "seconds", False),
         window=int(option_float(options, "window", 10)),
         response_delay=option_float(options, "response_delay", 0.0),
