@@ -12,6 +12,7 @@ import re
 
 import pytest
 
+from bridge.core.model import MessageState
 from bridge.smpp.pdu import (
     RESPONSE_BIT,
     TLVS,
@@ -19,7 +20,6 @@ from bridge.smpp.pdu import (
     DestAddress,
     DistributionList,
     FrameReader,
-    MessageState,
     Pdu,
     PduError,
     Status,

@@ -107,10 +107,6 @@ class Message:
     done_at: float | None = None
 
     @property
-    def wants_final_receipt(self) -> bool:
-        return self.registered_delivery & 0x03 == 1
-
-    @property
     def wants_failure_receipt(self) -> bool:
         return self.registered_delivery & 0x03 in (1, 2)
 

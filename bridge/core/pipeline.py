@@ -268,7 +268,6 @@ class Pipeline:
         self.chars = chars or (lambda text, dc: (len(text), dc == 0x08))
         self._queued = 0  # approximate queue depth, refreshed from the store
         self._policies: dict[str, AccountPolicy] = {}
-        self.rejected = 0
         self.incomplete = 0
         self.metrics = metrics if metrics is not None else Metrics()
 

@@ -36,7 +36,6 @@ __all__ = [
     "DestAddress",
     "DistributionList",
     "FrameReader",
-    "MessageState",
     "Pdu",
     "PduError",
     "Status",
@@ -143,19 +142,6 @@ class Status(IntEnum):
     ESME_RINVOPTPARAMVAL = 0x000000C4
     ESME_RDELIVERYFAILURE = 0x000000FE
     ESME_RUNKNOWNERR = 0x000000FF
-
-
-class MessageState(IntEnum):
-    """message_state values (TLV 0x0427, query_sm_resp) in SMPP 3.4."""
-
-    ENROUTE = 1
-    DELIVERED = 2
-    EXPIRED = 3
-    DELETED = 4
-    UNDELIVERABLE = 5
-    ACCEPTED = 6
-    UNKNOWN = 7
-    REJECTED = 8
 
 
 def response_id(command_id: int) -> int:

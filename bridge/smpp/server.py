@@ -209,10 +209,6 @@ class RejectingHandler:
         return None
 
 
-class NoReceiver(Exception):
-    pass
-
-
 def _try_acquire(limiter: AsyncLimiter) -> bool:
     """Take one unit of the limiter's capacity now, or return False without waiting.
 
