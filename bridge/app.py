@@ -35,6 +35,7 @@ from bridge.config import (
     load_config,
 )
 from bridge.core.accounts import AccountRegistry
+from bridge.core.delivery import DeliveryQueue, ReceiptSender
 from bridge.core.dispatcher import Dispatcher
 from bridge.core.model import InboundMessage, MessageState
 from bridge.core.pipeline import AccountPolicy, Pipeline, RejectReason
@@ -46,7 +47,7 @@ from bridge.core.provider import (
     ProviderContext,
     StatsProvider,
 )
-from bridge.core.receipts import DeliveryQueue, ReceiptSender, ReportHandler
+from bridge.core.reports import ReportHandler
 from bridge.core.router import Route, Router
 from bridge.observability import BridgeCollector, Metrics, Snapshot, register_secret
 from bridge.passwords import secret_file

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from bridge.core.model import MessageState
-from bridge.core.receipts import parse_receipt_text, receipt_id_variants
 from bridge.smpp.client import ClientConfig, ClientError, SmppClient
 from bridge.smpp.pdu import CommandId, Pdu, Status, status_name
+from bridge.smpp.receipt_text import parse_receipt_text, receipt_id_variants
 from bridge.smpp.text import TextError, choose_coding, parse_udh, split_text
 
 __all__ = [

@@ -18,7 +18,6 @@ import structlog
 from bridge.core.accounts import Account
 from bridge.core.model import Address, InboundMessage, Message, Receipt
 from bridge.core.pipeline import AccountPolicy, Pipeline, Rejected, RejectReason, Submission
-from bridge.core.receipts import format_receipt_text
 from bridge.observability import Metrics, SampledLog
 from bridge.smpp import text as smstext
 from bridge.smpp.pdu import (
@@ -28,6 +27,7 @@ from bridge.smpp.pdu import (
     Status,
     UnsuccessSme,
 )
+from bridge.smpp.receipt_text import format_receipt_text
 from bridge.smpp.server import Reply, SessionInfo, SmppServer
 from bridge.smpp.timefmt import format_smpp_time, parse_smpp_time
 

@@ -27,7 +27,7 @@ from redis_harness import RedisServer, redis_server
 from test_store_embedded import msg
 
 from bridge.core.model import DeliveryReport, MessageState
-from bridge.core.receipts import ReportHandler
+from bridge.core.reports import ReportHandler
 from bridge.store.cluster_limits import ClusterRateLimiter, shared_tps
 from bridge.store.redis import RedisStore
 

@@ -26,7 +26,7 @@ from bridge.core.model import (
     OutcomeKind,
 )
 from bridge.core.provider import Capabilities
-from bridge.core.receipts import ReportHandler
+from bridge.core.reports import ReportHandler
 from bridge.core.store import StateChange
 from bridge.providers.sandbox import SandboxProvider
 

@@ -17,7 +17,8 @@ from fakes import InMemoryStore, StoreError
 from hypothesis import given
 from hypothesis import strategies as st
 
-import bridge.core.receipts as receipts_module
+import bridge.core.reports as reports_module
+from bridge.core.delivery import DeliveryQueue
 from bridge.core.model import (
     Address,
     DeliveryReport,
@@ -26,16 +27,15 @@ from bridge.core.model import (
     MessageState,
     Receipt,
 )
-from bridge.core.receipts import (
-    DeliveryQueue,
-    ReportHandler,
+from bridge.core.receipts import receipts_for
+from bridge.core.reports import ReportHandler
+from bridge.core.store import DeliveryItem, StateChange, Store
+from bridge.smpp.receipt_text import (
     format_receipt_text,
     parse_receipt_text,
     receipt_id_variants,
-    receipts_for,
     stat_to_state,
 )
-from bridge.core.store import DeliveryItem, StateChange, Store
 
 SUBMITTED = datetime(2026, 11, 22, 10, 15, tzinfo=UTC).timestamp()
 DONE = datetime(2026, 11, 22, 10, 17, 42, tzinfo=UTC).timestamp()
@@ -86,7 +86,7 @@ class Clock:
 def logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[MutableMapping[str, Any]]]:
     """Events logged by bridge.receipts (a fresh logger, so caching elsewhere cannot hide them)."""
     with structlog.testing.capture_logs() as captured:
-        monkeypatch.setattr(receipts_module, "log", structlog.get_logger("bridge.receipts"))
+        monkeypatch.setattr(reports_module, "log", structlog.get_logger("bridge.receipts"))
         yield captured
 
 

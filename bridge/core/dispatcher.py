@@ -98,7 +98,7 @@ _FAILURE_STATES = frozenset(
 
 
 class Finisher(Protocol):
-    """What the dispatcher needs of :class:`bridge.core.receipts.ReportHandler`."""
+    """What the dispatcher needs of :class:`bridge.core.reports.ReportHandler`."""
 
     def finish(
         self, message: Message, state: MessageState, error_code: int = 0, detail: str = ""

@@ -48,10 +48,10 @@ Long messages: correlation and partial sends
 
 Receipts from the upstream (deliver_sm / data_sm with esm_class 0x04, 0x08 or 0x20)
     The TLVs first (receipted_message_id, message_state, network_error_code), then the Appendix
-    B text (:func:`bridge.core.receipts.parse_receipt_text`: any field order, 10/12-digit dates,
+    B text (:func:`bridge.smpp.receipt_text.parse_receipt_text`: any field order, 10/12-digit dates,
     ``ACKED``/``BUFFRED``… as intermediate). Ids written in another base than in the
     submit_sm_resp are matched through ``receipt_id_format`` (restart-proof) and, with the
-    default ``"same"``, through :func:`~bridge.core.receipts.receipt_id_variants` against the
+    default ``"same"``, through :func:`~bridge.smpp.receipt_text.receipt_id_variants` against the
     ids awaiting a receipt. ``err`` is the text's err (decimal, or hex with letters), else the
     network_error_code's code, capped at 999. The deliver_sm_resp goes back only after the
     report was handed to the bridge (which stores it); an unparseable receipt or one for an
@@ -100,7 +100,6 @@ from bridge.core.provider import (
     ProviderStats,
     ReportSink,
 )
-from bridge.core.receipts import ERR_MAX, parse_receipt_text, receipt_id_variants
 from bridge.observability import SampledLog
 from bridge.providers.settings import (
     NonNegFloat,
@@ -111,6 +110,7 @@ from bridge.providers.settings import (
 )
 from bridge.smpp.client import ClientConfig, ClientError, SmppClient
 from bridge.smpp.pdu import CommandId, Pdu, Status, status_name
+from bridge.smpp.receipt_text import ERR_MAX, parse_receipt_text, receipt_id_variants
 from bridge.smpp.text import (
     Concat,
     TextError,
@@ -542,7 +542,7 @@ class PartCorrelator:
     aggregation of the parts' receipts into one report (see the module docstring).
 
     Ids are indexed without leading zeros and case (:func:`_norm`), so that a receipt id in
-    another base is found through :func:`~bridge.core.receipts.receipt_id_variants`. Bounded:
+    another base is found through :func:`~bridge.smpp.receipt_text.receipt_id_variants`. Bounded:
     at most ``max_ids`` ids are kept; beyond, the oldest go (their receipts then pass through
     under their own id, which the bridge counts as unknown unless it is a first part).
     """

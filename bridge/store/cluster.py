@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 import prometheus_client
 import structlog
 
+from bridge.core.delivery import ReceiptSender
 from bridge.core.model import InboundMessage, Message, Receipt
-from bridge.core.receipts import ReceiptSender
 from bridge.observability import SampledLog
 from bridge.store.cluster_limits import ClusterRateLimiter, shared_tps
 from bridge.store.redis import RedisStore
@@ -156,7 +156,7 @@ class ClusterNode:
 
 
 class LeasedSender:
-    """A :class:`~bridge.core.receipts.ReceiptSender` that has a receiver for an account only
+    """A :class:`~bridge.core.delivery.ReceiptSender` that has a receiver for an account only
     while this node holds the account's delivery lease (see :class:`ClusterNode`)."""
 
     def __init__(self, inner: ReceiptSender, node: ClusterNode) -> None:
