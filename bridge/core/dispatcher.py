@@ -709,8 +709,12 @@ class Dispatcher:
             provider_message_id=outcome.provider_message_id,
         )
         self._record_breaker(name, outcome)
-        if outcome.kind is not OutcomeKind.ACCEPTED and message.provider_message_id == "":
-            message.provider_message_id = None  # the "sending" mark: not taken after all
+        await self._apply_outcome(entry, outcome)
+
+    async def _apply_outcome(self, entry: _Entry, outcome: Outcome) -> None:
+        """What a send's outcome does to its message, for single and batch sends alike."""
+        if outcome.kind is not OutcomeKind.ACCEPTED and entry.message.provider_message_id == "":
+            entry.message.provider_message_id = None  # the "sending" mark: not taken after all
         if outcome.kind is OutcomeKind.ACCEPTED:
             self._accepted(entry, outcome)
         elif outcome.kind is OutcomeKind.PERMANENT:
@@ -845,15 +849,8 @@ class Dispatcher:
                 provider_message_id=outcome.provider_message_id,
                 batch=len(live),
             )
-            if outcome.kind is not OutcomeKind.ACCEPTED and entry.message.provider_message_id == "":
-                entry.message.provider_message_id = None  # the "sending" mark: not taken
             try:
-                if outcome.kind is OutcomeKind.ACCEPTED:
-                    self._accepted(entry, outcome)
-                elif outcome.kind is OutcomeKind.PERMANENT:
-                    await self._permanent(entry, outcome)
-                else:
-                    await self._transient(entry, outcome)
+                await self._apply_outcome(entry, outcome)
             except Exception:
                 log.exception(
                     "dispatch_failed",
