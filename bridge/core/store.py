@@ -17,13 +17,30 @@ are cheap local estimates for gauges and admission control.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bridge.core.model import InboundMessage, Message, MessageState, Receipt
 
-__all__ = ["DeliveryItem", "StateChange", "Store", "StoredPart"]
+__all__ = ["DeliveryItem", "Done", "StateChange", "Store", "StoredPart", "settle_future"]
+
+
+#: ``done(arg, result, error)``: how a nowait write reports, on the loop, that it is durable
+#: (``error`` None) or failed.
+Done = Callable[[Any, Any, BaseException | None], None]
+
+
+def settle_future(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    """A :data:`Done` whose ``arg`` is a future: how implementations turn a nowait write into
+    the async one (a future already settled, e.g. cancelled, is left alone)."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from bridge.core.store import settle_future
 
 __all__ = ["ArchivedMessage", "FinalArchive"]
 
@@ -138,16 +141,7 @@ class FinalArchive:
 
     async def _call(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-        def done(result: Any, error: BaseException | None) -> None:
-            if future.done():
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)
-
-        self._submit(work, done)
+        self._submit(work, functools.partial(settle_future, future))
         return await future
 
     # ------------------------------------------------------------------ writes

@@ -33,7 +33,7 @@ import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ import msgspec
 import structlog
 
 from bridge.core.model import Address, InboundMessage, Message, MessageState, Receipt
-from bridge.core.store import DeliveryItem, StateChange, StoredPart
+from bridge.core.store import DeliveryItem, Done, StateChange, StoredPart, settle_future
 from bridge.observability import Metrics, SampledLog
 from bridge.store.archive import ArchivedMessage, FinalArchive
 from bridge.store.journal import (
@@ -216,18 +216,6 @@ class _Queue:
 
 # --------------------------------------------------------------------------- the store
 
-
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
-
-
-#: ``done(arg, result, error)``: called on the loop once a nowait write is durable or failed.
-Done = Callable[[Any, Any, BaseException | None], None]
 
 
 class EmbeddedStore:
@@ -426,7 +414,7 @@ class EmbeddedStore:
 
     def _write(self, rec: list[Any], obj: Any = None) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._append(rec, _settle_done, future, obj)
+        self._append(rec, settle_future, future, obj)
         return future
 
     # ------------------------------------------------------------------ apply (memory)
@@ -1177,10 +1165,6 @@ def _packed_created_at(packed: bytes) -> float:
 
 def _history(message_id: str, rows: Iterable[Sequence[Any]]) -> list[StateChange]:
     return [StateChange(message_id, MessageState(state), at, detail) for state, at, detail in rows]
-
-
-def _settle_done(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    _settle(future, result, error)
 
 
 def _ignore(arg: Any, result: Any, error: BaseException | None) -> None:

@@ -49,7 +49,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bridge.core.model import InboundMessage, Message, MessageState, Receipt
-from bridge.core.store import DeliveryItem, StateChange, StoredPart
+from bridge.core.store import DeliveryItem, Done, StateChange, StoredPart, settle_future
 from bridge.observability import Metrics
 from bridge.store.embedded import (
     DuplicateMessage,
@@ -67,7 +67,6 @@ log = structlog.get_logger("bridge.store.redis")
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
 
-Done = Callable[[Any, Any, BaseException | None], None]
 
 _ENROUTE = int(MessageState.ENROUTE)
 
@@ -475,15 +474,6 @@ class _Op:
         self.arg = arg
 
 
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
-
-
 def _ignore(arg: Any, result: Any, error: BaseException | None) -> None:
     return None
 
@@ -647,7 +637,7 @@ class RedisStore:
         self, script: str | None, args: Sequence[Any], apply: Callable[[Any], Any] | None = None
     ) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue(script, args, _settle, future, apply)
+        self._queue(script, args, settle_future, future, apply)
         return future
 
     async def _write_loop(self) -> None:
