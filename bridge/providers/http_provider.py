@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import structlog
 
@@ -165,6 +165,49 @@ class HttpProvider(abc.ABC):
         if reason != "connect" and not self.settings.retry_after_timeout:
             return [self._maybe_taken(m, reason) for m in messages]
         return [Outcome(OutcomeKind.TRANSIENT, detail=f"no answer ({reason})")] * len(messages)
+
+    async def send_chunks(
+        self,
+        messages: Sequence[Message],
+        size: int,
+        build: Callable[[Sequence[Message]], HttpRequest],
+        split: Callable[[Sequence[Message], Outcome], list[Outcome]],
+        parse: Callable[[Sequence[Message], HttpResponse], Outcome] | None = None,
+    ) -> list[Outcome]:
+        """What every bulk adapter's ``send_batch`` does around its own request and reply:
+        ``size`` numbers per request (a lone message goes as a single :meth:`send`), a chunk
+        the provider cannot take (:class:`Unsendable`) refused for each destination, no answer
+        decided as for a single send (:meth:`unanswered`), an HTTP status classified as for a
+        single send, else the reply read by ``parse`` (default: :meth:`parse_send` of the first
+        message) and ``split`` into each destination's outcome."""
+        outcomes: list[Outcome] = []
+        for start in range(0, len(messages), size):
+            chunk = messages[start : start + size]
+            if len(chunk) == 1:
+                outcomes.append(await self.send(chunk[0]))
+                continue
+            try:
+                request = build(chunk)
+            except Unsendable as exc:
+                refused = Outcome(
+                    OutcomeKind.PERMANENT, detail=exc.detail, error_code=exc.error_code
+                )
+                outcomes += [refused] * len(chunk)
+                continue
+            try:
+                response = await self.call(request)
+            except HttpError as exc:
+                outcomes += self.unanswered(chunk, exc.reason)
+                continue
+            kind = classify_http_status(response.status)
+            if kind is not None:
+                outcome = Outcome(kind, detail=f"HTTP {response.status}")
+            elif parse is not None:
+                outcome = parse(chunk, response)
+            else:
+                outcome = self.parse_send(chunk[0], response)
+            outcomes += split(chunk, outcome)
+        return outcomes
 
     @abc.abstractmethod
     def build_send(self, message: Message) -> HttpRequest:

@@ -572,60 +572,47 @@ class IsmsHttpProvider(HttpProvider):
     async def send_batch(self, messages: Sequence[Message]) -> list[Outcome]:
         """One ``send.php`` request with ``to`` = every number (comma-separated) per
         ``bulk_max``; each destination accepted under ``<mid>/<number>``."""
-        outcomes: list[Outcome] = []
-        size = self.capabilities.max_batch
-        for start in range(0, len(messages), size):
-            chunk = messages[start : start + size]
-            if len(chunk) == 1:
-                outcomes.append(await self.send(chunk[0]))
-                continue
-            try:
-                first = self.build_send(chunk[0])
-                to = ",".join(format_destination(m.destination) for m in chunk)
-            except Unsendable as exc:
-                refused = Outcome(
-                    OutcomeKind.PERMANENT, detail=exc.detail, error_code=exc.error_code
+        return await self.send_chunks(
+            messages,
+            self.capabilities.max_batch,
+            self._bulk_request,
+            self._split_bulk,
+            self._parse_bulk,
+        )
+
+    def _bulk_request(self, chunk: Sequence[Message]) -> HttpRequest:
+        first = self.build_send(chunk[0])
+        to = ",".join(format_destination(m.destination) for m in chunk)
+        params = [(n, to if n == "to" else v) for n, v in first.params]
+        return dataclasses.replace(first, params=params)
+
+    def _parse_bulk(self, chunk: Sequence[Message], response: HttpResponse) -> Outcome:
+        text = chunk[0].text or ""
+        return parse_send_reply(
+            response.status,
+            response.text(),
+            wants_report=self._wants_report(chunk[0]),
+            parts=count_parts(text, choose_coding(text)),
+        )
+
+    def _split_bulk(self, chunk: Sequence[Message], outcome: Outcome) -> list[Outcome]:
+        if outcome.kind is OutcomeKind.ACCEPTED and outcome.provider_message_id:
+            mid = outcome.provider_message_id
+            return [
+                dataclasses.replace(
+                    outcome, provider_message_id=bulk_id(mid, m.destination.digits)
                 )
-                outcomes += [refused] * len(chunk)
-                continue
-            params = [(n, to if n == "to" else v) for n, v in first.params]
-            request = dataclasses.replace(first, params=params)
-            try:
-                response = await self.call(request)
-            except HttpError as exc:
-                outcomes += self.unanswered(chunk, exc.reason)
-                continue
-            else:
-                kind = classify_http_status(response.status)
-                if kind is not None:
-                    outcome = Outcome(kind, detail=f"HTTP {response.status}")
-                else:
-                    text = chunk[0].text or ""
-                    outcome = parse_send_reply(
-                        response.status,
-                        response.text(),
-                        wants_report=self._wants_report(chunk[0]),
-                        parts=count_parts(text, choose_coding(text)),
-                    )
-            if outcome.kind is OutcomeKind.ACCEPTED and outcome.provider_message_id:
-                mid = outcome.provider_message_id
-                outcomes += [
-                    dataclasses.replace(
-                        outcome, provider_message_id=bulk_id(mid, m.destination.digits)
-                    )
-                    for m in chunk
-                ]
-                continue
-            split = split_outcome(
-                outcome,
-                len(chunk),
-                per_number_codes=PER_NUMBER_ERRORS,
-                taken=f"taken in a request for {len(chunk)} numbers without a usable id",
-            )
-            if must_go_alone(split, PER_NUMBER_ERRORS):
-                self._alone.add([m.id for m in chunk])
-            outcomes += split
-        return outcomes
+                for m in chunk
+            ]
+        split = split_outcome(
+            outcome,
+            len(chunk),
+            per_number_codes=PER_NUMBER_ERRORS,
+            taken=f"taken in a request for {len(chunk)} numbers without a usable id",
+        )
+        if must_go_alone(split, PER_NUMBER_ERRORS):
+            self._alone.add([m.id for m in chunk])
+        return split
 
     # ------------------------------------------------------------------ reports
     def _query_request(self, mid: str, mobile: str) -> HttpRequest:

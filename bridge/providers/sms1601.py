@@ -687,38 +687,23 @@ class Sms1601Provider(HttpProvider):
     async def send_batch(self, messages: Sequence[Message]) -> list[Outcome]:
         """One ``naar=a,b,…`` request per ``capabilities.max_batch`` numbers (the dispatcher
         hands at most that many); each destination's outcome from the one reply."""
-        outcomes: list[Outcome] = []
-        size = self.capabilities.max_batch
-        for start in range(0, len(messages), size):
-            chunk = messages[start : start + size]
-            if len(chunk) == 1:
-                outcomes.append(await self.send(chunk[0]))
-                continue
-            try:
-                request = build_bulk_request(chunk, self.account, self.ctx.clock())
-            except Unsendable as exc:
-                refused = Outcome(
-                    OutcomeKind.PERMANENT, detail=exc.detail, error_code=exc.error_code
-                )
-                outcomes += [refused] * len(chunk)
-                continue
-            try:
-                response = await self.call(request)
-            except HttpError as exc:
-                outcomes += self.unanswered(chunk, exc.reason)
-                continue
-            else:
-                outcome = self.parse_send(chunk[0], response)
-            split = split_outcome(
-                outcome,
-                len(chunk),
-                per_number_codes=PER_NUMBER_ERRORS,
-                taken=f"taken in a request for {len(chunk)} numbers; no report can name it",
-            )
-            if must_go_alone(split, PER_NUMBER_ERRORS):
-                self._alone.add([m.id for m in chunk])
-            outcomes += split
-        return outcomes
+        return await self.send_chunks(
+            messages,
+            self.capabilities.max_batch,
+            lambda chunk: build_bulk_request(chunk, self.account, self.ctx.clock()),
+            self._split_bulk,
+        )
+
+    def _split_bulk(self, chunk: Sequence[Message], outcome: Outcome) -> list[Outcome]:
+        split = split_outcome(
+            outcome,
+            len(chunk),
+            per_number_codes=PER_NUMBER_ERRORS,
+            taken=f"taken in a request for {len(chunk)} numbers; no report can name it",
+        )
+        if must_go_alone(split, PER_NUMBER_ERRORS):
+            self._alone.add([m.id for m in chunk])
+        return split
 
     # ------------------------------------------------------------------ reports
     async def handle_callback(self, kind: CallbackKind, request: CallbackRequest) -> CallbackReply:

@@ -756,37 +756,17 @@ class SmsflatrateProvider(HttpProvider):
     async def send_batch(self, messages: Sequence[Message]) -> list[Outcome]:
         """``bulk=1`` requests of at most 50 numbers for messages sharing a :meth:`batch_key`
         (the dispatcher hands at most ``max_batch``, so one request)."""
-        outcomes: list[Outcome] = []
-        for start in range(0, len(messages), MAX_BULK):
-            chunk = messages[start : start + MAX_BULK]
-            if len(chunk) == 1:
-                outcomes.append(await self.send(chunk[0]))
-                continue
-            try:
-                params = bulk_params(chunk, self.config, self._key(), self.ctx.clock())
-            except Unsendable as exc:
-                refused = Outcome(
-                    OutcomeKind.PERMANENT, detail=exc.detail, error_code=exc.error_code
-                )
-                outcomes += [refused] * len(chunk)
-                continue
-            request = HttpRequest("GET", self.config.base_url, params=params, charset="utf-8")
-            try:
-                response = await self.call(request)
-            except HttpError as exc:
-                outcomes += self.unanswered(chunk, exc.reason)
-                continue
-            else:
-                kind = classify_http_status(response.status)
-                if kind is not None:
-                    outcome = Outcome(kind, detail=f"HTTP {response.status}")
-                else:
-                    outcome = self.parse_send(chunk[0], response)
-            split = split_bulk_outcome(outcome, len(chunk))
-            if must_go_alone(split, PER_NUMBER_CODES):
-                self._alone.add([m.id for m in chunk])  # their retries go one by one
-            outcomes += split
-        return outcomes
+        return await self.send_chunks(messages, MAX_BULK, self._bulk_request, self._split_bulk)
+
+    def _bulk_request(self, chunk: Sequence[Message]) -> HttpRequest:
+        params = bulk_params(chunk, self.config, self._key(), self.ctx.clock())
+        return HttpRequest("GET", self.config.base_url, params=params, charset="utf-8")
+
+    def _split_bulk(self, chunk: Sequence[Message], outcome: Outcome) -> list[Outcome]:
+        split = split_bulk_outcome(outcome, len(chunk))
+        if must_go_alone(split, PER_NUMBER_CODES):
+            self._alone.add([m.id for m in chunk])  # their retries go one by one
+        return split
 
     # ------------------------------------------------------------------ health
     def build_health(self) -> HttpRequest | None:
