@@ -274,23 +274,6 @@ async def test_pending_messages_and_awaiting_report(store: EmbeddedStore) -> Non
 
 
 
-async def test_queue_depth_follows_every_change(store: EmbeddedStore) -> None:
-    assert store.queue_depth() == 0
-    await store.add_messages([msg("a"), msg("b"), msg("c")])
-    await store.add_message(msg("final", state=MessageState.REJECTED))
-    assert store.queue_depth() == 3
-    await store.update_message(msg("a", provider_message_id="P"))
-    assert store.queue_depth() == 2
-    await store.update_message(msg("a", provider_message_id=None))  # a retry gives it back
-    assert store.queue_depth() == 3
-    await store.update_message(msg("b", state=MessageState.EXPIRED))
-    await store.update_message(msg("b", state=MessageState.EXPIRED, attempts=2))  # no change
-    assert store.queue_depth() == 2
-    assert await store.delete_message("c")
-    assert await store.delete_message("final")
-    assert store.queue_depth() == 1
-
-
 async def test_delete_message_by_any_id(store: EmbeddedStore) -> None:
     await store.add_message(msg("m1", part_ids=["m1", "m1-2"]))
     await store.update_message(msg("m1"), StateChange("m1", MessageState.ENROUTE, 1.0))
@@ -414,12 +397,6 @@ async def test_delivery_queue_order_remove_accounts_and_expiry(store: EmbeddedSt
     assert store.delivery_depth() == 2
     assert await store.expire_deliveries(41.0) == 2
     assert store.delivery_accounts_now() == []
-    assert store.delivery_depth() == 0
-
-
-async def test_enqueue_rejects_foreign_objects_at_once(store: EmbeddedStore) -> None:
-    with pytest.raises(TypeError):
-        await store.enqueue_delivery("demo", msg("m1"), 1.0)  # type: ignore[arg-type]
     assert store.delivery_depth() == 0
 
 
