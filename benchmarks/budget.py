@@ -43,9 +43,9 @@ from bridge.config import load_config_text
 from bridge.core.pipeline import normalise_destination, normalise_source
 from bridge.observability import configure_logging
 from bridge.runtime import tune_gc
+from bridge.smpp.events import BindType
 from bridge.smpp.pdu import CommandId, Pdu, decode, encode
 from bridge.smpp.server import SessionInfo
-from bridge.smpp.session import BindType
 from bridge.store.embedded import EmbeddedStore
 
 _CONFIG = """
@@ -110,6 +110,7 @@ async def _measure(bridge: Bridge, messages: int) -> dict[str, Any]:
         )
 
     steps["submission"], subs = _per_message(submission, pdus)
+
     def numbers(sub: Any) -> Any:
         return normalise_source(sub.source, policy), normalise_destination(sub.destination, policy)
 

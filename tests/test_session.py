@@ -15,6 +15,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bridge.smpp.events import (
+    BindRequested,
+    BindType,
+    ConnectionClosed,
+    MessageRequest,
+    ProtocolViolation,
+    ResponseReceived,
+    ResponseTimedOut,
+    Unbound,
+)
 from bridge.smpp.pdu import (
     CommandId,
     DestAddress,
@@ -24,21 +34,8 @@ from bridge.smpp.pdu import (
     decode,
     encode,
 )
-from bridge.smpp.session import (
-    BindRequested,
-    BindType,
-    ConnectionClosed,
-    Event,
-    MessageRequest,
-    ProtocolViolation,
-    ResponseReceived,
-    ResponseTimedOut,
-    ServerSession,
-    SessionConfig,
-    SessionState,
-    Unbound,
-    WindowFull,
-)
+from bridge.smpp.session import Event, ServerSession, SessionConfig, SessionState
+from bridge.smpp.session_core import WindowFull
 
 # Every timer off unless a test turns it on, so that only the rule under test can fire.
 NO_TIMERS = SessionConfig(

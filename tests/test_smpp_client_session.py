@@ -8,24 +8,26 @@ import pytest
 
 from bridge.smpp.client_session import (
     AUTH_FAILURES,
-    BindFailed,
-    BindType,
-    Bound,
     ClientSession,
     ClientSessionConfig,
     ClientState,
-    ConnectionClosed,
-    DeliverRequested,
     Event,
     NotReady,
+    backoff_delay,
+)
+from bridge.smpp.events import (
+    BindFailed,
+    BindType,
+    Bound,
+    ConnectionClosed,
+    DeliverRequested,
     ProtocolViolation,
     ResponseReceived,
     ResponseTimedOut,
     Unbound,
-    WindowFull,
-    backoff_delay,
 )
 from bridge.smpp.pdu import RESPONSE_BIT, CommandId, FrameReader, Pdu, Status, decode, encode
+from bridge.smpp.session_core import WindowFull
 
 
 def make_session(now: float = 0.0, **overrides: Any) -> ClientSession:

@@ -35,20 +35,22 @@ from aiolimiter import AsyncLimiter
 from bridge.ratelimit import limiter_for_rate
 from bridge.smpp.client_session import (
     AUTH_FAILURES,
-    BindFailed,
-    BindType,
-    Bound,
     ClientSession,
     ClientSessionConfig,
     ClientState,
+    Event,
+    backoff_delay,
+)
+from bridge.smpp.events import (
+    BindFailed,
+    BindType,
+    Bound,
     ConnectionClosed,
     DeliverRequested,
-    Event,
     ProtocolViolation,
     ResponseReceived,
     ResponseTimedOut,
     Unbound,
-    backoff_delay,
 )
 from bridge.smpp.pdu import Pdu, Status, command_name, status_name
 

@@ -24,39 +24,28 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from bridge.smpp.pdu import (
-    RESPONSE_BIT,
-    CommandId,
-    FrameReader,
-    Pdu,
-    PduError,
-    Status,
-    decode,
-    encode,
-    is_known_command,
+from bridge.smpp.events import (
+    BindFailed,
+    BindType,
+    Bound,
+    ConnectionClosed,
+    DeliverRequested,
+    ProtocolViolation,
+    ResponseReceived,
+    ResponseTimedOut,
+    Unbound,
 )
-
-# The events both sides of a connection have are the same classes (one definition).
-from bridge.smpp.session import ConnectionClosed, ProtocolViolation, ResponseTimedOut, Unbound
+from bridge.smpp.pdu import RESPONSE_BIT, CommandId, Pdu, PduError, Status, decode, encode
+from bridge.smpp.session_core import SessionCore, WindowFull
 
 __all__ = [
     "AUTH_FAILURES",
     "SUBMIT_COMMANDS",
-    "BindFailed",
-    "BindType",
-    "Bound",
     "ClientSession",
     "ClientSessionConfig",
     "ClientState",
-    "ConnectionClosed",
-    "DeliverRequested",
     "Event",
     "NotReady",
-    "ProtocolViolation",
-    "ResponseReceived",
-    "ResponseTimedOut",
-    "Unbound",
-    "WindowFull",
     "backoff_delay",
 ]
 
@@ -70,12 +59,6 @@ class ClientState(enum.Enum):
     UNBINDING = "unbinding"  # our unbind sent, unbind_resp awaited: responses still accepted
     UNBOUND = "unbound"  # unbind done (either side): only responses and close remain
     CLOSED = "closed"
-
-
-class BindType(enum.StrEnum):
-    TRANSMITTER = "transmitter"
-    RECEIVER = "receiver"
-    TRANSCEIVER = "transceiver"
 
 
 _BIND_COMMAND: Final = {
@@ -161,39 +144,6 @@ def backoff_delay(attempt: int, minimum: float, maximum: float, jitter: float) -
     return base * (0.5 + 0.5 * min(max(jitter, 0.0), 1.0))
 
 
-# --------------------------------------------------------------------------- events
-
-
-@dataclass(slots=True)
-class Bound:
-    """bind_resp ESME_ROK: the session is bound; ``system_id`` is the SMSC's own."""
-
-    bind_type: BindType
-    system_id: str
-
-
-@dataclass(slots=True)
-class BindFailed:
-    """bind_resp (or generic_nack) with an error status: the SMSC refused the bind."""
-
-    status: int
-
-
-@dataclass(slots=True)
-class ResponseReceived:
-    """The answer (or a generic_nack) to a request we sent, with the context given at send time."""
-
-    pdu: Pdu
-    context: Any
-
-
-@dataclass(slots=True)
-class DeliverRequested:
-    """deliver_sm or data_sm from the SMSC: answer with :meth:`ClientSession.respond`."""
-
-    pdu: Pdu
-
-
 Event = (
     Bound
     | BindFailed
@@ -206,40 +156,25 @@ Event = (
 )
 
 
-class WindowFull(Exception):
-    """send_request() while the outgoing window is full."""
-
-
 class NotReady(Exception):
     """send_request() in a state that may not send it (not bound as a transmitter, unbinding)."""
 
 
-@dataclass(slots=True)
-class _Pending:
-    request: Pdu
-    deadline: float
-    context: Any
-
-
-class ClientSession:
+class ClientSession(SessionCore):
     """One connection to an SMSC seen from the ESME side; see the module docstring."""
 
+    _FOREIGN = _ESME_ONLY
+    _UNBOUND = ClientState.UNBOUND
+    _CLOSED = ClientState.CLOSED
+    _TIMEOUT_SUFFIX = " within response_timeout"
+    config: ClientSessionConfig
+    state: ClientState
+
     def __init__(self, config: ClientSessionConfig, now: float) -> None:
-        self.config = config
+        super().__init__(config, now)
         self.state = ClientState.OPEN
         self.smsc_system_id: str | None = None
-        self.outstanding = 0  # DeliverRequested handed out and not yet answered
-        self._reader = FrameReader(config.max_pdu_size)
-        self._out: list[bytes] = []
-        self._pending: dict[int, _Pending] = {}
-        self._in_flight = 0  # requests in _pending that count against the window
-        self._next_seq = 1
-        self._last_rx = now
-        self._last_tx = now
-        self._bind_seq: int | None = None
         self._bind_deadline = math.inf
-        self._enquire_seq: int | None = None
-        self._unbind_seq: int | None = None
 
     # ------------------------------------------------------------------ properties
 
@@ -257,27 +192,8 @@ class ClientSession:
         return self.state in _CAN_RECEIVE
 
     @property
-    def in_flight(self) -> int:
-        """Requests we sent (submit_sm and the like) that await their response."""
-        return self._in_flight
-
-    @property
     def window_free(self) -> int:
         return self.config.window - self._in_flight
-
-    @property
-    def has_output(self) -> bool:
-        """Something awaits :meth:`take_output` (cheaper to ask than to join and discard)."""
-        return bool(self._out)
-
-    def take_output(self) -> bytes:
-        """Everything the session wants written to the SMSC since the last call."""
-        out = self._out
-        if not out:
-            return b""
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        return data
 
     # ------------------------------------------------------------------ what we send
 
@@ -319,12 +235,7 @@ class ClientSession:
             raise WindowFull
         if pdu.command_id not in SUBMIT_COMMANDS:
             raise ValueError(f"{pdu.name} is not a request an ESME sends to an SMSC")
-        seq = self._next_sequence()
-        pdu.sequence_number = seq
-        self._out.append(encode(pdu))
-        self._pending[seq] = _Pending(pdu, self._deadline(now), context)
-        self._in_flight += 1
-        return seq
+        return self._request(pdu, now, context)
 
     def respond(self, request: Pdu, status: int) -> None:
         """Answer a :class:`DeliverRequested` (deliver_sm_resp / data_sm_resp with ``status``).
@@ -356,55 +267,19 @@ class ClientSession:
         Before the bind completed there is nothing to unbind: the session just closes.
         """
         if self.state in _BOUND:
-            seq = self._next_sequence()
-            pdu = Pdu(CommandId.unbind, seq)
-            self._pending[seq] = _Pending(pdu, self._deadline(now), None)
-            self._out.append(encode(pdu))
+            self._send_unbind(now)
             self.state = ClientState.UNBINDING
-            self._unbind_seq = seq
         elif self.state in (ClientState.OPEN, ClientState.BINDING):
             self.state = ClientState.UNBOUND
 
-    def close(self) -> list[ResponseTimedOut]:
-        """The connection is gone: every request still awaiting its response fails."""
-        self.state = ClientState.CLOSED
-        failed = [
-            ResponseTimedOut(p.request, p.context)
-            for p in self._pending.values()
-            if p.request.command_id in SUBMIT_COMMANDS
-        ]
-        self._pending.clear()
-        self._in_flight = 0
-        return failed
-
-    def note_sent(self, now: float) -> None:
-        """The asyncio layer wrote output at ``now`` (enquire_link is for idle links only)."""
-        self._last_tx = now
-
     # ------------------------------------------------------------------ what we receive
 
-    def receive_data(self, data: bytes, now: float) -> list[Event]:
-        """Feed bytes from the SMSC; returns the events they cause."""
-        events: list[Event] = []
-        if self.state is ClientState.CLOSED:
-            return events
-        self._reader.feed(data)
-        self._last_rx = now
-        try:
-            for frame in self._reader.frames():
-                self._handle_frame(frame, events)
-        except PduError as e:  # impossible command_length: the stream cannot be resynchronised
-            self._out.append(encode(Pdu(CommandId.generic_nack, e.sequence_number, e.status)))
-            events.append(ProtocolViolation(e.status, e.command_id, str(e)))
-            self._close(events, f"framing error: {e}")
-        return events
-
-    def _handle_frame(self, frame: bytes, events: list[Event]) -> None:
+    def _handle_frame(self, frame: bytes, now: float, events: list[Event]) -> bool:
         try:
             pdu = decode(frame)
         except PduError as e:
             self._answer_decode_error(e, events)
-            return
+            return False
         cid = pdu.command_id
         if cid & RESPONSE_BIT:
             self._handle_response(pdu, events)
@@ -421,9 +296,9 @@ class ClientSession:
                 self.outstanding += 1
                 events.append(DeliverRequested(pdu))
         elif cid == CommandId.enquire_link:
-            self._out.append(encode(pdu.response()))
+            self._send(pdu.response())
         elif cid == CommandId.unbind:
-            self._out.append(encode(pdu.response()))
+            self._send(pdu.response())
             if self.state in _BOUND or self.state is ClientState.UNBINDING:
                 # Both sides unbinding at once: agree, and do not wait for the answer to ours.
                 if self._unbind_seq is not None:
@@ -436,43 +311,15 @@ class ClientSession:
         elif cid == CommandId.outbind:
             # Outbind asks an ESME to bind on a connection the SMSC opened; ours we opened.
             events.append(ProtocolViolation(0, cid, "outbind on a connection we opened: ignored"))
-        elif cid in _ESME_ONLY or not is_known_command(cid):
-            self._out.append(
-                encode(Pdu(CommandId.generic_nack, pdu.sequence_number, Status.ESME_RINVCMDID))
-            )
-            events.append(
-                ProtocolViolation(Status.ESME_RINVCMDID, cid, f"{pdu.name} is not sent to an ESME")
-            )
+        else:  # the requests only an ESME sends
+            self._foreign(pdu, events, "is not sent to an ESME")
+        return False
 
-    def _handle_response(self, pdu: Pdu, events: list[Event]) -> None:
-        seq = pdu.sequence_number
-        if seq == self._bind_seq:
+    def _unmatched_response(self, pdu: Pdu, events: list[Event]) -> None:
+        if pdu.sequence_number == self._bind_seq:
             self._handle_bind_resp(pdu, events)
-            return
-        pending = self._pending.pop(seq, None)
-        if pending is None:
-            # Typically the late answer to a request that already timed out.
-            events.append(
-                ProtocolViolation(pdu.command_status, pdu.command_id, "response to no request")
-            )
-            return
-        request = pending.request
-        rcid = request.command_id
-        if pdu.command_id != rcid | RESPONSE_BIT and pdu.command_id != CommandId.generic_nack:
-            events.append(
-                ProtocolViolation(
-                    Status.ESME_RINVCMDID, pdu.command_id, f"{pdu.name} answers {request.name}"
-                )
-            )
-        if rcid == CommandId.enquire_link:
-            self._enquire_seq = None
-        elif rcid == CommandId.unbind:
-            self._unbind_seq = None
-            self.state = ClientState.UNBOUND
-            events.append(Unbound(initiated_by_peer=False))
         else:
-            self._in_flight -= 1
-            events.append(ResponseReceived(pdu, pending.context))
+            super()._unmatched_response(pdu, events)
 
     def _handle_bind_resp(self, pdu: Pdu, events: list[Event]) -> None:
         self._bind_seq = None
@@ -490,46 +337,32 @@ class ClientSession:
         self.state = ClientState.OPEN
         events.append(BindFailed(status))
 
-    def _answer_decode_error(self, e: PduError, events: list[Event]) -> None:
-        cid = e.command_id
-        events.append(ProtocolViolation(e.status, cid, str(e)))
-        if cid & RESPONSE_BIT:
-            # A garbled response: nobody to answer. Its request times out (or the bind fails).
-            if e.sequence_number == self._bind_seq and self.state is ClientState.BINDING:
-                self._bind_seq = None
-                self._bind_deadline = math.inf
-                self.state = ClientState.OPEN
-                events.append(BindFailed(e.status))
-            return
-        if cid in _ESME_ONLY or not is_known_command(cid):
-            self._out.append(
-                encode(Pdu(CommandId.generic_nack, e.sequence_number, Status.ESME_RINVCMDID))
-            )
-        else:
-            self._out.append(encode(Pdu(cid | RESPONSE_BIT, e.sequence_number, e.status)))
-
-    def _reject(self, pdu: Pdu, status: int, events: list[Event]) -> None:
-        self._out.append(encode(Pdu(pdu.command_id | RESPONSE_BIT, pdu.sequence_number, status)))
-        events.append(ProtocolViolation(status, pdu.command_id, f"{pdu.name} rejected"))
+    def _garbled_response(self, e: PduError, events: list[Event]) -> None:
+        # An undecodable bind_resp fails the bind (other requests time out).
+        if e.sequence_number == self._bind_seq and self.state is ClientState.BINDING:
+            self._bind_seq = None
+            self._bind_deadline = math.inf
+            self.state = ClientState.OPEN
+            events.append(BindFailed(e.status))
 
     # ------------------------------------------------------------------ timers
 
     def next_deadline(self) -> float:
-        """The earliest time at which :meth:`handle_timers` has something to do (inf: none).
-
-        Request deadlines are not scanned here (that is O(window)); the asyncio layer ticks at
-        a fraction of response_timeout instead.
-        """
-        cfg = self.config
-        deadline = self._bind_deadline
-        if cfg.enquire_link_interval and self.state in _BOUND and self._enquire_seq is None:
-            deadline = min(deadline, max(self._last_rx, self._last_tx) + cfg.enquire_link_interval)
+        """The earliest time at which :meth:`handle_timers` has something to do (inf: none)."""
+        state = self.state
+        if state is ClientState.CLOSED:
+            return math.inf
+        deadline = self._pending_deadline()
+        if state is ClientState.BINDING:
+            deadline = min(deadline, self._bind_deadline)
+        elif state in _BOUND:
+            deadline = min(deadline, self._keepalive_at())
         return deadline
 
     def handle_timers(self, now: float) -> list[Event]:
         """Run the timers: bind and response timeouts, enquire_link on an idle link.
 
-        Call at least as often as a fraction of the shortest timer.
+        Call at :meth:`next_deadline`, or at least as often as a fraction of the shortest timer.
         """
         events: list[Event] = []
         state = self.state
@@ -538,49 +371,10 @@ class ClientSession:
         if state is ClientState.BINDING and now >= self._bind_deadline:
             self._close(events, "bind not answered within response_timeout")
             return events
-        if self._pending:
-            expired = [s for s, p in self._pending.items() if p.deadline <= now]
-            for seq in expired:
-                p = self._pending.pop(seq)
-                cid = p.request.command_id
-                if cid == CommandId.enquire_link:
-                    self._close(events, "enquire_link not answered within response_timeout")
-                    return events
-                if cid == CommandId.unbind:
-                    self._close(events, "unbind not answered within response_timeout")
-                    return events
-                self._in_flight -= 1
-                events.append(ResponseTimedOut(p.request, p.context))
-        cfg = self.config
-        if (
-            state in _BOUND
-            and cfg.enquire_link_interval
-            and self._enquire_seq is None
-            and now - max(self._last_rx, self._last_tx) >= cfg.enquire_link_interval
-        ):
+        if self._pending and self._expire(now, events):
+            return events
+        if state in _BOUND and now >= self._keepalive_at():
             # Outside the window: a full window must not stop the keep-alive (and a full window
             # on an idle link means the SMSC stopped answering, which this probe finds out).
-            seq = self._next_sequence()
-            pdu = Pdu(CommandId.enquire_link, seq)
-            self._pending[seq] = _Pending(pdu, self._deadline(now), None)
-            self._out.append(encode(pdu))
-            self._enquire_seq = seq
+            self._send_enquire_link(now)
         return events
-
-    # ------------------------------------------------------------------ internals
-
-    def _next_sequence(self) -> int:
-        """1..0x7FFFFFFF, wrapping to 1; after a wrap, skips numbers that still await a response."""
-        while True:
-            seq = self._next_seq
-            self._next_seq = 1 if seq >= 0x7FFFFFFF else seq + 1
-            if seq not in self._pending and seq != self._bind_seq:
-                return seq
-
-    def _deadline(self, now: float) -> float:
-        timeout = self.config.response_timeout
-        return now + timeout if timeout else math.inf
-
-    def _close(self, events: list[Event], reason: str) -> None:
-        self.state = ClientState.CLOSED
-        events.append(ConnectionClosed(reason))

@@ -41,23 +41,21 @@ from bridge.core.accounts import (
 from bridge.core.accounts import BindType as AccountBindType
 from bridge.observability import LoopHistogram, Metrics, SampledLog
 from bridge.smpp.admission import Admission, AdmissionConfig
-from bridge.smpp.hash_pool import HashPool, PoolBusy
-from bridge.smpp.listener import Listener, open_listeners
-from bridge.smpp.pdu import RESPONSE_BIT, CommandId, Pdu, Status, encode
-from bridge.smpp.session import (
+from bridge.smpp.events import (
     BindRequested,
     BindType,
     ConnectionClosed,
-    Event,
     MessageRequest,
     ProtocolViolation,
     ResponseReceived,
     ResponseTimedOut,
-    ServerSession,
-    SessionConfig,
     Unbound,
-    WindowFull,
 )
+from bridge.smpp.hash_pool import HashPool, PoolBusy
+from bridge.smpp.listener import Listener, open_listeners
+from bridge.smpp.pdu import RESPONSE_BIT, CommandId, Pdu, Status, encode
+from bridge.smpp.session import Event, ServerSession, SessionConfig
+from bridge.smpp.session_core import WindowFull
 
 __all__ = [
     "DeliverResult",
@@ -564,9 +562,7 @@ class _Connection(asyncio.Protocol):
         accounts = server.accounts
         reveal = server.config.reveal_bind_errors
         now = server.clock()
-        if accounts.get(ev.system_id) is not None and server.lockout.locked(
-            ev.system_id, ip, now
-        ):
+        if accounts.get(ev.system_id) is not None and server.lockout.locked(ev.system_id, ip, now):
             # Locked (README "Binds"): refused without looking at the password (no hashing).
             locked = int(Status.ESME_RBINDFAIL if reveal else Status.ESME_RINVPASWD)
             result = AuthResult(locked, accounts.get(ev.system_id), "account locked out")

@@ -18,35 +18,28 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
-from bridge.smpp.pdu import (
-    RESPONSE_BIT,
-    CommandId,
-    FrameReader,
-    Pdu,
-    PduError,
-    Status,
-    decode,
-    encode,
-    is_known_command,
+from bridge.smpp.events import (
+    BindRequested,
+    BindType,
+    ConnectionClosed,
+    MessageRequest,
+    ProtocolViolation,
+    ResponseReceived,
+    ResponseTimedOut,
+    Unbound,
 )
+from bridge.smpp.pdu import RESPONSE_BIT, CommandId, FrameReader, Pdu, PduError, Status, decode
 from bridge.smpp.ranges import check_ranges
+from bridge.smpp.session_core import SessionCore, WindowFull
 
 __all__ = [
-    "BindRequested",
-    "BindType",
-    "ConnectionClosed",
     "Event",
-    "MessageRequest",
-    "ProtocolViolation",
-    "ResponseReceived",
-    "ResponseTimedOut",
     "ServerSession",
     "SessionConfig",
     "SessionState",
-    "Unbound",
 ]
 
 
@@ -58,12 +51,6 @@ class SessionState(enum.Enum):
     BOUND_TRX = "bound_trx"
     UNBOUND = "unbound"  # unbind sent or received: only responses and close remain
     CLOSED = "closed"
-
-
-class BindType(enum.StrEnum):
-    TRANSMITTER = "transmitter"
-    RECEIVER = "receiver"
-    TRANSCEIVER = "transceiver"
 
 
 _BIND_TYPES: Final[dict[int, tuple[BindType, SessionState]]] = {
@@ -105,71 +92,6 @@ class SessionConfig:
     max_outstanding: int = 100
 
 
-# --------------------------------------------------------------------------- events
-
-
-@dataclass(slots=True)
-class BindRequested:
-    """A bind in the OPEN state: answer with accept_bind() or reject_bind()."""
-
-    pdu: Pdu = field(repr=False)  # holds the password too
-    bind_type: BindType
-    system_id: str
-    password: str = field(repr=False)
-
-
-@dataclass(slots=True)
-class MessageRequest:
-    """submit_sm, submit_multi, data_sm, query_sm, cancel_sm or replace_sm: answer by respond()."""
-
-    pdu: Pdu
-
-
-@dataclass(slots=True)
-class ResponseReceived:
-    """The answer (or a generic_nack) to a request we sent, with the context given at send time."""
-
-    pdu: Pdu
-    request: Pdu
-    context: Any
-
-
-@dataclass(slots=True)
-class ResponseTimedOut:
-    """No answer within response_timeout to a request we sent (or the connection is gone)."""
-
-    request: Pdu
-    context: Any
-
-
-@dataclass(slots=True)
-class Unbound:
-    """The session is unbound (by the peer's unbind, or by the answer to ours): close it."""
-
-    initiated_by_peer: bool
-
-
-@dataclass(slots=True)
-class ConnectionClosed:
-    """The session must be closed once its output is flushed; reason is for logs and metrics.
-
-    ``drain``: requests already handed out as MessageRequest must still be answered first (a
-    framing error: their responses, then the generic_nack, then the close)."""
-
-    reason: str
-    drain: bool = False
-
-
-@dataclass(slots=True)
-class ProtocolViolation:
-    """Something the peer did wrong that the session answered or ignored by itself; for logs
-    and metrics."""
-
-    status: int
-    command_id: int
-    detail: str
-
-
 Event = (
     BindRequested
     | MessageRequest
@@ -181,43 +103,27 @@ Event = (
 )
 
 
-@dataclass(slots=True)
-class _Pending:
-    request: Pdu
-    deadline: float
-    context: Any
-
-
-class WindowFull(Exception):
-    """send_request() while the outgoing window is full."""
-
-
-class ServerSession:
+class ServerSession(SessionCore):
     """One ESME connection seen from the SMSC side; see the module docstring."""
 
+    _FOREIGN = _SMSC_ONLY
+    _UNBOUND = SessionState.UNBOUND
+    _CLOSED = SessionState.CLOSED
+    config: SessionConfig
+    state: SessionState
+
     def __init__(self, config: SessionConfig, now: float) -> None:
-        self.config = config
+        super().__init__(config, now)
         self.state = SessionState.OPEN
         self.bind_type: BindType | None = None
         self.system_id: str | None = None
         self.max_outstanding = config.max_outstanding
-        self.outstanding = 0  # requests handed out as events and not yet answered
-        self._reader = FrameReader(config.max_pdu_size)
-        self._out: list[bytes] = []
-        self._pending: dict[int, _Pending] = {}
-        self._next_seq = 1
         self._opened_at = now
-        self._last_rx = now
-        self._last_tx = now
         self._pending_bind_type: BindType | None = None
         self._bind_pdu: Pdu | None = None
-        self._enquire_seq: int | None = None
-        self._unbind_seq: int | None = None  # our unbind, while it awaits its unbind_resp
         # After a framing error: the generic_nack that goes out once every request handed out
         # before it is answered (README "Framing errors"); input is ignored from then on.
         self._final_nack: Pdu | None = None
-        self._input_done = False
-        self.more_input = False  # receive_data stopped at its limit with input left
 
     # ------------------------------------------------------------------ properties
 
@@ -236,50 +142,16 @@ class ServerSession:
 
     @property
     def in_flight(self) -> int:
-        """Requests we sent that await their response."""
+        """Requests we sent (enquire_link and unbind included) that await their response."""
         return len(self._pending)
-
-    def take_output(self) -> bytes:
-        """Everything the session wants written to the peer since the last call."""
-        if not self._out:
-            return b""
-        data = b"".join(self._out)
-        self._out.clear()
-        return data
 
     # ------------------------------------------------------------------ input
 
-    def receive_data(self, data: bytes, now: float, limit: int = 0) -> list[Event]:
-        """Feed bytes from the peer; returns the events they cause.
-
-        ``limit`` > 0 handles at most that many PDUs; the rest stays buffered and
-        :attr:`more_input` says so: call again (with ``b""``) to go on.
-        """
-        events: list[Event] = []
-        self.more_input = False
-        if self.state is SessionState.CLOSED or self._input_done:
-            return events
-        if data:
-            self._reader.feed(data)
-        n = 0
-        try:
-            for frame in self._reader.frames():
-                self._last_rx = now
-                if self._handle_frame(frame, now, events):
-                    break
-                n += 1
-                if n == limit:
-                    self.more_input = self._reader.buffered >= 4
-                    break
-        except PduError as e:  # impossible command_length: the stream cannot be resynchronised
-            events.append(ProtocolViolation(e.status, e.command_id, str(e)))
-            self._framing_error(Pdu(CommandId.generic_nack, e.sequence_number, e.status), events)
-        return events
-
-    def _framing_error(self, nack: Pdu, events: list[Event]) -> None:
+    def _framing_error(self, e: PduError, events: list[Event]) -> None:
         """Stop reading; answer what was read before the error, then the generic_nack, then
         close. Requests already handed out may be accepted messages: without their responses
         the ESME would resubmit them (issue 14, finding 6)."""
+        nack = Pdu(CommandId.generic_nack, e.sequence_number, e.status)
         self._input_done = True
         self._reader = FrameReader(0)  # drop whatever followed the bad header
         if self.state in _BOUND or self.state is SessionState.BINDING:
@@ -333,10 +205,7 @@ class ServerSession:
             else:
                 self._reject(pdu, Status.ESME_RINVBNDSTS, events)
         elif cid in _SMSC_ONLY:
-            self._send(Pdu(CommandId.generic_nack, pdu.sequence_number, Status.ESME_RINVCMDID))
-            events.append(
-                ProtocolViolation(Status.ESME_RINVCMDID, cid, f"{pdu.name} is not sent to an SMSC")
-            )
+            self._foreign(pdu, events, "is not sent to an SMSC")
         else:  # pragma: no cover - every known request is handled above
             self._reject(pdu, Status.ESME_RINVCMDID, events)
         return False
@@ -358,56 +227,6 @@ class ServerSession:
         events.append(
             BindRequested(pdu, bind_type, pdu.fields["system_id"], pdu.fields["password"])
         )
-
-    def _handle_response(self, pdu: Pdu, events: list[Event]) -> None:
-        pending = self._pending.pop(pdu.sequence_number, None)
-        if pending is None:
-            events.append(
-                ProtocolViolation(
-                    pdu.command_status, pdu.command_id, "response to no request of ours"
-                )
-            )
-            return
-        request = pending.request
-        if (
-            pdu.command_id != request.command_id | RESPONSE_BIT
-            and pdu.command_id != CommandId.generic_nack
-        ):
-            events.append(
-                ProtocolViolation(
-                    Status.ESME_RINVCMDID,
-                    pdu.command_id,
-                    f"{pdu.name} answers {request.name}",
-                )
-            )
-        if request.command_id == CommandId.enquire_link:
-            self._enquire_seq = None
-            return
-        if request.command_id == CommandId.unbind:
-            if self._unbind_seq is not None:  # else the peer's own unbind already ended it
-                self._unbind_seq = None
-                self.state = SessionState.UNBOUND
-                events.append(Unbound(initiated_by_peer=False))
-            return
-        events.append(ResponseReceived(pdu, request, pending.context))
-
-    def _answer_decode_error(self, e: PduError, events: list[Event]) -> None:
-        cid = e.command_id
-        events.append(ProtocolViolation(e.status, cid, str(e)))
-        if cid & RESPONSE_BIT:
-            # A garbled response: nobody to answer. Its request will time out.
-            return
-        if cid in _SMSC_ONLY:
-            # Malformed or not, an ESME may not send it: the answer is the same as when well formed.
-            self._send(Pdu(CommandId.generic_nack, e.sequence_number, Status.ESME_RINVCMDID))
-        elif is_known_command(cid):
-            self._send(Pdu(cid | RESPONSE_BIT, e.sequence_number, e.status))
-        else:
-            self._send(Pdu(CommandId.generic_nack, e.sequence_number, e.status))
-
-    def _reject(self, pdu: Pdu, status: int, events: list[Event]) -> None:
-        self._send(Pdu(pdu.command_id | RESPONSE_BIT, pdu.sequence_number, status))
-        events.append(ProtocolViolation(status, pdu.command_id, f"{pdu.name} rejected"))
 
     # ------------------------------------------------------------------ answers from above
 
@@ -474,38 +293,37 @@ class ServerSession:
         """
         if len(self._pending) >= self.config.window:
             raise WindowFull
-        seq = self._next_sequence()
-        pdu.sequence_number = seq
-        self._pending[seq] = _Pending(pdu, self._deadline(now), context)
-        self._send(pdu)
-        return seq
+        return self._request(pdu, now, context)
 
     def unbind(self, now: float) -> None:
         """Start an unbind from our side (shutdown, inactivity). Unbound follows its response."""
         if self.state not in _BOUND:
             return
-        seq = self._next_sequence()
-        pdu = Pdu(CommandId.unbind, seq)
-        self._pending[seq] = _Pending(pdu, self._deadline(now), None)
-        self._send(pdu)
+        self._send_unbind(now)
         self.state = SessionState.UNBOUND
-        self._unbind_seq = seq
-
-    def close(self) -> list[ResponseTimedOut]:
-        """The connection is gone: every request still pending fails."""
-        self.state = SessionState.CLOSED
-        failed = [
-            ResponseTimedOut(p.request, p.context)
-            for p in self._pending.values()
-            if p.request.command_id not in (CommandId.enquire_link, CommandId.unbind)
-        ]
-        self._pending.clear()
-        return failed
 
     # ------------------------------------------------------------------ timers
 
+    def next_deadline(self) -> float:
+        """The earliest time at which :meth:`handle_timers` has something to do (inf: none)."""
+        state = self.state
+        if state is SessionState.CLOSED:
+            return math.inf
+        cfg = self.config
+        deadline = self._pending_deadline()
+        if state is SessionState.OPEN:
+            if cfg.session_init_timeout:
+                deadline = min(deadline, self._opened_at + cfg.session_init_timeout)
+        elif state in _BOUND:
+            if cfg.inactivity_timeout:
+                deadline = min(deadline, self._last_rx + cfg.inactivity_timeout)
+            if len(self._pending) < cfg.window:  # a full window holds the keep-alive back
+                deadline = min(deadline, self._keepalive_at())
+        return deadline
+
     def handle_timers(self, now: float) -> list[Event]:
-        """Run the session timers; call at least as often as the shortest timer."""
+        """Run the session timers: at :meth:`next_deadline`, or at least as often as the
+        shortest timer."""
         events: list[Event] = []
         cfg = self.config
         state = self.state
@@ -514,60 +332,19 @@ class ServerSession:
         if (
             state is SessionState.OPEN
             and cfg.session_init_timeout
-            and now - self._opened_at >= cfg.session_init_timeout
+            and now >= self._opened_at + cfg.session_init_timeout
         ):
             self._close(events, "no bind within session_init_timeout")
             return events
-        if self._pending:
-            expired = [s for s, p in self._pending.items() if p.deadline <= now]
-            for seq in expired:
-                p = self._pending.pop(seq)
-                cid = p.request.command_id
-                if cid == CommandId.enquire_link:
-                    self._close(events, "enquire_link not answered")
-                    return events
-                if cid == CommandId.unbind:
-                    self._close(events, "unbind not answered")
-                    return events
-                events.append(ResponseTimedOut(p.request, p.context))
+        if self._pending and self._expire(now, events):
+            return events
         if state in _BOUND:
-            if cfg.inactivity_timeout and now - self._last_rx >= cfg.inactivity_timeout:
+            if cfg.inactivity_timeout and now >= self._last_rx + cfg.inactivity_timeout:
                 events.append(
                     ProtocolViolation(0, CommandId.unbind, "inactivity timeout: unbinding")
                 )
                 self.unbind(now)
                 return events
-            if (
-                cfg.enquire_link_interval
-                and self._enquire_seq is None
-                and now - max(self._last_rx, self._last_tx) >= cfg.enquire_link_interval
-                and len(self._pending) < cfg.window
-            ):
-                self._enquire_seq = self.send_request(Pdu(CommandId.enquire_link), now)
+            if now >= self._keepalive_at() and len(self._pending) < cfg.window:
+                self._send_enquire_link(now)
         return events
-
-    # ------------------------------------------------------------------ internals
-
-    def _next_sequence(self) -> int:
-        """1..0x7FFFFFFF, wrapping to 1; after a wrap, skips numbers that still await a response."""
-        while True:
-            seq = self._next_seq
-            self._next_seq = 1 if seq >= 0x7FFFFFFF else seq + 1
-            if seq not in self._pending:
-                return seq
-
-    def _deadline(self, now: float) -> float:
-        """When a request sent at ``now`` times out; never when response_timeout is 0."""
-        timeout = self.config.response_timeout
-        return now + timeout if timeout else math.inf
-
-    def _send(self, pdu: Pdu) -> None:
-        self._out.append(encode(pdu))
-
-    def note_sent(self, now: float) -> None:
-        """The asyncio layer wrote output at ``now`` (keeps enquire_link for idle links only)."""
-        self._last_tx = now
-
-    def _close(self, events: list[Event], reason: str) -> None:
-        self.state = SessionState.CLOSED
-        events.append(ConnectionClosed(reason))
