@@ -41,6 +41,7 @@ from bridge.smpp.client_session import (
     Event,
     backoff_delay,
 )
+from bridge.smpp.connection import SessionConnection
 from bridge.smpp.events import (
     BindFailed,
     BindType,
@@ -141,15 +142,16 @@ class _LogThrottle:
         return n
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(SessionConnection):
     """One TCP (or TLS) connection to the upstream: feeds its session, runs its timers."""
 
+    session: ClientSession
+
     def __init__(self, client: SmppClient, session_config: ClientSessionConfig, label: str) -> None:
+        super().__init__(client._loop, client.clock)
         self.client = client
-        self.loop = client._loop
         self.label = label
         self.session = ClientSession(session_config, client.clock())
-        self.transport: asyncio.Transport | None = None
         # Window slots promised to submit() callers that wait for the TPS limiter.
         self.reserved = 0
         self.stopping = False  # stop(): no new submits, unbind once in-flight ones are answered
@@ -157,11 +159,7 @@ class _Connection(asyncio.Protocol):
         # 0 once bound, the refusal status, or None when closed without an answer to the bind
         self.bound: asyncio.Future[int | None] = self.loop.create_future()
         self.closed: asyncio.Future[None] = self.loop.create_future()
-        self._timer: asyncio.TimerHandle | None = None
-        self._linger: asyncio.TimerHandle | None = None
-        self._flush_scheduled = False
         self._handlers: set[asyncio.Task[None]] = set()
-        self._reading_paused = False
         self.log = client.log.bind(bind=label)
 
     # ------------------------------------------------------------------ asyncio.Protocol
@@ -172,8 +170,7 @@ class _Connection(asyncio.Protocol):
         self.client._connections.add(self)
         self.log.debug("smpp_client.connected")
         self.session.bind(self.client.clock())
-        self._flush()
-        self._schedule_tick()
+        self._flush()  # arms the timer: the bind's response_timeout
 
     def data_received(self, data: bytes) -> None:
         events = self.session.receive_data(data, self.client.clock())
@@ -186,10 +183,7 @@ class _Connection(asyncio.Protocol):
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._linger is not None:
-            self._linger.cancel()
+        self._cancel_timers()
         was_bound = self.session.is_bound or (self.bound.done() and self.bound.result() == 0)
         failed = self.session.close()
         if failed:
@@ -207,17 +201,6 @@ class _Connection(asyncio.Protocol):
             self.log.warning("smpp_client.disconnected", error=str(exc or "closed by peer"))
         else:
             self.log.debug("smpp_client.disconnected", error=str(exc or ""))
-
-    def pause_writing(self) -> None:
-        # The upstream does not read: stop reading its deliver_sm until it catches up.
-        if self.transport is not None and not self._reading_paused:
-            self.transport.pause_reading()
-            self._reading_paused = True
-
-    def resume_writing(self) -> None:
-        if self.transport is not None and self._reading_paused:
-            self.transport.resume_reading()
-            self._reading_paused = False
 
     # ------------------------------------------------------------------ events
 
@@ -319,21 +302,6 @@ class _Connection(asyncio.Protocol):
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
 
-    def _flush_soon(self) -> None:
-        """Write at the end of this loop iteration: submits from many tasks in one iteration
-        leave in one write (one syscall, one TCP segment) instead of one each."""
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        data = self.session.take_output()
-        transport = self.transport
-        if data and transport is not None and not transport.is_closing():
-            transport.write(data)
-            self.session.note_sent(self.client.clock())
-
     # ------------------------------------------------------------------ ending
 
     def begin_stop(self) -> None:
@@ -376,21 +344,13 @@ class _Connection(asyncio.Protocol):
             transport.close()
             self.loop.call_later(2.0, transport.abort)
 
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
-    def _schedule_tick(self) -> None:
-        self._timer = self.loop.call_later(self.client._tick_interval, self._tick)
-
-    def _tick(self) -> None:
+    def _run_timers(self) -> bool:
         events = self.session.handle_timers(self.client.clock())
         if events:
             self._dispatch(events)
         if self.session.has_output:
             self._flush()
-        if not self.closed.done():
-            self._schedule_tick()
+        return not self.closed.done()
 
 
 class SmppClient:
@@ -445,8 +405,6 @@ class SmppClient:
         # wherever it starts, holds more than `tps` submits (the bucket alone lets its burst
         # out on top of a full second's rate). README, "Reliability".
         self.window = limiter_for_rate(config.tps)
-        timers = [t for t in (config.response_timeout, config.enquire_link_interval) if t > 0]
-        self._tick_interval = min(1.0, max(0.01, min(timers, default=4.0) / 4))
         if config.bind_mode == "tx_rx":
             self._slots = [(BindType.TRANSMITTER, f"tx{i + 1}") for i in range(config.binds)] + [
                 (BindType.RECEIVER, f"rx{i + 1}") for i in range(config.binds)

@@ -41,6 +41,7 @@ from bridge.core.accounts import (
 from bridge.core.accounts import BindType as AccountBindType
 from bridge.observability import LoopHistogram, Metrics, SampledLog
 from bridge.smpp.admission import Admission, AdmissionConfig
+from bridge.smpp.connection import SessionConnection
 from bridge.smpp.events import (
     BindRequested,
     BindType,
@@ -227,24 +228,23 @@ def _try_acquire(limiter: AsyncLimiter) -> bool:
     return False
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(SessionConnection):
     """One TCP (or TLS) connection: feeds its session, runs its timers, writes its output."""
 
+    session: ServerSession
+
     def __init__(self, server: SmppServer, tls: bool) -> None:
+        super().__init__(asyncio.get_running_loop(), server.clock)
         self.server = server
         self.tls = tls
-        self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
         self.session = ServerSession(server.config.session, server.clock())
         self.info = SessionInfo(next(server._ids), "", 0, tls)
-        self._timer: asyncio.TimerHandle | None = None
-        self._linger: asyncio.TimerHandle | None = None  # see _close_when_answered()
+        self._refuse_timer: asyncio.TimerHandle | None = None
         self._waiters: dict[int, asyncio.Future[Pdu | None]] = {}
         # requests sent with send_request_nowait: seq -> (done, arg), called with the response
         self._callbacks: dict[int, tuple[Callable[[Any, Pdu | None], None], Any]] = {}
         self._window_waiters: list[asyncio.Future[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._reading_paused = False
         self._writing_paused = False
         self._backlog = False  # PDUs left in the session's buffer after a _BATCH (fairness)
         self._refusing = False  # refused at accept: waiting for the first PDU to answer
@@ -253,7 +253,6 @@ class _Connection(asyncio.Protocol):
         # since when the peer owes us something (an answer to a request we sent, or reading
         # what we wrote) without having sent a single octet: see _check_stalled()
         self._owed_since: float | None = None
-        self._flush_scheduled = False
         self._limiter: AsyncLimiter | None = None
         self._rx_at = 0.0  # server.clock() when the last chunk arrived (submit latency)
         # PDUs in (_count_in): where the next header starts in the next chunk, and the first
@@ -282,7 +281,7 @@ class _Connection(asyncio.Protocol):
             decision.evict._evicted()
         server._connections.add(self)
         self.log.debug("smpp.connected", tls=self.tls)
-        self._schedule_tick()
+        self._arm()
 
     def data_received(self, data: bytes) -> None:
         if self._refusing:
@@ -358,15 +357,15 @@ class _Connection(asyncio.Protocol):
             return
         server._refusing += 1
         self._refusing = True
-        self._timer = self.loop.call_later(_REFUSE_WAIT, self._answer_refused, b"")
+        self._refuse_timer = self.loop.call_later(_REFUSE_WAIT, self._answer_refused, b"")
 
     def _answer_refused(self, data: bytes) -> None:
         if not self._refusing:
             return
         self._refusing = False
         self.server._refusing -= 1
-        if self._timer is not None:
-            self._timer.cancel()
+        if self._refuse_timer is not None:
+            self._refuse_timer.cancel()
         pdu = Pdu(CommandId.generic_nack, 0, Status.ESME_RSYSERR)
         if len(data) >= 16:
             _, cid, _, seq = struct.unpack_from(">IIII", data)
@@ -396,16 +395,13 @@ class _Connection(asyncio.Protocol):
             if self._refusing:
                 self._refusing = False
                 self.server._refusing -= 1
-                if self._timer is not None:
-                    self._timer.cancel()
+                if self._refuse_timer is not None:
+                    self._refuse_timer.cancel()
             return
         if self._closed and self.transport is None:
             return
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._linger is not None:
-            self._linger.cancel()
+        self._cancel_timers()
         failed = self.session.close()
         for ev in failed:
             self._resolve(ev.request.sequence_number, None)
@@ -437,6 +433,7 @@ class _Connection(asyncio.Protocol):
         self._writing_paused = True
         if self._owed_since is None:
             self._owed_since = self.server.clock()
+            self._arm()  # the stalled receiver check: see _next_deadline()
         self._set_reading()
 
     def resume_writing(self) -> None:
@@ -736,20 +733,16 @@ class _Connection(asyncio.Protocol):
         self._tasks.discard(task)
         self.server._tasks.discard(task)
 
-    def _flush_soon(self) -> None:
-        """Write at the end of this loop iteration: responses and deliver_sm completed in the
-        same iteration leave in one write (one syscall, one TCP segment) instead of one each."""
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
-
     def _flush(self) -> None:
+        # SessionConnection._flush, plus the PDU counts and the submit latency of what leaves.
         self._flush_scheduled = False
         data = self.session.take_output()
-        if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        transport = self.transport
+        if data and transport is not None and not transport.is_closing():
+            transport.write(data)
             now = self.server.clock()
             self.session.note_sent(now)
+            self._arm()
             self._count_out(data)
             if self._answered:
                 self._observe_latency(now)
@@ -863,28 +856,29 @@ class _Connection(asyncio.Protocol):
             grace = cfg.session.response_timeout or cfg.shutdown_timeout
             self._linger = self.loop.call_later(grace, self._close_soon)
 
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
+    def _next_deadline(self) -> float:
+        """The session's next deadline, or the stalled receiver's if earlier (see _stalled)."""
+        deadline = self.session.next_deadline()
+        owed = self._owed_since
+        limit = self.server.config.stalled_receiver_timeout
+        if owed is not None and limit and owed + limit < deadline:
+            return owed + limit
+        return deadline
 
-    def _schedule_tick(self) -> None:
-        self._timer = self.loop.call_later(self.server.tick_interval, self._tick)
-
-    def _tick(self) -> None:
+    def _run_timers(self) -> bool:
         if self._closed:
-            return
+            return False
         now = self.server.clock()
         owed = self._owed_since
         limit = self.server.config.stalled_receiver_timeout
-        if owed is not None and limit and now - owed >= limit:
+        if owed is not None and limit and now >= owed + limit:
             self._stalled(now - owed)
-            return
+            return False
         events = self.session.handle_timers(now)
         if events:
             self._dispatch(events)
         self._flush()
-        if not self._closed:
-            self._schedule_tick()
+        return not self._closed
 
     def unbind(self) -> None:
         self.session.unbind(self.server.clock())
@@ -974,18 +968,6 @@ class SmppServer:
         self.bind_gate: Callable[[str, int, int], Awaitable[bool]] | None = None
         self._rr: dict[str, int] = {}
         self._receiver_event: asyncio.Event | None = None
-        s = config.session
-        timers = [
-            t
-            for t in (
-                s.session_init_timeout,
-                s.enquire_link_interval,
-                s.inactivity_timeout,
-                s.response_timeout,
-            )
-            if t > 0
-        ]
-        self.tick_interval = min(1.0, max(0.02, min(timers, default=1.0) / 4))
         self.ports: dict[str, int] = {}
 
     # ------------------------------------------------------------------ lifecycle
