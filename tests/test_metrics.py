@@ -419,7 +419,8 @@ def test_metrics_without_a_registry_get_a_private_one() -> None:
 
 def test_pdus_in_are_counted_however_reads_split_them() -> None:
     from bridge.core.accounts import AccountRegistry
-    from bridge.smpp.server import ServerConfig, SmppServer, _Connection
+    from bridge.smpp.server import ServerConfig, SmppServer
+    from bridge.smpp.server_connection import ServerConnection
 
     pdus = [_submit(i) for i in range(1, 6)] + [Pdu(CommandId.enquire_link, 9)]
     pdus.append(Pdu(CommandId.deliver_sm_resp, 10, Status.ESME_RX_T_APPN, {"message_id": ""}))
@@ -431,7 +432,7 @@ def test_pdus_in_are_counted_however_reads_split_them() -> None:
     }
     for size in (1, 2, 7, 15, 16, 17, 33, 64, len(stream)):
         server = SmppServer(ServerConfig(), AccountRegistry([]))
-        conn = _Connection.__new__(_Connection)  # no loop, no socket: only the counting
+        conn = ServerConnection.__new__(ServerConnection)  # no loop, no socket: only the counting
         conn.server, conn._in_next, conn._in_head = server, 0, b""
         for i in range(0, len(stream), size):
             conn._count_in(stream[i : i + size])

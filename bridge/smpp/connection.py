@@ -1,6 +1,6 @@
 """What the two asyncio SMPP connections share: writes batched per loop pass, one timer, closing.
 
-:class:`bridge.smpp.server._Connection` (an ESME connected to us) and
+:class:`bridge.smpp.server_connection.ServerConnection` (an ESME connected to us) and
 :class:`bridge.smpp.client._Connection` (our bind toward an upstream) each drive a sans-IO
 session (:mod:`bridge.smpp.session_core`). Both write what the session queued once per loop
 iteration (:meth:`SessionConnection._flush_soon`), stop reading from a peer that does not read
