@@ -1,7 +1,7 @@
 """What the two asyncio SMPP connections share: writes batched per loop pass, one timer, closing.
 
 :class:`bridge.smpp.server_connection.ServerConnection` (an ESME connected to us) and
-:class:`bridge.smpp.client._Connection` (our bind toward an upstream) each drive a sans-IO
+:class:`bridge.smpp.client_connection.ClientConnection` (our bind toward an upstream) each drive a
 session (:mod:`bridge.smpp.session_core`). Both write what the session queued once per loop
 iteration (:meth:`SessionConnection._flush_soon`), stop reading from a peer that does not read
 what we write, and wake the session exactly when it has something to do: one ``TimerHandle``
