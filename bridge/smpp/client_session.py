@@ -35,7 +35,7 @@ from bridge.smpp.events import (
     ResponseTimedOut,
     Unbound,
 )
-from bridge.smpp.pdu import RESPONSE_BIT, CommandId, Pdu, PduError, Status, decode, encode
+from bridge.smpp.pdu import RESPONSE_BIT, CommandId, Pdu, PduError, Status, encode
 from bridge.smpp.session_core import SessionCore, WindowFull
 
 __all__ = [
@@ -164,6 +164,8 @@ class ClientSession(SessionCore):
     """One connection to an SMSC seen from the ESME side; see the module docstring."""
 
     _FOREIGN = _ESME_ONLY
+    _BOUND_STATES = _BOUND
+    _RECEIVE_STATES = _CAN_RECEIVE
     _UNBOUND = ClientState.UNBOUND
     _CLOSED = ClientState.CLOSED
     _TIMEOUT_SUFFIX = " within response_timeout"
@@ -179,17 +181,9 @@ class ClientSession(SessionCore):
     # ------------------------------------------------------------------ properties
 
     @property
-    def is_bound(self) -> bool:
-        return self.state in _BOUND
-
-    @property
     def can_submit(self) -> bool:
         """Bound as transmitter or transceiver, and not unbinding: submit_sm may be sent."""
         return self.state in _CAN_SUBMIT
-
-    @property
-    def can_receive(self) -> bool:
-        return self.state in _CAN_RECEIVE
 
     @property
     def window_free(self) -> int:
@@ -274,16 +268,9 @@ class ClientSession(SessionCore):
 
     # ------------------------------------------------------------------ what we receive
 
-    def _handle_frame(self, frame: bytes, now: float, events: list[Event]) -> bool:
-        try:
-            pdu = decode(frame)
-        except PduError as e:
-            self._answer_decode_error(e, events)
-            return False
+    def _handle_request(self, pdu: Pdu, events: list[Event]) -> bool:
         cid = pdu.command_id
-        if cid & RESPONSE_BIT:
-            self._handle_response(pdu, events)
-        elif cid in _DELIVER_COMMANDS:
+        if cid in _DELIVER_COMMANDS:
             if self.state not in _CAN_RECEIVE and not (
                 # an SMSC may deliver while we unbind: it sent before it saw our unbind
                 self.state is ClientState.UNBINDING

@@ -71,8 +71,13 @@ class SessionConnection(asyncio.Protocol):
         transport = self.transport
         if data and transport is not None and not transport.is_closing():
             transport.write(data)
-            self.session.note_sent(self.clock())
+            now = self.clock()
+            self.session.note_sent(now)
             self._arm()
+            self._wrote(data, now)
+
+    def _wrote(self, data: bytes, now: float) -> None:
+        """``data`` was just written at ``now`` (hook: the server counts it)."""
 
     def abort(self) -> None:
         if self.transport is not None:

@@ -468,21 +468,12 @@ class ServerConnection(PduMetering, SessionConnection):
         self._tasks.discard(task)
         self.server._tasks.discard(task)
 
-    def _flush(self) -> None:
-        # SessionConnection._flush, plus the PDU counts and the submit latency of what leaves.
-        self._flush_scheduled = False
-        data = self.session.take_output()
-        transport = self.transport
-        if data and transport is not None and not transport.is_closing():
-            transport.write(data)
-            now = self.server.clock()
-            self.session.note_sent(now)
-            self._arm()
-            self._count_out(data)
-            if self._answered:
-                self._observe_latency(now)
-        elif self._answered:
-            self._answered.clear()  # not written (closing): no latency to report
+    def _wrote(self, data: bytes, now: float) -> None:
+        # The PDU counts and the submit latency of what leaves (not of what a closing
+        # connection drops: those responses stay in _answered, never observed).
+        self._count_out(data)
+        if self._answered:
+            self._observe_latency(now)
 
 
     def _close_soon(self) -> None:

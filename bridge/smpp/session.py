@@ -31,7 +31,7 @@ from bridge.smpp.events import (
     ResponseTimedOut,
     Unbound,
 )
-from bridge.smpp.pdu import RESPONSE_BIT, CommandId, FrameReader, Pdu, PduError, Status, decode
+from bridge.smpp.pdu import RESPONSE_BIT, CommandId, FrameReader, Pdu, PduError, Status
 from bridge.smpp.ranges import check_ranges
 from bridge.smpp.session_core import SessionCore, WindowFull
 
@@ -107,6 +107,8 @@ class ServerSession(SessionCore):
     """One ESME connection seen from the SMSC side; see the module docstring."""
 
     _FOREIGN = _SMSC_ONLY
+    _BOUND_STATES = _BOUND
+    _RECEIVE_STATES = _CAN_RECEIVE
     _UNBOUND = SessionState.UNBOUND
     _CLOSED = SessionState.CLOSED
     config: SessionConfig
@@ -126,15 +128,6 @@ class ServerSession(SessionCore):
         self._final_nack: Pdu | None = None
 
     # ------------------------------------------------------------------ properties
-
-    @property
-    def is_bound(self) -> bool:
-        return self.state in _BOUND
-
-    @property
-    def can_receive(self) -> bool:
-        """Bound as receiver or transceiver: deliver_sm may be sent."""
-        return self.state in _CAN_RECEIVE
 
     @property
     def window_free(self) -> int:
@@ -163,17 +156,8 @@ class ServerSession(SessionCore):
             self._send(nack)
             self._close(events, "framing error")
 
-    def _handle_frame(self, frame: bytes, now: float, events: list[Event]) -> bool:
-        """Handle one whole PDU; True when the session is closed and input must stop."""
-        try:
-            pdu = decode(frame)
-        except PduError as e:
-            self._answer_decode_error(e, events)
-            return False
+    def _handle_request(self, pdu: Pdu, events: list[Event]) -> bool:
         cid = pdu.command_id
-        if cid & RESPONSE_BIT:
-            self._handle_response(pdu, events)
-            return False
         state = self.state
         allowed = _MESSAGE_COMMANDS.get(cid)
         if allowed is not None:

@@ -9,7 +9,8 @@ sequence numbers), the output buffer, the answers to undecodable and rejected PD
 errors, the enquire_link keep-alive, the timeouts of our requests, and :meth:`next_deadline`, the
 one time the asyncio layer must wake the session up.
 
-A subclass provides ``_handle_frame`` (one decoded PDU in its bind state) and the few hooks below.
+A subclass provides ``_handle_request`` (one request of the peer in its bind state) and the few
+hooks below.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from bridge.smpp.pdu import (
     Pdu,
     PduError,
     Status,
+    decode,
     encode,
     is_known_command,
 )
@@ -75,6 +77,8 @@ class SessionCore:
     # Role hooks: the requests the peer may not send (answered generic_nack ESME_RINVCMDID),
     # the session's unbound and closed states, and how a timeout close is worded.
     _FOREIGN: ClassVar[frozenset[int]] = frozenset()
+    _BOUND_STATES: ClassVar[frozenset[Any]]
+    _RECEIVE_STATES: ClassVar[frozenset[Any]]  # bound as receiver or transceiver
     _UNBOUND: ClassVar[Any]
     _CLOSED: ClassVar[Any]
     _TIMEOUT_SUFFIX: ClassVar[str] = ""
@@ -97,6 +101,17 @@ class SessionCore:
         self._unbind_seq: int | None = None  # our unbind, while it awaits its unbind_resp
         self._bind_seq: int | None = None  # our bind (ESME role), while it awaits its bind_resp
         self._input_done = False  # closed, or a framing error: input is ignored from then on
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def is_bound(self) -> bool:
+        return self.state in self._BOUND_STATES
+
+    @property
+    def can_receive(self) -> bool:
+        """Bound as receiver or transceiver: deliver_sm may be sent to (or by) the peer."""
+        return self.state in self._RECEIVE_STATES
 
     # ------------------------------------------------------------------ output
 
@@ -139,8 +154,15 @@ class SessionCore:
         try:
             for frame in self._reader.frames():
                 self._last_rx = now
-                if self._handle_frame(frame, now, events):
-                    break
+                try:
+                    pdu = decode(frame)
+                except PduError as e:
+                    self._answer_decode_error(e, events)
+                else:
+                    if pdu.command_id & RESPONSE_BIT:
+                        self._handle_response(pdu, events)
+                    elif self._handle_request(pdu, events):
+                        break
                 n += 1
                 if n == limit:
                     self.more_input = self._reader.buffered >= 4
@@ -150,8 +172,8 @@ class SessionCore:
             self._framing_error(e, events)
         return events
 
-    def _handle_frame(self, frame: bytes, now: float, events: list[Any]) -> bool:
-        """Handle one whole PDU; True when input must stop."""
+    def _handle_request(self, pdu: Pdu, events: list[Any]) -> bool:
+        """Handle one request of the peer in the role's bind state; True when input must stop."""
         raise NotImplementedError
 
     def _framing_error(self, e: PduError, events: list[Any]) -> None:
