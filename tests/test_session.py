@@ -8,6 +8,7 @@ SMPP 3.4 rules they check (see shared/smpp34-reference.md §3 session states, §
 from __future__ import annotations
 
 import itertools
+import math
 import struct
 from typing import Any
 
@@ -1309,3 +1310,52 @@ def test_how_the_stream_is_cut_does_not_change_what_the_session_does(
     points = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
     chunks = [stream[a:b] for a, b in itertools.pairwise(points)]
     assert _drive(chunks) == _drive([stream])
+
+
+# --------------------------------------------------------------------------- next_deadline
+
+
+def test_next_deadline_is_when_handle_timers_has_something_to_do() -> None:
+    """The asyncio layer sleeps until next_deadline(): just before it nothing happens, at it the
+    timer fires (session_init, keep-alive, the keep-alive's response timeout, inactivity)."""
+    cfg = config(
+        session_init_timeout=30, enquire_link_interval=10, inactivity_timeout=25, response_timeout=5
+    )
+    fresh = ServerSession(cfg, 0.0)
+    assert fresh.next_deadline() == 30.0
+    assert fresh.handle_timers(29.9) == []
+    assert fresh.handle_timers(30.0) == [ConnectionClosed("no bind within session_init_timeout")]
+    assert fresh.next_deadline() == math.inf
+
+    s = bound_session(cfg=cfg, now=1.0)
+    assert s.next_deadline() == 11.0  # keep-alive of an idle link (inactivity at 26)
+    assert s.handle_timers(10.9) == [] and output(s) == []
+    assert s.handle_timers(11.0) == []
+    assert only(output(s)).command_id == CommandId.enquire_link
+    assert s.next_deadline() == 16.0  # its response timeout
+    assert s.handle_timers(16.0) == [ConnectionClosed("enquire_link not answered")]
+
+    s = bound_session(cfg=cfg, now=1.0)
+    s.receive_data(raw_pdu(CommandId.enquire_link, 7), 20.0)  # the peer keeps the link busy
+    s.note_sent(20.0)
+    assert s.next_deadline() == 30.0  # our keep-alive again
+    s.note_sent(29.0)
+    assert s.next_deadline() == 39.0  # inactivity: 45
+    s = bound_session(cfg=config(inactivity_timeout=25), now=1.0)
+    assert s.next_deadline() == 26.0
+    assert s.handle_timers(26.0)[0].detail == "inactivity timeout: unbinding"
+
+
+def test_next_deadline_counts_the_oldest_request_in_flight_and_skips_a_blocked_keepalive() -> None:
+    cfg = config(enquire_link_interval=10, response_timeout=5, window=1)
+    s = bound_session(cfg=cfg)
+    request = deliver_sm()
+    s.send_request(request, 8.0, "d")
+    output(s)
+    # The window is full: no keep-alive can go out, so only the deliver_sm's deadline counts.
+    assert s.next_deadline() == 13.0
+    assert s.handle_timers(12.9) == []
+    assert s.handle_timers(13.0) == [ResponseTimedOut(request, "d")]
+    # The slot is free again and the link was idle since 0: the keep-alive goes out at once.
+    assert only(output(s)).command_id == CommandId.enquire_link
+    assert s.next_deadline() == 18.0

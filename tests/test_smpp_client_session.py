@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -470,3 +471,20 @@ def test_reconnect_backoff_jitter_stays_between_half_and_the_whole_delay() -> No
     assert backoff_delay(3, 1.0, 60.0, jitter=0.0) == 4.0
     assert 4.0 <= backoff_delay(3, 1.0, 60.0, jitter=0.5) <= 8.0
     assert backoff_delay(0, 1.0, 60.0, jitter=0.0) == 0.5
+
+
+def test_next_deadline_covers_the_bind_the_requests_in_flight_and_the_keepalive() -> None:
+    s = make_session(enquire_link_interval=30.0, response_timeout=10.0)
+    assert s.next_deadline() == math.inf  # nothing sent yet
+    s.bind(2.0)
+    assert s.next_deadline() == 12.0  # the bind's response timeout
+    s = bound_session(enquire_link_interval=30.0, response_timeout=10.0)
+    assert s.next_deadline() == 30.0  # keep-alive of the idle link
+    s.send_request(submit_sm(), 5.0, "a")
+    s.send_request(submit_sm(), 6.0, "b")
+    s.note_sent(6.0)
+    assert s.next_deadline() == 15.0  # the oldest submit's response timeout
+    assert s.handle_timers(14.9) == []
+    (timed_out,) = s.handle_timers(15.0)
+    assert isinstance(timed_out, ResponseTimedOut) and timed_out.context == "a"
+    assert s.next_deadline() == 16.0
