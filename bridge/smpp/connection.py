@@ -19,6 +19,9 @@ from typing import Any, Protocol
 
 __all__ = ["SessionConnection"]
 
+# Seconds a timer fires after its deadline at the latest (on top of the loop's own lateness).
+_SLACK = 0.001
+
 
 class _Session(Protocol):
     def take_output(self) -> bytes: ...
@@ -104,8 +107,10 @@ class SessionConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = deadline
-        # The clock may not be the loop's (tests inject one): arm by the time left.
-        self._timer = self.loop.call_later(max(0.0, deadline - self.clock()), self._on_timer)
+        # The clock may not be the loop's (tests inject one; uvloop's is cached per pass and in
+        # ms): arm by the time left, plus a little so the timer does not fire just before it.
+        delay = max(0.0, deadline - self.clock()) + _SLACK
+        self._timer = self.loop.call_later(delay, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -1,9 +1,10 @@
 """The asyncio SMPP listener: a thin layer that moves bytes between sockets and sessions.
 
-All protocol rules live in :mod:`bridge.smpp.session`; this module adds what needs a clock, a
-socket or other connections: authentication against the accounts, bind limits across sessions,
-brute-force slow-down, per-account TPS, the per-connection timers, TLS, back-pressure toward slow
-readers, and the two seams to the pipeline:
+All protocol rules live in :mod:`bridge.smpp.session`; the asyncio side adds what needs a clock,
+a socket or other connections: authentication against the accounts (:mod:`bridge.smpp.server_bind`),
+bind limits across sessions, brute-force slow-down, per-account TPS, the per-connection timers,
+TLS, back-pressure toward slow readers (one connection: :mod:`bridge.smpp.server_connection`),
+and the two seams to the pipeline, here with the registry of connections (:class:`SmppServer`):
 
 * inbound: :class:`SmppHandler.handle_request` gets every submit_sm, submit_multi, data_sm,
   query_sm, cancel_sm and replace_sm of a bound session and returns the response to send. Requests
