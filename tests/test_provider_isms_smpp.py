@@ -46,8 +46,9 @@ from bridge.providers.isms_smpp import (
 )
 from bridge.simulators.smpp_upstream import SmppUpstreamSimulator
 from bridge.smpp.pdu import CommandId, Pdu, Status
-from bridge.smpp.text import Concat, TextError, decode_text, find_concat, gsm7_encode, parse_udh
+from bridge.smpp.text import TextError, decode_text, gsm7_encode
 from bridge.smpp.timefmt import format_smpp_time, parse_smpp_time
+from bridge.smpp.udh import Concat, find_concat, parse_udh
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -391,8 +392,9 @@ def test_a_receipt_with_the_text_only() -> None:
 
 def test_the_tlvs_win_over_the_text() -> None:
     r = parse_receipt(
-        receipt_pdu(APPENDIX_B.replace("id:0008FABD", "id:9"), receipted_message_id="X1",
-                    message_state=5)
+        receipt_pdu(
+            APPENDIX_B.replace("id:0008FABD", "id:9"), receipted_message_id="X1", message_state=5
+        )
     )
     assert r is not None and (r.id, r.state) == ("X1", MessageState.UNDELIVERABLE)
 
@@ -416,8 +418,9 @@ def test_twelve_digit_dates_and_hex_err_values() -> None:
 
 def test_network_error_code_gives_err_when_the_text_has_none() -> None:
     r = parse_receipt(
-        receipt_pdu("", receipted_message_id="A", message_state=5,
-                    network_error_code=bytes([3, 0, 27]))
+        receipt_pdu(
+            "", receipted_message_id="A", message_state=5, network_error_code=bytes([3, 0, 27])
+        )
     )
     assert r is not None and r.error_code == 27 and r.network_error == (3, 27)
 
@@ -544,9 +547,7 @@ def test_an_mo_with_an_8_bit_udh_names_its_part() -> None:
 
 
 def test_an_mo_with_sar_tlvs_names_its_part() -> None:
-    part = parse_mo(
-        mo_pdu(b"x", sar_msg_ref_num=300, sar_total_segments=3, sar_segment_seqnum=2)
-    )
+    part = parse_mo(mo_pdu(b"x", sar_msg_ref_num=300, sar_total_segments=3, sar_segment_seqnum=2))
     assert part.concat == Concat(300, 3, 2, 16)
 
 
@@ -923,8 +924,7 @@ async def test_a_concatenated_mo_is_reassembled(
 ) -> None:
     _, sinks = await start()
     text = "part one, part two and part three of an inbound message"
-    statuses = await sim.send_mo("306900000001", "306999999999", text, concat=concat,
-                                 max_single=20)
+    statuses = await sim.send_mo("306900000001", "306999999999", text, concat=concat, max_single=20)
     assert len(statuses) == 3 and statuses == [0, 0, 0]
     [message] = sinks.inbound
     assert message.text == text

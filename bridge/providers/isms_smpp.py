@@ -111,18 +111,9 @@ from bridge.providers.settings import (
 from bridge.smpp.client import ClientConfig, ClientError, SmppClient
 from bridge.smpp.pdu import CommandId, Pdu, Status, status_name
 from bridge.smpp.receipt_text import ERR_MAX, parse_receipt_text, receipt_id_variants
-from bridge.smpp.text import (
-    Concat,
-    TextError,
-    build_udh,
-    concat_ie,
-    decode_text,
-    find_concat,
-    gsm7_encode,
-    is_gsm7,
-    parse_udh,
-)
+from bridge.smpp.text import TextError, decode_text, gsm7_encode, is_gsm7
 from bridge.smpp.timefmt import format_smpp_time
+from bridge.smpp.udh import Concat, build_udh, concat_ie, find_concat, parse_udh
 
 __all__ = [
     "RECEIPT_ESM_TYPES",
@@ -682,10 +673,14 @@ def parse_mo(pdu: Pdu) -> MoPart:
         if total and seqnum and 1 <= seqnum <= total:
             concat = Concat(pdu.tlv("sar_msg_ref_num", 0), total, seqnum, 16)
     return MoPart(
-        source=_address(pdu.get("source_addr", ""), pdu.get("source_addr_ton", 0),
-                        pdu.get("source_addr_npi", 0)),
-        destination=_address(pdu.get("destination_addr", ""), pdu.get("dest_addr_ton", 0),
-                             pdu.get("dest_addr_npi", 0)),
+        source=_address(
+            pdu.get("source_addr", ""), pdu.get("source_addr_ton", 0), pdu.get("source_addr_npi", 0)
+        ),
+        destination=_address(
+            pdu.get("destination_addr", ""),
+            pdu.get("dest_addr_ton", 0),
+            pdu.get("dest_addr_npi", 0),
+        ),
         data_coding=pdu.get("data_coding", 0),
         payload=data,
         concat=concat,

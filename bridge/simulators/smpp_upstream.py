@@ -71,17 +71,8 @@ from bridge.simulators.common import option_bool, option_float
 from bridge.smpp.pdu import CommandId, Pdu, Status
 from bridge.smpp.server import DeliverResult, Reply, ServerConfig, SessionInfo, SmppServer
 from bridge.smpp.session import SessionConfig
-from bridge.smpp.text import (
-    Concat,
-    TextError,
-    choose_coding,
-    decode_text,
-    encode_text,
-    find_concat,
-    parse_udh,
-    split_binary,
-    split_text,
-)
+from bridge.smpp.text import TextError, choose_coding, decode_text, encode_text
+from bridge.smpp.udh import Concat, find_concat, parse_udh, split_binary, split_text
 
 __all__ = [
     "OUTCOMES",
@@ -602,8 +593,7 @@ async def serve(host: str, port: int, options: Mapping[str, str]) -> None:
     )
     await sim.start()
     print(
-        f"SMPP upstream simulator listening on {host}:{sim.port}"
-        f" (system_id {sim.system_id!r})",
+        f"SMPP upstream simulator listening on {host}:{sim.port} (system_id {sim.system_id!r})",
         flush=True,
     )
     try:
