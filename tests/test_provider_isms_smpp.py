@@ -24,23 +24,19 @@ from bridge.core.model import (
     OutcomeKind,
 )
 from bridge.core.provider import ProviderContext
-from bridge.providers.isms_smpp import (
-    IsmsSmppProvider,
-    MoPart,
-    MoReassembler,
+from bridge.providers.isms_smpp import IsmsSmppProvider, Settings, capabilities_for, create
+from bridge.providers.isms_smpp_mo import MoPart, MoReassembler, inbound_from_parts, parse_mo
+from bridge.providers.isms_smpp_receipts import (
     PartCorrelator,
-    Settings,
     UpstreamReceipt,
+    is_receipt,
+    parse_receipt,
+)
+from bridge.providers.isms_smpp_submit import (
     build_submit,
     canonical_id,
-    capabilities_for,
     classify_status,
-    create,
-    inbound_from_parts,
-    is_receipt,
     message_coding,
-    parse_mo,
-    parse_receipt,
     reference_for,
     split_message,
 )
@@ -571,9 +567,9 @@ def test_mo_parts_are_reassembled_in_order_whatever_order_they_come_in() -> None
     text = GREEK * 3
     data = text.encode("utf-16-be")
     chunks = [data[:134], data[134:]]
-    assert r.add(mo_part(2, 2, chunks[1]), 0.0) is None
-    whole = r.add(mo_part(1, 2, chunks[0]), 1.0)
-    assert whole is not None
+    assert r.add(mo_part(2, 2, chunks[1]), 0.0) == (None, [])
+    whole, given_up = r.add(mo_part(1, 2, chunks[0]), 1.0)
+    assert whole is not None and given_up == []
     message = inbound_from_parts(whole, "isms", 5.0)
     assert message.text == text and message.account == "" and message.provider == "isms"
     assert len(r) == 0
@@ -581,9 +577,9 @@ def test_mo_parts_are_reassembled_in_order_whatever_order_they_come_in() -> None
 
 def test_mo_parts_of_different_references_do_not_mix() -> None:
     r = MoReassembler(timeout=60)
-    assert r.add(mo_part(1, 2, b"\x00a", ref=1), 0) is None
-    assert r.add(mo_part(2, 2, b"\x00b", ref=2), 0) is None
-    assert r.add(mo_part(1, 2, b"\x00c", ref=1, bits=16), 0) is None
+    assert r.add(mo_part(1, 2, b"\x00a", ref=1), 0) == (None, [])
+    assert r.add(mo_part(2, 2, b"\x00b", ref=2), 0) == (None, [])
+    assert r.add(mo_part(1, 2, b"\x00c", ref=1, bits=16), 0) == (None, [])
     assert len(r) == 3
 
 
@@ -594,6 +590,37 @@ def test_an_incomplete_mo_is_given_up_after_the_timeout_with_what_arrived() -> N
     assert r.expired(9.0) == []
     [parts] = r.expired(10.0)
     assert inbound_from_parts(parts, "isms", 0).text == "ac"
+
+
+def test_mo_parts_come_back_as_they_went_in() -> None:
+    # The core buffer holds fragments: addresses, TON/NPI and data_coding survive the trip.
+    r = MoReassembler(timeout=60)
+    first = MoPart(
+        Address("ALPHA", 5, 0), Address("306999999999", 1, 1), 0x04, b"a", Concat(7, 2, 1, 16)
+    )
+    second = MoPart(
+        Address("ALPHA", 5, 0), Address("306999999999", 1, 1), 0x04, b"b", Concat(7, 2, 2, 16)
+    )
+    assert r.add(second, 0) == (None, [])
+    assert r.add(first, 1) == ([first, second], [])
+
+
+def test_an_mo_reference_reused_with_another_total_gives_up_the_earlier_one() -> None:
+    r = MoReassembler(timeout=60)
+    old = mo_part(1, 3, b"\x00a")
+    assert r.add(old, 0) == (None, [])
+    whole, given_up = r.add(mo_part(1, 2, b"\x00x"), 1)
+    assert whole is None and given_up == [[old]] and len(r) == 1
+
+
+def test_mo_beyond_the_bound_are_given_up_oldest_first() -> None:
+    r = MoReassembler(timeout=60, max_messages=2)
+    parts = [mo_part(1, 2, b"\x00a", ref=ref) for ref in (1, 2, 3)]
+    assert r.add(parts[0], 0) == (None, [])
+    assert r.add(parts[1], 1) == (None, [])
+    assert r.add(parts[2], 2) == (None, [[parts[0]]])
+    assert [p for [p] in r.expired(3, everything=True)] == parts[1:]
+    assert len(r) == 0
 
 
 def test_a_binary_mo_stays_binary() -> None:
