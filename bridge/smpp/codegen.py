@@ -64,7 +64,7 @@ def compile_decoder(command_id: int, spec: tuple[Field, ...]) -> tuple[Decoder, 
 
     Returns the function and its source (kept for debugging: ``SOURCES``). The function
     raises (``Reject``, ``PduError``, ``IndexError`` ...) on anything it does not recognise;
-    :func:`decode` then asks the reference decoder for the precise error.
+    :func:`bridge.smpp.pdu.decode` then asks the reference decoder for the precise error.
     """
     ns: dict[str, Any] = {
         "_Pdu": Pdu,
@@ -161,9 +161,10 @@ Encoder = Callable[[dict[str, Any], dict[int, bytes], int, int, int], bytes]
 def compile_encoder(command_id: int, spec: tuple[Field, ...]) -> tuple[Encoder, str]:
     """Generate, from the layout, an encoder with the checks of :func:`encode_reference`.
 
-    Fields are read with ``f[name]`` (a missing one raises KeyError and :func:`encode` retries
-    with the defaults merged in), every value is checked, then all mandatory fields become one
-    Latin-1 string (C strings as they are, integers as ``chr``) encoded in one call.
+    Fields are read with ``f[name]`` (a missing one raises KeyError and
+    :func:`~bridge.smpp.pdu.encode` retries with the defaults merged in), every value is checked,
+    then all mandatory fields become one Latin-1 string (C strings as they are, integers as
+    ``chr``) encoded in one call.
     """
     ns: dict[str, Any] = {
         "_header": HEADER.pack,

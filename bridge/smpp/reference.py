@@ -136,7 +136,8 @@ def _decode_tlvs(body: bytes, pos: int, end: int) -> dict[int, bytes]:
 
 
 def decode_reference(data: bytes) -> Pdu:
-    """Decode by walking the layout table; the oracle for, and fallback of, :func:`decode`."""
+    """Decode by walking the layout table; the oracle for, and the fallback of,
+    :func:`bridge.smpp.pdu.decode`."""
     if len(data) < HEADER_SIZE:
         raise PduError(Status.ESME_RINVCMDLEN, "PDU shorter than its header", fatal=True)
     length, command_id, status, seq = HEADER.unpack_from(data)
@@ -231,13 +232,13 @@ def _decode_fields(body: bytes, spec: tuple[Field, ...], out: dict[str, Any]) ->
     return pos
 
 
-# --------------------------------------------------------------------------- encoding
+# --------------------------------------------------------------------------- reference encoder
 
 
 def encode_reference(pdu: Pdu) -> bytes:
     """Encode by walking the layout table; the oracle the compiled encoders are tested against.
 
-    Same contract as :func:`encode`.
+    Same contract as :func:`bridge.smpp.pdu.encode`.
     """
     command_id = pdu.command_id
     spec = LAYOUTS.get(command_id)

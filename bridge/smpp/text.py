@@ -24,9 +24,10 @@ Conventions, as SMPP carries text:
   Latin-1 or ASCII under 0; every other value means what the SMPP 3.4 table (0x00-0x0F) or
   the 3GPP TS 23.038 DCS groups (0x10-0xFF) say.
 
-Errors in the *data* (undecodable bytes, a character the coding cannot carry, a malformed UDH)
-raise :class:`TextError` so that callers can turn them into an SMPP error status; misuse of the
-API (a reference out of range, an unknown ``ref_bits``) raises plain :class:`ValueError`.
+Errors in the *data* (undecodable bytes, a character the coding cannot carry; in
+:mod:`bridge.smpp.udh` a malformed UDH) raise :class:`TextError` so that callers can turn them
+into an SMPP error status; misuse of the API (a data_coding beyond one octet, an unknown
+``default_alphabet``) raises plain :class:`ValueError`.
 """
 
 from __future__ import annotations
