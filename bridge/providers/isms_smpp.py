@@ -3,8 +3,8 @@
 iSMS's document gives the SMPP service in one paragraph: SMPP 3.4, Greek/Arabic/Russian text,
 flash messages, concatenated messages, real-time delivery receipts, 700 SMS per second per
 account, accounts opened on request. Everything else is SMPP 3.4 as written, so this adapter is
-a plain SMPP client (:mod:`bridge.smpp.client`) plus the translations below; the host and port
-come with the account (the default port is 2775, the IANA port for SMPP).
+a plain SMPP client (:mod:`bridge.smpp.client`) plus the translations listed below; the host
+and port come with the account (the default port is 2775, the IANA port for SMPP).
 
 The adapter is this module (settings, capabilities, the :class:`IsmsSmppProvider` that drives
 the client) and three of pure translation beside it:

@@ -5,6 +5,7 @@ connection — reading what the deliver_sm says (TLVs, then the Appendix B text)
 sent in several parts, turning the parts' receipts into the one report the bridge wants. The
 adapter (:mod:`bridge.providers.isms_smpp`) only feeds them.
 
+Receipts from the upstream (deliver_sm / data_sm with esm_class 0x04, 0x08 or 0x20)
     The TLVs first (receipted_message_id, message_state, network_error_code), then the Appendix
     B text (:func:`bridge.smpp.receipt_text.parse_receipt_text`: any field order, 10/12-digit dates,
     ``ACKED``/``BUFFRED``… as intermediate). Ids written in another base than in the
@@ -15,8 +16,6 @@ adapter (:mod:`bridge.providers.isms_smpp`) only feeds them.
     report was handed to the bridge (which stores it); an unparseable receipt or one for an
     unknown id is answered ESME_ROK (it will never become matchable: refusing it would only make
     the SMSC resend it for ever), logged and counted by the bridge.
-
-
 
 Long messages: correlation and partial sends
     The dispatcher stores one provider id per message: ours is the first part's upstream id.
@@ -30,7 +29,6 @@ Long messages: correlation and partial sends
     ends UNDELIV with that part's status as ``err`` (no failover, which would deliver the first
     parts twice). A part that fails transiently leaves the parts already taken recorded, and
     the dispatcher's retry sends only the remaining ones (with the same reference).
-
 """
 
 from __future__ import annotations

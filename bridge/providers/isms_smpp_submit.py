@@ -6,7 +6,7 @@ outcome out — and is tested as such, apart from the client and its timing. Spl
 :func:`bridge.smpp.udh.split_user_data`, the tree's one splitter; what is iSMS's own here is the
 choice of coding and the four ways of sending a long message (``concat``).
 
-Sending (:meth:`IsmsSmppProvider.send`)
+Sending (:meth:`~bridge.providers.isms_smpp.IsmsSmppProvider.send`)
     The text is encoded anew, independent of how the ESME sent it: GSM 7-bit (data_coding 0x00,
     unpacked septets) when every character has a GSM code, else UCS-2 (0x08); a flash message
     gets message class 0 (0x10 / 0x18). Binary content keeps the ESME's data_coding (class 0
@@ -31,6 +31,7 @@ submit_sm_resp
     ESME_RX_T_APPN, ESME_RSYSERR, ESME_RINVBNDSTS, a generic_nack without status and every
     :class:`~bridge.smpp.client.ClientError` (not bound, response timeout, connection lost) are
     TRANSIENT (MSGQFUL pauses sending too). Every other status is PERMANENT with ``err`` = the
+    status value (capped at 999). See :func:`classify_status`.
 """
 
 from __future__ import annotations

@@ -75,6 +75,8 @@ __all__ = [
     "status_name",
 ]
 
+_HEADER_UNPACK: Final = HEADER.unpack_from  # one global lookup per decode, not two
+
 # What the compiled decoders (and the header unpack and lookup before them) raise on input they
 # do not accept. Catching more than needed would only cost speed, never correctness: the
 # reference decoder has the last word.
@@ -89,7 +91,7 @@ def decode(data: bytes) -> Pdu:
     if type(data) is not bytes:
         data = bytes(data)  # the compiled decoders slice: bytes in, bytes (not views) out
     try:
-        length, command_id, status, seq = HEADER.unpack_from(data)
+        length, command_id, status, seq = _HEADER_UNPACK(data)
         if length == len(data):
             return DECODERS[command_id](data, length, command_id, status, seq)
     except _NOT_RECOGNISED:
