@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=0.15, help="per measurement round")
     parser.add_argument("--repeats", type=int, default=7, help="rounds; the best one counts")
-    parser.add_argument("--against", metavar="REV", help="also measure pdu.py at git REV")
+    parser.add_argument("--against", metavar="REV", help="also measure the codec at git REV")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
 
