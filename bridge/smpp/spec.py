@@ -185,60 +185,66 @@ class TlvSpec(NamedTuple):
     max_len: int
 
 
-def _tlv(tag: int, name: str, kind: str, min_len: int = 0, max_len: int = 0) -> TlvSpec:
+# SMPP 3.4 §5.3.2, one TLV a row: tag, name, kind (i1/i2/i4: an integer of 1/2/4 octets; c: a
+# C-Octet String; o: octets) and, for c and o, the least and most octets the value may have.
+_TLV_TABLE: Final = """
+0x0005  dest_addr_subunit            i1
+0x0006  dest_network_type            i1
+0x0007  dest_bearer_type             i1
+0x0008  dest_telematics_id           i2
+0x000D  source_addr_subunit          i1
+0x000E  source_network_type          i1
+0x000F  source_bearer_type           i1
+0x0010  source_telematics_id         i1
+0x0017  qos_time_to_live             i4
+0x0019  payload_type                 i1
+0x001D  additional_status_info_text  c   1   256
+0x001E  receipted_message_id         c   1    65
+0x0030  ms_msg_wait_facilities       i1
+0x0201  privacy_indicator            i1
+0x0202  source_subaddress            o   2    23
+0x0203  dest_subaddress              o   2    23
+0x0204  user_message_reference       i2
+0x0205  user_response_code           i1
+0x020A  source_port                  i2
+0x020B  destination_port             i2
+0x020C  sar_msg_ref_num              i2
+0x020D  language_indicator           i1
+0x020E  sar_total_segments           i1
+0x020F  sar_segment_seqnum           i1
+0x0210  sc_interface_version         i1
+0x0302  callback_num_pres_ind        i1
+0x0303  callback_num_atag            o   0    65
+0x0304  number_of_messages           i1
+0x0381  callback_num                 o   4    19
+0x0420  dpf_result                   i1
+0x0421  set_dpf                      i1
+0x0422  ms_availability_status       i1
+0x0423  network_error_code           o   3     3
+0x0424  message_payload              o   0 65535
+0x0425  delivery_failure_reason      i1
+0x0426  more_messages_to_send        i1
+0x0427  message_state                i1
+0x0501  ussd_service_op              o   1     1
+0x1201  display_time                 i1
+0x1203  sms_signal                   i2
+0x1204  ms_validity                  i1
+0x130C  alert_on_message_delivery    o   0     1    # 0 by the spec; some ESMEs send 1 octet
+0x1380  its_reply_type               i1
+0x1383  its_session_info             o   2     2
+"""
+
+
+def _tlv(row: str) -> TlvSpec:
+    tag, name, kind, *bounds = row.split("#")[0].split()
     if kind in ("i1", "i2", "i4"):
         size = int(kind[1])
-        return TlvSpec(tag, name, kind, size, size)
-    return TlvSpec(tag, name, kind, min_len, max_len)
+        return TlvSpec(int(tag, 16), name, kind, size, size)
+    low, high = bounds
+    return TlvSpec(int(tag, 16), name, kind, int(low), int(high))
 
 
-_TLV_LIST: Final = (
-    _tlv(0x0005, "dest_addr_subunit", "i1"),
-    _tlv(0x0006, "dest_network_type", "i1"),
-    _tlv(0x0007, "dest_bearer_type", "i1"),
-    _tlv(0x0008, "dest_telematics_id", "i2"),
-    _tlv(0x000D, "source_addr_subunit", "i1"),
-    _tlv(0x000E, "source_network_type", "i1"),
-    _tlv(0x000F, "source_bearer_type", "i1"),
-    _tlv(0x0010, "source_telematics_id", "i1"),
-    _tlv(0x0017, "qos_time_to_live", "i4"),
-    _tlv(0x0019, "payload_type", "i1"),
-    _tlv(0x001D, "additional_status_info_text", "c", 1, 256),
-    _tlv(0x001E, "receipted_message_id", "c", 1, 65),
-    _tlv(0x0030, "ms_msg_wait_facilities", "i1"),
-    _tlv(0x0201, "privacy_indicator", "i1"),
-    _tlv(0x0202, "source_subaddress", "o", 2, 23),
-    _tlv(0x0203, "dest_subaddress", "o", 2, 23),
-    _tlv(0x0204, "user_message_reference", "i2"),
-    _tlv(0x0205, "user_response_code", "i1"),
-    _tlv(0x020A, "source_port", "i2"),
-    _tlv(0x020B, "destination_port", "i2"),
-    _tlv(0x020C, "sar_msg_ref_num", "i2"),
-    _tlv(0x020D, "language_indicator", "i1"),
-    _tlv(0x020E, "sar_total_segments", "i1"),
-    _tlv(0x020F, "sar_segment_seqnum", "i1"),
-    _tlv(0x0210, "sc_interface_version", "i1"),
-    _tlv(0x0302, "callback_num_pres_ind", "i1"),
-    _tlv(0x0303, "callback_num_atag", "o", 0, 65),
-    _tlv(0x0304, "number_of_messages", "i1"),
-    _tlv(0x0381, "callback_num", "o", 4, 19),
-    _tlv(0x0420, "dpf_result", "i1"),
-    _tlv(0x0421, "set_dpf", "i1"),
-    _tlv(0x0422, "ms_availability_status", "i1"),
-    _tlv(0x0423, "network_error_code", "o", 3, 3),
-    _tlv(0x0424, "message_payload", "o", 0, 65535),
-    _tlv(0x0425, "delivery_failure_reason", "i1"),
-    _tlv(0x0426, "more_messages_to_send", "i1"),
-    _tlv(0x0427, "message_state", "i1"),
-    _tlv(0x0501, "ussd_service_op", "o", 1, 1),
-    _tlv(0x1201, "display_time", "i1"),
-    _tlv(0x1203, "sms_signal", "i2"),
-    _tlv(0x1204, "ms_validity", "i1"),
-    # Zero length by the spec; some ESMEs send one octet, which costs nothing to accept.
-    _tlv(0x130C, "alert_on_message_delivery", "o", 0, 1),
-    _tlv(0x1380, "its_reply_type", "i1"),
-    _tlv(0x1383, "its_session_info", "o", 2, 2),
-)
+_TLV_LIST: Final = tuple(_tlv(row) for row in _TLV_TABLE.strip().splitlines())
 TLVS: Final[dict[str, TlvSpec]] = {t.name: t for t in _TLV_LIST}
 TLV_BY_TAG: Final[dict[int, TlvSpec]] = {t.tag: t for t in _TLV_LIST}
 TLV_LIMITS: Final[dict[int, tuple[int, int]]] = {t.tag: (t.min_len, t.max_len) for t in _TLV_LIST}
@@ -324,4 +330,3 @@ class Pdu:
     def response(self, status: int = 0, **fields: Any) -> Pdu:
         """The response to this request, with the same sequence_number."""
         return Pdu(self.command_id | RESPONSE_BIT, self.sequence_number, status, fields)
-
