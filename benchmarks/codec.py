@@ -10,8 +10,8 @@ Usage: ``python -m benchmarks.codec [--seconds 0.15] [--repeats 7] [--against RE
   unpack, ``bytes.index`` for each C-Octet String, indexing for integers, a plain TLV loop, the
   fields into a dict (decode); one ``struct.pack`` plus joins (encode). It checks nothing, so it
   is roughly the ceiling of a pure-Python codec — what a 150-line baseline codec measured.
-* ``--against REV`` also measures ``bridge/smpp/pdu.py`` as it was at git revision ``REV``, in
-  the same run, for before/after comparisons of codec changes.
+* ``--against REV`` also measures ``bridge.smpp.pdu`` (and the codec modules below it) as it was
+  at git revision ``REV``, in the same run, for before/after comparisons of codec changes.
 
 The machines are shared and noisy, so every figure is printed as a ratio to the baseline
 measured in the same run (rounds interleave all candidates; the best round of each counts).
@@ -21,7 +21,7 @@ Compare ratios across runs, not the absolute rates.
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import platform
 import struct
@@ -190,24 +190,51 @@ def cases(codec: ModuleType) -> dict[str, Any]:
     return {"submit_sm + 1 TLV": submit, "submit_sm_resp": resp, "deliver_sm receipt": receipt}
 
 
+def _is_bridge(module: str) -> bool:
+    return module == "bridge" or module.startswith("bridge.")
+
+
 def load_revision(rev: str) -> ModuleType:
-    """``bridge/smpp/pdu.py`` as of git revision ``rev``, imported under another name."""
+    """``bridge.smpp.pdu`` as of git revision ``rev``, imported beside the current one.
+
+    The codec was one file (``bridge/smpp/pdu.py``) and is now a façade over several modules
+    that import each other as ``bridge.smpp.*``; so ``bridge/`` and ``bridge/smpp/`` of ``rev``
+    are written to a temporary directory and imported from there while ``sys.modules`` holds no
+    ``bridge`` modules, and the current ones are put back afterwards. The functions of the old
+    codec keep their own module globals, so both codecs work side by side in one process.
+    """
     root = Path(__file__).resolve().parent.parent
-    source = subprocess.run(
-        ["git", "-C", str(root), "show", f"{rev}:bridge/smpp/pdu.py"],
+    tree = Path(tempfile.mkdtemp(prefix="codec-bench-"))
+    names = subprocess.run(
+        ["git", "-C", str(root), "ls-tree", "-r", "--name-only", rev, "bridge/smpp/"],
         check=True,
         capture_output=True,
         text=True,
-    ).stdout
-    path = Path(tempfile.mkdtemp(prefix="codec-bench-")) / "pdu_at_rev.py"
-    path.write_text(source)
-    name = f"_pdu_at_{rev.replace('/', '_').replace('~', '_').replace('^', '_')}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look the module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    ).stdout.split()
+    for name in ["bridge/__init__.py", *names]:
+        if not name.endswith(".py"):
+            continue
+        source = subprocess.run(
+            ["git", "-C", str(root), "show", f"{rev}:{name}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text(source)
+    current_modules = {
+        k: v for k, v in sys.modules.items() if k == "bridge" or k.startswith("bridge.")
+    }
+    for k in current_modules:
+        del sys.modules[k]
+    sys.path.insert(0, str(tree))
+    try:
+        return importlib.import_module("bridge.smpp.pdu")
+    finally:
+        sys.path.remove(str(tree))
+        for k in [k for k in sys.modules if _is_bridge(k)]:
+            del sys.modules[k]
+        sys.modules.update(current_modules)
 
 
 # --------------------------------------------------------------------------- timing
@@ -260,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=0.15, help="per measurement round")
     parser.add_argument("--repeats", type=int, default=7, help="rounds; the best one counts")
-    parser.add_argument("--against", metavar="REV", help="also measure pdu.py at git REV")
+    parser.add_argument("--against", metavar="REV", help="also measure the codec at git REV")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
 

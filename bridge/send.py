@@ -34,7 +34,8 @@ from bridge.core.model import MessageState
 from bridge.smpp.client import ClientConfig, ClientError, SmppClient
 from bridge.smpp.pdu import CommandId, Pdu, Status, status_name
 from bridge.smpp.receipt_text import parse_receipt_text, receipt_id_variants
-from bridge.smpp.text import TextError, choose_coding, parse_udh, split_text
+from bridge.smpp.text import TextError, choose_coding
+from bridge.smpp.udh import parse_udh, split_text
 
 __all__ = [
     "PASSWORD_ENV",

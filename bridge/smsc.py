@@ -20,6 +20,7 @@ from bridge.core.model import Address, InboundMessage, Message, Receipt
 from bridge.core.pipeline import AccountPolicy, Pipeline, Rejected, RejectReason, Submission
 from bridge.observability import Metrics, SampledLog
 from bridge.smpp import text as smstext
+from bridge.smpp import udh as smsudh
 from bridge.smpp.pdu import (
     CommandId,
     DestAddress,
@@ -259,15 +260,15 @@ class SmscHandler:
         udh = b""
         if esm_class & 0x40:
             try:
-                ies, payload = smstext.parse_udh(payload)
-                c = smstext.find_concat(ies)
+                ies, payload = smsudh.parse_udh(payload)
+                c = smsudh.find_concat(ies)
             except ValueError as e:
                 raise _Invalid(Status.ESME_RSUBMITFAIL, f"bad UDH: {e}") from None
             if c is not None:
                 concat = (c.reference, c.total, c.seqnum)
                 ies = [ie for ie in ies if ie.iei not in (0x00, 0x08)]
             if ies:
-                udh = smstext.build_udh(ies)
+                udh = smsudh.build_udh(ies)
         else:
             total = pdu.tlv("sar_total_segments")
             if total is not None:

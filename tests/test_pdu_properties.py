@@ -20,7 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.smpp import pdu as codec
+from bridge.smpp import codegen, layouts
+from bridge.smpp import reference as oracle
 from bridge.smpp.pdu import (
     RESPONSE_BIT,
     TLVS,
@@ -31,17 +32,19 @@ from bridge.smpp.pdu import (
     Pdu,
     PduError,
     UnsuccessSme,
+    command_name,
     decode,
     encode,
     layout,
 )
+from bridge.smpp.spec import TLV_BY_TAG
 
 # Modest example counts keep the whole file well under 20 s on a loaded 2-core machine.
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 STREAMS = settings(SETTINGS, max_examples=100)  # several PDUs per example
 PER_COMMAND = settings(SETTINGS, max_examples=50)  # times 27 command ids
 
-COMMAND_IDS = sorted(codec._LAYOUTS)
+COMMAND_IDS = sorted(layouts.LAYOUTS)
 KNOWN_TAGS = sorted(spec.tag for spec in TLVS.values())
 TIME_FIELDS = {"schedule_delivery_time", "validity_period"}
 
@@ -67,7 +70,7 @@ UNSUCCESS = st.builds(UnsuccessSme, OCTET, OCTET, ADDRESS, U32)
 
 def known_tlv() -> st.SearchStrategy[tuple[int, bytes]]:
     def value(tag: int) -> st.SearchStrategy[tuple[int, bytes]]:
-        spec = codec._TLV_BY_TAG[tag]
+        spec = TLV_BY_TAG[tag]
         # message_payload may hold 64 KiB; a few hundred octets exercise the same code.
         return st.binary(min_size=spec.min_len, max_size=min(spec.max_len, 300)).map(
             lambda raw: (tag, raw)
@@ -77,7 +80,7 @@ def known_tlv() -> st.SearchStrategy[tuple[int, bytes]]:
 
 
 UNKNOWN_TLV = st.tuples(
-    st.integers(0, 0xFFFF).filter(lambda tag: tag not in codec._TLV_BY_TAG),
+    st.integers(0, 0xFFFF).filter(lambda tag: tag not in TLV_BY_TAG),
     st.binary(max_size=40),
 )
 TLV_MAP = st.lists(st.one_of(known_tlv(), UNKNOWN_TLV), max_size=6, unique_by=lambda t: t[0]).map(
@@ -89,15 +92,15 @@ def field_values(command_id: int) -> st.SearchStrategy[dict[str, Any]]:
     """Valid values for every mandatory field of a command, from its layout."""
     strategies: dict[str, st.SearchStrategy[Any]] = {}
     for f in layout(command_id) or ():
-        if f.kind == codec._C:
+        if f.kind == layouts.C:
             strategies[f.name] = TIME if f.name in TIME_FIELDS else cstring(f.size - 1)
-        elif f.kind == codec._I1:
+        elif f.kind == layouts.I1:
             strategies[f.name] = OCTET
-        elif f.kind == codec._SM:
+        elif f.kind == layouts.SM:
             strategies[f.name] = st.binary(max_size=254)
-        elif f.kind == codec._DESTS:
+        elif f.kind == layouts.DESTS:
             strategies[f.name] = st.lists(DEST, min_size=1, max_size=254)
-        elif f.kind == codec._UNSUCC:
+        elif f.kind == layouts.UNSUCC:
             strategies[f.name] = st.lists(UNSUCCESS, max_size=254)
         else:  # pragma: no cover
             raise AssertionError(f.kind)
@@ -105,7 +108,7 @@ def field_values(command_id: int) -> st.SearchStrategy[dict[str, Any]]:
 
 
 def pdus(command_id: int) -> st.SearchStrategy[Pdu]:
-    tlvs = st.just({}) if command_id in codec._NO_TLVS else TLV_MAP
+    tlvs = st.just({}) if command_id in layouts.NO_TLVS else TLV_MAP
     full = st.builds(Pdu, st.just(command_id), U32, U32, field_values(command_id), tlvs)
     if command_id & RESPONSE_BIT and layout(command_id):
         # Error responses may be header-only: fields == {} and no TLVs.
@@ -136,7 +139,7 @@ def compiled(data: bytes) -> Pdu | None:
         length, command_id, status, seq = struct.unpack_from(">IIII", data)
         if length != len(data):
             return None
-        return codec._DECODERS[command_id](data, length, command_id, status, seq)
+        return codegen.DECODERS[command_id](data, length, command_id, status, seq)
     except Exception:
         return None
 
@@ -144,7 +147,7 @@ def compiled(data: bytes) -> Pdu | None:
 def check_any_input(data: bytes) -> None:
     """What every input, valid or not, must satisfy."""
     got = outcome(decode, data)  # raises the test if anything but PduError escapes
-    reference = outcome(codec._decode_reference, data)
+    reference = outcome(oracle.decode_reference, data)
     assert got == reference
     fast = compiled(data)
     if isinstance(reference, Pdu):
@@ -161,15 +164,15 @@ def with_header(command_id: int, body: bytes, seq: int = 7) -> bytes:
 # --------------------------------------------------------------------------- round trips
 
 
-@pytest.mark.parametrize("command_id", COMMAND_IDS, ids=codec.command_name)
+@pytest.mark.parametrize("command_id", COMMAND_IDS, ids=command_name)
 @PER_COMMAND
 @given(data=st.data())
 def test_every_valid_pdu_round_trips(command_id: int, data: st.DataObject) -> None:
     pdu = data.draw(pdus(command_id))
     wire = encode(pdu)
-    assert wire == codec._encode_reference(pdu)
+    assert wire == oracle.encode_reference(pdu)
     assert decode(wire) == pdu
-    assert codec._decode_reference(wire) == pdu
+    assert oracle.decode_reference(wire) == pdu
     assert compiled(wire) == pdu
 
 
@@ -203,11 +206,11 @@ def test_missing_fields_encode_as_their_empty_values(pdu: Pdu, data: st.DataObje
         # Only submit_multi has a field whose empty value is invalid (no destinations).
         assert pdu.command_id == CommandId.submit_multi and "dest_addresses" not in keep
         return
-    assert wire == codec._encode_reference(partial)
+    assert wire == oracle.encode_reference(partial)
     back = decode(wire)
     if keep or partial.tlvs or not pdu.command_id & RESPONSE_BIT:
         assert {k: v for k, v in back.fields.items() if k in keep} == partial.fields
-        defaults = codec._DEFAULTS[pdu.command_id]
+        defaults = codegen.DEFAULTS[pdu.command_id]
         assert {k: v for k, v in back.fields.items() if k not in keep} == {
             k: v for k, v in defaults.items() if k not in keep
         }

@@ -24,30 +24,27 @@ from bridge.core.model import (
     OutcomeKind,
 )
 from bridge.core.provider import ProviderContext
-from bridge.providers.isms_smpp import (
-    IsmsSmppProvider,
-    MoPart,
-    MoReassembler,
+from bridge.providers.isms_smpp import IsmsSmppProvider, Settings, capabilities_for, create
+from bridge.providers.isms_smpp_mo import MoPart, MoReassembler, inbound_from_parts, parse_mo
+from bridge.providers.isms_smpp_receipts import (
     PartCorrelator,
-    Settings,
     UpstreamReceipt,
+    is_receipt,
+    parse_receipt,
+)
+from bridge.providers.isms_smpp_submit import (
     build_submit,
     canonical_id,
-    capabilities_for,
     classify_status,
-    create,
-    inbound_from_parts,
-    is_receipt,
     message_coding,
-    parse_mo,
-    parse_receipt,
     reference_for,
     split_message,
 )
 from bridge.simulators.smpp_upstream import SmppUpstreamSimulator
 from bridge.smpp.pdu import CommandId, Pdu, Status
-from bridge.smpp.text import Concat, TextError, decode_text, find_concat, gsm7_encode, parse_udh
+from bridge.smpp.text import TextError, decode_text, gsm7_encode
 from bridge.smpp.timefmt import format_smpp_time, parse_smpp_time
+from bridge.smpp.udh import Concat, find_concat, parse_udh
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -391,8 +388,9 @@ def test_a_receipt_with_the_text_only() -> None:
 
 def test_the_tlvs_win_over_the_text() -> None:
     r = parse_receipt(
-        receipt_pdu(APPENDIX_B.replace("id:0008FABD", "id:9"), receipted_message_id="X1",
-                    message_state=5)
+        receipt_pdu(
+            APPENDIX_B.replace("id:0008FABD", "id:9"), receipted_message_id="X1", message_state=5
+        )
     )
     assert r is not None and (r.id, r.state) == ("X1", MessageState.UNDELIVERABLE)
 
@@ -416,8 +414,9 @@ def test_twelve_digit_dates_and_hex_err_values() -> None:
 
 def test_network_error_code_gives_err_when_the_text_has_none() -> None:
     r = parse_receipt(
-        receipt_pdu("", receipted_message_id="A", message_state=5,
-                    network_error_code=bytes([3, 0, 27]))
+        receipt_pdu(
+            "", receipted_message_id="A", message_state=5, network_error_code=bytes([3, 0, 27])
+        )
     )
     assert r is not None and r.error_code == 27 and r.network_error == (3, 27)
 
@@ -544,9 +543,7 @@ def test_an_mo_with_an_8_bit_udh_names_its_part() -> None:
 
 
 def test_an_mo_with_sar_tlvs_names_its_part() -> None:
-    part = parse_mo(
-        mo_pdu(b"x", sar_msg_ref_num=300, sar_total_segments=3, sar_segment_seqnum=2)
-    )
+    part = parse_mo(mo_pdu(b"x", sar_msg_ref_num=300, sar_total_segments=3, sar_segment_seqnum=2))
     assert part.concat == Concat(300, 3, 2, 16)
 
 
@@ -570,9 +567,9 @@ def test_mo_parts_are_reassembled_in_order_whatever_order_they_come_in() -> None
     text = GREEK * 3
     data = text.encode("utf-16-be")
     chunks = [data[:134], data[134:]]
-    assert r.add(mo_part(2, 2, chunks[1]), 0.0) is None
-    whole = r.add(mo_part(1, 2, chunks[0]), 1.0)
-    assert whole is not None
+    assert r.add(mo_part(2, 2, chunks[1]), 0.0) == (None, [])
+    whole, given_up = r.add(mo_part(1, 2, chunks[0]), 1.0)
+    assert whole is not None and given_up == []
     message = inbound_from_parts(whole, "isms", 5.0)
     assert message.text == text and message.account == "" and message.provider == "isms"
     assert len(r) == 0
@@ -580,9 +577,9 @@ def test_mo_parts_are_reassembled_in_order_whatever_order_they_come_in() -> None
 
 def test_mo_parts_of_different_references_do_not_mix() -> None:
     r = MoReassembler(timeout=60)
-    assert r.add(mo_part(1, 2, b"\x00a", ref=1), 0) is None
-    assert r.add(mo_part(2, 2, b"\x00b", ref=2), 0) is None
-    assert r.add(mo_part(1, 2, b"\x00c", ref=1, bits=16), 0) is None
+    assert r.add(mo_part(1, 2, b"\x00a", ref=1), 0) == (None, [])
+    assert r.add(mo_part(2, 2, b"\x00b", ref=2), 0) == (None, [])
+    assert r.add(mo_part(1, 2, b"\x00c", ref=1, bits=16), 0) == (None, [])
     assert len(r) == 3
 
 
@@ -593,6 +590,37 @@ def test_an_incomplete_mo_is_given_up_after_the_timeout_with_what_arrived() -> N
     assert r.expired(9.0) == []
     [parts] = r.expired(10.0)
     assert inbound_from_parts(parts, "isms", 0).text == "ac"
+
+
+def test_mo_parts_come_back_as_they_went_in() -> None:
+    # The core buffer holds fragments: addresses, TON/NPI and data_coding survive the trip.
+    r = MoReassembler(timeout=60)
+    first = MoPart(
+        Address("ALPHA", 5, 0), Address("306999999999", 1, 1), 0x04, b"a", Concat(7, 2, 1, 16)
+    )
+    second = MoPart(
+        Address("ALPHA", 5, 0), Address("306999999999", 1, 1), 0x04, b"b", Concat(7, 2, 2, 16)
+    )
+    assert r.add(second, 0) == (None, [])
+    assert r.add(first, 1) == ([first, second], [])
+
+
+def test_an_mo_reference_reused_with_another_total_gives_up_the_earlier_one() -> None:
+    r = MoReassembler(timeout=60)
+    old = mo_part(1, 3, b"\x00a")
+    assert r.add(old, 0) == (None, [])
+    whole, given_up = r.add(mo_part(1, 2, b"\x00x"), 1)
+    assert whole is None and given_up == [[old]] and len(r) == 1
+
+
+def test_mo_beyond_the_bound_are_given_up_oldest_first() -> None:
+    r = MoReassembler(timeout=60, max_messages=2)
+    parts = [mo_part(1, 2, b"\x00a", ref=ref) for ref in (1, 2, 3)]
+    assert r.add(parts[0], 0) == (None, [])
+    assert r.add(parts[1], 1) == (None, [])
+    assert r.add(parts[2], 2) == (None, [[parts[0]]])
+    assert [p for [p] in r.expired(3, everything=True)] == parts[1:]
+    assert len(r) == 0
 
 
 def test_a_binary_mo_stays_binary() -> None:
@@ -923,8 +951,7 @@ async def test_a_concatenated_mo_is_reassembled(
 ) -> None:
     _, sinks = await start()
     text = "part one, part two and part three of an inbound message"
-    statuses = await sim.send_mo("306900000001", "306999999999", text, concat=concat,
-                                 max_single=20)
+    statuses = await sim.send_mo("306900000001", "306999999999", text, concat=concat, max_single=20)
     assert len(statuses) == 3 and statuses == [0, 0, 0]
     [message] = sinks.inbound
     assert message.text == text

@@ -13,16 +13,10 @@ from hypothesis import strategies as st
 
 from bridge.smpp.text import (
     Coding,
-    Concat,
-    InformationElement,
-    Segment,
     TextError,
-    build_udh,
     choose_coding,
-    concat_ie,
     decode_text,
     encode_text,
-    find_concat,
     gsm7_decode,
     gsm7_encode,
     gsm7_fill_bits,
@@ -30,11 +24,21 @@ from bridge.smpp.text import (
     gsm7_septet_count,
     gsm7_unpack,
     is_gsm7,
-    message_capacity,
     parse_data_coding,
+)
+from bridge.smpp.udh import (
+    Concat,
+    InformationElement,
+    Segment,
+    build_udh,
+    concat_ie,
+    find_concat,
+    message_capacity,
     parse_udh,
+    part_room,
     split_binary,
     split_text,
+    split_user_data,
 )
 
 # 3GPP TS 23.038 §6.2.1, the default alphabet, written out independently of the module's table.
@@ -646,6 +650,33 @@ def test_multibyte_charsets_split_between_characters(dc: int, codec: str) -> Non
     assert len(parts) > 1
     assert all(len(p.payload) <= 134 for p in parts)
     assert "".join(p.payload.decode(codec) for p in parts) == text
+
+
+def test_part_room_is_what_140_octets_leave_beside_a_udh() -> None:
+    assert [part_room("gsm7", n) for n in (0, 6, 7)] == [160, 153, 152]
+    assert [part_room("ucs2", n) for n in (0, 6, 7)] == [70, 67, 66]
+    assert [part_room("octets", n) for n in (0, 6, 7)] == [140, 134, 133]
+
+
+def test_other_ies_go_in_front_of_every_part_and_leave_less_room() -> None:
+    ports = InformationElement(0x05, bytes([0x0B, 0x84, 0x23, 0xF0]))  # 6 octets with its header
+    [single] = split_text("hi", 0, reference=1, extra_ies=[ports])
+    assert single == Segment(b"hi", build_udh([ports]))
+    parts = split_text("a" * 200, 0, reference=9, extra_ies=[ports])
+    # UDHL + ports IE (6) + concat IE (5) = 12 octets: (140 - 12) * 8 // 7 = 146 septets
+    assert [len(p.payload) for p in parts] == [146, 54]
+    for seqnum, p in enumerate(parts, 1):
+        assert p.udh == build_udh([ports, concat_ie(9, 2, seqnum)])
+
+
+def test_split_user_data_cuts_encoded_data_like_split_text() -> None:
+    text = "€" * 100  # escape pairs: no part may end inside one
+    encoded = gsm7_encode(text)
+    assert split_user_data(encoded, "gsm7", reference=3) == split_text(text, 0, reference=3)
+    ucs2 = ("a😀" * 50).encode("utf-16-be")
+    assert split_user_data(ucs2, "ucs2", reference=3, ref_bits=16) == split_text(
+        "a😀" * 50, 8, reference=3, ref_bits=16
+    )
 
 
 def test_split_binary_sizes() -> None:

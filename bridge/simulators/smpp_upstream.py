@@ -71,17 +71,8 @@ from bridge.simulators.common import option_bool, option_float
 from bridge.smpp.pdu import CommandId, Pdu, Status
 from bridge.smpp.server import DeliverResult, Reply, ServerConfig, SessionInfo, SmppServer
 from bridge.smpp.session import SessionConfig
-from bridge.smpp.text import (
-    Concat,
-    TextError,
-    choose_coding,
-    decode_text,
-    encode_text,
-    find_concat,
-    parse_udh,
-    split_binary,
-    split_text,
-)
+from bridge.smpp.text import TextError, choose_coding, decode_text, encode_text
+from bridge.smpp.udh import Concat, find_concat, parse_udh, split_binary, split_text
 
 __all__ = [
     "OUTCOMES",
@@ -513,20 +504,7 @@ class SmppUpstreamSimulator:
             else:
                 dc = choose_coding(text) if text is not None else 0x04
             data = encode_text(text, dc) if text is not None else binary
-            pdu = Pdu(
-                CommandId.deliver_sm,
-                fields={
-                    "source_addr_ton": 1,
-                    "source_addr_npi": 1,
-                    "source_addr": source,
-                    "dest_addr_ton": 1 if len(destination) > 8 else 0,
-                    "dest_addr_npi": 1,
-                    "destination_addr": destination,
-                    "esm_class": 0,
-                    "data_coding": dc,
-                    "short_message": b"",
-                },
-            )
+            pdu = _mo_pdu(source, destination, dc, b"")
             pdu.set_tlv("message_payload", data)
             result = await self.deliver(pdu, system_id, retry=retry)
             self.mo_sent.append(ReceiptSent("", "MO", result.status))
@@ -540,18 +518,8 @@ class SmppUpstreamSimulator:
         statuses: list[int | None] = []
         total = len(segments)
         for seqnum, seg in enumerate(segments, 1):
-            fields: dict[str, Any] = {
-                "source_addr_ton": 1,
-                "source_addr_npi": 1,
-                "source_addr": source,
-                "dest_addr_ton": 1 if len(destination) > 8 else 0,
-                "dest_addr_npi": 1,
-                "destination_addr": destination,
-                "esm_class": 0,
-                "data_coding": dc,
-                "short_message": seg.payload,
-            }
-            pdu = Pdu(CommandId.deliver_sm, fields=fields)
+            pdu = _mo_pdu(source, destination, dc, seg.payload)
+            fields = pdu.fields
             if total > 1 and concat == "sar":
                 pdu.set_tlv("sar_msg_ref_num", ref)
                 pdu.set_tlv("sar_total_segments", total)
@@ -563,6 +531,24 @@ class SmppUpstreamSimulator:
             self.mo_sent.append(ReceiptSent("", "MO", result.status))
             statuses.append(result.status)
         return statuses
+
+
+def _mo_pdu(source: str, destination: str, data_coding: int, short_message: bytes) -> Pdu:
+    """An MO deliver_sm from a handset (a national short destination gets TON 0)."""
+    return Pdu(
+        CommandId.deliver_sm,
+        fields={
+            "source_addr_ton": 1,
+            "source_addr_npi": 1,
+            "source_addr": source,
+            "dest_addr_ton": 1 if len(destination) > 8 else 0,
+            "dest_addr_npi": 1,
+            "destination_addr": destination,
+            "esm_class": 0,
+            "data_coding": data_coding,
+            "short_message": short_message,
+        },
+    )
 
 
 def _concat_of(pdu: Pdu) -> Concat | None:
@@ -602,8 +588,7 @@ async def serve(host: str, port: int, options: Mapping[str, str]) -> None:
     )
     await sim.start()
     print(
-        f"SMPP upstream simulator listening on {host}:{sim.port}"
-        f" (system_id {sim.system_id!r})",
+        f"SMPP upstream simulator listening on {host}:{sim.port} (system_id {sim.system_id!r})",
         flush=True,
     )
     try:

@@ -1,4 +1,6 @@
-"""SMS text: GSM 03.38 (3GPP TS 23.038), data_coding, UDH and splitting of long messages.
+"""SMS text: GSM 03.38 (3GPP TS 23.038) and what data_coding means for text.
+
+The User Data Header and splitting a long message into parts are in :mod:`bridge.smpp.udh`.
 
 Why our own GSM 03.38 codec instead of a package: speed and correctness. The ``gsm0338`` codec
 package is about 40x slower (~20 k encodes/s against 0.77 M/s for our first prototype, see
@@ -22,32 +24,26 @@ Conventions, as SMPP carries text:
   Latin-1 or ASCII under 0; every other value means what the SMPP 3.4 table (0x00-0x0F) or
   the 3GPP TS 23.038 DCS groups (0x10-0xFF) say.
 
-Errors in the *data* (undecodable bytes, a character the coding cannot carry, a malformed UDH)
-raise :class:`TextError` so that callers can turn them into an SMPP error status; misuse of the
-API (a reference out of range, an unknown ``ref_bits``) raises plain :class:`ValueError`.
+Errors in the *data* (undecodable bytes, a character the coding cannot carry; in
+:mod:`bridge.smpp.udh` a malformed UDH) raise :class:`TextError` so that callers can turn them
+into an SMPP error status; misuse of the API (a data_coding beyond one octet, an unknown
+``default_alphabet``) raises plain :class:`ValueError`.
 """
 
 from __future__ import annotations
 
 import codecs
 import functools
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 __all__ = [
     "Alphabet",
     "Coding",
-    "Concat",
-    "InformationElement",
-    "Segment",
     "TextError",
-    "build_udh",
     "choose_coding",
-    "concat_ie",
     "decode_text",
     "encode_text",
-    "find_concat",
     "gsm7_decode",
     "gsm7_encode",
     "gsm7_fill_bits",
@@ -55,11 +51,7 @@ __all__ = [
     "gsm7_septet_count",
     "gsm7_unpack",
     "is_gsm7",
-    "message_capacity",
     "parse_data_coding",
-    "parse_udh",
-    "split_binary",
-    "split_text",
 ]
 
 
@@ -71,7 +63,7 @@ class TextError(ValueError):
 # GSM 03.38 tables (3GPP TS 23.038 §6.2.1 and §6.2.1.1)
 # --------------------------------------------------------------------------------------------
 
-_ESC = 0x1B
+GSM7_ESCAPE = 0x1B
 
 #: The default alphabet, indexed by septet value. 0x1B is the escape to the extension table;
 #: it is not a character, so its slot holds a placeholder that no text can contain.
@@ -106,14 +98,14 @@ _GSM7_EXT_DECODE: dict[int, str] = {code: char for char, code in _GSM7_EXT.items
 
 #: Decoding table for codecs.charmap_decode: 256 entries, 0x80-0xFF undefined (U+FFFE) so that
 #: an octet with the top bit set raises instead of decoding to garbage.
-_GSM7_DECODE_TABLE = _GSM7_BASE[:_ESC] + " " + _GSM7_BASE[_ESC + 1 :] + "\ufffe" * 128
+_GSM7_DECODE_TABLE = _GSM7_BASE[:GSM7_ESCAPE] + " " + _GSM7_BASE[GSM7_ESCAPE + 1 :] + "\ufffe" * 128
 
 #: Encoding map for codecs.charmap_encode: every GSM character, extension characters as their
 #: two-octet escape sequence. Characters absent from the map raise UnicodeEncodeError.
 _GSM7_ENCODE_MAP: dict[int, int | bytes] = {
-    ord(char): code for code, char in enumerate(_GSM7_BASE) if code != _ESC
+    ord(char): code for code, char in enumerate(_GSM7_BASE) if code != GSM7_ESCAPE
 }
-_GSM7_ENCODE_MAP.update({ord(char): bytes((_ESC, code)) for char, code in _GSM7_EXT.items()})
+_GSM7_ENCODE_MAP.update({ord(char): bytes((GSM7_ESCAPE, code)) for char, code in _GSM7_EXT.items()})
 
 # Fast path for text that is Latin-1 encodable (all GSM text but Greek capitals and €):
 # text.encode("latin-1").translate(_LATIN1_TO_GSM7) maps each octet to its septet. Extension
@@ -125,17 +117,17 @@ _INVALID_MARKER = 0xFF
 _ext_markers: list[bytes] = []  # index: marker - 0x80; value: the escape sequence
 _latin1_table = bytearray([_INVALID_MARKER]) * 256
 for _code, _char in enumerate(_GSM7_BASE):
-    if _code != _ESC and ord(_char) < 256:
+    if _code != GSM7_ESCAPE and ord(_char) < 256:
         _latin1_table[ord(_char)] = _code
 for _char, _code in _GSM7_EXT.items():
     if ord(_char) < 256:
         _marker = 0x80 + len(_ext_markers)
         _latin1_table[ord(_char)] = _marker
-        _ext_markers.append(bytes((_ESC, _code)))
+        _ext_markers.append(bytes((GSM7_ESCAPE, _code)))
 _LATIN1_TO_GSM7 = bytes(_latin1_table)
 _euro_marker = 0x80 + len(_ext_markers)
 _latin1_table[0x80] = _euro_marker
-_ext_markers.append(bytes((_ESC, _GSM7_EXT["€"])))
+_ext_markers.append(bytes((GSM7_ESCAPE, _GSM7_EXT["€"])))
 _LATIN1_EURO_TO_GSM7 = bytes(_latin1_table)
 _EXT_EXPANSIONS = tuple(_ext_markers)
 _SEPTETS = bytes(range(0x80))  # bytes.translate(None, _SEPTETS) leaves only the markers
@@ -200,13 +192,13 @@ def gsm7_decode(data: bytes) -> str:
     default-alphabet character of that code; 1B 1B (reserved for a further extension table) and
     a lone trailing escape show a space. Only octets above 0x7F raise :class:`TextError`.
     """
-    if _ESC not in data:
+    if GSM7_ESCAPE not in data:
         return _gsm7_decode_run(data)
     parts: list[str] = []
     start = 0
     end = len(data)
     while True:
-        esc = data.find(_ESC, start)
+        esc = data.find(GSM7_ESCAPE, start)
         if esc < 0:
             parts.append(_gsm7_decode_run(data[start:], start))
             break
@@ -219,7 +211,7 @@ def gsm7_decode(data: bytes) -> str:
             raise TextError(f"octet 0x{code:02X} at position {esc + 1} is not a GSM 7-bit septet")
         ext = _GSM7_EXT_DECODE.get(code)
         if ext is None:
-            ext = " " if code == _ESC else _GSM7_BASE[code]
+            ext = " " if code == GSM7_ESCAPE else _GSM7_BASE[code]
         parts.append(ext)
         start = esc + 2
     return "".join(parts)
@@ -450,7 +442,7 @@ def parse_data_coding(dc: int) -> Coding:
 #: character set, not a byte encoding; we read it as Shift_JIS, the usual choice of SMPP stacks
 #: that support 0x05 (not verified against a Japanese carrier). 0x0D (JIS X 0212) has no Python
 #: codec of its own and 0x09 (pictograms) is vendor-specific: both raise TextError.
-_PYTHON_CODECS: dict[str, str] = {
+PYTHON_CODECS: dict[str, str] = {
     "ascii": "ascii",
     "latin1": "latin-1",
     "cyrillic": "iso8859_5",
@@ -460,21 +452,21 @@ _PYTHON_CODECS: dict[str, str] = {
     "iso2022jp": "iso2022_jp",
     "ksc5601": "euc_kr",
 }
-_DEFAULT_ALPHABETS = frozenset({"gsm7", "latin1", "ascii"})
-_SINGLE_OCTET = frozenset({"ascii", "latin1", "cyrillic", "hebrew"})
+DEFAULT_ALPHABETS = frozenset({"gsm7", "latin1", "ascii"})
+SINGLE_OCTET_ALPHABETS = frozenset({"ascii", "latin1", "cyrillic", "hebrew"})
 
 
-def _text_alphabet(data_coding: int, default_alphabet: str) -> str:
+def text_alphabet(data_coding: int, default_alphabet: str) -> str:
     """The alphabet text under ``data_coding`` is written in; TextError if it is not text."""
-    if default_alphabet not in _DEFAULT_ALPHABETS:
-        raise ValueError(f"default_alphabet must be one of {sorted(_DEFAULT_ALPHABETS)}")
+    if default_alphabet not in DEFAULT_ALPHABETS:
+        raise ValueError(f"default_alphabet must be one of {sorted(DEFAULT_ALPHABETS)}")
     coding = parse_data_coding(data_coding)
     if coding.compressed:
         raise TextError(f"data_coding 0x{data_coding:02X}: compressed user data is not supported")
     if data_coding == 0:
         return default_alphabet
     alphabet = coding.alphabet
-    if alphabet == "gsm7" or alphabet in _PYTHON_CODECS:
+    if alphabet == "gsm7" or alphabet in PYTHON_CODECS:
         return alphabet
     if alphabet == "binary":
         raise TextError(f"data_coding 0x{data_coding:02X} is binary data, not text")
@@ -488,13 +480,13 @@ def decode_text(data: bytes, data_coding: int, *, default_alphabet: str = "gsm7"
     account means by data_coding 0 ("gsm7", "latin1" or "ascii"). Binary, compressed and exotic
     codings raise :class:`TextError`: the caller keeps such payloads as bytes.
     """
-    alphabet = _text_alphabet(data_coding, default_alphabet)
+    alphabet = text_alphabet(data_coding, default_alphabet)
     if alphabet == "gsm7":
         return gsm7_decode(data)
     if alphabet == "ucs2" and len(data) % 2:
         raise TextError(f"UCS-2 user data has an odd length ({len(data)} octets)")
     try:
-        return data.decode(_PYTHON_CODECS[alphabet])
+        return data.decode(PYTHON_CODECS[alphabet])
     except UnicodeDecodeError as exc:
         raise TextError(
             f"user data is not valid {alphabet} (data_coding 0x{data_coding:02X}): {exc.reason} "
@@ -507,11 +499,11 @@ def encode_text(text: str, data_coding: int, *, default_alphabet: str = "gsm7") 
 
     Raises :class:`TextError` when the coding cannot carry a character of ``text``.
     """
-    alphabet = _text_alphabet(data_coding, default_alphabet)
+    alphabet = text_alphabet(data_coding, default_alphabet)
     if alphabet == "gsm7":
         return gsm7_encode(text)
     try:
-        return text.encode(_PYTHON_CODECS[alphabet])
+        return text.encode(PYTHON_CODECS[alphabet])
     except UnicodeEncodeError as exc:
         char = text[exc.start]
         raise TextError(
@@ -523,291 +515,3 @@ def encode_text(text: str, data_coding: int, *, default_alphabet: str = "gsm7") 
 def choose_coding(text: str) -> int:
     """data_coding for new text: 0x00 (GSM 7-bit, 160 per SMS) when possible, else 0x08 (70)."""
     return 0x00 if is_gsm7(text) else 0x08
-
-
-# --------------------------------------------------------------------------------------------
-# UDH (3GPP TS 23.040 §9.2.3.24)
-# --------------------------------------------------------------------------------------------
-
-IEI_CONCAT_8 = 0x00
-IEI_CONCAT_16 = 0x08
-IEI_PORT_8 = 0x04
-IEI_PORT_16 = 0x05
-
-
-@dataclass(frozen=True, slots=True)
-class InformationElement:
-    """One UDH information element: identifier and data (the length octet is implied)."""
-
-    iei: int
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Concat:
-    """A concatenated-SM information element: part ``seqnum`` (1-based) of ``total``."""
-
-    reference: int
-    total: int
-    seqnum: int
-    ref_bits: Literal[8, 16]
-
-
-def parse_udh(payload: bytes) -> tuple[list[InformationElement], bytes]:
-    """Split user data that starts with a UDH into (information elements, the rest).
-
-    Walks every IE rather than matching a ``05 00 03`` prefix, because port-addressed and
-    class-2 messages put other IEs first. Raises :class:`TextError` when the UDHL overruns the
-    payload or an IE overruns the header.
-    """
-    if not payload:
-        raise TextError("user data header indicated but the user data is empty")
-    end = 1 + payload[0]
-    if end > len(payload):
-        raise TextError(f"UDH length {payload[0]} overruns the {len(payload)}-octet user data")
-    ies: list[InformationElement] = []
-    pos = 1
-    while pos < end:
-        if pos + 2 > end:
-            raise TextError(f"UDH information element at octet {pos} is truncated")
-        data_end = pos + 2 + payload[pos + 1]
-        if data_end > end:
-            raise TextError(
-                f"UDH information element 0x{payload[pos]:02X} at octet {pos} overruns the header"
-            )
-        ies.append(InformationElement(payload[pos], payload[pos + 2 : data_end]))
-        pos = data_end
-    return ies, payload[end:]
-
-
-def build_udh(ies: Sequence[InformationElement]) -> bytes:
-    """Serialise IEs into a UDH, UDHL octet first (an empty sequence gives ``b"\\x00"``)."""
-    body = bytearray()
-    for ie in ies:
-        if not 0 <= ie.iei <= 0xFF:
-            raise ValueError(f"IEI {ie.iei} is not one octet")
-        if len(ie.data) > 0xFF:
-            raise ValueError(f"IE 0x{ie.iei:02X} data is longer than 255 octets")
-        body.append(ie.iei)
-        body.append(len(ie.data))
-        body += ie.data
-    if len(body) > 0xFF:
-        raise ValueError("UDH is longer than 255 octets")
-    return bytes((len(body),)) + body
-
-
-def find_concat(ies: Sequence[InformationElement]) -> Concat | None:
-    """The concatenation IE (0x00 8-bit or 0x08 16-bit reference) among ``ies``, if any.
-
-    If several are present the last one wins, as 23.040 prescribes for repeated or mutually
-    exclusive IEs. Raises :class:`TextError` for a wrong IE length, a total of 0, a part number
-    of 0 or a part number above the total: such a part can never be reassembled.
-    """
-    found: Concat | None = None
-    for ie in ies:
-        if ie.iei == IEI_CONCAT_8:
-            if len(ie.data) != 3:
-                raise TextError(f"concatenation IE 0x00 must be 3 octets, got {len(ie.data)}")
-            found = Concat(ie.data[0], ie.data[1], ie.data[2], 8)
-        elif ie.iei == IEI_CONCAT_16:
-            if len(ie.data) != 4:
-                raise TextError(f"concatenation IE 0x08 must be 4 octets, got {len(ie.data)}")
-            found = Concat(int.from_bytes(ie.data[:2], "big"), ie.data[2], ie.data[3], 16)
-        else:
-            continue
-        if found.total == 0 or found.seqnum == 0 or found.seqnum > found.total:
-            raise TextError(f"invalid concatenation: part {found.seqnum} of {found.total}")
-    return found
-
-
-def _check_ref(reference: int, ref_bits: int) -> None:
-    if ref_bits not in (8, 16):
-        raise ValueError(f"ref_bits must be 8 or 16, got {ref_bits}")
-    if not 0 <= reference < (1 << ref_bits):
-        raise ValueError(f"reference {reference} does not fit in {ref_bits} bits")
-
-
-def concat_ie(reference: int, total: int, seqnum: int, ref_bits: int = 8) -> InformationElement:
-    """The concatenation IE for part ``seqnum`` of ``total`` (IEI 0x00, or 0x08 for 16 bits)."""
-    _check_ref(reference, ref_bits)
-    if not 1 <= total <= 255:
-        raise ValueError(f"total must be 1..255, got {total}")
-    if not 1 <= seqnum <= total:
-        raise ValueError(f"seqnum must be 1..{total}, got {seqnum}")
-    if ref_bits == 8:
-        return InformationElement(IEI_CONCAT_8, bytes((reference, total, seqnum)))
-    return InformationElement(IEI_CONCAT_16, reference.to_bytes(2, "big") + bytes((total, seqnum)))
-
-
-# --------------------------------------------------------------------------------------------
-# Splitting
-# --------------------------------------------------------------------------------------------
-
-MAX_PARTS = 255
-
-# Capacity of one SMS (140 octets of user data) in each coding's unit, alone and after a
-# 6-octet (8-bit reference) or 7-octet (16-bit reference) concatenation UDH. GSM 7-bit counts
-# septets as packed on the air: (140 - 6) * 8 // 7 = 153, (140 - 7) * 8 // 7 = 152.
-_CAPACITY: dict[str, tuple[int, int, int]] = {
-    "gsm7": (160, 153, 152),
-    "ucs2": (70, 67, 66),
-    "octets": (140, 134, 133),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Segment:
-    """One SMS of a message: ``udh`` (with UDHL, or ``b""`` for a single part) + ``payload``.
-
-    ``payload`` is encoded as SMPP carries it: unpacked GSM 7-bit septets, UTF-16BE, or octets.
-    """
-
-    payload: bytes
-    udh: bytes
-
-
-def _unit(alphabet: str) -> str:
-    return alphabet if alphabet in ("gsm7", "ucs2") else "octets"
-
-
-def message_capacity(
-    data_coding: int, parts: int = 1, ref_bits: int = 8, *, default_alphabet: str = "gsm7"
-) -> int:
-    """Per-part capacity in the coding's unit (septets, UCS-2 code units or octets).
-
-    ``parts`` 1 means an SMS without UDH; more parts leave room for the concatenation UDH.
-    Non-text codings (binary, compressed, reserved) count octets.
-    """
-    if not 1 <= parts <= MAX_PARTS:
-        raise ValueError(f"parts must be 1..{MAX_PARTS}, got {parts}")
-    if ref_bits not in (8, 16):
-        raise ValueError(f"ref_bits must be 8 or 16, got {ref_bits}")
-    coding = parse_data_coding(data_coding)
-    if data_coding == 0:
-        if default_alphabet not in _DEFAULT_ALPHABETS:
-            raise ValueError(f"default_alphabet must be one of {sorted(_DEFAULT_ALPHABETS)}")
-        alphabet: str = default_alphabet
-    else:
-        alphabet = "binary" if coding.compressed else coding.alphabet
-    single, multi8, multi16 = _CAPACITY[_unit(alphabet)]
-    if parts == 1:
-        return single
-    return multi8 if ref_bits == 8 else multi16
-
-
-def _segments(chunks: list[bytes], reference: int, ref_bits: int) -> list[Segment]:
-    total = len(chunks)
-    if total == 1:
-        return [Segment(chunks[0], b"")]
-    if total > MAX_PARTS:
-        raise TextError(f"message needs {total} parts, more than the {MAX_PARTS} allowed")
-    return [
-        Segment(chunk, build_udh([concat_ie(reference, total, seqnum, ref_bits)]))
-        for seqnum, chunk in enumerate(chunks, 1)
-    ]
-
-
-def _cut(encoded: bytes, size: int, back_off: Callable[[bytes, int], int]) -> list[bytes]:
-    """Slice ``encoded`` into pieces of at most ``size`` octets; ``back_off(encoded, cut)`` says
-    how many octets to move a cut back so that it does not fall inside a pair."""
-    chunks: list[bytes] = []
-    pos = 0
-    length = len(encoded)
-    while pos < length:
-        end = pos + size
-        if end < length:
-            end -= back_off(encoded, end)
-        chunks.append(encoded[pos:end])
-        pos = end
-    return chunks
-
-
-def _gsm7_escape_back_off(encoded: bytes, cut: int) -> int:
-    # 0x1B is never an escaped code, so a 0x1B just before the cut is always an escape prefix.
-    return 1 if encoded[cut - 1] == _ESC else 0
-
-
-def _surrogate_back_off(encoded: bytes, cut: int) -> int:
-    # The last code unit before the cut is a high surrogate: its low half is after the cut.
-    return 2 if 0xD8 <= encoded[cut - 2] <= 0xDB else 0
-
-
-def _no_back_off(encoded: bytes, cut: int) -> int:
-    return 0
-
-
-def _split_by_characters(text: str, codec: str, size: int) -> list[bytes]:
-    """For multi-octet charsets (Shift_JIS, ISO-2022-JP, EUC-KR): cut between characters, each
-    part encoded on its own (so ISO-2022-JP parts each carry their own escape sequences)."""
-    chunks: list[bytes] = []
-    pos = 0
-    while pos < len(text):
-        # Binary search for the longest prefix that fits; every character is at least one
-        # octet in these charsets, so no prefix longer than ``size`` characters can fit.
-        low, high = pos + 1, min(len(text), pos + size)
-        while low < high:
-            mid = (low + high + 1) // 2
-            if len(text[pos:mid].encode(codec)) <= size:
-                low = mid
-            else:
-                high = mid - 1
-        chunk = text[pos:low].encode(codec)
-        if len(chunk) > size:
-            raise TextError(f"character {text[pos]!r} does not fit in a part")
-        chunks.append(chunk)
-        pos = low
-    return chunks
-
-
-def split_text(
-    text: str,
-    data_coding: int,
-    *,
-    reference: int,
-    ref_bits: int = 8,
-    default_alphabet: str = "gsm7",
-    max_single: int | None = None,
-) -> list[Segment]:
-    """Encode ``text`` and split it into SMS parts with concatenation UDHs when it is too long.
-
-    One part without UDH if it fits (160 septets, 70 UCS-2 code units, 140 octets); otherwise
-    parts of 153/152 septets, 67/66 code units or 134/133 octets for an 8/16-bit ``reference``.
-    ``max_single`` (in the same units, at least 2) replaces the one-part limit: larger for a
-    route that takes the whole text in message_payload, smaller for a route with a tighter
-    limit, in which case no part exceeds it either. A GSM escape pair or a UTF-16 surrogate
-    pair is never split across parts, so every part decodes on its own. Raises
-    :class:`TextError` when the text cannot be encoded or needs more than 255 parts.
-    """
-    _check_ref(reference, ref_bits)
-    alphabet = _text_alphabet(data_coding, default_alphabet)
-    unit = _unit(alphabet)
-    single, multi8, multi16 = _CAPACITY[unit]
-    per_part = multi8 if ref_bits == 8 else multi16
-    if max_single is not None:
-        if max_single < 2:
-            raise ValueError(f"max_single must be at least 2, got {max_single}")
-        single = max_single
-        per_part = min(per_part, max_single)
-    width = 2 if unit == "ucs2" else 1  # octets per capacity unit
-    encoded = encode_text(text, data_coding, default_alphabet=default_alphabet)
-    if len(encoded) <= single * width:
-        return [Segment(encoded, b"")]
-    if alphabet == "gsm7":
-        chunks = _cut(encoded, per_part, _gsm7_escape_back_off)
-    elif alphabet == "ucs2":
-        chunks = _cut(encoded, per_part * 2, _surrogate_back_off)
-    elif alphabet in _SINGLE_OCTET:
-        chunks = _cut(encoded, per_part, _no_back_off)
-    else:
-        chunks = _split_by_characters(text, _PYTHON_CODECS[alphabet], per_part)
-    return _segments(chunks, reference, ref_bits)
-
-
-def split_binary(data: bytes, *, reference: int, ref_bits: int = 8) -> list[Segment]:
-    """Split 8-bit data: one part up to 140 octets, else parts of 134/133 octets with UDHs."""
-    _check_ref(reference, ref_bits)
-    single, multi8, multi16 = _CAPACITY["octets"]
-    if len(data) <= single:
-        return [Segment(data, b"")]
-    chunks = _cut(data, multi8 if ref_bits == 8 else multi16, _no_back_off)
-    return _segments(chunks, reference, ref_bits)
