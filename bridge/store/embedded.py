@@ -142,9 +142,7 @@ class EmbeddedStore(Retention, OpenClose):
 
     async def close(self) -> None:
         """Write what is queued, stop the journal; writes after this raise StoreUnavailable."""
-        if self._archive_timer is not None:
-            self._archive_timer.cancel()
-            self._archive_timer = None
+        self._stop_archive_timer()
         journal, self._journal = self._journal, None
         if journal is not None:
             await journal.close()

@@ -46,7 +46,6 @@ import msgspec
 
 from bridge.core.model import InboundMessage, Message, MessageState, Receipt
 from bridge.core.store import DeliveryItem, Done, StateChange, StoredPart
-from bridge.observability import Metrics
 from bridge.store.common import (
     DuplicateMessage,
     StoreUnavailable,
@@ -106,21 +105,8 @@ class RedisStore(RedisConnection):
     """:class:`bridge.core.store.Store` on a Redis server at ``url`` (``redis://``,
     ``rediss://``, ``unix://``), keys under ``prefix``."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        metrics: Metrics | None = None,
-        prefix: str = "sb:",
-        node_id: str = "",
-        timeout: float = 5.0,
-        password: str | None = None,
-        dead_after: float = 10.0,
-    ) -> None:
-        super().__init__(
-            url, metrics=metrics, prefix=prefix, node_id=node_id, timeout=timeout,
-            password=password, dead_after=dead_after,
-        )  # fmt: skip
+    def _local_state(self) -> None:
+        # Local state (see the module doc, "local reads").
         self._live: dict[str, Message] = {}
         self._part_of: dict[str, str] = {}
         self._others: dict[str, list[str]] = {}
@@ -128,7 +114,6 @@ class RedisStore(RedisConnection):
         self._hist: dict[str, list[StateChange]] = {}
         self._corr: dict[tuple[str, str], tuple[str, float]] = {}
         self._removing: set[int] = set()
-        self._queue_depth = 0
 
     # ------------------------------------------------------------------ messages
 

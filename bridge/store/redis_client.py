@@ -102,6 +102,10 @@ class RedisConnection(OpenClose):
         # Local state (see the module doc, "local reads").
         self._queue_depth = 0
         self._delivery_depths: dict[str, int] = {}
+        self._local_state()
+
+    def _local_state(self) -> None:
+        """Set up what the store keeps on this node (:class:`~bridge.store.redis.RedisStore`)."""
 
     @property
     def description(self) -> str:

@@ -49,10 +49,13 @@ class Retention(Snapshots):
         await asyncio.to_thread(self._archive.open, loop)
         self._archive_timer = loop.call_later(_ARCHIVE_INTERVAL, self._archive_step)
 
-    async def _close_archive(self) -> None:
+    def _stop_archive_timer(self) -> None:
         if self._archive_timer is not None:
             self._archive_timer.cancel()
             self._archive_timer = None
+
+    async def _close_archive(self) -> None:
+        self._stop_archive_timer()
         archive, self._archive = self._archive, None
         if archive is not None:
             await archive.close()
