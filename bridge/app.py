@@ -35,10 +35,11 @@ from bridge.config import (
     load_config,
 )
 from bridge.core.accounts import AccountRegistry
+from bridge.core.admission import AccountPolicy, RejectReason
 from bridge.core.delivery import DeliveryQueue, ReceiptSender
 from bridge.core.dispatcher import Dispatcher
 from bridge.core.model import InboundMessage, MessageState
-from bridge.core.pipeline import AccountPolicy, Pipeline, RejectReason
+from bridge.core.pipeline import Pipeline
 from bridge.core.provider import (
     CallbackKind,
     CallbackProvider,

@@ -1,7 +1,7 @@
 """The SMPP face of the pipeline: PDUs in, domain calls, PDUs out.
 
 :class:`SmscHandler` implements the SMPP server's handler seam: it turns submit_sm, data_sm and
-submit_multi into :class:`~bridge.core.pipeline.Submission` (UDH / SAR / message_payload,
+submit_multi into :class:`~bridge.core.admission.Submission` (UDH / SAR / message_payload,
 data_coding, SMPP times), calls the pipeline, and maps its refusals to command_status values.
 :class:`SmppReceiptSender` turns receipts and inbound messages into deliver_sm for the delivery
 queue. This module is wiring between layers, which is why it sits beside app.py and not inside
@@ -16,8 +16,9 @@ from typing import Any
 import structlog
 
 from bridge.core.accounts import Account
+from bridge.core.admission import AccountPolicy, Rejected, RejectReason, Submission
 from bridge.core.model import Address, InboundMessage, Message, Receipt
-from bridge.core.pipeline import AccountPolicy, Pipeline, Rejected, RejectReason, Submission
+from bridge.core.pipeline import Pipeline
 from bridge.observability import Metrics, SampledLog
 from bridge.smpp import text as smstext
 from bridge.smpp import udh as smsudh

@@ -220,7 +220,7 @@ def test_unconfigured_providers_are_skipped() -> None:
 def test_every_no_route_reason_becomes_a_reject_reason_that_names_it() -> None:
     """The ESME and the metric learn what stood in the way: a route that cannot carry Unicode
     is not "no_route", and a sender too long is not a message too long (ESME_RINVMSGLEN)."""
-    from bridge.core.pipeline import _NO_ROUTE_REASONS, RejectReason
+    from bridge.core.admission import _NO_ROUTE_REASONS, RejectReason
     from bridge.smpp.pdu import CommandId, Status
     from bridge.smsc import status_for
 

@@ -21,8 +21,10 @@ from test_store_embedded import full_message, msg, part, receipt
 
 from bridge.core.model import Address, InboundMessage, MessageState
 from bridge.core.store import DeliveryItem, StateChange, Store
-from bridge.store.embedded import DuplicateMessage, EmbeddedStore, StoreUnavailable
-from bridge.store.redis import RedisStore, redact_url
+from bridge.store.common import DuplicateMessage, StoreUnavailable
+from bridge.store.embedded import EmbeddedStore
+from bridge.store.redis import RedisStore
+from bridge.store.redis_client import redact_url
 
 HANDSET = Address("4915112345678")
 

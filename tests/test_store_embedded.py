@@ -23,13 +23,13 @@ from hypothesis import strategies as st
 
 from bridge.core.model import Address, InboundMessage, Message, MessageState, Receipt
 from bridge.core.store import DeliveryItem, StateChange, Store, StoredPart
-from bridge.store.embedded import (
+from bridge.store.common import (
     DuplicateMessage,
-    EmbeddedStore,
     StoreUnavailable,
     message_from_blob,
     message_to_blob,
 )
+from bridge.store.embedded import EmbeddedStore
 from bridge.store.journal import segments, snapshots
 
 SENDER = Address("Bridge", 5, 0)

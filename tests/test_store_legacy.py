@@ -4,54 +4,45 @@ with their history, final messages, correlations, reassembly parts and waiting r
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
 from bridge_harness import Esme, StartBridge, receipt_fields, receipt_id, start_bridge
+from legacy_db import OldBridgeDb
 from test_store_embedded import msg, part, receipt
 
 from bridge.core.model import MessageState
 from bridge.core.store import StateChange
 from bridge.store.embedded import EmbeddedStore
 from bridge.store.legacy import import_legacy
-from bridge.store.sqlite import SqliteStore
 
 __all__ = ["start_bridge"]  # the fixture
 
 PART_KEY = "demo|Bridge|4915112345678|7"  # account | source | destination | reference
 
 
-async def old_bridge_db(data_dir: Path, now: float = 1000.0, with_part: bool = True) -> None:
-    """What a bridge before engine v2 left behind, written by its own store code."""
+def old_bridge_db(data_dir: Path, now: float = 1000.0, with_part: bool = True) -> None:
+    """What a bridge before engine v2 left behind: its schema, its encoding."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    old = SqliteStore(data_dir / "bridge.db")
-    await old.open()
-    queued = msg("queued-1", route=["sandbox"], registered_delivery=1, created_at=now)
-    await old.add_message(queued)
+    old = OldBridgeDb(data_dir / "bridge.db")
+    old.message(msg("queued-1", route=["sandbox"], registered_delivery=1, created_at=now))
     taken = msg("taken-1", route=["sandbox"], part_ids=["taken-1", "taken-1b"], created_at=now)
-    await old.add_message(taken)
     taken.provider, taken.provider_message_id = "sandbox", "sb-7"
-    await old.update_message(
-        taken,
-        StateChange(taken.id, MessageState.ENROUTE, 1001.0, "accepted by sandbox"),
-        correlation=("sandbox", "sb-7", 9e9),
-    )
-    done = msg("done-1", created_at=now)
-    await old.add_message(done)
-    done.state = MessageState.DELIVERED
-    await old.update_message(done, StateChange(done.id, done.state, 1002.0, "report"))
+    old.message(taken, StateChange(taken.id, MessageState.ENROUTE, 1001.0, "accepted by sandbox"))
+    old.correlation("sandbox", "sb-7", taken.id, 9e9)
+    done = msg("done-1", created_at=now, state=MessageState.DELIVERED)
+    old.message(done, StateChange(done.id, done.state, 1002.0, "report"))
     if with_part:
-        await old.add_part(part(PART_KEY, 1))
-    await old.enqueue_delivery("demo", receipt("done-1"), now + 3)
-    await old.close()
+        old.part(part(PART_KEY, 1))
+    old.delivery("demo", receipt("done-1"), now + 3)
+    old.close()
 
 
 async def test_an_old_bridge_db_is_imported_once_with_everything_it_promised(
     tmp_path: Path,
 ) -> None:
     data = tmp_path / "data"
-    await old_bridge_db(data)
+    old_bridge_db(data)
     counts = await import_legacy(data, data / "store")
     assert counts == {
         "messages": 3, "live": 2, "correlations": 1, "parts": 1, "deliveries": 1,
@@ -82,7 +73,7 @@ async def test_an_import_interrupted_half_way_is_done_again_from_the_untouched_f
     tmp_path: Path,
 ) -> None:
     data = tmp_path / "data"
-    await old_bridge_db(data)
+    old_bridge_db(data)
     staging = data / "store.importing"
     staging.mkdir()
     (staging / "journal-00000001.log").write_bytes(b"half an import")
@@ -99,7 +90,7 @@ async def test_a_store_that_already_holds_data_is_never_mixed_with_an_old_file(
     await store.open()
     await store.add_message(msg("new-1"))
     await store.close()
-    await old_bridge_db(data)
+    old_bridge_db(data)
     assert await import_legacy(data, data / "store") is None
     assert (data / "bridge.db").exists()
 
@@ -108,7 +99,7 @@ def test_a_bridge_started_on_an_old_data_directory_sends_what_was_queued_and_its
     tmp_path: Path, start_bridge: StartBridge
 ) -> None:
     data = tmp_path / "data"
-    asyncio.run(old_bridge_db(data, now=time.time(), with_part=False))
+    old_bridge_db(data, now=time.time(), with_part=False)
     bt = start_bridge(data)
     with Esme(bt.port) as rx:
         rx.bind("receiver")

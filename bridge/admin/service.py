@@ -21,8 +21,8 @@ from prometheus_client import Counter
 
 from bridge import __version__
 from bridge.admin.store_view import StoreView
+from bridge.core.admission import AccountPolicy, Rejected, normalise_destination
 from bridge.core.model import Address, InboundMessage, Message, Receipt
-from bridge.core.pipeline import AccountPolicy, Rejected, normalise_destination
 from bridge.observability import LOG_LEVELS, get_log_level, set_log_level
 
 if TYPE_CHECKING:

@@ -6,13 +6,13 @@ submit response), stores it durably (the response says OK only after the commit)
 to the dispatcher. Concatenated parts each get their own id at once and are stored as parts;
 when the last one arrives the whole message is stored and dispatched, and when they time out
 every received part gets a failure receipt. Nothing here knows SMPP bytes: text decoding is
-injected (``decode``) by the adapter, which also maps :class:`Rejected` reasons to statuses.
+injected (``decode``) by the adapter, which also maps :class:`~bridge.core.admission.Rejected`
+reasons to statuses. What a submission must be to get in (reasons, policy, number rules) is in
+:mod:`bridge.core.admission`.
 """
 
 from __future__ import annotations
 
-import enum
-import functools
 import itertools
 import json
 import time
@@ -20,108 +20,29 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import phonenumbers
 import structlog
 
+from bridge.core.admission import (
+    _NO_ROUTE_REASONS,
+    AccountPolicy,
+    Rejected,
+    RejectReason,
+    Submission,
+    normalise_destination,
+    normalise_source,
+)
 from bridge.core.model import Address, Message, MessageState
 from bridge.core.reassembly import Assembled, Fragment, Incomplete, PartKey, ReassemblyBuffer
-from bridge.core.router import NoRoute, NoRouteReason, Router
+from bridge.core.router import NoRoute, Router
 from bridge.core.store import StateChange, Store, StoredPart
 from bridge.observability import Metrics
 
-__all__ = [
-    "AccountPolicy",
-    "MessageIds",
-    "Pipeline",
-    "RejectReason",
-    "Rejected",
-    "Submission",
-]
+__all__ = ["MessageIds", "Pipeline"]
 
 log = structlog.get_logger("bridge.pipeline")
 
 # Decodes a payload: (octets, data_coding, default_alphabet) -> text, or None for binary content.
 Decoder = Callable[[bytes, int, str], "str | None"]
-
-
-class RejectReason(enum.Enum):
-    INVALID_SOURCE = "invalid source address"
-    INVALID_DESTINATION = "invalid destination address"
-    INVALID_TEXT = "undecodable text"
-    TOO_LONG = "too long for every route"
-    # No rule matches the destination, or the route names no configured provider.
-    NO_ROUTE = "no route"
-    # A route exists, but none of its providers can carry this message (the metric label and
-    # the log say which obstacle, so an operator knows what to change).
-    UNICODE_UNSUPPORTED = "no provider on the route takes unicode"
-    BINARY_UNSUPPORTED = "no provider on the route takes binary content"
-    FLASH_UNSUPPORTED = "no provider on the route takes flash messages"
-    ALPHANUMERIC_SENDER_UNSUPPORTED = "no provider on the route takes an alphanumeric sender"
-    SENDER_TOO_LONG = "the sender is too long for every provider on the route"
-    QUEUE_FULL = "queue full"
-    # Less free disk than [storage] min_free_mb where the store lives: refused before the
-    # store itself fails, so the messages already accepted keep room for their next records.
-    DISK_FULL = "the store's disk is nearly full"
-    INVALID_SCHEDULE = "invalid schedule_delivery_time"
-    INVALID_EXPIRY = "invalid validity_period"
-    UNKNOWN_MESSAGE = "unknown message id"
-    NOT_CANCELLABLE = "already dispatched"
-    INVALID_CONCAT = "invalid concatenation header"
-
-
-_NO_ROUTE_REASONS: dict[NoRouteReason, RejectReason] = {
-    NoRouteReason.NO_RULE: RejectReason.NO_ROUTE,
-    NoRouteReason.NO_PROVIDER: RejectReason.NO_ROUTE,
-    NoRouteReason.TOO_LONG: RejectReason.TOO_LONG,
-    NoRouteReason.UNICODE: RejectReason.UNICODE_UNSUPPORTED,
-    NoRouteReason.BINARY: RejectReason.BINARY_UNSUPPORTED,
-    NoRouteReason.FLASH: RejectReason.FLASH_UNSUPPORTED,
-    NoRouteReason.ALPHANUMERIC_SENDER: RejectReason.ALPHANUMERIC_SENDER_UNSUPPORTED,
-    NoRouteReason.SENDER_TOO_LONG: RejectReason.SENDER_TOO_LONG,
-}
-
-
-class Rejected(Exception):
-    """A submission refused at once; the adapter answers with the matching command_status."""
-
-    def __init__(self, reason: RejectReason, detail: str = "") -> None:
-        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
-        self.reason = reason
-        self.detail = detail
-
-
-@dataclass(frozen=True, slots=True)
-class AccountPolicy:
-    """Per-account behaviour of accept (from the account's config)."""
-
-    system_id: str
-    default_region: str | None = None
-    message_id_format: str = "hex"  # "hex" | "decimal"
-    default_alphabet: str = "gsm7"  # what data_coding 0 means
-    alphabet_1: str = "ascii"  # what data_coding 1 means (IA5 by the spec; GSM 03.38 for some)
-    strict_numbers: bool = False  # also require phonenumbers.is_valid_number
-    default_validity: float = 48 * 3600.0
-
-
-@dataclass(slots=True)
-class Submission:
-    """What the SMPP adapter extracted from one submit_sm / data_sm / submit_multi destination."""
-
-    account: AccountPolicy
-    source: Address  # ton/npi/digits as sent
-    destination: Address
-    payload: bytes  # user data without the concatenation IE (encoded)
-    data_coding: int
-    concat: tuple[int, int, int] | None = None  # (reference, total, seqnum)
-    udh: bytes = b""  # other IEs, kept
-    flash: bool = False
-    registered_delivery: int = 0
-    priority: int = 0
-    esm_class: int = 0
-    protocol_id: int = 0
-    service_type: str = ""
-    schedule_at: float | None = None
-    expire_at: float | None = None
 
 
 #: ``done(arg, message_id, error)``: the outcome of :meth:`Pipeline.accept_nowait`.
@@ -152,66 +73,6 @@ class MessageIds:
     def next(self, fmt: str = "hex") -> str:
         n = next(self._counter)
         return str(n) if fmt == "decimal" else format(n, "x")
-
-
-@functools.lru_cache(maxsize=65536)
-def _normalise_number(digits: str, ton: int, region: str | None, strict: bool) -> str | None:
-    """E.164 digits (no '+') for a destination, or None if it cannot be a number.
-
-    Cached: ESMEs send to the same numbers again and again, and a parse costs ~18 µs.
-    """
-    if not digits or len(digits) > 20:
-        return None
-    raw = digits[1:] if digits.startswith("+") else digits
-    if not raw.isdigit():
-        return None
-    if ton == 1 or (ton == 0 and digits.startswith("+")):
-        text, region_hint = "+" + raw, None
-    elif raw.startswith("00"):
-        text, region_hint = "+" + raw[2:], None
-    elif region:
-        text, region_hint = raw, region
-    elif ton == 0:
-        text, region_hint = "+" + raw, None  # unknown TON and no region: assume international
-    else:
-        return None
-    try:
-        num = phonenumbers.parse(text, region_hint)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_possible_number(num):
-        return None
-    if strict and not phonenumbers.is_valid_number(num):
-        return None
-    return f"{num.country_code}{num.national_number}" if not num.italian_leading_zero else (
-        f"{num.country_code}{'0' * (num.number_of_leading_zeros or 1)}{num.national_number}"
-    )
-
-
-def normalise_source(src: Address, policy: AccountPolicy) -> Address:
-    """Alphanumeric senders (TON 5) up to 11 characters; numeric ones up to 20 digits."""
-    digits = src.digits
-    if src.ton == 5:
-        if not 1 <= len(digits) <= 11:
-            raise Rejected(RejectReason.INVALID_SOURCE, "alphanumeric sender must be 1-11 chars")
-        return src
-    if not digits:
-        raise Rejected(RejectReason.INVALID_SOURCE, "empty source address")
-    raw = digits[1:] if digits.startswith("+") else digits
-    if raw.isdigit():
-        if src.ton == 1 or (src.ton == 0 and digits.startswith("+")):
-            return Address(raw, 1, 1)
-        return Address(raw, src.ton, src.npi)
-    if len(digits) <= 11 and src.ton == 0:
-        return Address(digits, 5, 0)  # an alphanumeric sender sent with TON 0
-    raise Rejected(RejectReason.INVALID_SOURCE, "not a number")
-
-
-def normalise_destination(dst: Address, policy: AccountPolicy) -> Address:
-    e164 = _normalise_number(dst.digits, dst.ton, policy.default_region, policy.strict_numbers)
-    if e164 is None:
-        raise Rejected(RejectReason.INVALID_DESTINATION)
-    return Address(e164, 1, 1)
 
 
 @dataclass(slots=True)

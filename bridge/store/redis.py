@@ -26,6 +26,10 @@ Why Redis and how it is used: README, "Running several nodes". In short:
 * **Depths** (:meth:`queue_depth`, :meth:`delivery_depth`) are synchronous estimates: each write
   batch ends with a script that returns them, so they are at most one batch old.
 
+The store is three modules: this one (what is stored, the local reads),
+:mod:`bridge.store.redis_client` (the connection, the write pipeline, the cluster's calls) and
+:mod:`bridge.store.redis_scripts` (the Lua scripts).
+
 Not Redis Cluster (sharded): scripts touch keys they compute, so one primary (with replicas or
 Sentinel for failover) holds all keys. Redis ≥ 7.0.
 """
@@ -34,35 +38,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import msgspec
-import redis.asyncio as aioredis
-import structlog
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bridge.core.model import InboundMessage, Message, MessageState, Receipt
-from bridge.core.store import DeliveryItem, Done, StateChange, StoredPart, settle_future
-from bridge.observability import Metrics
-from bridge.store.embedded import (
+from bridge.core.store import DeliveryItem, Done, StateChange, StoredPart
+from bridge.store.common import (
     DuplicateMessage,
     StoreUnavailable,
+    ignore,
     item_from_wire,
     item_to_wire,
     message_from_blob,
     message_to_blob,
 )
+from bridge.store.redis_client import RedisConnection, to_str
 
-__all__ = ["RedisStore", "redact_url"]
-
-log = structlog.get_logger("bridge.store.redis")
+__all__ = ["RedisStore"]
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
@@ -75,358 +70,10 @@ _CACHED_CORRELATION = 600.0
 #: Final messages read from Redis kept on this node (the newest), for duplicate reports.
 _CACHED_FINALS = 10_000
 
-# --------------------------------------------------------------------------- scripts
-# ARGV[1] is always the key prefix. Scripts compute their keys (one Redis primary holds all).
-
-_ADD = """
-local P, N = ARGV[1], ARGV[2]
-local pk = ARGV[3]
-local n = tonumber(ARGV[4])
-local i = 5
-local seen = {}
-for k = 1, n do
-  local id = ARGV[i]
-  local no = tonumber(ARGV[i + 5])
-  -- the same message again (a write replayed after a lost reply) is not a duplicate
-  if n == 1 and redis.call('HGET', P .. 'm:' .. id, 'b') == ARGV[i + 1] then return n end
-  for j = 0, no do
-    local x = id
-    if j > 0 then x = ARGV[i + 5 + j] end
-    if seen[x] or redis.call('EXISTS', P .. 'm:' .. x) == 1
-        or redis.call('EXISTS', P .. 'p:' .. x) == 1 then
-      return redis.error_reply('DUP ' .. x)
-    end
-    seen[x] = true
-  end
-  i = i + 6 + no
-end
-i = 5
-for k = 1, n do
-  local id, blob, state = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local has_pid, created = ARGV[i + 3], ARGV[i + 4]
-  local no = tonumber(ARGV[i + 5])
-  local others = {}
-  for j = 1, no do
-    others[j] = ARGV[i + 5 + j]
-    redis.call('SET', P .. 'p:' .. others[j], id)
-  end
-  redis.call('HSET', P .. 'm:' .. id, 'b', blob, 's', state, 'c', created,
-             'o', cmsgpack.pack(others), 'n', N)
-  if tonumber(state) ~= 1 then
-    redis.call('ZADD', P .. 'f', created, id)
-  elseif has_pid == '1' then
-    redis.call('ZADD', P .. 'a:' .. N, 0, id)
-  else
-    redis.call('ZADD', P .. 'q:' .. N, 0, id)
-  end
-  i = i + 6 + no
-end
-if pk ~= '' then
-  redis.call('DEL', P .. 'r:' .. pk)
-  redis.call('SREM', P .. 'rk', pk)
-end
-return n
-"""
-
-_UPDATE = """
-local P, id, blob, state, has_pid, change = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local nc = tonumber(ARGV[7])
-for j = 0, nc - 1 do
-  local field, expires = ARGV[8 + 2 * j], ARGV[9 + 2 * j]
-  redis.call('HSET', P .. 'c', field, id)
-  redis.call('ZADD', P .. 'cx', expires, field)
-end
-local key = P .. 'm:' .. id
-local s = redis.call('HGET', key, 's')
-if not s then return 0 end
-if tonumber(s) ~= 1 then
-  if change ~= '' then redis.call('RPUSH', P .. 'h:' .. id, change) end
-  return 1
-end
-redis.call('HSET', key, 'b', blob, 's', state)
-if change ~= '' then redis.call('RPUSH', P .. 'h:' .. id, change) end
-local N = redis.call('HGET', key, 'n')  -- the node that owns it (takeover moves it)
-if tonumber(state) ~= 1 then
-  redis.call('ZREM', P .. 'q:' .. N, id)
-  redis.call('ZREM', P .. 'a:' .. N, id)
-  redis.call('ZADD', P .. 'f', redis.call('HGET', key, 'c'), id)
-elseif has_pid == '1' then
-  redis.call('ZREM', P .. 'q:' .. N, id)
-  redis.call('ZADD', P .. 'a:' .. N, 0, id)
-else
-  redis.call('ZREM', P .. 'a:' .. N, id)
-  redis.call('ZADD', P .. 'q:' .. N, 0, id)
-end
-return 1
-"""
-
-# Delete one message (by any id) or, with ARGV[2] == 'purge', final messages created before
-# ARGV[3], at most ARGV[4] of them.
-_DELETE = """
-local P = ARGV[1]
-local function drop(mid)
-  local key = P .. 'm:' .. mid
-  local o = redis.call('HGET', key, 'o')
-  if not o then return 0 end
-  local N = redis.call('HGET', key, 'n')
-  for _, pid in ipairs(cmsgpack.unpack(o)) do redis.call('DEL', P .. 'p:' .. pid) end
-  redis.call('DEL', key, P .. 'h:' .. mid)
-  redis.call('ZREM', P .. 'q:' .. N, mid)
-  redis.call('ZREM', P .. 'a:' .. N, mid)
-  redis.call('ZREM', P .. 'f', mid)
-  return 1
-end
-if ARGV[2] == 'purge' then
-  local ids = redis.call('ZRANGEBYSCORE', P .. 'f', '-inf', '(' .. ARGV[3], 'LIMIT', 0, ARGV[4])
-  local n = 0
-  for _, mid in ipairs(ids) do n = n + drop(mid) end
-  return n
-end
-local mid = redis.call('GET', P .. 'p:' .. ARGV[3]) or ARGV[3]
-return drop(mid)
-"""
-
-_CORRELATE = """
-local P = ARGV[1]
-for j = 0, (#ARGV - 1) / 3 - 1 do
-  local field, mid, expires = ARGV[2 + 3 * j], ARGV[3 + 3 * j], ARGV[4 + 3 * j]
-  redis.call('HSET', P .. 'c', field, mid)
-  redis.call('ZADD', P .. 'cx', expires, field)
-end
-return 0
-"""
-
-_EXPIRE_CORRELATIONS = """
-local P = ARGV[1]
-local gone = redis.call('ZRANGEBYSCORE', P .. 'cx', '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
-for _, field in ipairs(gone) do
-  redis.call('HDEL', P .. 'c', field)
-  redis.call('ZREM', P .. 'cx', field)
-end
-return #gone
-"""
-
-_PART = """
-local P = ARGV[1]
-if ARGV[2] == 'drop' then
-  redis.call('DEL', P .. 'r:' .. ARGV[3])
-  redis.call('SREM', P .. 'rk', ARGV[3])
-  return 0
-end
-redis.call('HSET', P .. 'r:' .. ARGV[3], ARGV[4], ARGV[5])
-redis.call('SADD', P .. 'rk', ARGV[3])
-return 0
-"""
-
-_ENQUEUE = """
-local P, at = ARGV[1], ARGV[2]
-local ids = {}
-for j = 3, #ARGV, 2 do
-  local account = ARGV[j]
-  local n = redis.call('INCR', P .. 'dseq')
-  redis.call('XADD', P .. 'd:' .. account, '0-' .. n, 'w', ARGV[j + 1], 't', at)
-  redis.call('SADD', P .. 'da', account)
-  ids[#ids + 1] = n
-end
-return ids
-"""
-
-# ARGV[2] = '' (any account) or one account; ARGV[3..] delivery ids.
-_REMOVE = """
-local P = ARGV[1]
-local accounts
-if ARGV[2] ~= '' then accounts = {ARGV[2]} else accounts = redis.call('SMEMBERS', P .. 'da') end
-local ids = {}
-for j = 3, #ARGV do
-  ids[#ids + 1] = '0-' .. ARGV[j]
-  redis.call('HDEL', P .. 'dt', ARGV[j])
-end
-local n = 0
-for _, account in ipairs(accounts) do
-  local key = P .. 'd:' .. account
-  n = n + redis.call('XDEL', key, unpack(ids))
-  if redis.call('XLEN', key) == 0 then redis.call('SREM', P .. 'da', account) end
-end
-return n
-"""
-
-_ATTEMPT = """
-redis.call('HINCRBY', ARGV[1] .. 'dt', ARGV[2], 1)
-return 0
-"""
-
-_DEPTHS = """
-local P = ARGV[1]
-local queued = 0
-for _, node in ipairs(redis.call('SMEMBERS', P .. 'nodes')) do
-  queued = queued + redis.call('ZCARD', P .. 'q:' .. node)
-end
-local out = {queued}
-for _, account in ipairs(redis.call('SMEMBERS', P .. 'da')) do
-  out[#out + 1] = account
-  out[#out + 1] = redis.call('XLEN', P .. 'd:' .. account)
-end
-return out
-"""
-
-# Everything a batch of reports needs, in one call: ARGV[2..] pairs of (kind, key): kind 'c' a
-# correlation field, 'm' a message id. Returns per pair: {message id or false, blob or false,
-# history list}.
-_FETCH = """
-local P = ARGV[1]
-local out = {}
-for j = 2, #ARGV, 2 do
-  local mid
-  if ARGV[j] == 'c' then
-    mid = redis.call('HGET', P .. 'c', ARGV[j + 1])
-  else
-    mid = redis.call('GET', P .. 'p:' .. ARGV[j + 1]) or ARGV[j + 1]
-  end
-  if mid then
-    local blob = redis.call('HGET', P .. 'm:' .. mid, 'b')
-    if blob then
-      out[#out + 1] = {mid, blob, redis.call('LRANGE', P .. 'h:' .. mid, 0, -1)}
-    else
-      out[#out + 1] = {mid, false, {}}
-    end
-  else
-    out[#out + 1] = {false, false, {}}
-  end
-end
-return out
-"""
-
-# A node's heartbeat: ARGV[2] node, ARGV[3] milliseconds until it counts as dead. Then every
-# registered node without a heartbeat is dead: its queued and awaiting messages move to this
-# node (one atomic step, so two survivors cannot both take them). Returns
-# {dead node, queued ids moved, awaiting ids moved, ...}.
-_HEARTBEAT = """
-local P, me, ttl = ARGV[1], ARGV[2], ARGV[3]
-redis.call('SET', P .. 'hb:' .. me, ARGV[4], 'PX', ttl)
-redis.call('SADD', P .. 'nodes', me)
-local out = {}
-for _, node in ipairs(redis.call('SMEMBERS', P .. 'nodes')) do
-  if node ~= me and redis.call('EXISTS', P .. 'hb:' .. node) == 0 then
-    local moved = {}
-    for _, kind in ipairs({'q', 'a'}) do
-      local ids = redis.call('ZRANGE', P .. kind .. ':' .. node, 0, -1)
-      for _, id in ipairs(ids) do
-        redis.call('ZADD', P .. kind .. ':' .. me, 0, id)
-        redis.call('HSET', P .. 'm:' .. id, 'n', me)
-      end
-      redis.call('DEL', P .. kind .. ':' .. node)
-      moved[#moved + 1] = ids
-    end
-    redis.call('SREM', P .. 'nodes', node)
-    redis.call('DEL', P .. 'binds:' .. node)
-    out[#out + 1] = node
-    out[#out + 1] = moved[1]
-    out[#out + 1] = moved[2]
-  end
-end
-table.insert(out, 1, redis.call('SCARD', P .. 'nodes'))
-return out
-"""
-
-# A sliding-window log (README, "Running several nodes"): ARGV[2] the limit's name, ARGV[3] at
-# most this many in ARGV[4] ms, ARGV[5] a unique member. 0 = taken; else ms to wait. Redis's
-# clock, so every node measures the same window.
-_RATE = """
-local key = ARGV[1] .. 'rl:' .. ARGV[2]
-local limit, window = tonumber(ARGV[3]), tonumber(ARGV[4])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-if redis.call('ZCARD', key) < limit then
-  redis.call('ZADD', key, now, ARGV[5])
-  redis.call('PEXPIRE', key, window)
-  return 0
-end
-local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-return math.max(1, tonumber(oldest[2]) + window - now + 1)
-"""
-
-# Binds across nodes. ARGV[2] node, ARGV[3] ttl ms; 'gate': ARGV[5] account, ARGV[6] max_binds,
-# ARGV[7] binds on this node → 1 (and counted) when one more fits, else 0; 'publish': ARGV[5..]
-# pairs of account, binds on this node.
-_BINDS = """
-local P, me, ttl = ARGV[1], ARGV[2], ARGV[3]
-local mine = P .. 'binds:' .. me
-if ARGV[4] == 'publish' then
-  redis.call('DEL', mine)
-  for j = 5, #ARGV, 2 do redis.call('HSET', mine, ARGV[j], ARGV[j + 1]) end
-  redis.call('PEXPIRE', mine, ttl)
-  return 1
-end
-local account, max, here = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
-local total = here
-for _, node in ipairs(redis.call('SMEMBERS', P .. 'nodes')) do
-  if node ~= me and redis.call('EXISTS', P .. 'hb:' .. node) == 1 then
-    total = total + (tonumber(redis.call('HGET', P .. 'binds:' .. node, account)) or 0)
-  end
-end
-if total + 1 > max then return 0 end
-redis.call('HSET', mine, account, here + 1)
-redis.call('PEXPIRE', mine, ttl)
-return 1
-"""
-
-# Delivery leases: ARGV[2] node, ARGV[3] ttl ms, then 'h' accounts to hold (take or renew)
-# and 'r' accounts to release. Returns the accounts held.
-_LEASE = """
-local P, me, ttl = ARGV[1], ARGV[2], ARGV[3]
-local held = {}
-for j = 4, #ARGV, 2 do
-  local key = P .. 'dl:' .. ARGV[j + 1]
-  local owner = redis.call('GET', key)
-  if ARGV[j] == 'h' then
-    if owner == me then
-      redis.call('PEXPIRE', key, ttl)
-      held[#held + 1] = ARGV[j + 1]
-    elseif not owner then
-      redis.call('SET', key, me, 'PX', ttl)
-      held[#held + 1] = ARGV[j + 1]
-    end
-  elseif owner == me then
-    redis.call('DEL', key)
-  end
-end
-return held
-"""
-
-_SCRIPTS = {
-    "rate": _RATE,
-    "binds": _BINDS,
-    "lease": _LEASE,
-    "heartbeat": _HEARTBEAT,
-    "add": _ADD,
-    "update": _UPDATE,
-    "delete": _DELETE,
-    "correlate": _CORRELATE,
-    "expire_corr": _EXPIRE_CORRELATIONS,
-    "part": _PART,
-    "enqueue": _ENQUEUE,
-    "remove": _REMOVE,
-    "attempt": _ATTEMPT,
-    "depths": _DEPTHS,
-    "fetch": _FETCH,
-}
-
-
-def redact_url(url: str) -> str:
-    """A store URL fit for logs and replies: the password (and user) replaced."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    return f"{scheme}://***@{rest.rpartition('@')[2]}"
-
-
 def _corr_field(provider: str, provider_message_id: str) -> str:
     return f"{provider}\x00{provider_message_id}"
 
 
-def _str(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _change_wire(change: StateChange | None) -> bytes:
@@ -454,63 +101,11 @@ def _part_from(key: str, seqnum: int, raw: bytes) -> StoredPart:
     return StoredPart(key, seqnum, total, mid, payload, received_at, meta)
 
 
-class _Op:
-    """One queued write: one command (or none: a barrier), its local effect and its callback."""
-
-    __slots__ = ("apply", "arg", "args", "done", "script")
-
-    def __init__(
-        self,
-        script: str | None,
-        args: Sequence[Any],
-        apply: Callable[[Any], Any] | None,
-        done: Done,
-        arg: Any,
-    ) -> None:
-        self.script = script
-        self.args = args
-        self.apply = apply
-        self.done = done
-        self.arg = arg
-
-
-def _ignore(arg: Any, result: Any, error: BaseException | None) -> None:
-    return None
-
-
-class RedisStore:
+class RedisStore(RedisConnection):
     """:class:`bridge.core.store.Store` on a Redis server at ``url`` (``redis://``,
     ``rediss://``, ``unix://``), keys under ``prefix``."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        metrics: Metrics | None = None,
-        prefix: str = "sb:",
-        node_id: str = "",
-        timeout: float = 5.0,
-        password: str | None = None,
-        dead_after: float = 10.0,
-    ) -> None:
-        self.url = url
-        self._password = password
-        self.dead_after = dead_after
-        self.live_nodes = 1
-        self._members = itertools.count()
-        self.metrics = metrics if metrics is not None else Metrics()
-        self.prefix = prefix
-        self.node_id = node_id
-        self.timeout = timeout
-        self._redis: aioredis.Redis | None = None
-        self._shas: dict[str, str] = {}
-        self._ops: list[_Op] = []
-        self._wake: asyncio.Event | None = None
-        self._writer: asyncio.Task[None] | None = None
-        self._closing = False
-        self.commits = 0
-        self.largest_batch = 0
-        self.failed_batches = 0
+    def _local_state(self) -> None:
         # Local state (see the module doc, "local reads").
         self._live: dict[str, Message] = {}
         self._part_of: dict[str, str] = {}
@@ -519,213 +114,6 @@ class RedisStore:
         self._hist: dict[str, list[StateChange]] = {}
         self._corr: dict[tuple[str, str], tuple[str, float]] = {}
         self._removing: set[int] = set()
-        self._queue_depth = 0
-        self._delivery_depths: dict[str, int] = {}
-
-    @property
-    def description(self) -> str:
-        return redact_url(self.url)
-
-    async def __aenter__(self) -> RedisStore:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    # ------------------------------------------------------------------ lifecycle
-
-    async def open(self) -> None:
-        """Connect, load the scripts and read the depths; raises if Redis does not answer."""
-        if self._writer is not None:
-            return
-        # One immediate retry on a broken connection (a pooled connection from before a Redis
-        # restart); no backoff: while Redis is down, writes fail at once (ESME_RSYSERR) rather
-        # than hang. A replayed write is harmless: adds recognise themselves, receipts are
-        # at-least-once.
-        client = aioredis.from_url(
-            self.url,
-            socket_timeout=self.timeout,
-            socket_connect_timeout=self.timeout,
-            health_check_interval=30,
-            retry=Retry(NoBackoff(), 1),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-            **({"password": self._password} if self._password is not None else {}),
-        )
-        try:
-            await client.ping()
-            await self._load_scripts(client)
-        except BaseException:
-            await client.aclose()
-            raise
-        self._redis = client
-        self._closing = False
-        self._wake = asyncio.Event()
-        self._writer = asyncio.create_task(self._write_loop(), name="redis-store-writer")
-        # Alive from now on; the work of nodes found dead moves here, and the dispatcher's
-        # start-up scan of pending_messages / awaiting_report resumes it like our own.
-        taken = await self.heartbeat(self.dead_after)
-        await self.refresh_depths()
-        log.info(
-            "store.opened",
-            store=self.description,
-            node=self.node_id,
-            took_over=[node for node, _, _ in taken],
-        )
-
-    async def _load_scripts(self, client: aioredis.Redis) -> None:
-        for name, body in _SCRIPTS.items():
-            self._shas[name] = _str(await client.script_load(body))
-
-    async def close(self) -> None:
-        """Send what is queued, stop the writer, disconnect; writes after this raise."""
-        writer = self._writer
-        if writer is None:
-            return
-        self._closing = True
-        assert self._wake is not None
-        self._wake.set()
-        await writer
-        self._writer = None
-        client, self._redis = self._redis, None
-        if client is not None:
-            await client.aclose()
-
-    async def ping(self) -> bool:
-        """True when Redis answers (for /readyz)."""
-        client = self._redis
-        if client is None:
-            return False
-        try:
-            return bool(await client.ping())
-        except (RedisError, OSError):
-            return False
-
-    async def _eval(self, name: str, *args: Any) -> Any:
-        """A read-side script call; loads the scripts again after a Redis restart lost them."""
-        client = self._client()
-        try:
-            return await client.evalsha(self._shas[name], 0, self.prefix, *args)
-        except NoScriptError:
-            await self._load_scripts(client)
-            return await client.evalsha(self._shas[name], 0, self.prefix, *args)
-
-    def _client(self) -> aioredis.Redis:
-        client = self._redis
-        if client is None or self._closing:
-            raise StoreUnavailable("the store is closed")
-        return client
-
-    # ------------------------------------------------------------------ the writer
-
-    def _queue(
-        self,
-        script: str | None,
-        args: Sequence[Any],
-        done: Done,
-        arg: Any = None,
-        apply: Callable[[Any], Any] | None = None,
-    ) -> None:
-        if self._writer is None or self._closing:
-            raise StoreUnavailable("the store is closed")
-        self._ops.append(_Op(script, args, apply, done, arg))
-        if len(self._ops) == 1:
-            assert self._wake is not None
-            self._wake.set()
-
-    def _write(
-        self, script: str | None, args: Sequence[Any], apply: Callable[[Any], Any] | None = None
-    ) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue(script, args, settle_future, future, apply)
-        return future
-
-    async def _write_loop(self) -> None:
-        wake = self._wake
-        assert wake is not None
-        while True:
-            if not self._ops:
-                if self._closing:
-                    return
-                await wake.wait()
-                wake.clear()
-                continue
-            batch, self._ops = self._ops, []
-            await self._send(batch)
-
-    async def _send(self, batch: list[_Op], *, again: bool = False) -> None:
-        client = self._redis
-        assert client is not None
-        started = time.perf_counter()
-        results: list[Any]
-        try:
-            pipe = client.pipeline(transaction=False)
-            for op in batch:
-                if op.script is not None:
-                    pipe.evalsha(self._shas[op.script], 0, self.prefix, *op.args)
-            pipe.evalsha(self._shas["depths"], 0, self.prefix)
-            results = await pipe.execute(raise_on_error=False)
-        except Exception as exc:  # connection lost / refused: every write of the batch failed
-            self._failed(batch, exc)
-            return
-        self.commits += 1
-        self.largest_batch = max(self.largest_batch, len(batch))
-        self.metrics.store_commit(len(batch), time.perf_counter() - started)
-        self._set_depths(results[-1])
-        if not again and any(isinstance(r, NoScriptError) for r in results):
-            # Redis restarted and lost its script cache; a NOSCRIPT write did nothing, so the
-            # batch is sent again (writes that did run recognise themselves or are idempotent
-            # enough: see open()) after loading the scripts.
-            try:
-                await self._load_scripts(client)
-            except Exception as exc:
-                self._failed(batch, exc)
-                return
-            await self._send(batch, again=True)
-            return
-        i = 0
-        for op in batch:
-            result: Any = None
-            if op.script is not None:
-                result = results[i]
-                i += 1
-            if isinstance(result, BaseException):
-                self.metrics.store_error()
-                op.done(op.arg, None, _error(result))
-                continue
-            try:
-                if op.apply is not None:
-                    result = op.apply(result)
-            except Exception as exc:  # a bug in an apply: the caller learns, the store goes on
-                log.exception("store.apply_failed", script=op.script)
-                op.done(op.arg, None, exc)
-                continue
-            op.done(op.arg, result, None)
-
-    def _failed(self, batch: list[_Op], exc: BaseException) -> None:
-        self.failed_batches += 1
-        log.warning(
-            "store.redis_write_failed",
-            store=self.description,
-            writes=len(batch),
-            error=f"{type(exc).__name__}: {exc}"[:200],
-        )
-        error = StoreUnavailable(f"redis: {type(exc).__name__}: {exc}"[:300])
-        for op in batch:
-            self.metrics.store_error()
-            op.done(op.arg, None, error)
-
-    def _set_depths(self, raw: Any) -> None:
-        if isinstance(raw, BaseException) or not raw:
-            return
-        self._queue_depth = int(raw[0])
-        self._delivery_depths = {
-            _str(raw[i]): int(raw[i + 1]) for i in range(1, len(raw) - 1, 2)
-        }
-
-    async def refresh_depths(self) -> None:
-        """Read the depths again (a node that writes nothing still sees other nodes' work)."""
-        self._set_depths(await self._eval("depths"))
 
     # ------------------------------------------------------------------ messages
 
@@ -914,7 +302,7 @@ class RedisStore:
         for wanted, (found, blob, history) in zip(keys, rows, strict=True):
             if not found:
                 continue
-            mid = _str(found)
+            mid = to_str(found)
             if wanted is not None and wanted not in self._corr:  # dropped by expiry later
                 self._corr[wanted] = (mid, time.time() + _CACHED_CORRELATION)
             if not blob:
@@ -952,7 +340,7 @@ class RedisStore:
         found, blob, history = (await self._eval("fetch", "m", message_id))[0]
         if not blob:
             return None
-        mid = _str(found)
+        mid = to_str(found)
         held = self._live.get(mid)
         if held is None:
             return message_from_blob(blob)
@@ -962,7 +350,7 @@ class RedisStore:
     async def history(self, message_id: str) -> list[StateChange]:
         client = self._client()
         found: Any = await client.get(self.prefix + "p:" + message_id)
-        mid = _str(found) if found is not None else message_id
+        mid = to_str(found) if found is not None else message_id
         rows: Any = await client.lrange(f"{self.prefix}h:{mid}", 0, -1)
         return _history(message_id, rows)
 
@@ -970,7 +358,7 @@ class RedisStore:
         client = self._client()
         start = f"({after_id}" if after_id else "-"
         ids = [
-            _str(x)
+            to_str(x)
             for x in await client.zrangebylex(self.prefix + index, start, "+", 0, limit)
         ]
         if not ids:
@@ -996,55 +384,6 @@ class RedisStore:
         """This node's messages awaiting a report (its own and those it took over), by id."""
         return await self._messages(f"a:{self.node_id}", limit, after_id)
 
-    async def heartbeat(self, dead_after: float) -> list[tuple[str, list[str], list[str]]]:
-        """Say this node is alive for ``dead_after`` seconds and take over the work of every
-        node whose heartbeat has run out: [(dead node, queued ids, awaiting ids)] moved to this
-        node (README, "Running several nodes"). Sets :attr:`live_nodes`."""
-        rows = await self._eval(
-            "heartbeat", self.node_id, max(1, int(dead_after * 1000)), time.time()
-        )
-        self.live_nodes = max(1, int(rows[0]))
-        out = []
-        for i in range(1, len(rows), 3):
-            out.append(
-                (_str(rows[i]), [_str(x) for x in rows[i + 1]], [_str(x) for x in rows[i + 2]])
-            )
-        return out
-
-    async def delivery_leases(
-        self, hold: Iterable[str], release: Iterable[str], ttl: float
-    ) -> set[str]:
-        """Take or renew this node's lease on the delivery queue of each account in ``hold``
-        (it has a receiver bound there), give up those in ``release``; returns the accounts it
-        holds. One node at a time sends an account's queue, so an item goes out once."""
-        args: list[Any] = [self.node_id, max(1, int(ttl * 1000))]
-        for account in hold:
-            args += ["h", account]
-        for account in release:
-            args += ["r", account]
-        return {_str(a) for a in await self._eval("lease", *args)}
-
-    async def rate_wait(self, name: str, limit: int, window: float) -> float:
-        """Take one slot of the cluster-wide limit ``name`` (at most ``limit`` in any
-        ``window`` seconds): 0.0 when taken, else the seconds to wait before asking again."""
-        member = f"{self.node_id}:{next(self._members)}"
-        wait = await self._eval("rate", name, limit, max(1, int(window * 1000)), member)
-        return float(wait) / 1000
-
-    async def bind_fits(self, account: str, max_binds: int, here: int, ttl: float) -> bool:
-        """One more bind of ``account`` fits under ``max_binds`` with every live node's binds
-        counted (``here`` on this node); counted at once when it does."""
-        ttl_ms = max(1, int(ttl * 1000))
-        return bool(
-            await self._eval("binds", self.node_id, ttl_ms, "gate", account, max_binds, here)
-        )
-
-    async def publish_binds(self, binds: dict[str, int], ttl: float) -> None:
-        """This node's binds per account, for the other nodes' :meth:`bind_fits`."""
-        args: list[Any] = []
-        for account, n in binds.items():
-            args += [account, n]
-        await self._eval("binds", self.node_id, max(1, int(ttl * 1000)), "publish", *args)
 
     async def messages(self, ids: Sequence[str]) -> list[Message]:
         """Several messages by id (as Redis has them), in one round trip; unknown ids left out."""
@@ -1080,7 +419,7 @@ class RedisStore:
         )
 
     async def all_parts(self) -> list[StoredPart]:
-        keys = sorted(_str(k) for k in await self._client().smembers(self.prefix + "rk"))
+        keys = sorted(to_str(k) for k in await self._client().smembers(self.prefix + "rk"))
         out: list[StoredPart] = []
         for key in keys:
             out += await self.parts(key)
@@ -1111,7 +450,7 @@ class RedisStore:
         found = await self._client().hget(
             self.prefix + "c", _corr_field(provider, provider_message_id)
         )
-        return _str(found) if found is not None else None
+        return to_str(found) if found is not None else None
 
     async def expire_correlations(self, now: float) -> int:
         """Drop correlations with ``expires_at <= now`` (in pages); returns how many."""
@@ -1178,7 +517,7 @@ class RedisStore:
         entries: Any = await client.xrange(key, start, "+", count=limit + len(self._removing))
         if not entries:
             return []
-        ids = [int(_str(eid).partition("-")[2]) for eid, _ in entries]
+        ids = [int(to_str(eid).partition("-")[2]) for eid, _ in entries]
         attempts = await client.hmget(self.prefix + "dt", [str(n) for n in ids])
         out: list[DeliveryItem] = []
         for n, (_, fields), tries in zip(ids, entries, attempts, strict=True):
@@ -1199,7 +538,7 @@ class RedisStore:
 
     async def delivery_accounts(self) -> list[str]:
         client = self._client()
-        accounts = sorted(_str(a) for a in await client.smembers(self.prefix + "da"))
+        accounts = sorted(to_str(a) for a in await client.smembers(self.prefix + "da"))
         if not accounts:
             return []
         pipe = client.pipeline(transaction=False)
@@ -1234,7 +573,7 @@ class RedisStore:
 
     def note_delivery_attempt_nowait(self, delivery_id: int) -> None:
         with contextlib.suppress(StoreUnavailable):  # the count is informational
-            self._queue("attempt", [delivery_id], _ignore)
+            self._queue("attempt", [delivery_id], ignore)
 
     async def expire_deliveries(self, older_than: float) -> int:
         """Drop queued items enqueued before ``older_than`` (a scan of every account's queue,
@@ -1260,13 +599,3 @@ class RedisStore:
         if account is None:
             return sum(self._delivery_depths.values())
         return self._delivery_depths.get(account, 0)
-
-
-def _error(result: BaseException) -> BaseException:
-    if isinstance(result, ResponseError):
-        text = str(result)
-        marker = text.find("DUP ")
-        if marker >= 0:
-            return DuplicateMessage(f"message id {text[marker + 4 :]!r} is already stored")
-        return StoreUnavailable(f"redis: {text}"[:300])
-    return result
