@@ -23,7 +23,7 @@ from bridge import __version__
 from bridge.admin.store_view import StoreView
 from bridge.core.model import Address, InboundMessage, Message, Receipt
 from bridge.core.pipeline import AccountPolicy, Rejected, normalise_destination
-from bridge.observability import LOG_LEVELS, get_log_level, set_log_level
+from bridge.logs import LOG_LEVELS, get_log_level, set_log_level
 
 if TYPE_CHECKING:
     from bridge.app import Bridge
