@@ -234,7 +234,8 @@ class Bridge:
             free_bytes=lambda: shutil.disk_usage(st.data_dir).free,
             data_dir=str(st.data_dir),
         )
-        self._routed = frozenset(name for r in self.router.routes for name in r.providers)
+        #: Providers some route sends to.
+        self.routed_providers = frozenset(n for r in self.router.routes for n in r.providers)
         #: The last balance each provider reported (for the admin status).
         self.balances: dict[str, float] = {}
         self.http = HttpServer(
@@ -324,12 +325,7 @@ class Bridge:
 
     def _metrics_text(self) -> bytes:
         """GET /metrics: the text exposition of the bridge's registry."""
-        # The bridge's own CollectorRegistry (Bridge.registry) once the metrics wiring has
-        # one; until then the process-wide default (python_gc_*, process_* collectors).
-        registry = getattr(self, "registry", None)
-        if registry is None:
-            registry = prometheus_client.REGISTRY
-        return prometheus_client.generate_latest(registry)
+        return prometheus_client.generate_latest(self.registry)
 
     async def health(self) -> HealthReport:
         """GET /readyz: can this bridge take a message and keep its promise for it?
@@ -340,18 +336,14 @@ class Bridge:
         store_ok = await store_writable(self.store)
         listening = bool(self.smpp.ports) and self.smpp.listening
         providers = await self.provider_checks.check()
+        disk_space = not self.pipeline.disk_low
         report = HealthReport(
-            store_ok, listening, providers, self._routed, disk_space=not self.pipeline.disk_low
+            store_ok, listening, providers, self.routed_providers, disk_space=disk_space
         )
         if self.cluster is not None:  # cluster mode: say so, and which node this is
             report.extra["redis"] = store_ok
             report.extra["node"] = self.node_id
         return report
-
-    @property
-    def routed_providers(self) -> frozenset[str]:
-        """Providers some route sends to."""
-        return self._routed
 
     def listeners(self) -> dict[str, str]:
         """Where this bridge listens, by name (smpp, smpp_tls, http, admin)."""
@@ -363,10 +355,6 @@ class Bridge:
         out["http"] = self.http.address
         out["admin"] = self.admin_http.address
         return out
-
-    async def provider_health(self) -> dict[str, bool]:
-        """Each provider's last health check (refreshed when older than a few seconds)."""
-        return await self.provider_checks.check()
 
     def metrics_snapshot(self) -> Snapshot:
         """The scrape-time gauges (BridgeCollector); runs in the loop (the /metrics route)."""

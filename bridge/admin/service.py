@@ -140,7 +140,7 @@ class AdminService:
             }
             for name, sessions in sorted(binds.items())
         ]
-        health = await b.provider_health()
+        health = await b.provider_checks.check()
         providers = []
         for name in b.providers:
             breaker = b.dispatcher.breakers[name]
