@@ -145,6 +145,23 @@ class SampledLog:
         return True
 
 
+class _Children(dict[Any, Any]):
+    """The labelled children of one metric family by label value(s), made on first use:
+    ``children[key].inc()`` is one dict lookup once the child exists (dict's own, as for a
+    plain dict); only the first use of a key runs :meth:`__missing__`."""
+
+    __slots__ = ("_family",)
+
+    def __init__(self, family: Any) -> None:
+        super().__init__()
+        self._family = family
+
+    def __missing__(self, key: Any) -> Any:
+        labels = key if isinstance(key, tuple) else (key,)
+        child = self[key] = self._family.labels(*labels)
+        return child
+
+
 class ProviderMetrics:
     """The labelled children of one provider, resolved once (the dispatcher keeps one each)."""
 
@@ -384,15 +401,15 @@ class Metrics:
         )
         self.build_info.labels(__version__).set(1)
 
-        self._accepted: dict[str, Any] = {}
-        self._rejected: dict[tuple[str, str], Any] = {}
-        self._throttled: dict[tuple[str, str], Any] = {}
-        self._reports: dict[tuple[str, str], Any] = {}
-        self._receipts: dict[str, Any] = {}
+        self._accepted = _Children(self.messages_accepted)
+        self._rejected = _Children(self.messages_rejected)
+        self._throttled = _Children(self.smpp_throttled)
+        self._reports = _Children(self.reports)
+        self._receipts = _Children(self.receipts)
         self._deliver = {result: self.deliver_sm.labels(result) for result in DELIVER_RESULTS}
-        self._reassembly = {
-            reason: self.reassembly_timeouts.labels(reason) for reason in REASSEMBLY_REASONS
-        }
+        self._reassembly = _Children(self.reassembly_timeouts)
+        for reason in REASSEMBLY_REASONS:
+            self._reassembly[reason] = self.reassembly_timeouts.labels(reason)
         self._providers: dict[str, ProviderMetrics] = {}
         self._refused = {reason: self.smpp_refused.labels(reason) for reason in REFUSE_REASONS}
         self._events = {event: self.smpp_events.labels(event) for event in SMPP_EVENTS}
@@ -458,32 +475,18 @@ class Metrics:
         return hist
 
     def throttled(self, account: str, reason: str) -> None:
-        key = (account, reason)
-        child = self._throttled.get(key)
-        if child is None:
-            child = self._throttled[key] = self.smpp_throttled.labels(account, reason)
-        child.inc()
+        self._throttled[account, reason].inc()
 
     # ------------------------------------------------------------------ messages
 
     def accepted(self, account: str) -> None:
-        child = self._accepted.get(account)
-        if child is None:
-            child = self._accepted[account] = self.messages_accepted.labels(account)
-        child.inc()
+        self._accepted[account].inc()
 
     def rejected(self, account: str, reason: str) -> None:
-        key = (account, reason)
-        child = self._rejected.get(key)
-        if child is None:
-            child = self._rejected[key] = self.messages_rejected.labels(account, reason)
-        child.inc()
+        self._rejected[account, reason].inc()
 
     def reassembly_timeout(self, reason: str) -> None:
-        child = self._reassembly.get(reason)
-        if child is None:
-            child = self._reassembly[reason] = self.reassembly_timeouts.labels(reason)
-        child.inc()
+        self._reassembly[reason].inc()
 
     # ------------------------------------------------------------------ providers
 
@@ -497,11 +500,7 @@ class Metrics:
     # ------------------------------------------------------------------ reports, receipts
 
     def report(self, provider: str, result: str) -> None:
-        key = (provider, result)
-        child = self._reports.get(key)
-        if child is None:
-            child = self._reports[key] = self.reports.labels(provider, result)
-        child.inc()
+        self._reports[provider, result].inc()
 
     def callback(self, provider: str, kind: str, status: int) -> None:
         self.callbacks.labels(provider, kind, str(status)).inc()
@@ -513,10 +512,7 @@ class Metrics:
         self.provider_events.labels(provider, event).inc()
 
     def receipts_queued(self, state: str, count: int = 1) -> None:
-        child = self._receipts.get(state)
-        if child is None:
-            child = self._receipts[state] = self.receipts.labels(state)
-        child.inc(count)
+        self._receipts[state].inc(count)
 
     def delivered(self, result: str) -> None:
         """One deliver_sm attempt: ``result`` in :data:`DELIVER_RESULTS`."""
