@@ -317,18 +317,19 @@ class AdminService:
             raise AdminError(404, f"no provider {name!r} (configured: {known})")
 
     def pause(self, name: str) -> dict[str, Any]:
-        self._known_provider(name)
-        changed = self.bridge.dispatcher.pause(name)
-        if changed:
-            log.warning("admin.provider_paused", provider=name)
-        return {"provider": name, "paused": True, "changed": changed}
+        return self._set_paused(name, True)
 
     def resume(self, name: str) -> dict[str, Any]:
+        return self._set_paused(name, False)
+
+    def _set_paused(self, name: str, paused: bool) -> dict[str, Any]:
         self._known_provider(name)
-        changed = self.bridge.dispatcher.resume(name)
+        dispatcher = self.bridge.dispatcher
+        changed = dispatcher.pause(name) if paused else dispatcher.resume(name)
         if changed:
-            log.warning("admin.provider_resumed", provider=name)
-        return {"provider": name, "paused": False, "changed": changed}
+            event = "admin.provider_paused" if paused else "admin.provider_resumed"
+            log.warning(event, provider=name)
+        return {"provider": name, "paused": paused, "changed": changed}
 
     def kick(self, target: str) -> dict[str, Any]:
         """Unbind and close a session (by its id, as ``status`` lists it) or every session of
