@@ -93,6 +93,7 @@ class ConfigError(Exception):
 # --------------------------------------------------------------------------------------------
 # The whole file
 
+
 def _default_providers() -> dict[str, ProviderConfig]:
     return {"sandbox": sandbox.Settings()}
 
@@ -161,9 +162,9 @@ _MODEL_AT: dict[tuple[str, ...], type[BaseModel]] = {
 _INTERNAL_KEYS: dict[tuple[str, ...], set[str]] = {(): {"source_path", "command_line_sets"}}
 
 
-
 # --------------------------------------------------------------------------------------------
 # Loading
+
 
 def _load(
     text: str,

@@ -71,6 +71,7 @@ MAX_SYSTEM_ID_LENGTH = 15  # SMPP 3.4: C-Octet String, max 16 octets including t
 # --------------------------------------------------------------------------------------------
 # Field types
 
+
 def _check_system_id(value: str) -> str:
     if not 1 <= len(value) <= MAX_SYSTEM_ID_LENGTH or not all("\x21" <= c <= "\x7e" for c in value):
         raise ValueError(
@@ -499,7 +500,6 @@ class PipelineConfig(Section):
     breaker_cooldown: PosFloat = 5.0
     breaker_cooldown_max: PosFloat = 30.0
     breaker_health_interval: NonNegFloat = 5.0
-
 
 
 class RouteConfig(Section):
