@@ -41,7 +41,7 @@ from bridge.app import Bridge
 from bridge.bench.wire import submit_bytes as _submit_bytes
 from bridge.config import load_config_text
 from bridge.core.admission import normalise_destination, normalise_source
-from bridge.observability import configure_logging
+from bridge.logs import configure_logging
 from bridge.runtime import tune_gc
 from bridge.smpp.events import BindType
 from bridge.smpp.pdu import CommandId, Pdu, decode, encode

@@ -106,7 +106,7 @@ class _Accepting:
 
 
 def _serve(port_out: Any, log_path: str, settings: dict[str, Any], stop: Any) -> None:
-    from bridge.observability import configure_logging
+    from bridge.logs import configure_logging
 
     if not os.environ.get("STORM_ASYNCIO"):
         with contextlib.suppress(ImportError):

@@ -1,6 +1,9 @@
 """Wiring: builds the parts from a :class:`~bridge.config.Config`, starts and stops them in order.
 
-This is the only module that knows every layer (docs/architecture.md, "arrows point down").
+This is the only module that knows every layer (docs/architecture.md, "arrows point down"). It
+decides nothing itself: who owns an inbound number is :mod:`bridge.core.inbound`, readiness
+:mod:`bridge.core.health`, the timed chores :mod:`bridge.core.housekeeping`, the callback URLs
+and their tokens :mod:`bridge.web.callbacks`.
 """
 
 from __future__ import annotations
@@ -8,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
-import hmac
 import shutil
 import signal
 import time
@@ -24,21 +25,17 @@ from pydantic import SecretStr
 from bridge.admin.service import AdminService
 from bridge.admin.token import admin_token
 from bridge.admin.web import build_admin_app
-from bridge.config import (
-    AccountConfig,
-    AdminConfig,
-    Config,
-    ConfigError,
-    HttpConfig,
-    ProviderConfig,
-    apply_overrides,
-    load_config,
-)
+from bridge.collectors import BridgeCollector, Snapshot
+from bridge.config import Config, ConfigError, apply_overrides, load_config
+from bridge.config_sections import AccountConfig, AdminConfig, HttpConfig
 from bridge.core.accounts import AccountRegistry
 from bridge.core.admission import AccountPolicy, RejectReason
 from bridge.core.delivery import DeliveryQueue, ReceiptSender
 from bridge.core.dispatcher import Dispatcher
-from bridge.core.model import InboundMessage, MessageState
+from bridge.core.health import ProviderHealth, store_writable
+from bridge.core.housekeeping import Housekeeper
+from bridge.core.inbound import InboundRouter, inbound_owners
+from bridge.core.model import MessageState
 from bridge.core.pipeline import Pipeline
 from bridge.core.provider import (
     CallbackKind,
@@ -50,15 +47,16 @@ from bridge.core.provider import (
 )
 from bridge.core.reports import ReportHandler
 from bridge.core.router import Route, Router
-from bridge.observability import BridgeCollector, Metrics, Snapshot, register_secret
-from bridge.passwords import secret_file
-from bridge.providers.registry import PROVIDER_TYPES
+from bridge.logs import register_secret
+from bridge.observability import Metrics
+from bridge.providers.registry import ProviderConfig, build_provider
 from bridge.runtime import tune_gc
 from bridge.smpp.server import ServerConfig, SessionInfo, SmppServer
 from bridge.smpp.session import SessionConfig
 from bridge.smsc import SmppReceiptSender, SmscHandler, decode_payload, text_units
 from bridge.store.embedded import EmbeddedStore
 from bridge.store.legacy import import_legacy
+from bridge.web.callbacks import callback_base, callback_secret, callback_token, callback_url
 from bridge.web.guard import HttpGuard
 from bridge.web.server import CallbackEndpoint, HealthReport, HttpServer, build_app
 
@@ -67,18 +65,6 @@ if TYPE_CHECKING:  # cluster mode's modules (and redis-py) load only when a stor
     from bridge.store.redis import RedisStore
 
 log = structlog.get_logger("bridge.app")
-
-#: Provider health checks may be remote calls (a balance query): /readyz reuses a result this
-#: many seconds old rather than hitting every provider on every probe, and gives up on a
-#: provider that has not answered within PROVIDER_HEALTH_TIMEOUT (it counts as unhealthy).
-PROVIDER_HEALTH_TTL = 5.0
-PROVIDER_HEALTH_TIMEOUT = 2.0
-#: bridge_provider_up: providers are checked this often in the background (and whenever /readyz
-#: asks); the gauge shows the last answer.
-PROVIDER_UP_INTERVAL = 30.0
-
-
-CALLBACK_SECRET_FILE = "callback.secret"
 
 
 def _build_store(cfg: Config, metrics: Metrics) -> EmbeddedStore | RedisStore:
@@ -164,17 +150,17 @@ class Bridge:
             ["node", "store"],
             registry=self.registry,
         ).labels(self.node_id, "redis" if cfg.storage.url else "embedded").set(1)
-        self._callback_secret = _callback_secret(cfg)
+        secret = callback_secret(cfg)
         self.callback_tokens = {
-            name: _callback_token(self._callback_secret, name, pc)
-            for name, pc in cfg.providers.items()
+            name: callback_token(secret, name, pc) for name, pc in cfg.providers.items()
         }
         _register_secrets(cfg, self.callback_tokens.values())
-        self.providers: dict[str, Provider] = {
-            name: _build_provider(name, pc, self._provider_context(name))
+        self.providers: dict[str, Provider] = {}
+        self.provider_checks = ProviderHealth(self.providers)
+        self.providers.update(
+            (name, build_provider(name, pc, self._provider_context(name)))
             for name, pc in cfg.providers.items()
-        }
-        self._owners = _inbound_owners(cfg.accounts)
+        )
         _prime_metrics(metrics, cfg)
         capabilities = {
             name: _with_limits(p.capabilities, cfg.providers[name])
@@ -235,16 +221,24 @@ class Bridge:
             metrics=metrics,
         )
         self.handler.on_bound.append(self._on_bound)
-        self._reaper: asyncio.Task[None] | None = None
-        self._housekeeper: asyncio.Task[None] | None = None
-        self._health_checker: asyncio.Task[None] | None = None
-        self._disk_watch: asyncio.Task[None] | None = None
-        self._routed = frozenset(name for r in self.router.routes for name in r.providers)
+        self.inbound = InboundRouter(
+            _owners(cfg.accounts), self.accounts, self.store, self.deliveries, clock, metrics
+        )
+        st = cfg.storage
+        self.housekeeper = Housekeeper(
+            self.pipeline,
+            self.store,
+            clock,
+            metrics,
+            retention=st.retention,
+            min_free_mb=st.min_free_mb,
+            free_bytes=lambda: shutil.disk_usage(st.data_dir).free,
+            data_dir=str(st.data_dir),
+        )
+        #: Providers some route sends to.
+        self.routed_providers = frozenset(n for r in self.router.routes for n in r.providers)
         #: The last balance each provider reported (for the admin status).
         self.balances: dict[str, float] = {}
-        self._provider_health: dict[str, bool] = {}
-        self._provider_health_at = float("-inf")
-        self._provider_health_lock = asyncio.Lock()
         self.http = HttpServer(
             cfg.http.host,
             cfg.http.port,
@@ -293,11 +287,11 @@ class Bridge:
             gauge.set(value)
             self.balances[name] = value
 
-        def callback_url(kind: CallbackKind) -> str | None:
+        def url_for(kind: CallbackKind) -> str | None:
             return self.callback_url(name, kind)
 
         def set_healthy(healthy: bool) -> None:
-            self._provider_health[name] = healthy
+            self.provider_checks.set(name, healthy)
 
         def count_event(event: str) -> None:
             self.metrics.provider_event(name, event)
@@ -305,7 +299,7 @@ class Bridge:
         return ProviderContext(
             name=name,
             clock=self.clock,
-            callback_url=callback_url,
+            callback_url=url_for,
             set_balance=balance,
             set_healthy=set_healthy,
             state_dir=Path(self.cfg.storage.data_dir) / "providers",
@@ -318,7 +312,7 @@ class Bridge:
         token = self.callback_tokens.get(provider)
         if token is None:
             return None
-        return _callback_url(_callback_base(self.cfg, self.http.port), provider, token, kind)
+        return callback_url(callback_base(self.cfg, self.http.port), provider, token, kind)
 
     def _wake_account(self, account: str) -> None:
         self.deliveries.wake(account)
@@ -332,41 +326,25 @@ class Bridge:
 
     def _metrics_text(self) -> bytes:
         """GET /metrics: the text exposition of the bridge's registry."""
-        # The bridge's own CollectorRegistry (Bridge.registry) once the metrics wiring has
-        # one; until then the process-wide default (python_gc_*, process_* collectors).
-        registry = getattr(self, "registry", None)
-        if registry is None:
-            registry = prometheus_client.REGISTRY
-        return prometheus_client.generate_latest(registry)
+        return prometheus_client.generate_latest(self.registry)
 
     async def health(self) -> HealthReport:
         """GET /readyz: can this bridge take a message and keep its promise for it?
 
-        Store: a write transaction that changes nothing (expiring correlations up to time 0)
-        goes through the same writer thread and commit as a submit_sm, so it fails when the
-        store is closed, its writer died or the disk refuses writes. Listeners: the SMPP
-        sockets accept connections. Providers: each one's ``healthy()``, cached briefly.
+        Store: a write goes through (:func:`~bridge.core.health.store_writable`). Listeners: the
+        SMPP sockets accept connections. Providers: each one's ``healthy()``, cached briefly.
         """
-        try:
-            await asyncio.wait_for(self.store.expire_correlations(0.0), PROVIDER_HEALTH_TIMEOUT)
-            store_ok = True
-        except Exception as exc:
-            log.warning("health.store_failed", error=type(exc).__name__)
-            store_ok = False
+        store_ok = await store_writable(self.store)
         listening = bool(self.smpp.ports) and self.smpp.listening
-        providers = await self._providers_health()
+        providers = await self.provider_checks.check()
+        disk_space = not self.pipeline.disk_low
         report = HealthReport(
-            store_ok, listening, providers, self._routed, disk_space=not self.pipeline.disk_low
+            store_ok, listening, providers, self.routed_providers, disk_space=disk_space
         )
         if self.cluster is not None:  # cluster mode: say so, and which node this is
             report.extra["redis"] = store_ok
             report.extra["node"] = self.node_id
         return report
-
-    @property
-    def routed_providers(self) -> frozenset[str]:
-        """Providers some route sends to."""
-        return self._routed
 
     def listeners(self) -> dict[str, str]:
         """Where this bridge listens, by name (smpp, smpp_tls, http, admin)."""
@@ -378,30 +356,6 @@ class Bridge:
         out["http"] = self.http.address
         out["admin"] = self.admin_http.address
         return out
-
-    async def provider_health(self) -> dict[str, bool]:
-        """Each provider's last health check (refreshed when older than a few seconds)."""
-        return await self._providers_health()
-
-    async def _providers_health(self) -> dict[str, bool]:
-        """Each provider's ``healthy()``, asked concurrently at most every PROVIDER_HEALTH_TTL
-        seconds (concurrent probes share one round); a timeout or an exception is unhealthy."""
-
-        async def check(name: str, provider: Provider) -> bool:
-            try:
-                return bool(await asyncio.wait_for(provider.healthy(), PROVIDER_HEALTH_TIMEOUT))
-            except Exception as exc:
-                log.warning("health.provider_failed", provider=name, error=type(exc).__name__)
-                return False
-
-        async with self._provider_health_lock:
-            now = time.monotonic()
-            if now - self._provider_health_at >= PROVIDER_HEALTH_TTL:
-                names = list(self.providers)
-                results = await asyncio.gather(*(check(n, self.providers[n]) for n in names))
-                self._provider_health = dict(zip(names, results, strict=True))
-                self._provider_health_at = time.monotonic()
-            return dict(self._provider_health)
 
     def metrics_snapshot(self) -> Snapshot:
         """The scrape-time gauges (BridgeCollector); runs in the loop (the /metrics route)."""
@@ -433,7 +387,7 @@ class Bridge:
             connections=self.smpp.connection_count,
             sessions=sessions,
             queues=queues,
-            providers_up=dict(self._provider_health),
+            providers_up=dict(self.provider_checks.last),
             circuit_open={name: b.is_open for name, b in self.dispatcher.breakers.items()},
             paused={name: name in self.dispatcher.paused for name in self.providers},
             deliveries_waiting=waiting,
@@ -443,40 +397,6 @@ class Bridge:
             upstream_events=upstream_events,
         )
 
-    async def _check_providers(self, interval: float = PROVIDER_UP_INTERVAL) -> None:
-        """Keep bridge_provider_up current even when nothing probes /readyz."""
-        while True:
-            try:
-                await self._providers_health()
-            except Exception:
-                log.exception("health.provider_check_failed")
-            await asyncio.sleep(interval)
-
-    def owner_of(self, number: str) -> str | None:
-        """The account whose ``inbound_numbers`` match ``number`` (exact, else the longest
-        ``prefix*``), or None."""
-        return _owner(self._owners, number)
-
-    async def _inbound(self, message: InboundMessage) -> bool:
-        """The providers' inbound sink: queue the MO durably for its account (the one the
-        adapter named, else the owner of the receiving number)."""
-        account = message.account or self.owner_of(message.destination.digits)
-        if account is None or self.accounts.get(account) is None:
-            log.warning(
-                "inbound_unowned",
-                provider=message.provider,
-                destination=message.destination.digits,
-                account=account,
-            )
-            self.metrics.inbound(message.provider, "unowned")
-            return False
-        if account != message.account:
-            message = dataclasses.replace(message, account=account)
-        await self.store.enqueue_delivery(account, message, self.clock())
-        self.metrics.inbound(message.provider, "queued")
-        self.deliveries.wake(account)
-        return True
-
     async def start(self) -> None:
         data_dir = Path(self.cfg.storage.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -485,19 +405,14 @@ class Bridge:
             await import_legacy(data_dir, self.store.directory)
         await self.store.open()
         for provider in self.providers.values():
-            await provider.start(self.reports.on_report, self._inbound)
+            await provider.start(self.reports.on_report, self.inbound.deliver)
         await self.pipeline.restore()
         await self.dispatcher.start()
         self.deliveries.start()
         if self.cluster is not None:
             self.cluster.start()
-        self._reaper = asyncio.create_task(self._reap_parts(), name="reassembly-timeouts")
-        self._housekeeper = asyncio.create_task(self._housekeeping(), name="housekeeping")
-        self._health_checker = asyncio.create_task(
-            self._check_providers(), name="provider-health"
-        )
-        self._check_disk()
-        self._disk_watch = asyncio.create_task(self._watch_disk(), name="disk-watch")
+        self.housekeeper.start()
+        self.provider_checks.start()
         await self.smpp.start()
         try:
             await self.http.start()
@@ -507,89 +422,13 @@ class Bridge:
             await self.stop()  # e.g. the HTTP port is taken: leave nothing half-started
             raise
 
-    async def _watch_disk(self, interval: float = 1.0) -> None:
-        """Every second: is there room on the store's disk? (One statvfs call, microseconds.)"""
-        while True:
-            await asyncio.sleep(interval)
-            self._check_disk()
-
-    def _check_disk(self) -> None:
-        """Refuse new submits (ESME_RMSGQFUL) while free space is under ``[storage]
-        min_free_mb``, and say so once — a WARNING when it starts, INFO when it ends — rather
-        than one line per refusal on the very disk that is full."""
-        minimum = self.cfg.storage.min_free_mb * 1024 * 1024
-        try:
-            free = shutil.disk_usage(self.cfg.storage.data_dir).free
-        except OSError as exc:
-            log.warning("store.disk_unreadable", error=repr(exc))
-            return
-        self.metrics.store_free_bytes.set(free)
-        low = minimum > 0 and free < minimum
-        if low == self.pipeline.disk_low:
-            return
-        self.pipeline.disk_low = low
-        if low:
-            log.warning(
-                "store.disk_low",
-                free_mb=free // (1024 * 1024),
-                min_free_mb=self.cfg.storage.min_free_mb,
-                data_dir=str(self.cfg.storage.data_dir),
-                action="new submits refused with ESME_RMSGQFUL until space is freed",
-            )
-        else:
-            log.info("store.disk_ok", free_mb=free // (1024 * 1024), submits="accepted again")
-
-    async def _reap_parts(self) -> None:
-        """Time out incomplete concatenated messages (each part gets a failure receipt)."""
-        while True:
-            deadline = self.pipeline.reassembly.next_deadline()
-            now = self.clock()
-            delay = 1.0 if deadline is None else min(1.0, max(0.0, deadline - now))
-            await asyncio.sleep(delay)
-            try:
-                await self.pipeline.expire_parts()
-            except Exception:
-                log.exception("pipeline.expire_parts_failed")
-
-    async def _housekeeping(self, interval: float = 300.0) -> None:
-        """Forget provider-id correlations past their expiry (reports for them count as
-        unknown) and purge final messages past ``[storage] retention``, so the database does
-        not grow for ever. Purging runs in batches of short transactions."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                removed = await self.store.expire_correlations(self.clock())
-                if removed:
-                    log.info("store.correlations_expired", count=removed)
-                retention = self.cfg.storage.retention
-                if retention > 0:
-                    purged = await self._purge(self.clock() - retention)
-                    if purged:
-                        log.info("store.messages_purged", count=purged)
-            except Exception:
-                log.exception("store.housekeeping_failed")
-
-    async def _purge(self, created_before: float, batch: int = 10_000) -> int:
-        """Purge in batches, one short transaction each, so live writes are never held up
-        for long, until the backlog is gone."""
-        total = 0
-        while True:
-            n = await self.store.purge_final(created_before, batch)
-            total += n
-            if n < batch:
-                return total
-            await asyncio.sleep(0)
-
     async def stop(self) -> None:
         await self.admin_http.stop()  # first (started last): no probe sees half-stopped parts
         await self.admin.stop()
         await self.http.stop()
         await self.smpp.stop()
-        for task in (self._reaper, self._housekeeper, self._health_checker, self._disk_watch):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await self.housekeeper.stop()
+        await self.provider_checks.stop()
         if self.cluster is not None:
             await self.cluster.stop()
         await self.dispatcher.stop()
@@ -621,7 +460,7 @@ class Bridge:
         # so a file refused at any step leaves the running config whole (README, "Reliability").
         try:
             accounts = new.to_accounts()
-            owners = _inbound_owners(new.accounts)
+            owners = _owners(new.accounts)
             policies = {a.system_id: _policy(a) for a in new.accounts}
             routes = _routes(new, self.providers)
         except Exception as exc:
@@ -632,7 +471,7 @@ class Bridge:
         # sessions (README "Revocation").
         revoked = self.smpp.revoke_changed()
         _prime_metrics(self.metrics, new)
-        self._owners = owners
+        self.inbound.owners = owners
         self.policies.clear()
         self.policies.update(policies)
         self.router.replace_routes(routes)
@@ -706,85 +545,9 @@ def _policy(a: AccountConfig) -> AccountPolicy:
     )
 
 
-def callback_urls(cfg: Config) -> dict[str, dict[str, str]]:
-    """Each push-capable provider's callback URLs by kind, as a running bridge on ``cfg`` would
-    hand them out (``smpp-bridge callback-urls``): for provider web interfaces that want the URL
-    typed in (an account-level push URL). Uses the same secret as the bridge (the data
-    directory's ``callback.secret`` is created if it does not exist yet)."""
-    secret = _callback_secret(cfg)
-    base = _callback_base(cfg, cfg.http.port)
-    urls: dict[str, dict[str, str]] = {}
-    for name, pc in cfg.providers.items():
-        provider = _build_provider(name, pc, ProviderContext(name=name))
-        if isinstance(provider, CallbackProvider):
-            token = _callback_token(secret, name, pc)
-            # A provider whose account-level URL must carry placeholders says which.
-            suffixes: Mapping[str, str] = getattr(provider, "callback_url_suffixes", {})
-            urls[name] = {
-                kind: _callback_url(base, name, token, kind) + suffixes.get(kind, "")
-                for kind in provider.callback_kinds
-            }
-    return urls
-
-
-def _callback_base(cfg: Config, port: int) -> str:
-    """``[http] public_url``, else this server's own address on ``port`` (a wildcard listen
-    address becomes loopback: right for local simulators; production sets public_url)."""
-    if cfg.http.public_url is not None:
-        return cfg.http.public_url
-    host = cfg.http.host
-    if host in ("", "0.0.0.0", "::"):
-        host = "127.0.0.1"
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{port}"
-
-
-def _callback_url(base: str, provider: str, token: str, kind: str) -> str:
-    return f"{base}/callbacks/{provider}/{token}/{kind}"
-
-
-def _build_provider(name: str, pc: ProviderConfig, ctx: ProviderContext) -> Provider:
-    """The adapter a ``[providers.NAME]`` table describes (bridge.providers.registry)."""
-    return PROVIDER_TYPES[pc.type].create(name, pc, ctx)
-
-
-def _callback_secret(cfg: Config) -> bytes:
-    """``[http] callback_secret``, else a random secret kept in the data directory (created
-    once, mode 0600), so callback URLs handed to providers survive restarts."""
-    if cfg.http.callback_secret is not None:
-        return cfg.http.callback_secret.get_secret_value().encode()
-    value = secret_file(Path(cfg.storage.data_dir) / CALLBACK_SECRET_FILE)
-    assert value is not None  # created when missing
-    return value.encode()
-
-
-def _callback_token(secret: bytes, name: str, pc: ProviderConfig) -> str:
-    """The provider's ``callback_token``, else HMAC-SHA256(secret, name): unguessable without
-    the secret, stable across restarts, different per provider."""
-    token = getattr(pc, "callback_token", None)
-    if token is not None:
-        return str(token.get_secret_value())
-    return hmac.new(secret, f"callback:{name}".encode(), hashlib.sha256).hexdigest()[:40]
-
-
-def _inbound_owners(accounts: list[AccountConfig]) -> dict[str, str]:
-    """``inbound_numbers`` → account; prefixes keep their trailing ``*``."""
-    owners: dict[str, str] = {}
-    for a in accounts:
-        for number in a.inbound_numbers:
-            owners.setdefault(number.lstrip("+"), a.system_id)
-    return owners
-
-
-def _owner(owners: Mapping[str, str], number: str) -> str | None:
-    digits = number.lstrip("+")
-    if digits in owners:
-        return owners[digits]
-    for end in range(len(digits), 0, -1):
-        owner = owners.get(digits[:end] + "*")
-        if owner is not None:
-            return owner
-    return None
+def _owners(accounts: list[AccountConfig]) -> dict[str, str]:
+    """``inbound_numbers`` → account (bridge.core.inbound)."""
+    return inbound_owners((a.system_id, a.inbound_numbers) for a in accounts)
 
 
 def _with_limits(caps: Capabilities, pc: ProviderConfig) -> Capabilities:

@@ -11,6 +11,10 @@ import importlib
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bridge.config import Config
 
 DEFAULT_CONFIG = "config/bridge.toml"
 
@@ -208,7 +212,7 @@ def _admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from bridge.observability import configure_logging
+    from bridge.logs import configure_logging
     from bridge.simulators import SIMULATORS
 
     options: dict[str, str] = {}
@@ -237,7 +241,7 @@ def _simulate(args: argparse.Namespace) -> int:
 def _send(args: argparse.Namespace) -> int:
     import os
 
-    from bridge.observability import configure_logging
+    from bridge.logs import configure_logging
     from bridge.send import PASSWORD_ENV, SendError, SendRequest, UsageError, send
 
     password = args.password
@@ -326,13 +330,20 @@ def main(argv: list[str] | None = None) -> int:
     return _run(args)
 
 
-def _check_config(path: str, sets: list[str]) -> int:
+def _load(path: str, sets: list[str]) -> Config | None:
+    """The config file, or None after printing its problems (the caller exits 2)."""
     from bridge.config import ConfigError, load_config
 
     try:
-        cfg = load_config(path, sets=sets)
+        return load_config(path, sets=sets)
     except ConfigError as e:
         print(str(e), file=sys.stderr)
+        return None
+
+
+def _check_config(path: str, sets: list[str]) -> int:
+    cfg = _load(path, sets)
+    if cfg is None:
         return 2
     from bridge.summary import summary_lines
 
@@ -343,13 +354,10 @@ def _check_config(path: str, sets: list[str]) -> int:
 
 
 def _callback_urls(path: str, sets: list[str]) -> int:
-    from bridge.app import callback_urls
-    from bridge.config import ConfigError, load_config
+    from bridge.web.callbacks import callback_urls
 
-    try:
-        cfg = load_config(path, sets=sets)
-    except ConfigError as e:
-        print(str(e), file=sys.stderr)
+    cfg = _load(path, sets)
+    if cfg is None:
         return 2
     urls = callback_urls(cfg)
     if not urls:
@@ -375,7 +383,7 @@ def _hash_password(password: str | None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from bridge.app import run
     from bridge.config import ConfigError, apply_overrides, load_config
-    from bridge.observability import configure_logging
+    from bridge.logs import configure_logging
 
     overrides: dict[str, object] = {
         k: v

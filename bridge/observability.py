@@ -1,346 +1,34 @@
-"""Logging setup (structlog): JSON lines in production, readable lines on a terminal.
+"""Metrics (Prometheus, ``bridge_`` prefix) and the sampled log: what the code paths use to be
+observed, each event at the smallest cost that still counts it.
 
-The filtering bound logger (:class:`LevelFilteringLogger`) drops calls below the current level
-before any formatting work (one comparison with a module global; about 0.35 µs a call), which is
-what keeps DEBUG-level per-message events affordable on the hot path. The level is that global,
-not a property of the cached logger classes, so :func:`set_log_level` changes it at run time
-(the admin API's ``log-level``) for every logger, including those already cached. Secrets
-never reach a log call in the first place; as a second line of defence, a :class:`Redactor`
-blanks any event key that names one, and message text too (``[logging] redact``). Stdlib
-``logging`` (uvicorn, asyncio, httpx, aiohttp) is rendered the same way, after
-:class:`ThirdPartyScrubber` took URL credentials, query strings, callback tokens and known
-secrets out of it (README, "Reliability").
+:class:`Metrics` holds every counter and histogram of one bridge on its own
+:class:`~prometheus_client.CollectorRegistry` (not the global default, so several bridges in one
+process do not collide); the gauges made at scrape time are :mod:`bridge.collectors`. Hot paths
+keep their labelled children in dicts (a cached child costs ~0.6 µs a call, ``labels()`` each
+time ~1.4 µs). The per-PDU metrics of the SMPP layer are cheaper still: plain counts and
+:class:`LoopHistogram` buckets kept on the event loop and turned into samples at scrape time
+(~0.2 µs an event; the SMPP layer handles a submit_sm in ~10 µs, so children there would cost
+it a quarter of its throughput). Label values are bounded sets only: configured account and
+provider names, command and status names, fixed reasons — never a number or a message id.
+:class:`SampledLog` is the log's side of the same bargain: every failure is counted, a flood of
+them is logged once per interval. Logging itself is set up by :mod:`bridge.logs`.
 
-Metrics (Prometheus, ``bridge_`` prefix): :class:`Metrics` holds every counter and histogram of
-one bridge on its own :class:`~prometheus_client.CollectorRegistry` (not the global default, so
-several bridges in one process do not collide), and :class:`BridgeCollector` turns a
-:class:`Snapshot` of the bridge's state (sessions, queues, provider health …) into gauges at
-scrape time. Hot paths keep their labelled children in dicts (a cached child costs ~0.6 µs a
-call, ``labels()`` each time ~1.4 µs). The per-PDU metrics of the SMPP layer are cheaper still:
-plain counts and :class:`LoopHistogram` buckets kept on the event loop and turned into
-samples at scrape time (~0.2 µs an event; the SMPP layer handles a submit_sm in ~10 µs, so
-children there would cost it a quarter of its throughput). Label values are bounded sets
-only: configured account and provider names, command and status names, fixed reasons — never a
-number or a message id.
 This module is a leaf: it imports nothing of ``bridge.smpp``, ``bridge.web`` or
 ``bridge.providers``, so ``core/`` may use it.
 """
 
 from __future__ import annotations
 
-import logging
-import re
-import sys
 import time
-import traceback
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
-from dataclasses import dataclass, field
-from typing import Any, TextIO
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
-import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from bridge import __version__
-
-#: Event keys whose values never reach a log line (they become ``"***"``): secrets, and message
-#: content — what a subscriber wrote is not the operator's business, and a log is copied to
-#: more places than the store. ``[logging] redact`` replaces this list.
-DEFAULT_REDACT_KEYS: tuple[str, ...] = (
-    "password",
-    "passwd",
-    "secret",
-    "token",
-    "api_key",
-    "apikey",
-    "key",
-    "authorization",
-    "text",
-    "short_message",
-    "message_payload",
-)
-REDACTED = "***"
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR}
-#: The root handler :func:`configure_logging` installs, found by this name when it runs again.
-_STDLIB_HANDLER = "bridge.observability"
-
-
-class Redactor:
-    """structlog processor: the value of every key named in ``keys`` becomes ``"***"``.
-
-    Keys match case-insensitively, at the top level of the event and inside nested dicts
-    (``headers={"Authorization": …}``); nested dicts are copied, never changed in place, as
-    they may belong to the caller. It runs only for lines that are emitted (the filtering
-    bound logger drops the rest first), so its cost is beside that of rendering the line.
-    """
-
-    __slots__ = ("keys",)
-
-    def __init__(self, keys: Iterable[str] = DEFAULT_REDACT_KEYS) -> None:
-        self.keys = frozenset(k.lower() for k in keys)
-
-    def __call__(
-        self, _logger: Any, _method: str, event: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
-        return self._redact(event)
-
-    def _redact(self, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        keys = self.keys
-        for key, value in event.items():
-            if isinstance(key, str) and key.lower() in keys:
-                event[key] = REDACTED
-            elif isinstance(value, dict):
-                event[key] = self._redact(dict(value))
-        return event
-
-
-#: The default redaction, as a plain processor (for code that builds its own chain).
-redact_secrets = Redactor()
-
-
-# --------------------------------------------------------------------------- third-party records
-
-#: Literal secrets (provider credentials, callback tokens, the admin token) that must never
-#: appear in a line from a library; registered by the wiring (:func:`register_secret`).
-_known_secrets: set[str] = set()
-#: An absolute URL: scheme, optional user:password@, host[:port], path, query, fragment.
-_URL = re.compile(
-    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?:[^\s/?#@'\"<>]*@)?(?P<host>[^\s/?#'\"<>]*)"
-    r"(?P<path>[^\s?#'\"<>]*)(?P<query>\?[^\s#'\"<>]*)?(?:#[^\s'\"<>]*)?"
-)
-#: A query string outside a full URL (a request line "GET /cb?to=…&text=… HTTP/1.1").
-_QUERY = re.compile(r"\?[^\s'\"<>]*=[^\s'\"<>]*")
-#: The secret path element of a callback URL (/callbacks/<provider>/<token>/<kind>).
-_CALLBACK_TOKEN = re.compile(r"(/callbacks/[^/\s?#'\"<>]+/)[^/\s?#'\"<>]+")
-#: httpcore's DEBUG trace lines carry request and response headers: only the event stays.
-_EVENT_ONLY_LOGGERS = ("httpcore", "hpack")
-#: Libraries whose per-request INFO line ("HTTP Request: GET …") is a DEBUG line for us: the
-#: bridge writes nothing per message at INFO.
-_PER_REQUEST_LOGGERS = ("httpx",)
-
-
-def register_secret(value: str | None) -> None:
-    """A value (password, key, token) that a library's log line must never show."""
-    if value and len(value) >= 4:
-        _known_secrets.add(value)
-
-
-def _scrub_url(match: re.Match[str]) -> str:
-    path = _CALLBACK_TOKEN.sub(r"\1" + REDACTED, match["path"])
-    return f"{match['scheme']}{match['host']}{path}{'?' + REDACTED if match['query'] else ''}"
-
-
-def scrub_text(text: str) -> str:
-    """``text`` without URL credentials, query strings, callback tokens or known secrets."""
-    text = _URL.sub(_scrub_url, text)
-    text = _QUERY.sub("?" + REDACTED, text)
-    text = _CALLBACK_TOKEN.sub(r"\1" + REDACTED, text)
-    for secret in _known_secrets:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    return text
-
-
-class ThirdPartyScrubber(logging.Filter):
-    """The stdlib handler's filter: every record from a library (httpx, httpcore, aiohttp.*,
-    uvicorn.*, asyncio …) is rendered and scrubbed before it is formatted — URLs keep scheme,
-    host and path (callback tokens blanked), never credentials or a query string (which carry
-    provider passwords, numbers and message text); tracebacks are scrubbed the same way;
-    httpcore's header traces keep only their event name; httpx's per-request INFO line counts
-    as DEBUG. The bridge's own events never come this way (they have their own redaction)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        name = record.name
-        if name.startswith(_PER_REQUEST_LOGGERS) and record.levelno == logging.INFO:
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-            if _min_level > logging.DEBUG:
-                return False
-        try:
-            message = record.getMessage()
-        except Exception:  # a library's broken format string: keep the template only
-            message = str(record.msg)
-        if name.startswith(_EVENT_ONLY_LOGGERS):
-            message = message.split(" ", 1)[0]
-        if record.exc_info or record.stack_info:
-            trace = ""
-            if record.exc_info:
-                trace = "".join(traceback.format_exception(*record.exc_info)).rstrip()
-            if record.stack_info:
-                trace = f"{trace}\n{record.stack_info}".strip()
-            # Rendered by _scrubbed_exception as the line's "exception" key.
-            record.scrubbed_exception = scrub_text(trace)
-            record.exc_info = record.exc_text = record.stack_info = None
-        record.msg = scrub_text(message)
-        record.args = None
-        return True
-
-
-def _scrubbed_exception(
-    _logger: Any, _method: str, event: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    record = event.get("_record")
-    trace = getattr(record, "scrubbed_exception", None)
-    if trace:
-        event["exception"] = trace
-    return event
-
-
-#: The current minimum level of the bridge's own events (see :class:`LevelFilteringLogger`).
-_min_level = logging.INFO
-
-
-def _filtered(level: int) -> Callable[..., Any]:
-    name = logging.getLevelName(level).lower()
-
-    def method(
-        self: structlog.BoundLoggerBase, event: str | None = None, *args: Any, **kw: Any
-    ) -> Any:
-        if level < _min_level:
-            return None
-        if args:
-            event = event % args if event is not None else event
-        return self._proxy_to_logger(name, event, **kw)
-
-    method.__name__ = name
-    return method
-
-
-class LevelFilteringLogger(structlog.BoundLoggerBase):
-    """structlog's filtering bound logger, with the threshold read at each call from the module
-    global ``_min_level`` instead of baked into a class, so it can change at run time."""
-
-    debug = _filtered(logging.DEBUG)
-    info = msg = _filtered(logging.INFO)
-    warning = warn = _filtered(logging.WARNING)
-    error = _filtered(logging.ERROR)
-    critical = fatal = _filtered(logging.CRITICAL)
-
-    def exception(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
-        if _min_level > logging.ERROR:
-            return None
-        kw.setdefault("exc_info", True)
-        if args:
-            event = event % args if event is not None else event
-        return self._proxy_to_logger("error", event, **kw)
-
-    def log(self, level: int, event: str | None = None, *args: Any, **kw: Any) -> Any:
-        if level < _min_level:
-            return None
-        if args:
-            event = event % args if event is not None else event
-        return self._proxy_to_logger(logging.getLevelName(level).lower(), event, **kw)
-
-    def is_enabled_for(self, level: int) -> bool:
-        return level >= _min_level
-
-    def get_effective_level(self) -> int:
-        return _min_level
-
-
-LOG_LEVELS = tuple(_LEVELS)
-
-
-def get_log_level() -> str:
-    """The current level's name ("debug", "info", "warning", "error")."""
-    return next((name for name, n in _LEVELS.items() if n == _min_level), "info")
-
-
-def set_log_level(level: str) -> str:
-    """Change the level of every logger (structlog and stdlib) at once; returns the previous
-    level. Raises ValueError for a name not in :data:`LOG_LEVELS`."""
-    global _min_level
-    numeric = _LEVELS.get(level.lower())
-    if numeric is None:
-        raise ValueError(f"unknown log level {level!r}; one of: {', '.join(LOG_LEVELS)}")
-    previous = get_log_level()
-    _min_level = numeric
-    logging.getLogger().setLevel(numeric)
-    return previous
-
-
-def configure_logging(
-    level: str = "info",
-    fmt: str = "auto",
-    *,
-    redact: Iterable[str] | None = None,
-    stream: TextIO | None = None,
-) -> None:
-    """Configure structlog, and the stdlib ``logging`` root, once for the process.
-
-    ``fmt``: "json", "console", or "auto" (console when ``stream`` is a TTY, JSON otherwise).
-    ``redact``: event keys to blank (default :data:`DEFAULT_REDACT_KEYS`). ``stream``: where
-    lines go (default stderr).
-
-    Libraries that log through the stdlib (uvicorn, asyncio's "exception was never
-    retrieved") get a root handler that renders their records with the same renderer, level
-    and redaction, so the output stays one format — a JSON reader does not choke on a plain
-    traceback. The bridge's own events keep the faster path: the filtering bound logger and a
-    print logger, without the stdlib's record machinery.
-
-    Loggers are cached on first use, so call this before the bridge logs anything.
-    """
-    global _min_level
-    out = sys.stderr if stream is None else stream
-    numeric = _LEVELS.get(level.lower(), logging.INFO)
-    _min_level = numeric
-    tty = out.isatty()
-    use_console = fmt == "console" or (fmt == "auto" and tty)
-    renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=tty)
-        if use_console
-        else structlog.processors.JSONRenderer()
-    )
-    redactor = Redactor(DEFAULT_REDACT_KEYS if redact is None else redact)
-    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            timestamper,
-            redactor,
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=LevelFilteringLogger,
-        logger_factory=structlog.PrintLoggerFactory(file=out),
-        cache_logger_on_first_use=True,
-    )
-    handler = logging.StreamHandler(out)
-    handler.set_name(_STDLIB_HANDLER)
-    handler.addFilter(ThirdPartyScrubber())
-    handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[
-                structlog.stdlib.add_log_level,
-                structlog.stdlib.add_logger_name,
-                timestamper,
-                _scrubbed_exception,
-            ],
-            processors=[
-                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                redactor,
-                structlog.processors.format_exc_info,
-                renderer,
-            ],
-        )
-    )
-    root = logging.getLogger()
-    for old in [h for h in root.handlers if h.get_name() == _STDLIB_HANDLER]:
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(numeric)
-
-
-# --------------------------------------------------------------------------- metrics
+from bridge.collectors import LoopCollector, PduSource
 
 #: submit_sm → submit_sm_resp: a durable accept is one group commit (~0.3–5 ms) away.
 SUBMIT_LATENCY_BUCKETS = (
@@ -384,10 +72,6 @@ INBOUND_RESULTS = ("queued", "unowned")
 PROVIDER_EVENTS = ("inbound_poll_failed", "inbound_duplicate", "bulk_request", "bulk_destination")
 
 
-#: Rows of bridge_smpp_pdus_total: (direction, command, status, count).
-PduSource = Callable[[], Iterable[tuple[str, str, str, float]]]
-
-
 class LoopHistogram:
     """A histogram child for one event loop's hot path: bucket counts in a list, no lock.
 
@@ -421,49 +105,6 @@ class LoopHistogram:
             total += n
             out.append((floatToGoString(bound), total))  # type: ignore[no-untyped-call]
         return out
-
-
-class _LoopCollector(Collector):
-    """bridge_smpp_pdus_total and bridge_smpp_submit_latency_seconds from loop-local state."""
-
-    _PDU_DOC = (
-        "SMPP PDUs received (in) and sent (out) by command (\"unknown\" outside SMPP 3.4) and "
-        "command_status name (\"other\" outside SMPP 3.4's status set)."
-    )
-    _LATENCY_DOC = (
-        "submit_sm, data_sm and submit_multi: arrival of the request until its response is "
-        "queued for writing (written at the end of that event-loop iteration)."
-    )
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-
-    def _families(self) -> tuple[CounterMetricFamily, HistogramMetricFamily]:
-        return (
-            CounterMetricFamily(
-                "bridge_smpp_pdus_total", self._PDU_DOC, labels=["direction", "command", "status"]
-            ),
-            HistogramMetricFamily(
-                "bridge_smpp_submit_latency_seconds", self._LATENCY_DOC, labels=["command"]
-            ),
-        )
-
-    def describe(self) -> Iterator[Metric]:
-        yield from self._families()
-
-    def collect(self) -> Iterator[Metric]:
-        pdus, latency = self._families()
-        rows: dict[tuple[str, str, str], float] = {}
-        for source in list(self._metrics._pdu_sources):
-            for direction, command, status, n in source():
-                key = (direction, command, status)
-                rows[key] = rows.get(key, 0) + n
-        for key, n in sorted(rows.items()):
-            pdus.add_metric(list(key), n)
-        for command, hist in sorted(self._metrics._submit_latency.items()):
-            latency.add_metric([command], hist.buckets(), hist.sum)
-        yield pdus
-        yield latency
 
 
 class SampledLog:
@@ -502,6 +143,23 @@ class SampledLog:
         self._last[k] = (now, 0)
         getattr(self._log, level)(event, suppressed=last[1] if last else 0, **fields)
         return True
+
+
+class _Children(dict[Any, Any]):
+    """The labelled children of one metric family by label value(s), made on first use:
+    ``children[key].inc()`` is one dict lookup once the child exists (dict's own, as for a
+    plain dict); only the first use of a key runs :meth:`__missing__`."""
+
+    __slots__ = ("_family",)
+
+    def __init__(self, family: Any) -> None:
+        super().__init__()
+        self._family = family
+
+    def __missing__(self, key: Any) -> Any:
+        labels = key if isinstance(key, tuple) else (key,)
+        child = self[key] = self._family.labels(*labels)
+        return child
 
 
 class ProviderMetrics:
@@ -545,10 +203,10 @@ class Metrics:
             registry=r,
         )
         # bridge_smpp_pdus_total and bridge_smpp_submit_latency_seconds: loop-local, exported
-        # by _LoopCollector (see add_pdu_source and submit_latency).
+        # by LoopCollector (see add_pdu_source and submit_latency).
         self._pdu_sources: list[PduSource] = []
         self._submit_latency: dict[str, LoopHistogram] = {}
-        r.register(_LoopCollector(self))
+        r.register(LoopCollector(self._pdu_sources, self._submit_latency))
         self.smpp_throttled = Counter(
             "bridge_smpp_throttled_total",
             "Requests answered ESME_RTHROTTLED, by account and reason (tps: the account's rate "
@@ -743,15 +401,15 @@ class Metrics:
         )
         self.build_info.labels(__version__).set(1)
 
-        self._accepted: dict[str, Any] = {}
-        self._rejected: dict[tuple[str, str], Any] = {}
-        self._throttled: dict[tuple[str, str], Any] = {}
-        self._reports: dict[tuple[str, str], Any] = {}
-        self._receipts: dict[str, Any] = {}
+        self._accepted = _Children(self.messages_accepted)
+        self._rejected = _Children(self.messages_rejected)
+        self._throttled = _Children(self.smpp_throttled)
+        self._reports = _Children(self.reports)
+        self._receipts = _Children(self.receipts)
         self._deliver = {result: self.deliver_sm.labels(result) for result in DELIVER_RESULTS}
-        self._reassembly = {
-            reason: self.reassembly_timeouts.labels(reason) for reason in REASSEMBLY_REASONS
-        }
+        self._reassembly = _Children(self.reassembly_timeouts)
+        for reason in REASSEMBLY_REASONS:
+            self._reassembly[reason] = self.reassembly_timeouts.labels(reason)
         self._providers: dict[str, ProviderMetrics] = {}
         self._refused = {reason: self.smpp_refused.labels(reason) for reason in REFUSE_REASONS}
         self._events = {event: self.smpp_events.labels(event) for event in SMPP_EVENTS}
@@ -817,32 +475,18 @@ class Metrics:
         return hist
 
     def throttled(self, account: str, reason: str) -> None:
-        key = (account, reason)
-        child = self._throttled.get(key)
-        if child is None:
-            child = self._throttled[key] = self.smpp_throttled.labels(account, reason)
-        child.inc()
+        self._throttled[account, reason].inc()
 
     # ------------------------------------------------------------------ messages
 
     def accepted(self, account: str) -> None:
-        child = self._accepted.get(account)
-        if child is None:
-            child = self._accepted[account] = self.messages_accepted.labels(account)
-        child.inc()
+        self._accepted[account].inc()
 
     def rejected(self, account: str, reason: str) -> None:
-        key = (account, reason)
-        child = self._rejected.get(key)
-        if child is None:
-            child = self._rejected[key] = self.messages_rejected.labels(account, reason)
-        child.inc()
+        self._rejected[account, reason].inc()
 
     def reassembly_timeout(self, reason: str) -> None:
-        child = self._reassembly.get(reason)
-        if child is None:
-            child = self._reassembly[reason] = self.reassembly_timeouts.labels(reason)
-        child.inc()
+        self._reassembly[reason].inc()
 
     # ------------------------------------------------------------------ providers
 
@@ -856,11 +500,7 @@ class Metrics:
     # ------------------------------------------------------------------ reports, receipts
 
     def report(self, provider: str, result: str) -> None:
-        key = (provider, result)
-        child = self._reports.get(key)
-        if child is None:
-            child = self._reports[key] = self.reports.labels(provider, result)
-        child.inc()
+        self._reports[provider, result].inc()
 
     def callback(self, provider: str, kind: str, status: int) -> None:
         self.callbacks.labels(provider, kind, str(status)).inc()
@@ -872,10 +512,7 @@ class Metrics:
         self.provider_events.labels(provider, event).inc()
 
     def receipts_queued(self, state: str, count: int = 1) -> None:
-        child = self._receipts.get(state)
-        if child is None:
-            child = self._receipts[state] = self.receipts.labels(state)
-        child.inc(count)
+        self._receipts[state].inc(count)
 
     def delivered(self, result: str) -> None:
         """One deliver_sm attempt: ``result`` in :data:`DELIVER_RESULTS`."""
@@ -891,128 +528,3 @@ class Metrics:
     def store_error(self) -> None:
         """One journal record that could not be written."""
         self.store_write_errors.inc()
-
-
-@dataclass(slots=True)
-class Snapshot:
-    """The bridge's state as gauges read it at scrape time (see :class:`BridgeCollector`)."""
-
-    connections: int = 0
-    #: bound sessions by (account, bind type)
-    sessions: Mapping[tuple[str, str], int] = field(default_factory=dict)
-    #: per provider: (messages ready to send, seconds the oldest of them has waited)
-    queues: Mapping[str, tuple[int, float]] = field(default_factory=dict)
-    #: per provider: the last health check's answer (absent until the first check)
-    providers_up: Mapping[str, bool] = field(default_factory=dict)
-    #: per provider: circuit breaker open or probing
-    circuit_open: Mapping[str, bool] = field(default_factory=dict)
-    #: per provider: paused by the operator (admin API)
-    paused: Mapping[str, bool] = field(default_factory=dict)
-    #: receipts and MO messages queued per account (waiting for a bound receiver or an ack)
-    deliveries_waiting: Mapping[str, int] = field(default_factory=dict)
-    reassembly_pending: int = 0
-    reassembly_parts: int = 0
-    #: per connection-oriented provider (SMPP upstream): (binds up, requests in flight)
-    upstream: Mapping[str, tuple[int, int]] = field(default_factory=dict)
-    #: per (provider, event): monotonic counts (reconnects, throttling, …)
-    upstream_events: Mapping[tuple[str, str], int] = field(default_factory=dict)
-
-
-def _gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, doc, labels=list(labels)) if labels else GaugeMetricFamily(
-        name, doc
-    )
-
-
-_SCRAPE_GAUGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("bridge_upstream_binds", "Sessions of an SMPP upstream provider that are bound and take "
-     "submits.", ("provider",)),
-    ("bridge_upstream_in_flight", "Requests sent to an SMPP upstream awaiting their response.",
-     ("provider",)),
-    ("bridge_smpp_connections", "Open SMPP connections (bound or not).", ()),
-    ("bridge_smpp_sessions", "Bound SMPP sessions by account and bind type.",
-     ("account", "bind_type")),
-    ("bridge_queue_depth", "Messages ready to be sent to a provider (not waiting for a retry "
-     "or schedule, not in flight).", ("provider",)),
-    ("bridge_queue_oldest_age_seconds", "How long the oldest message ready for a provider "
-     "has waited (0 when none).", ("provider",)),
-    ("bridge_provider_up", "1 if the provider's last health check passed, else 0.",
-     ("provider",)),
-    ("bridge_provider_circuit_open", "1 while the provider's circuit breaker is open or "
-     "probing (no sends after repeated transient failures).", ("provider",)),
-    ("bridge_provider_paused", "1 while an operator has paused the provider (admin API: "
-     "no sends; its messages fail over or wait until it is resumed).", ("provider",)),
-    ("bridge_deliveries_waiting", "Receipts and MO messages queued for an account, not yet "
-     "acknowledged (an account with no receiver bound keeps them here).", ("account",)),
-    ("bridge_reassembly_pending", "Concatenated messages waiting for more parts.", ()),
-    ("bridge_reassembly_parts", "Parts held in the reassembly buffer.", ()),
-)
-
-
-def _upstream_events() -> CounterMetricFamily:
-    return CounterMetricFamily(
-        "bridge_upstream_events",
-        "Events of connection-oriented providers (the SMPP upstream) by kind: disconnect "
-        "(a bound session lost), bind_refused, connect_failed, throttled (ESME_RTHROTTLED or "
-        "MSGQFUL: sending paused), receipt_unreadable, mo_incomplete (MO parts given up).",
-        labels=["provider", "event"],
-    )
-
-
-class BridgeCollector(Collector):
-    """Scrape-time gauges from one :class:`Snapshot` per scrape.
-
-    ``snapshot`` runs in the scraping thread: serve /metrics from the bridge's event loop (an
-    ``async`` endpoint), since the snapshot reads the loop's state and the store's read
-    connection. A snapshot that fails yields no samples for this scrape (logged), never an
-    error page: counters and histograms are still served.
-    """
-
-    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
-        self._snapshot = snapshot
-
-    def describe(self) -> Iterator[Metric]:
-        for name, doc, labels in _SCRAPE_GAUGES:
-            yield _gauge(name, doc, labels)
-        yield _upstream_events()
-
-    def collect(self) -> Iterator[Metric]:
-        try:
-            snap = self._snapshot()
-        except Exception:
-            structlog.get_logger("bridge.metrics").exception("metrics.snapshot_failed")
-            return
-        families = {name: _gauge(name, doc, labels) for name, doc, labels in _SCRAPE_GAUGES}
-        families["bridge_smpp_connections"].add_metric([], snap.connections)
-        sessions = families["bridge_smpp_sessions"]
-        for (account, bind_type), n in sorted(snap.sessions.items()):
-            sessions.add_metric([account, bind_type], n)
-        depth = families["bridge_queue_depth"]
-        age = families["bridge_queue_oldest_age_seconds"]
-        for provider, (n, oldest) in sorted(snap.queues.items()):
-            depth.add_metric([provider], n)
-            age.add_metric([provider], oldest)
-        up = families["bridge_provider_up"]
-        for provider, ok in sorted(snap.providers_up.items()):
-            up.add_metric([provider], 1.0 if ok else 0.0)
-        circuit = families["bridge_provider_circuit_open"]
-        for provider, is_open in sorted(snap.circuit_open.items()):
-            circuit.add_metric([provider], 1.0 if is_open else 0.0)
-        paused = families["bridge_provider_paused"]
-        for provider, is_paused in sorted(snap.paused.items()):
-            paused.add_metric([provider], 1.0 if is_paused else 0.0)
-        waiting = families["bridge_deliveries_waiting"]
-        for account, n in sorted(snap.deliveries_waiting.items()):
-            waiting.add_metric([account], n)
-        families["bridge_reassembly_pending"].add_metric([], snap.reassembly_pending)
-        families["bridge_reassembly_parts"].add_metric([], snap.reassembly_parts)
-        binds = families["bridge_upstream_binds"]
-        in_flight = families["bridge_upstream_in_flight"]
-        for provider, (n_binds, n_flight) in sorted(snap.upstream.items()):
-            binds.add_metric([provider], n_binds)
-            in_flight.add_metric([provider], n_flight)
-        yield from families.values()
-        events = _upstream_events()
-        for (provider, event), n in sorted(snap.upstream_events.items()):
-            events.add_metric([provider, event], n)
-        yield events

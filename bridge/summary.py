@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from bridge.config import AccountConfig, Config, ProviderConfig, RouteConfig
+from bridge.config import Config
+from bridge.config_sections import AccountConfig, RouteConfig
+from bridge.providers.registry import ProviderConfig
 
 __all__ = ["account_line", "provider_line", "route_line", "route_lines", "summary_lines"]
 

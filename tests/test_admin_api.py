@@ -15,7 +15,7 @@ import pytest
 from bridge_harness import PASSWORD, BridgeThread, Esme, StartBridge, start_bridge, wait_until
 
 from bridge.config import ConfigError, load_config_text
-from bridge.observability import get_log_level, set_log_level
+from bridge.logs import get_log_level, set_log_level
 
 __all__ = ["start_bridge"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from bridge_harness import BridgeThread, Esme, StartBridge, start_bridge, wait_until
 
-from bridge.observability import get_log_level, set_log_level
+from bridge.logs import get_log_level, set_log_level
 
 __all__ = ["start_bridge"]
 

@@ -223,11 +223,11 @@ def test_inbound_owner_is_the_exact_number_else_the_longest_prefix(tmp_path: Pat
         'inbound_numbers = ["4917*", "491701234567"]\n'
     )
     b = _bridge(tmp_path, extra=extra, account={"inbound_numbers": ["+49170*", "4915199999999"]})
-    assert b.owner_of("491701234567") == "other"  # exact beats any prefix
-    assert b.owner_of("491709999999") == "demo"  # 49170* is longer than 4917*
-    assert b.owner_of("491719999999") == "other"
-    assert b.owner_of("4915199999999") == "demo"
-    assert b.owner_of("4930123456") is None
+    assert b.inbound.owner_of("491701234567") == "other"  # exact beats any prefix
+    assert b.inbound.owner_of("491709999999") == "demo"  # 49170* is longer than 4917*
+    assert b.inbound.owner_of("491719999999") == "other"
+    assert b.inbound.owner_of("4915199999999") == "demo"
+    assert b.inbound.owner_of("4930123456") is None
 
 
 def test_inbound_message_for_an_owned_number_is_delivered(start_bridge: StartBridge) -> None:
@@ -243,7 +243,7 @@ def test_inbound_message_for_an_owned_number_is_delivered(start_bridge: StartBri
             text="hello bridge",
             provider="sandbox",
         )
-        assert bt.call(bt.bridge._inbound(mo)) is True
+        assert bt.call(bt.bridge.inbound.deliver(mo)) is True
         (pdu,) = esme.receipts(1)
         assert pdu.short_message == b"hello bridge"
         unowned = InboundMessage(
@@ -253,7 +253,7 @@ def test_inbound_message_for_an_owned_number_is_delivered(start_bridge: StartBri
             text="nobody's",
             provider="sandbox",
         )
-        assert bt.call(bt.bridge._inbound(unowned)) is False
+        assert bt.call(bt.bridge.inbound.deliver(unowned)) is False
     metrics = bt.bridge.metrics
     assert metrics.inbound_messages.labels("sandbox", "queued")._value.get() == 1
     assert metrics.inbound_messages.labels("sandbox", "unowned")._value.get() == 1

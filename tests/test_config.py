@@ -576,8 +576,7 @@ def test_the_typed_provider_union_names_exactly_the_registrys_types() -> None:
 
     from pydantic import Tag
 
-    from bridge.config import ProviderConfig
-    from bridge.providers.registry import PROVIDER_TYPES
+    from bridge.providers.registry import PROVIDER_TYPES, ProviderConfig
 
     union, _discriminator = typing.get_args(ProviderConfig)
     tags = {}

@@ -21,7 +21,7 @@ import structlog
 from bridge_harness import Esme, StartBridge, receipt_fields, start_bridge, toml_value
 from sim_harness import StartSimulator, start_simulator
 
-from bridge.observability import (
+from bridge.logs import (
     REDACTED,
     configure_logging,
     get_log_level,

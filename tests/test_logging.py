@@ -23,7 +23,7 @@ import structlog
 from bridge_harness import PASSWORD, Esme, StartBridge, start_bridge
 
 from bridge.config import ConfigError, load_config_text
-from bridge.observability import DEFAULT_REDACT_KEYS, REDACTED, Redactor, configure_logging
+from bridge.logs import DEFAULT_REDACT_KEYS, REDACTED, Redactor, configure_logging
 
 __all__ = ["start_bridge"]  # the fixture, imported for pytest
 

@@ -86,7 +86,7 @@ def session(start_bridge: StartBridge) -> Iterator[tuple[BridgeThread, str, str]
     password. Yields (bridge, accepted message id, exposition)."""
     bt = start_bridge()
     # The provider health check runs at start; wait for it so bridge_provider_up has a sample.
-    assert wait_until(lambda: bt.run(lambda: bool(bt.bridge._provider_health)))
+    assert wait_until(lambda: bt.run(lambda: bool(bt.bridge.provider_checks.last)))
     with Esme(bt.port) as esme:
         esme.bind("transceiver")
         mid = esme.submit_ok(destination_addr=GERMAN_MOBILE, registered_delivery=1)

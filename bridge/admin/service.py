@@ -23,7 +23,7 @@ from bridge import __version__
 from bridge.admin.store_view import StoreView
 from bridge.core.admission import AccountPolicy, Rejected, normalise_destination
 from bridge.core.model import Address, InboundMessage, Message, Receipt
-from bridge.observability import LOG_LEVELS, get_log_level, set_log_level
+from bridge.logs import LOG_LEVELS, get_log_level, set_log_level
 
 if TYPE_CHECKING:
     from bridge.app import Bridge
@@ -140,7 +140,7 @@ class AdminService:
             }
             for name, sessions in sorted(binds.items())
         ]
-        health = await b.provider_health()
+        health = await b.provider_checks.check()
         providers = []
         for name in b.providers:
             breaker = b.dispatcher.breakers[name]
@@ -317,18 +317,19 @@ class AdminService:
             raise AdminError(404, f"no provider {name!r} (configured: {known})")
 
     def pause(self, name: str) -> dict[str, Any]:
-        self._known_provider(name)
-        changed = self.bridge.dispatcher.pause(name)
-        if changed:
-            log.warning("admin.provider_paused", provider=name)
-        return {"provider": name, "paused": True, "changed": changed}
+        return self._set_paused(name, True)
 
     def resume(self, name: str) -> dict[str, Any]:
+        return self._set_paused(name, False)
+
+    def _set_paused(self, name: str, paused: bool) -> dict[str, Any]:
         self._known_provider(name)
-        changed = self.bridge.dispatcher.resume(name)
+        dispatcher = self.bridge.dispatcher
+        changed = dispatcher.pause(name) if paused else dispatcher.resume(name)
         if changed:
-            log.warning("admin.provider_resumed", provider=name)
-        return {"provider": name, "paused": False, "changed": changed}
+            event = "admin.provider_paused" if paused else "admin.provider_resumed"
+            log.warning(event, provider=name)
+        return {"provider": name, "paused": paused, "changed": changed}
 
     def kick(self, target: str) -> dict[str, Any]:
         """Unbind and close a session (by its id, as ``status`` lists it) or every session of

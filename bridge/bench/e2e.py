@@ -146,7 +146,7 @@ def main(
     store_url: str | None = None,
 ) -> int:
     from bridge.bench.summary import e2e_summary
-    from bridge.observability import configure_logging
+    from bridge.logs import configure_logging
 
     configure_logging("error", "console")
     loop_name = "asyncio"

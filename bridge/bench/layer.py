@@ -197,7 +197,7 @@ def main(
     """Run the benchmarks; print the JSON report (ratios against same-run baselines) and,
     unless ``as_json``, a paragraph that says what it means before it."""
     from bridge.bench.summary import codec_smpp_summary
-    from bridge.observability import configure_logging
+    from bridge.logs import configure_logging
 
     configure_logging("warning", "console")
     report: dict[str, Any] = {"python": sys.version.split()[0], "cpus": os.cpu_count()}

@@ -213,7 +213,7 @@ def main(
     as_json: bool = False,
 ) -> int:
     from bridge.bench.summary import provider_summary
-    from bridge.observability import configure_logging
+    from bridge.logs import configure_logging
 
     configure_logging("error", "console")
     loop_name = "asyncio"

@@ -20,7 +20,7 @@ from bridge.core.model import InboundMessage, Receipt
 from bridge.core.store import DeliveryItem, Store
 from bridge.observability import Metrics
 
-__all__ = ["DeliveryQueue", "ReceiptSender"]
+__all__ = ["DeliveryDone", "DeliveryQueue", "ReceiptSender"]
 
 log = structlog.get_logger("bridge.receipts")
 
@@ -37,6 +37,12 @@ def _message_id(item: DeliveryItem) -> str | None:
     return item.item.message_id if isinstance(item.item, Receipt) else None
 
 
+#: How a :meth:`ReceiptSender.send_nowait` ends: ``done(arg, result)`` with True acknowledged
+#: (deliver_sm_resp ESME_ROK), False refused by the ESME (error status), None not answered
+#: (timeout, connection lost), or the exception that stopped the send.
+DeliveryDone = Callable[[Any, bool | BaseException | None], None]
+
+
 class ReceiptSender(Protocol):
     """The SMPP side as the delivery queue sees it."""
 
@@ -45,16 +51,10 @@ class ReceiptSender(Protocol):
         ...
 
     def send_nowait(
-        self,
-        account: str,
-        item: Receipt | InboundMessage,
-        done: Callable[[Any, bool | BaseException | None], None],
-        arg: Any,
+        self, account: str, item: Receipt | InboundMessage, done: DeliveryDone, arg: Any
     ) -> bool:
         """Send one deliver_sm now; False (nothing sent) when no bound session of ``account``
-        has room in its window. Later ``done(arg, result)``: True acknowledged (deliver_sm_resp
-        ESME_ROK), False refused by the ESME (error status), None not answered (timeout,
-        connection lost), or the exception that stopped the send."""
+        has room in its window. Later ``done(arg, result)`` (see :data:`DeliveryDone`)."""
         ...
 
 

@@ -4,15 +4,17 @@ its settings (the keys of its table), the factory that builds its adapter, the s
 
 Config validation, the app's wiring and the ``simulate`` command all read this table, so adding
 a provider API is one module in ``bridge/providers``, one in ``bridge/simulators``, a docs page
-and one line here (and one in the config's typed union, which a test holds to this table).
-The sandbox is an entry like the others.
+and one line here (and one in :data:`ProviderConfig`, the typed union below, which a test holds
+to this table). The sandbox is an entry like the others.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Discriminator, Tag
 
 from bridge.core.provider import Provider, ProviderContext
 from bridge.providers import (
@@ -26,7 +28,14 @@ from bridge.providers import (
 )
 from bridge.providers.settings import ProviderSettings
 
-__all__ = ["PROVIDER_TYPES", "SIMULATOR_ALIASES", "ProviderType", "simulator_modules"]
+__all__ = [
+    "PROVIDER_TYPES",
+    "SIMULATOR_ALIASES",
+    "ProviderConfig",
+    "ProviderType",
+    "build_provider",
+    "simulator_modules",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +77,39 @@ PROVIDER_TYPES: dict[str, ProviderType] = {
         "docs/providers/isms_smpp.md",
     ),
 }  # fmt: skip
+
+
+
+def _provider_type(value: Any) -> str:
+    """The union's tag: ``type``, "sandbox" when the table has none."""
+    if isinstance(value, dict):
+        tag = value.get("type", "sandbox")
+        return tag if isinstance(tag, str) else ""
+    return str(getattr(value, "type", ""))
+
+
+#: One ``[providers.NAME]`` table; its ``type`` says which adapter and which keys. Spelled out
+#: for the type checker; tests/test_config.py checks it names exactly the table's types.
+ProviderConfig = Annotated[
+    Annotated[sandbox.Settings, Tag("sandbox")]
+    | Annotated[phlymail.Settings, Tag("phlymail")]
+    | Annotated[smsflatrate.Settings, Tag("smsflatrate")]
+    | Annotated[mycoolsms.Settings, Tag("mycoolsms")]
+    | Annotated[sms1601.Settings, Tag("sms1601")]
+    | Annotated[isms_http.Settings, Tag("isms_http")]
+    | Annotated[isms_smpp.Settings, Tag("isms_smpp")],
+    Discriminator(
+        _provider_type,
+        custom_error_type="provider_type",
+        custom_error_message="unknown provider type; one of: " + ", ".join(PROVIDER_TYPES),
+    ),
+]
+
+
+def build_provider(name: str, pc: ProviderSettings, ctx: ProviderContext) -> Provider:
+    """The adapter a ``[providers.NAME]`` table describes."""
+    return PROVIDER_TYPES[pc.type].create(name, pc, ctx)
+
 
 #: Older names ``smpp-bridge simulate`` still takes.
 SIMULATOR_ALIASES = {"isms-http": "isms_http", "smpp-upstream": "isms_smpp"}

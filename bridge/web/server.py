@@ -397,7 +397,7 @@ class HttpServer:
             self.app,
             host=self.host,
             port=self.port,
-            log_config=None,  # logging is configured once, by bridge.observability
+            log_config=None,  # logging is configured once, by bridge.logs
             # Its start/stop lines ("Started server process") would only repeat
             # http.listening / http.stopped; errors in a request still come through.
             log_level="warning",
