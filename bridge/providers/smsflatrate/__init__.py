@@ -53,7 +53,6 @@ the return values, the balance call), :mod:`.reports` (``status.php`` polls and 
 them to the Provider protocol, and the account of the API they follow.
 """
 
-
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
