@@ -484,7 +484,7 @@ async def rig() -> AsyncIterator[Rig]:
     finally:
         for provider in rig.providers:
             await provider.stop()
-        await sim.aclose()
+        await sim.close()
         await server.stop()
 
 

@@ -623,7 +623,7 @@ async def rig() -> AsyncIterator[Rig]:
     finally:
         for provider in rig.providers:
             await provider.stop()
-        await sim.aclose()
+        await sim.close()
         await server.stop()
 
 
@@ -893,7 +893,7 @@ async def test_simulator_checks_what_the_page_lists(overrides: dict[str, str], a
     try:
         assert sim.handle(sim_params(**overrides)) == answer
     finally:
-        await sim.aclose()
+        await sim.close()
 
 
 async def test_simulator_outbox_and_report_calls() -> None:
@@ -911,7 +911,7 @@ async def test_simulator_outbox_and_report_calls() -> None:
         assert sim.status_reply({}) == "ERROR 123"
         assert sim.status_reply({"smsid": "1234567"}) == "ERROR 124"  # removed
     finally:
-        await sim.aclose()
+        await sim.close()
 
 
 # --------------------------------------------------------------------------- several numbers

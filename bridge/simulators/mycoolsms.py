@@ -62,7 +62,6 @@ the push's HTTP status.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import re
@@ -80,8 +79,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from bridge.providers.http import HttpError, HttpRequest, create_client
-from bridge.simulators.common import option_float, serve_app
+from bridge.providers.http import HttpError, HttpRequest
+from bridge.simulators.common import Outbox, read_options, serve_simulator
 from bridge.smpp.text import gsm7_encode, is_gsm7
 
 __all__ = [
@@ -281,7 +280,7 @@ class MyCoolSmsSimulator:
         self.pushes: list[Push] = []
         self.inbox: list[InboundSms] = []
         self._failed_once: set[tuple[str, str]] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._outbox = Outbox()
         self.app = Starlette(
             routes=[
                 Route(API_PATH, self._api, methods=["GET", "POST"]),
@@ -291,11 +290,7 @@ class MyCoolSmsSimulator:
 
     async def close(self) -> None:
         """Cancel the report timelines still running."""
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._outbox.close()
 
     # ------------------------------------------------------------------ the API endpoint
 
@@ -407,7 +402,7 @@ class MyCoolSmsSimulator:
             scheduled=scheduled,
         )
         self.messages[sms.smsid] = sms
-        self._spawn(self._timeline(sms, digits))
+        self._outbox.spawn(self._timeline(sms, digits))
         country, prefix = _region(digits)
         return _ok(
             smsid=sms.smsid,
@@ -482,11 +477,6 @@ class MyCoolSmsSimulator:
 
     # ------------------------------------------------------------------ report timelines
 
-    def _spawn(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     def _steps(self, digits: str) -> list[tuple[float, str, bool]]:
         """(seconds after the send time, status, pushed) for a destination."""
         d = self.delay
@@ -523,15 +513,12 @@ class MyCoolSmsSimulator:
                 await self._post(sms.callbackurl, payload, "My-Cool-SMS Delivery Report")
 
     async def _post(self, url: str, payload: dict[str, Any], agent: str) -> int | None:
-        client = create_client("aiohttp", timeout=5.0, connect_timeout=2.0, pool_size=1)
         headers = {"User-Agent": agent, "Cache-Control": "no-cache", "Connection": "close"}
+        request = HttpRequest("POST", url, json=payload, headers=headers)
         try:
-            response = await client.request(HttpRequest("POST", url, json=payload, headers=headers))
-            status: int | None = response.status
+            status: int | None = (await self._outbox.request(request)).status
         except HttpError:
             status = None
-        finally:
-            await client.close()
         self.pushes.append(Push(url, payload, status))
         return status
 
@@ -745,17 +732,17 @@ def _error(code: int, extra: str = "") -> JSONResponse:
 
 async def serve(host: str, port: int, options: Mapping[str, str]) -> None:
     """``smpp-bridge simulate mycoolsms`` (options: see the module docstring)."""
-    sim = MyCoolSmsSimulator(
-        username=options.get("username", "bridge"),
-        password=options.get("password", "secret"),
-        balance=option_float(options, "balance", 100.0),
-        price=option_float(options, "price", 0.05),
-        delay=option_float(options, "delay", 1.0),
-        slow=option_float(options, "slow", 30.0),
-        inbound_url=options.get("inbound_url") or None,
-        virtual_number=options.get("virtual_number", "+4915790000000"),
+    values = read_options(
+        options,
+        {
+            "username": "bridge",
+            "password": "secret",
+            "balance": 100.0,
+            "price": 0.05,
+            "delay": 1.0,
+            "slow": 30.0,
+            "inbound_url": None,
+            "virtual_number": "+4915790000000",
+        },
     )
-    try:
-        await serve_app(sim.app, host, port, "My-Cool-SMS")
-    finally:
-        await sim.close()
+    await serve_simulator(MyCoolSmsSimulator(**values), host, port, "My-Cool-SMS")
