@@ -25,7 +25,7 @@ from bridge.core.model import OutcomeKind as K
 from bridge.core.provider import CallbackProvider, ProviderContext
 from bridge.providers import phlymail as p
 from bridge.providers.http import HttpRequest, HttpResponse
-from bridge.providers.http_provider import Unsendable
+from bridge.providers.http_provider import HttpProvider, Unsendable
 from bridge.providers.phlymail import send as p_send
 from bridge.providers.phlymail import settings as p_settings
 from bridge.simulators.phlymail import DEFAULT_PASSWORD, DEFAULT_USERNAME, PhlymailSimulator
@@ -414,6 +414,15 @@ def test_capabilities_follow_the_page_and_the_settings() -> None:
     assert (caps.unicode, caps.binary, caps.flash, caps.scheduling) == (True, False, False, False)
     latin1_only = p.create("phly", settings(unicode=False), ProviderContext("phly")).capabilities
     assert (latin1_only.unicode, latin1_only.max_ucs2_chars) == (False, 0)
+
+
+
+def test_the_configured_rate_paces_balance_checks_too() -> None:
+    # Balance checks wait on the limiter the dispatcher's sends take: it must come from the
+    # table's requests_per_second (it stayed unlimited: a bug).
+    provider = p.create("phly", settings(requests_per_second=2.0), ProviderContext("phly"))
+    assert provider.capabilities.requests_per_second == 2.0
+    assert isinstance(provider, HttpProvider) and provider.limiter is not None
 
 
 def test_the_provider_takes_no_callbacks() -> None:

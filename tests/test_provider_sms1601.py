@@ -28,7 +28,7 @@ from bridge.core.provider import CallbackRequest, ProviderContext
 from bridge.observability import Metrics
 from bridge.providers import sms1601 as p
 from bridge.providers.http import HttpResponse
-from bridge.providers.http_provider import Unsendable
+from bridge.providers.http_provider import HttpProvider, Unsendable
 from bridge.providers.sms1601 import reports as p_reports
 from bridge.providers.sms1601 import send as p_send
 from bridge.providers.sms1601 import settings as p_settings
@@ -557,6 +557,17 @@ def test_capabilities_follow_the_settings() -> None:
         "two", settings(reports="poll", native_scheduling=False), ProviderContext("two")
     )
     assert (polled.capabilities.reports, polled.capabilities.scheduling) == ("poll", False)
+
+
+
+def test_the_configured_rate_paces_polls_and_credit_checks_too() -> None:
+    # The limiter polls and credits calls wait on is the one the dispatcher's sends take: it
+    # must come from the table's requests_per_second (it stayed unlimited: a bug).
+    table = settings(requests_per_second=2.0, concurrency=3)
+    provider = p.create("one", table, ProviderContext("one"))
+    caps = provider.capabilities
+    assert (caps.requests_per_second, caps.concurrency) == (2.0, 3)
+    assert isinstance(provider, HttpProvider) and provider.limiter is not None
 
 
 def test_the_example_config_loads(tmp_path: Path) -> None:
