@@ -66,7 +66,6 @@ from bridge.core.provider import (
     CallbackKind,
     CallbackReply,
     CallbackRequest,
-    Capabilities,
     Provider,
     ProviderContext,
 )
@@ -108,18 +107,10 @@ class IsmsHttpProvider(HttpProvider):
     settings: Settings
 
     def __init__(self, name: str, settings: Settings, ctx: ProviderContext) -> None:
-        capabilities = Capabilities(
-            max_gsm7_chars=CAPABILITIES.max_gsm7_chars,
-            max_ucs2_chars=CAPABILITIES.max_ucs2_chars,
-            unicode=CAPABILITIES.unicode,
-            binary=CAPABILITIES.binary,
-            flash=CAPABILITIES.flash,
+        capabilities = dataclasses.replace(
+            CAPABILITIES,
             scheduling=settings.native_schedule,
-            alphanumeric_sender=CAPABILITIES.alphanumeric_sender,
-            max_sender_chars=CAPABILITIES.max_sender_chars,
             reports=settings.reports,
-            requests_per_second=settings.requests_per_second,
-            concurrency=settings.concurrency,
             max_batch=settings.bulk_max if settings.bulk else 1,
         )
         super().__init__(name, settings, ctx, capabilities)

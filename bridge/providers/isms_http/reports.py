@@ -8,12 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from bridge.core.model import (
-    MessageState,
-)
-from bridge.core.provider import (
-    CallbackRequest,
-)
+from bridge.core.model import MessageState
+from bridge.core.provider import CallbackRequest
 from bridge.providers.http import HttpRequest
 from bridge.providers.isms_http.api import error_key, reply_line, script_url
 

@@ -9,9 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, field_validator
 
-from bridge.core.provider import (
-    Capabilities,
-)
+from bridge.core.provider import Capabilities
 from bridge.providers.settings import HttpProviderSettings, Secret, resolve_env
 
 #: The directory the three scripts live in (``send.php``, ``query.php``, ``credits.php``).

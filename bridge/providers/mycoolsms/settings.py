@@ -7,6 +7,7 @@ the request builders in :mod:`.send` check against.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
@@ -72,18 +73,10 @@ class Settings(HttpProviderSettings):
 
 
 def capabilities_for(settings: Settings) -> Capabilities:
-    """:data:`CAPABILITIES` with the report mode the settings choose."""
-    reports: Literal["push", "poll"] = "poll" if settings.poll_reports else "push"
-    return Capabilities(
-        max_gsm7_chars=CAPABILITIES.max_gsm7_chars,
-        max_ucs2_chars=CAPABILITIES.max_ucs2_chars,
-        unicode=CAPABILITIES.unicode,
-        binary=CAPABILITIES.binary,
-        flash=CAPABILITIES.flash,
-        scheduling=CAPABILITIES.scheduling,
-        alphanumeric_sender=CAPABILITIES.alphanumeric_sender,
-        max_sender_chars=CAPABILITIES.max_sender_chars,
-        reports=reports,
+    """:data:`CAPABILITIES` with the report mode and the limits the settings choose."""
+    return dataclasses.replace(
+        CAPABILITIES,
+        reports="poll" if settings.poll_reports else "push",
         requests_per_second=settings.requests_per_second,
         concurrency=settings.concurrency,
     )

@@ -12,12 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from urllib.parse import urlsplit, urlunsplit
 
-from bridge.core.model import (
-    MessageState,
-)
-from bridge.core.provider import (
-    CallbackRequest,
-)
+from bridge.core.model import MessageState
+from bridge.core.provider import CallbackRequest
 from bridge.providers.http import HttpRequest
 
 #: Receipt ``err:`` values for report words that carry no code of the provider's (bridge-defined;

@@ -13,9 +13,7 @@ from bridge.core.model import (
     Address,
     InboundMessage,
 )
-from bridge.core.provider import (
-    CallbackRequest,
-)
+from bridge.core.provider import CallbackRequest
 from bridge.providers.smsflatrate.reports import BadPush
 from bridge.providers.smsflatrate.settings import ALNUM_SENDER, international_digits
 

@@ -13,9 +13,7 @@ from bridge.core.model import (
     DeliveryReport,
     MessageState,
 )
-from bridge.core.provider import (
-    CallbackRequest,
-)
+from bridge.core.provider import CallbackRequest
 from bridge.providers.http import HttpRequest
 from bridge.providers.smsflatrate.send import CODE_RE
 from bridge.providers.smsflatrate.settings import Settings

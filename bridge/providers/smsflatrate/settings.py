@@ -13,14 +13,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BeforeValidator, Field, field_validator
 
-from bridge.core.provider import (
-    Capabilities,
-)
-from bridge.providers.settings import HttpProviderSettings, NonNegFloat, Secret
+from bridge.core.provider import Capabilities
+from bridge.providers.settings import HttpProviderSettings, NonNegFloat, Secret, TimeZoneName
 
 #: The number smsflatrate.net gives for inbound variant 2 (reply=2 on gateways 10/11).
 DOCUMENTED_REPLY_NUMBER: Final = "491624675000"
@@ -120,7 +117,7 @@ class Settings(HttpProviderSettings):
     account_gateways: dict[str, GatewaySetting] = Field(default_factory=dict)
     push_reports: bool = True
     native_scheduling: bool = True
-    timezone: str = "Europe/Berlin"
+    timezone: TimeZoneName = "Europe/Berlin"
     unsupported_flash: Literal["send_normal", "refuse"] = "send_normal"
     reply: Literal[0, 1, 2] = 0
     reply_number: str = DOCUMENTED_REPLY_NUMBER
@@ -131,14 +128,6 @@ class Settings(HttpProviderSettings):
     # request): "off"; "unreported": only messages that get no status report anyway; "all".
     bulk: Literal["off", "unreported", "all"] = "off"
 
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}") from None
-        return value
 
     @field_validator("reply_number", "inbound_number")
     @classmethod
