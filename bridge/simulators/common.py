@@ -16,13 +16,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
 
-from bridge.providers.http import (
-    HttpClient,
-    HttpRequest,
-    HttpResponse,
-    create_client,
-    decode_pairs,
-)
+from bridge.providers.http import HttpClient, HttpRequest, HttpResponse, create_client, decode_pairs
 from bridge.web.server import HttpServer
 
 __all__ = [

@@ -55,13 +55,7 @@ from collections.abc import Hashable, Sequence
 
 import structlog
 
-from bridge.core.model import (
-    DeliveryReport,
-    Message,
-    MessageState,
-    Outcome,
-    OutcomeKind,
-)
+from bridge.core.model import DeliveryReport, Message, MessageState, Outcome, OutcomeKind
 from bridge.core.provider import (
     CallbackKind,
     CallbackReply,

@@ -13,13 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from bridge.core.model import (
-    Address,
-    Message,
-    MessageState,
-    Outcome,
-    OutcomeKind,
-)
+from bridge.core.model import Address, Message, MessageState, Outcome, OutcomeKind
 from bridge.providers.http import HttpRequest
 from bridge.providers.http_provider import Unsendable
 from bridge.providers.isms_http.api import ERR_UNRECOGNISED, error_key, reply_line, script_url

@@ -22,10 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
-from bridge.core.model import (
-    Address,
-    InboundMessage,
-)
+from bridge.core.model import Address, InboundMessage
 from bridge.providers.http import HttpError, HttpResponse
 from bridge.providers.http_provider import classify_http_status
 from bridge.providers.mycoolsms.api import success_items

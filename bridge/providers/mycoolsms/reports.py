@@ -10,10 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from bridge.core.model import (
-    DeliveryReport,
-    MessageState,
-)
+from bridge.core.model import DeliveryReport, MessageState
 from bridge.providers.http import HttpResponse
 from bridge.providers.mycoolsms.api import json_object, success_items
 

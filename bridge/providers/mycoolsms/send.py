@@ -11,13 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from bridge.core.model import (
-    Address,
-    Message,
-    MessageState,
-    Outcome,
-    OutcomeKind,
-)
+from bridge.core.model import Address, Message, MessageState, Outcome, OutcomeKind
 from bridge.providers.http import HttpResponse
 from bridge.providers.http_provider import Unsendable
 from bridge.providers.mycoolsms.api import (

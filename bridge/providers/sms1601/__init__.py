@@ -74,12 +74,7 @@ from typing import Literal
 
 import structlog
 
-from bridge.core.model import (
-    DeliveryReport,
-    Message,
-    Outcome,
-    OutcomeKind,
-)
+from bridge.core.model import DeliveryReport, Message, Outcome, OutcomeKind
 from bridge.core.provider import (
     CallbackKind,
     CallbackReply,

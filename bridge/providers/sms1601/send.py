@@ -13,13 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime, tzinfo
 from typing import Literal
 
-from bridge.core.model import (
-    Address,
-    Message,
-    MessageState,
-    Outcome,
-    OutcomeKind,
-)
+from bridge.core.model import Address, Message, MessageState, Outcome, OutcomeKind
 from bridge.providers.http import HttpRequest
 from bridge.providers.http_provider import Unsendable
 from bridge.providers.sms1601.settings import (

@@ -60,12 +60,7 @@ from typing import ClassVar
 
 import structlog
 
-from bridge.core.model import (
-    DeliveryReport,
-    Message,
-    Outcome,
-    OutcomeKind,
-)
+from bridge.core.model import DeliveryReport, Message, Outcome, OutcomeKind
 from bridge.core.provider import (
     CallbackKind,
     CallbackReply,
@@ -75,10 +70,7 @@ from bridge.core.provider import (
 )
 from bridge.providers.bulk import AloneIds, must_go_alone
 from bridge.providers.http import HttpError, HttpRequest, HttpResponse
-from bridge.providers.http_provider import (
-    HttpProvider,
-    classify_http_status,
-)
+from bridge.providers.http_provider import HttpProvider, classify_http_status
 from bridge.providers.smsflatrate.inbound import parse_inbound
 from bridge.providers.smsflatrate.reports import (
     PUSH_QUERY,

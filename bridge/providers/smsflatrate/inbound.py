@@ -9,10 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Final
 
-from bridge.core.model import (
-    Address,
-    InboundMessage,
-)
+from bridge.core.model import Address, InboundMessage
 from bridge.core.provider import CallbackRequest
 from bridge.providers.smsflatrate.reports import BadPush
 from bridge.providers.smsflatrate.settings import ALNUM_SENDER, international_digits

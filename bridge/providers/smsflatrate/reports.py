@@ -9,10 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-from bridge.core.model import (
-    DeliveryReport,
-    MessageState,
-)
+from bridge.core.model import DeliveryReport, MessageState
 from bridge.core.provider import CallbackRequest
 from bridge.providers.http import HttpRequest
 from bridge.providers.smsflatrate.send import CODE_RE

@@ -16,19 +16,10 @@ from datetime import datetime
 from typing import Final
 from zoneinfo import ZoneInfo
 
-from bridge.core.model import (
-    Address,
-    Message,
-    MessageState,
-    Outcome,
-    OutcomeKind,
-)
+from bridge.core.model import Address, Message, MessageState, Outcome, OutcomeKind
 from bridge.providers.bulk import split_outcome
 from bridge.providers.http import HttpRequest
-from bridge.providers.http_provider import (
-    ERR_UNSENDABLE,
-    Unsendable,
-)
+from bridge.providers.http_provider import ERR_UNSENDABLE, Unsendable
 from bridge.providers.smsflatrate.settings import (
     ALNUM_SENDER,
     FLASH_MAX_GSM,
