@@ -9,6 +9,7 @@ constructor arguments one by one); the API-specific parts stay in each simulator
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
@@ -61,17 +62,28 @@ async def serve_simulator(sim: Simulator, host: str, port: int, name: str) -> No
         await sim.close()
 
 
-#: An option's default, whose type says how the option's text is read (None: a text that may
-#: be absent or empty).
-OptionDefault = float | bool | str | None
-
-
 def read_options(
-    options: Mapping[str, str], defaults: Mapping[str, OptionDefault], *, strict: bool = False
+    options: Mapping[str, str],
+    factory: Callable[..., Any],
+    *,
+    extra: Mapping[str, str] | None = None,
+    strict: bool = False,
 ) -> dict[str, Any]:
-    """``--option key=value`` texts → constructor arguments: each key of ``defaults`` read as
-    the type of its default (:func:`option_float`, :func:`option_bool`, a text; a None default
-    makes an empty text None). ``strict``: an option not in ``defaults`` is a ValueError."""
+    """``--option key=value`` texts → keyword arguments for ``factory`` (a simulator class).
+
+    Every keyword parameter of ``factory`` whose default is a number, a boolean, a text or None
+    is an option, read as the type of that default (:func:`option_float`, :func:`option_bool`,
+    a text; with a None default an empty text is None); absent, it keeps the default. ``extra``:
+    more text options with their defaults (not parameters of ``factory``). ``strict``: an option
+    that is neither is a ValueError. The simulators' defaults are thus written once, in their
+    constructors."""
+    defaults: dict[str, Any] = {
+        name: p.default
+        for name, p in inspect.signature(factory).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+        and (p.default is None or isinstance(p.default, float | bool | str))
+    }
+    defaults.update(extra or {})
     if strict:
         unknown = set(options) - set(defaults)
         if unknown:

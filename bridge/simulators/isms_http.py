@@ -355,15 +355,5 @@ class IsmsHttpSimulator:
 
 async def serve(host: str, port: int, options: Mapping[str, str]) -> None:
     """``smpp-bridge simulate isms-http``: run until cancelled (options: the module docstring)."""
-    values = read_options(
-        options,
-        {
-            "username": "test",
-            "password": "test",
-            "credits": 1000.0,
-            "delay": 0.5,
-            "reports": True,
-            "hang": 30.0,
-        },
-    )
-    await serve_simulator(IsmsHttpSimulator(**values), host, port, "iSMS HTTP")
+    sim = IsmsHttpSimulator(**read_options(options, IsmsHttpSimulator))
+    await serve_simulator(sim, host, port, "iSMS HTTP")

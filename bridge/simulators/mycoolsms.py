@@ -566,18 +566,6 @@ def _incoming_json(m: InboundSms) -> dict[str, Any]:
 
 async def serve(host: str, port: int, options: Mapping[str, str]) -> None:
     """``smpp-bridge simulate mycoolsms`` (options: see the module docstring)."""
-    values = read_options(
-        options,
-        {
-            "username": "bridge",
-            "password": "secret",
-            "balance": 100.0,
-            "price": 0.05,
-            "delay": 1.0,
-            "slow": 30.0,
-            "inbound_url": None,
-            "virtual_number": "+4915790000000",
-        },
-    )
-    await serve_simulator(MyCoolSmsSimulator(**values), host, port, "My-Cool-SMS")
+    sim = MyCoolSmsSimulator(**read_options(options, MyCoolSmsSimulator))
+    await serve_simulator(sim, host, port, "My-Cool-SMS")
 

@@ -268,13 +268,5 @@ def _forced_code(number: str) -> int | None:
 
 async def serve(host: str, port: int, options: Mapping[str, str]) -> None:
     """``smpp-bridge simulate phlymail``: options in the module docstring."""
-    values = read_options(
-        options,
-        {
-            "username": DEFAULT_USERNAME,
-            "password": DEFAULT_PASSWORD,
-            "credit": 1000.0,
-            "slow": 5.0,
-        },
-    )
-    await serve_simulator(PhlymailSimulator(**values), host, port, "phlymail")
+    sim = PhlymailSimulator(**read_options(options, PhlymailSimulator))
+    await serve_simulator(sim, host, port, "phlymail")

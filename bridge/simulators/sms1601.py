@@ -395,16 +395,5 @@ def _number(value: float) -> str:
 
 async def serve(host: str, port: int, options: Mapping[str, str]) -> None:
     """``smpp-bridge simulate sms1601``: options in the module docstring."""
-    values = read_options(
-        options,
-        {
-            "username": DEFAULT_USERNAME,
-            "password": DEFAULT_PASSWORD,
-            "credits": 1000.0,
-            "delay": 0.5,
-            "slow": 5.0,
-            "push_url": None,
-            "timezone": "Europe/Amsterdam",
-        },
-    )
-    await serve_simulator(Sms1601Simulator(**values), host, port, "sms1601")
+    sim = Sms1601Simulator(**read_options(options, Sms1601Simulator))
+    await serve_simulator(sim, host, port, "sms1601")

@@ -468,18 +468,7 @@ def _fill(template: str, message: SimMessage, code: int, at: int) -> str:
 async def serve(host: str, port: int, options: Mapping[str, str]) -> None:
     """``smpp-bridge simulate smsflatrate`` (options: see the module docstring)."""
     values = read_options(
-        options,
-        {
-            "key": DEFAULT_KEY,
-            "balance": 100.0,
-            "price": 0.07,
-            "delay": 1.0,
-            "rate_limit": 10.0,
-            "hang": 30.0,
-            "push_url": None,
-            "inbound_push_url": None,
-        },
-        strict=True,
+        options, SmsflatrateSimulator, extra={"key": DEFAULT_KEY}, strict=True
     )
     sim = SmsflatrateSimulator(keys=(values.pop("key"),), **values)
     await serve_simulator(sim, host, port, "smsflatrate")
