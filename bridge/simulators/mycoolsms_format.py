@@ -22,6 +22,33 @@ from starlette.responses import JSONResponse
 
 from bridge.smpp.text import gsm7_encode
 
+__all__ = [
+    "ERRORS",
+    "HEX_RE",
+    "MAX_GSM",
+    "MAX_IDS",
+    "MAX_UCS2",
+    "SENDER_TEXT",
+    "SEND_CODES",
+    "URL_RE",
+    "ApiError",
+    "collect",
+    "error_reply",
+    "gsm_length",
+    "looks_ucs2",
+    "now_atom",
+    "ok",
+    "param_bool",
+    "param_int",
+    "param_text",
+    "parse_schedule",
+    "phone_digits",
+    "read_call",
+    "region_of",
+    "sms_parts",
+    "ucs2",
+]
+
 #: The document's general error descriptions (and sendSms's own), as the replies carry them.
 ERRORS: dict[int, str] = {
     101: "Login fehlgeschlagen. Falscher Benutzername oder Passwort.",

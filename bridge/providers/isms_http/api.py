@@ -7,6 +7,8 @@ those through this one module.
 
 from __future__ import annotations
 
+__all__ = ["ERR_UNRECOGNISED", "error_key", "reply_line", "script_url"]
+
 # iSMS gives its errors as text only; the bridge numbers them (receipt err:), here and in
 # :mod:`.reports`.
 

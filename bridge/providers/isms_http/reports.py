@@ -13,6 +13,21 @@ from bridge.core.provider import CallbackRequest
 from bridge.providers.http import HttpRequest
 from bridge.providers.isms_http.api import error_key, reply_line, script_url
 
+__all__ = [
+    "ERR_FAILED",
+    "ERR_NO_SUCH_MESSAGE",
+    "PUSH_ID_NAMES",
+    "PUSH_MOBILE_NAMES",
+    "PUSH_STATUS_NAMES",
+    "STATUS_WORDS",
+    "QueryResult",
+    "ReportPush",
+    "build_query_request",
+    "parse_query_reply",
+    "parse_report_push",
+    "status_to_state",
+]
+
 #: ``query.php``: ``Error: No such message or recipient.`` (the message is finished UNKNOWN).
 ERR_NO_SUCH_MESSAGE = 16
 #: ``Status: Failed`` (the receipt says UNDELIV).

@@ -20,6 +20,24 @@ from bridge.providers.isms_http.api import ERR_UNRECOGNISED, error_key, reply_li
 from bridge.providers.isms_http.settings import CAPABILITIES, MAX_NUMERIC_SENDER
 from bridge.smpp.text import gsm7_septet_count, is_gsm7
 
+__all__ = [
+    "PER_DESTINATION",
+    "PER_NUMBER_ERRORS",
+    "SEND_ERRORS",
+    "SendError",
+    "build_credits_request",
+    "build_send_request",
+    "bulk_id",
+    "choose_coding",
+    "count_parts",
+    "format_destination",
+    "format_sender",
+    "parse_credits_reply",
+    "parse_send_reply",
+    "schedule_value",
+    "split_bulk_id",
+]
+
 
 @dataclass(frozen=True, slots=True)
 class SendError:

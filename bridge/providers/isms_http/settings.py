@@ -12,6 +12,9 @@ from pydantic import BeforeValidator, Field, field_validator
 from bridge.core.provider import Capabilities
 from bridge.providers.settings import HttpProviderSettings, Secret, resolve_env
 
+__all__ = ["CAPABILITIES", "DEFAULT_BASE_URL", "MAX_NUMERIC_SENDER", "Settings"]
+
+
 #: The directory the three scripts live in (``send.php``, ``query.php``, ``credits.php``).
 DEFAULT_BASE_URL = "http://cp.isms.gr/api/http/"
 

@@ -15,6 +15,20 @@ from typing import Any, Literal
 
 from bridge.providers.http import HttpRequest, HttpResponse
 
+__all__ = [
+    "TON_ALPHANUMERIC",
+    "describe",
+    "encode_request",
+    "from_ucs2_hex",
+    "json_number",
+    "json_object",
+    "reply_error_code",
+    "reply_object",
+    "success_items",
+    "to_ucs2_hex",
+]
+
+
 #: type of number of an alphanumeric address (SMPP TON 5).
 TON_ALPHANUMERIC = 5
 _HEX = frozenset("0123456789abcdefABCDEF")

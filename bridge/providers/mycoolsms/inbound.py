@@ -25,19 +25,30 @@ import structlog
 from bridge.core.model import Address, InboundMessage
 from bridge.providers.http import HttpError, HttpResponse
 from bridge.providers.http_provider import classify_http_status
-from bridge.providers.mycoolsms.api import success_items
-from bridge.smpp.text import TextError, gsm7_decode
-
-if TYPE_CHECKING:
-    from bridge.providers.mycoolsms import MyCoolSmsProvider
-
 from bridge.providers.mycoolsms.api import (
     TON_ALPHANUMERIC,
     encode_request,
     from_ucs2_hex,
     json_object,
+    success_items,
 )
 from bridge.providers.mycoolsms.settings import MAX_SENDER_CHARS
+from bridge.smpp.text import TextError, gsm7_decode
+
+if TYPE_CHECKING:
+    from bridge.providers.mycoolsms import MyCoolSmsProvider
+
+__all__ = [
+    "DEDUPE_WINDOW",
+    "MAX_INBOUND_PER_POLL",
+    "MAX_REMEMBERED",
+    "InboundPoller",
+    "PolledSms",
+    "fingerprint",
+    "incoming_fields",
+    "parse_inbound_poll",
+    "parse_inbound_push",
+]
 
 log = structlog.get_logger("bridge.providers.mycoolsms")
 

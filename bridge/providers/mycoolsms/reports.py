@@ -14,6 +14,20 @@ from bridge.core.model import DeliveryReport, MessageState
 from bridge.providers.http import HttpResponse
 from bridge.providers.mycoolsms.api import json_object, success_items
 
+__all__ = [
+    "ERR_BOUNCED",
+    "ERR_ERROR",
+    "ERR_EXPIRED",
+    "ERR_UNKNOWN_ID",
+    "MAX_IDS_PER_POLL",
+    "STATUS_STATES",
+    "parse_poll_reply",
+    "parse_report_push",
+    "poll_fields",
+    "report_for",
+]
+
+
 #: getDeliveryReports error 241: "The maximum number of delivery reports per request is 100."
 MAX_IDS_PER_POLL = 100
 

@@ -25,6 +25,21 @@ from bridge.providers.mycoolsms.api import (
 from bridge.providers.mycoolsms.settings import MAX_GSM_CHARS, MAX_SENDER_CHARS, MAX_UCS2_CHARS
 from bridge.smpp.text import gsm7_septet_count, is_gsm7
 
+__all__ = [
+    "ERR_BAD_REPLY",
+    "ERR_NO_SMSID",
+    "SEND_ERRORS",
+    "atom_time",
+    "balance_fields",
+    "format_number",
+    "format_sender",
+    "needs_unicode",
+    "parse_balance_reply",
+    "parse_send_reply",
+    "send_fields",
+]
+
+
 # Bridge-defined err: values (the API has numeric codes only for refused calls).
 ERR_BAD_REPLY = 300  # the reply was not the documented JSON
 ERR_NO_SMSID = 304  # success without an smsid: taken, but no report can ever match it

@@ -15,6 +15,17 @@ from pydantic import BeforeValidator, Field, model_validator
 from bridge.core.provider import Capabilities
 from bridge.providers.settings import HttpProviderSettings, Secret, resolve_env
 
+__all__ = [
+    "CAPABILITIES",
+    "DEFAULT_URL",
+    "MAX_GSM_CHARS",
+    "MAX_SENDER_CHARS",
+    "MAX_UCS2_CHARS",
+    "Settings",
+    "capabilities_for",
+]
+
+
 DEFAULT_URL = "https://www.my-cool-sms.com/api-socket.php"
 
 #: "bis zu fünf Nachrichten oder 765 Zeichen für GSM bzw. 335 Zeichen für Unicode SMS".

@@ -31,6 +31,28 @@ from bridge.providers.phlymail.settings import (
 )
 from bridge.smpp.text import GSM7_EXTENSION_CHARS
 
+__all__ = [
+    "SEND_CODES",
+    "Reply",
+    "build_balance_request",
+    "build_send_request",
+    "build_test_request",
+    "expected_parts",
+    "format_number",
+    "format_sender",
+    "parse_balance_reply",
+    "parse_reply",
+    "parse_send_reply",
+    "parse_test_reply",
+    "sms_parts",
+    "sms_septets",
+    "synthetic_id",
+    "text_mode",
+    "utf_parts",
+    "utf_units",
+]
+
+
 # --------------------------------------------------------------------------- reply codes
 
 _P = OutcomeKind.PERMANENT

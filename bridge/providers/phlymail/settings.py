@@ -17,6 +17,29 @@ from pydantic import BeforeValidator, Field, SecretStr, field_validator
 from bridge.core.provider import Capabilities
 from bridge.providers.settings import HttpProviderSettings, Secret, resolve_env
 
+__all__ = [
+    "CAPABILITIES",
+    "CODE_OK",
+    "DEFAULT_BASE_URL",
+    "ID_PREFIX",
+    "LATIN1",
+    "MAX_NUMBER_DIGITS",
+    "MAX_PARTS",
+    "MAX_SENDER_NAME_CHARS",
+    "MAX_SMS_SEPTETS",
+    "MAX_UTF_UNITS",
+    "PART_SEPTETS",
+    "PART_UTF_UNITS",
+    "SINGLE_SMS_SEPTETS",
+    "SINGLE_UTF_UNITS",
+    "UTF8",
+    "Account",
+    "Settings",
+    "credentials",
+    "md5_password",
+]
+
+
 DEFAULT_BASE_URL = "https://msggw.phlymail.de/http.php"
 #: "Das character encoding der Schnittstelle ist ISO-8859-1."
 LATIN1 = "iso-8859-1"

@@ -16,6 +16,21 @@ from bridge.core.model import MessageState
 from bridge.core.provider import CallbackRequest
 from bridge.providers.http import HttpRequest
 
+__all__ = [
+    "ERR_NONE",
+    "ERR_NOT_DELIVERED",
+    "ERR_REJECTED",
+    "STATUSES",
+    "PushedReport",
+    "build_status_request",
+    "parse_datum",
+    "parse_report_callback",
+    "parse_status_reply",
+    "report_url_for",
+    "status_word",
+]
+
+
 #: Receipt ``err:`` values for report words that carry no code of the provider's (bridge-defined;
 #: 1 is the bridge-wide "no route could express it").
 ERR_NOT_DELIVERED = 2

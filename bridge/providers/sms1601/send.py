@@ -28,6 +28,22 @@ from bridge.providers.sms1601.settings import (
 )
 from bridge.smpp.text import TextError, gsm7_septet_count
 
+__all__ = [
+    "ERRORS",
+    "PER_NUMBER_ERRORS",
+    "build_bulk_request",
+    "build_credits_request",
+    "build_send_request",
+    "bulk_key",
+    "format_datum",
+    "format_sender",
+    "gsm_septets",
+    "parse_credits_reply",
+    "parse_send_reply",
+    "text_parts",
+]
+
+
 # --------------------------------------------------------------------------- error codes
 
 _P = OutcomeKind.PERMANENT

@@ -19,6 +19,23 @@ from pydantic import BeforeValidator, Field, SecretStr
 from bridge.core.provider import Capabilities
 from bridge.providers.settings import HttpProviderSettings, Secret, TimeZoneName, resolve_env
 
+__all__ = [
+    "CAPABILITIES",
+    "DEFAULT_BASE_URL",
+    "DEFAULT_TIMEZONE",
+    "LONG_MAX_SEPTETS",
+    "LONG_PART_SEPTETS",
+    "MAX_NAME_CHARS",
+    "MAX_NUMBER_DIGITS",
+    "MAX_REFERENCE_CHARS",
+    "SINGLE_MAX_SEPTETS",
+    "Account",
+    "Settings",
+    "credentials",
+    "password_param",
+]
+
+
 DEFAULT_BASE_URL = "http://217.19.227.48/module/gateway.php"
 DEFAULT_TIMEZONE = "Europe/Amsterdam"
 

@@ -14,6 +14,9 @@ from bridge.core.provider import CallbackRequest
 from bridge.providers.smsflatrate.reports import BadPush
 from bridge.providers.smsflatrate.settings import ALNUM_SENDER, international_digits
 
+__all__ = ["INBOUND_PARAMS", "parse_inbound"]
+
+
 # --------------------------------------------------------------------------- inbound
 
 #: Parameter names tried for an inbound push, first one first. The document (section "SMS

@@ -15,6 +15,19 @@ from bridge.providers.http import HttpRequest
 from bridge.providers.smsflatrate.send import CODE_RE
 from bridge.providers.smsflatrate.settings import Settings
 
+__all__ = [
+    "PUSH_QUERY",
+    "REPORT_CODES",
+    "BadPush",
+    "build_status_request",
+    "parse_push",
+    "parse_status_reply",
+    "push_url",
+    "report_state",
+    "status_url_for",
+]
+
+
 # --------------------------------------------------------------------------- reports
 
 

@@ -30,6 +30,25 @@ from bridge.providers.smsflatrate.settings import (
 )
 from bridge.smpp.text import gsm7_septet_count, is_gsm7
 
+__all__ = [
+    "CODE_RE",
+    "ERR_HTTP_REFUSAL",
+    "ERR_UNEXPECTED_REPLY",
+    "PER_NUMBER_CODES",
+    "SEND_CODES",
+    "SendCode",
+    "build_health_request",
+    "build_send_request",
+    "bulk_key",
+    "bulk_params",
+    "format_time",
+    "parse_balance",
+    "parse_send_reply",
+    "send_params",
+    "split_bulk_outcome",
+]
+
+
 #: Bridge-defined ``err:`` values (the provider's own codes are 100–404).
 ERR_UNEXPECTED_REPLY: Final = 2
 ERR_HTTP_REFUSAL: Final = 3

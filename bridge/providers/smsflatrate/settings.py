@@ -19,6 +19,24 @@ from pydantic import BeforeValidator, Field, field_validator
 from bridge.core.provider import Capabilities
 from bridge.providers.settings import HttpProviderSettings, NonNegFloat, Secret, TimeZoneName
 
+__all__ = [
+    "ALNUM_SENDER",
+    "AUTO_TYPES",
+    "DOCUMENTED_REPLY_NUMBER",
+    "FLASH_MAX_GSM",
+    "FLASH_MAX_UCS2",
+    "GATEWAYS",
+    "MAX_BULK",
+    "Gateway",
+    "GatewayInfo",
+    "GatewaySetting",
+    "Settings",
+    "capabilities_for",
+    "effective_gateway",
+    "international_digits",
+]
+
+
 #: The number smsflatrate.net gives for inbound variant 2 (reply=2 on gateways 10/11).
 DOCUMENTED_REPLY_NUMBER: Final = "491624675000"
 
