@@ -183,6 +183,8 @@ def capabilities_for(settings: Settings) -> Capabilities:
     )
 
 
+# -------------------------------------------- numbers, senders, bulk (the settings check them too)
+
 ALNUM_SENDER = re.compile(r"[A-Za-z0-9]{1,11}")
 
 
