@@ -44,7 +44,8 @@ This package is the adapter, one module per seam: :mod:`.settings` (the config t
 capabilities), :mod:`.api` (what every script's call and answer share), :mod:`.send`
 (``send.php``, single and bulk, and ``credits.php``), :mod:`.reports` (``query.php`` polls and
 ``dlr-url`` pushes). This file holds the adapter class that ties them to the Provider protocol,
-and the account of the API they follow.
+and the account of the API they follow. ``Settings`` and ``create`` are what the provider
+registry and the config read from the package.
 """
 
 from __future__ import annotations

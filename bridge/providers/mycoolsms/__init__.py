@@ -2,9 +2,10 @@
 
 This package is the adapter, one module per seam: :mod:`.settings` (its config table and
 capabilities), :mod:`.api` (the request and reply envelope every call shares), :mod:`.send`
-(sendSms/getBalance), :mod:`.reports` (delivery reports, pushed and polled), :mod:`.inbound`
-(MO push and polling with its durable threshold and dedupe). This file holds the adapter class
-that ties them to the Provider protocol, and the account of the API they follow.
+(sendSms/getBalance), :mod:`.reports` (delivery reports, pushed and polled), :mod:`.inbound` (MO
+push and polling with its durable threshold and dedupe). This file holds the adapter class that
+ties them to the Provider protocol, and the account of the API they follow. ``Settings`` and
+``create`` are what the provider registry and the config read from the package.
 
 Everything here follows the provider's own API document (German edition, 2014); the comments
 say where the document was silent and what we chose.

@@ -57,6 +57,7 @@ This package is the adapter, one module per seam, as for every HTTP provider: :m
 the send, connection-test and balance calls and their reply codes). The API has no delivery
 reports and no inbound SMS, so there is no reports or inbound module. This file holds the
 adapter class that ties them to the Provider protocol, and the account of the API they follow.
+``Settings`` and ``create`` are what the provider registry and the config read from the package.
 """
 
 from __future__ import annotations

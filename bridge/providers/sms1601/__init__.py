@@ -62,7 +62,8 @@ This package is the adapter, one module per seam: :mod:`.settings` (the config t
 account every request carries, the limits), :mod:`.send` (``gateway.php``: single and bulk
 sends, the error codes, the credit balance), :mod:`.reports` (pushed and polled
 ``gatewayrapport.php`` reports). This file holds the adapter class that ties them to the
-Provider protocol, and the account of the API they follow.
+Provider protocol, and the account of the API they follow. ``Settings`` and ``create`` are what
+the provider registry and the config read from the package.
 """
 
 from __future__ import annotations

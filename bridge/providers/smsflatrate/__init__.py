@@ -46,11 +46,12 @@ Error codes: a refusal's ``err:`` is the provider's own return value. Bridge-def
 1 = the adapter cannot express the message (see :class:`Unsendable`), 2 = a reply we cannot
 read, 3 = an HTTP refusal (4xx) without a return value.
 
-This package is the adapter, one module per seam: :mod:`.settings` (the gateway types, the config
-table and the capabilities they give), :mod:`.send` (``schnittstelle.php``: single and bulk sends,
-the return values, the balance call), :mod:`.reports` (``status.php`` polls and the Push-URL),
-:mod:`.inbound` (incoming SMS forwarded to the bridge). This file holds the adapter class that ties
-them to the Provider protocol, and the account of the API they follow.
+This package is the adapter, one module per seam: :mod:`.settings` (the gateway types, the
+config table and the capabilities they give), :mod:`.send` (``schnittstelle.php``: single and
+bulk sends, the return values, the balance call), :mod:`.reports` (``status.php`` polls and the
+Push-URL), :mod:`.inbound` (incoming SMS forwarded to the bridge). This file holds the adapter
+class that ties them to the Provider protocol, and the account of the API they follow.
+``Settings`` and ``create`` are what the provider registry and the config read from the package.
 """
 
 from __future__ import annotations
