@@ -27,7 +27,7 @@ from bridge_harness import (
 )
 from sim_harness import SimulatorThread
 
-from bridge.providers.smsflatrate import push_url
+from bridge.providers.smsflatrate.reports import push_url
 from bridge.simulators.smsflatrate import SmsflatrateSimulator
 
 __all__ = ["start_bridge"]

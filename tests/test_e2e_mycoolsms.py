@@ -24,7 +24,7 @@ from bridge_harness import (
 )
 from sim_harness import SimulatorThread, StartSimulator, start_simulator
 
-from bridge.providers.mycoolsms import to_ucs2_hex
+from bridge.providers.mycoolsms.api import to_ucs2_hex
 from bridge.simulators.mycoolsms import API_PATH, MyCoolSmsSimulator
 
 __all__ = ["start_bridge", "start_simulator"]  # the fixtures, imported for pytest

@@ -28,7 +28,7 @@ from bridge_harness import (
 from sim_harness import SimulatorThread, StartSimulator, start_simulator
 
 from bridge.core.model import MessageState
-from bridge.providers.smsflatrate import push_url
+from bridge.providers.smsflatrate.reports import push_url
 from bridge.simulators.smsflatrate import SmsflatrateSimulator
 
 __all__ = ["start_bridge", "start_simulator"]  # the fixtures, imported for pytest

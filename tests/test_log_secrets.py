@@ -29,7 +29,7 @@ from bridge.logs import (
     scrub_text,
     set_log_level,
 )
-from bridge.providers.smsflatrate import push_url
+from bridge.providers.smsflatrate.reports import push_url
 from bridge.simulators.smsflatrate import SmsflatrateSimulator
 
 __all__ = ["start_bridge", "start_simulator"]

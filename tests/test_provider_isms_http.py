@@ -24,28 +24,28 @@ from bridge.config import load_config
 from bridge.core.model import Address, DeliveryReport, Message, MessageState, OutcomeKind
 from bridge.core.provider import CallbackReply, CallbackRequest, ProviderContext
 from bridge.providers.http_provider import Unsendable
-from bridge.providers.isms_http import (
-    DEFAULT_BASE_URL,
+from bridge.providers.isms_http import IsmsHttpProvider, create
+from bridge.providers.isms_http.api import ERR_UNRECOGNISED
+from bridge.providers.isms_http.reports import (
     ERR_FAILED,
     ERR_NO_SUCH_MESSAGE,
-    ERR_UNRECOGNISED,
-    IsmsHttpProvider,
-    Settings,
-    build_credits_request,
     build_query_request,
+    parse_query_reply,
+    parse_report_push,
+    status_to_state,
+)
+from bridge.providers.isms_http.send import (
+    build_credits_request,
     build_send_request,
     choose_coding,
     count_parts,
-    create,
     format_destination,
     format_sender,
     parse_credits_reply,
-    parse_query_reply,
-    parse_report_push,
     parse_send_reply,
     schedule_value,
-    status_to_state,
 )
+from bridge.providers.isms_http.settings import DEFAULT_BASE_URL, Settings
 from bridge.simulators.isms_http import IsmsHttpSimulator, parse_schedule
 from bridge.web.server import HttpServer
 

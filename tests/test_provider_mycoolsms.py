@@ -35,6 +35,11 @@ from bridge.core.provider import CallbackKind, CallbackReply, CallbackRequest, P
 from bridge.providers import mycoolsms as mcs
 from bridge.providers.http import HttpResponse
 from bridge.providers.http_provider import Unsendable
+from bridge.providers.mycoolsms import api as mcs_api
+from bridge.providers.mycoolsms import inbound as mcs_inbound
+from bridge.providers.mycoolsms import reports as mcs_reports
+from bridge.providers.mycoolsms import send as mcs_send
+from bridge.providers.mycoolsms import settings as mcs_settings
 from bridge.simulators.mycoolsms import API_PATH, MyCoolSmsSimulator
 from bridge.web.server import CallbackEndpoint, HealthReport, HttpServer, build_app
 
@@ -46,10 +51,10 @@ CALLBACK_DOC = "http://www.my-server.com/callback.php"
 NUMERIC_SENDER = Address("449876543210", 1, 1)
 
 
-def settings(**values: Any) -> mcs.Settings:
+def settings(**values: Any) -> mcs_settings.Settings:
     data: dict[str, Any] = {"type": "mycoolsms", "username": USER, "password": PASSWORD}
     data.update(values)
-    return mcs.Settings.model_validate(data)
+    return mcs_settings.Settings.model_validate(data)
 
 
 def message(
@@ -68,7 +73,7 @@ def reply(body: Any, status: int = 200, content_type: str = "application/json") 
 
 
 def fields_for(msg: Message, callback: str | None = None, now: float = 0.0) -> dict[str, Any]:
-    return mcs.send_fields(msg, username="xxx", password="yyy", callback_url=callback, now=now)
+    return mcs_send.send_fields(msg, username="xxx", password="yyy", callback_url=callback, now=now)
 
 
 # =========================================================================== sendSms request
@@ -94,7 +99,7 @@ def test_the_documents_post_example_is_what_the_form_format_sends() -> None:
     # POST/GET Beispiel: username=xxx&password=yyyy&function=sendSms&number=+491234567890
     #   &message=Have%20a%20nice%20day!&senderid=+44987654321&callbackurl=http://www.my-…
     msg = message(sender=Address("44987654321", 1, 1))
-    request = mcs.encode_request("https://x.test/api", fields_for(msg, CALLBACK_DOC), "form")
+    request = mcs_api.encode_request("https://x.test/api", fields_for(msg, CALLBACK_DOC), "form")
     body, headers = request.body()
     assert request.method == "POST" and request.json is None
     assert headers["Content-Type"].startswith("application/x-www-form-urlencoded")
@@ -116,7 +121,7 @@ def test_json_format_posts_a_json_body_and_the_credentials_never_go_in_the_url()
     request = provider.build_send(message())
     body, headers = request.body()
     assert request.method == "POST"
-    assert request.full_url() == mcs.DEFAULT_URL
+    assert request.full_url() == mcs_settings.DEFAULT_URL
     assert headers["Content-Type"].startswith("application/json")
     assert body is not None and json.loads(body)["password"] == PASSWORD
     assert PASSWORD not in request.full_url()
@@ -128,7 +133,7 @@ def test_the_default_endpoint_is_the_skeletons_url_since_the_document_prints_non
 
 def test_form_encoding_refuses_arrays_which_only_json_can_carry() -> None:
     with pytest.raises(ValueError, match="arrays"):
-        mcs.encode_request("https://x.test/api", {"ids": ["a"]}, "form")
+        mcs_api.encode_request("https://x.test/api", {"ids": ["a"]}, "form")
 
 
 # --------------------------------------------------------------------------- charset
@@ -136,22 +141,23 @@ def test_form_encoding_refuses_arrays_which_only_json_can_carry() -> None:
 
 def test_the_documents_to_ucs2_example() -> None:
     # toUCS2: "str":"繁体中文" -> "ucs2":"7E414F534E2D6587"
-    assert mcs.to_ucs2_hex("繁体中文") == "7E414F534E2D6587"
-    assert mcs.from_ucs2_hex("7E414F534E2D6587") == "繁体中文"
+    assert mcs_api.to_ucs2_hex("繁体中文") == "7E414F534E2D6587"
+    assert mcs_api.from_ucs2_hex("7E414F534E2D6587") == "繁体中文"
 
 
 def test_the_documents_from_ucs2_example_decodes_either_case() -> None:
     # fromUCS2: str=0048006100760065002000610020006E00690063006500200064
-    assert mcs.from_ucs2_hex("0048006100760065002000610020006E00690063006500200064") == (
+    assert mcs_api.from_ucs2_hex("0048006100760065002000610020006E00690063006500200064") == (
         "Have a nice d"  # the document's example is cut short; the decoding is what counts
     )
-    assert mcs.from_ucs2_hex("0048006100760065") == mcs.from_ucs2_hex("0048006100760065".lower())
+    upper = mcs_api.from_ucs2_hex("0048006100760065")
+    assert upper == mcs_api.from_ucs2_hex("0048006100760065".lower())
 
 
 @pytest.mark.parametrize("bad", ["004", "00G1", "D800"])
 def test_from_ucs2_refuses_what_is_not_ucs2_notation(bad: str) -> None:
     with pytest.raises(ValueError):
-        mcs.from_ucs2_hex(bad)
+        mcs_api.from_ucs2_hex(bad)
 
 
 def test_unicode_text_goes_in_ucs2_notation_with_unicode_true() -> None:
@@ -161,7 +167,7 @@ def test_unicode_text_goes_in_ucs2_notation_with_unicode_true() -> None:
 
 
 def test_characters_beyond_the_bmp_become_surrogate_pairs_as_the_router_counts_them() -> None:
-    assert mcs.to_ucs2_hex("😀") == "D83DDE00"
+    assert mcs_api.to_ucs2_hex("😀") == "D83DDE00"
 
 
 def test_gsm_text_goes_as_plain_text_with_unicode_false_even_with_german_and_euro() -> None:
@@ -203,7 +209,7 @@ def test_binary_content_is_unsendable() -> None:
 
 
 def test_destination_goes_in_international_form_with_plus() -> None:
-    assert mcs.format_number("4915112345678") == "+4915112345678"
+    assert mcs_send.format_number("4915112345678") == "+4915112345678"
 
 
 @pytest.mark.parametrize(
@@ -216,7 +222,7 @@ def test_destination_goes_in_international_form_with_plus() -> None:
     ],
 )
 def test_senderid_formats(source: Address, expected: str) -> None:
-    assert mcs.format_sender(source) == expected
+    assert mcs_send.format_sender(source) == expected
 
 
 def test_an_empty_sender_leaves_senderid_out() -> None:
@@ -230,7 +236,7 @@ def test_an_alphanumeric_sender_the_provider_refuses_is_unsendable_with_err_216(
     # 216: "You may use a phone number or an alphanumeric text with up to eleven characters
     # (A-Z, a-z, 0-9 and the dash symbol)."
     with pytest.raises(Unsendable) as exc:
-        mcs.format_sender(Address(sender, 5, 0))
+        mcs_send.format_sender(Address(sender, 5, 0))
     assert exc.value.error_code == 216
 
 
@@ -291,7 +297,7 @@ DOC_SUCCESS = {
 
 
 def test_the_documents_success_reply_is_accepted_with_smsid_parts_charge_and_balance() -> None:
-    outcome, balance = mcs.parse_send_reply(reply(DOC_SUCCESS))
+    outcome, balance = mcs_send.parse_send_reply(reply(DOC_SUCCESS))
     assert outcome.kind is OutcomeKind.ACCEPTED
     assert outcome.provider_message_id == "ce184cc0a6d1714d1ac763f4fe89f521"
     assert (outcome.parts, outcome.cost, outcome.state) == (3, 0.112, None)
@@ -299,16 +305,16 @@ def test_the_documents_success_reply_is_accepted_with_smsid_parts_charge_and_bal
 
 
 def test_success_without_an_smsid_is_taken_but_final_unknown_with_err_304() -> None:
-    outcome, _ = mcs.parse_send_reply(reply({"success": True, "balance": 1.0}))
+    outcome, _ = mcs_send.parse_send_reply(reply({"success": True, "balance": 1.0}))
     assert outcome.kind is OutcomeKind.ACCEPTED
     assert outcome.provider_message_id is None
-    assert (outcome.state, outcome.error_code) == (MessageState.UNKNOWN, mcs.ERR_NO_SMSID)
+    assert (outcome.state, outcome.error_code) == (MessageState.UNKNOWN, mcs_send.ERR_NO_SMSID)
 
 
 def test_the_documents_error_reply_103_is_permanent_with_err_103() -> None:
     # {"success":false,"errorcode":103,"errordescription":"Ein erforderlicher Parameter
     #  fehlt: senderid"}
-    outcome, _ = mcs.parse_send_reply(
+    outcome, _ = mcs_send.parse_send_reply(
         reply(
             {
                 "success": False,
@@ -322,7 +328,7 @@ def test_the_documents_error_reply_103_is_permanent_with_err_103() -> None:
 
 
 def test_errorcode_as_a_string_of_three_digits_as_the_table_types_it() -> None:
-    outcome, _ = mcs.parse_send_reply(reply({"success": False, "errorcode": "210"}))
+    outcome, _ = mcs_send.parse_send_reply(reply({"success": False, "errorcode": "210"}))
     assert (outcome.kind, outcome.error_code) == (OutcomeKind.PERMANENT, 210)
 
 
@@ -332,44 +338,44 @@ ALL_SEND_CODES = [*range(101, 110), *range(210, 220)]
 
 @pytest.mark.parametrize("code", ALL_SEND_CODES, ids=[f"reply_code_{c}" for c in ALL_SEND_CODES])
 def test_every_documented_send_reply_code_has_its_outcome_and_err_is_the_code(code: int) -> None:
-    outcome, _ = mcs.parse_send_reply(reply({"success": False, "errorcode": code}))
+    outcome, _ = mcs_send.parse_send_reply(reply({"success": False, "errorcode": code}))
     expected = OutcomeKind.TRANSIENT if code in TRANSIENT_CODES else OutcomeKind.PERMANENT
     assert (outcome.kind, outcome.error_code) == (expected, code)
     assert str(code) in outcome.detail
 
 
 def test_the_table_covers_exactly_the_documented_send_codes() -> None:
-    assert sorted(mcs.SEND_ERRORS) == ALL_SEND_CODES
+    assert sorted(mcs_send.SEND_ERRORS) == ALL_SEND_CODES
 
 
 def test_reply_code_107_general_api_error_is_transient() -> None:
-    outcome, _ = mcs.parse_send_reply(reply({"success": False, "errorcode": 107}))
+    outcome, _ = mcs_send.parse_send_reply(reply({"success": False, "errorcode": 107}))
     assert outcome.kind is OutcomeKind.TRANSIENT
 
 
 def test_reply_code_109_insufficient_credit_is_transient_so_messages_wait_for_a_top_up() -> None:
-    outcome, _ = mcs.parse_send_reply(reply({"success": False, "errorcode": 109}))
+    outcome, _ = mcs_send.parse_send_reply(reply({"success": False, "errorcode": 109}))
     assert (outcome.kind, outcome.error_code) == (OutcomeKind.TRANSIENT, 109)
 
 
 def test_an_undocumented_error_code_is_permanent_with_that_code() -> None:
-    outcome, _ = mcs.parse_send_reply(reply({"success": False, "errorcode": 199}))
+    outcome, _ = mcs_send.parse_send_reply(reply({"success": False, "errorcode": 199}))
     assert (outcome.kind, outcome.error_code) == (OutcomeKind.PERMANENT, 199)
 
 
 def test_a_refusal_without_a_code_is_permanent_with_err_300() -> None:
-    outcome, _ = mcs.parse_send_reply(reply({"success": False}))
-    assert (outcome.kind, outcome.error_code) == (OutcomeKind.PERMANENT, mcs.ERR_BAD_REPLY)
+    outcome, _ = mcs_send.parse_send_reply(reply({"success": False}))
+    assert (outcome.kind, outcome.error_code) == (OutcomeKind.PERMANENT, mcs_send.ERR_BAD_REPLY)
 
 
 def test_a_200_that_is_not_the_apis_json_is_transient_with_err_300() -> None:
-    outcome, _ = mcs.parse_send_reply(reply(b"<html>Wartung</html>", content_type="text/html"))
-    assert (outcome.kind, outcome.error_code) == (OutcomeKind.TRANSIENT, mcs.ERR_BAD_REPLY)
+    outcome, _ = mcs_send.parse_send_reply(reply(b"<html>Wartung</html>", content_type="text/html"))
+    assert (outcome.kind, outcome.error_code) == (OutcomeKind.TRANSIENT, mcs_send.ERR_BAD_REPLY)
 
 
 def test_a_404_page_means_a_wrong_base_url_and_is_permanent() -> None:
-    outcome, _ = mcs.parse_send_reply(reply(b"Not Found", 404, "text/plain"))
-    assert (outcome.kind, outcome.error_code) == (OutcomeKind.PERMANENT, mcs.ERR_BAD_REPLY)
+    outcome, _ = mcs_send.parse_send_reply(reply(b"Not Found", 404, "text/plain"))
+    assert (outcome.kind, outcome.error_code) == (OutcomeKind.PERMANENT, mcs_send.ERR_BAD_REPLY)
 
 
 # =========================================================================== status words
@@ -391,7 +397,7 @@ def test_a_404_page_means_a_wrong_base_url_and_is_permanent() -> None:
 def test_every_status_word_maps_to_a_state_and_err(
     status: str, state: MessageState, err: int
 ) -> None:
-    report = mcs.report_for("mcs", "abc", status, 5.0)
+    report = mcs_reports.report_for("mcs", "abc", status, 5.0)
     assert report == DeliveryReport("mcs", "abc", state, err, 5.0)
 
 
@@ -399,7 +405,7 @@ def test_the_status_table_lists_every_word_the_document_names() -> None:
     # "Possible states are: SMS_STATUS_QUEUED, SMS_STATUS_AT_CARRIER,
     #  SMS_STATUS_DELIVERY_DELAYED, SMS_STATUS_DELIVERED, SMS_STATUS_BOUNCED,
     #  SMS_STATUS_EXPIRED, SMS_STATUS_ERROR or UNKNOWN_ID."
-    assert set(mcs.STATUS_STATES) == {
+    assert set(mcs_reports.STATUS_STATES) == {
         "SMS_STATUS_QUEUED",
         "SMS_STATUS_AT_CARRIER",
         "SMS_STATUS_DELIVERY_DELAYED",
@@ -412,7 +418,7 @@ def test_the_status_table_lists_every_word_the_document_names() -> None:
 
 
 def test_an_unknown_status_word_makes_no_report() -> None:
-    assert mcs.report_for("mcs", "abc", "SMS_STATUS_SOMETHING", None) is None
+    assert mcs_reports.report_for("mcs", "abc", "SMS_STATUS_SOMETHING", None) is None
 
 
 # =========================================================================== pushes (pure)
@@ -423,7 +429,7 @@ def test_the_documents_push_delivery_report_example() -> None:
         b'{\n    "smsid":"498673a1f58df975ab95da33884d9e14",\n'
         b'    "status":"SMS_STATUS_DELIVERED"\n}'
     )
-    assert mcs.parse_report_push(body) == (
+    assert mcs_reports.parse_report_push(body) == (
         "498673a1f58df975ab95da33884d9e14",
         "SMS_STATUS_DELIVERED",
     )
@@ -445,7 +451,7 @@ def test_the_documents_push_delivery_report_example() -> None:
 )
 def test_a_malformed_report_push_is_refused(body: bytes) -> None:
     with pytest.raises(ValueError):
-        mcs.parse_report_push(body)
+        mcs_reports.parse_report_push(body)
 
 
 DOC_INBOUND = {
@@ -464,7 +470,9 @@ DOC_INBOUND = {
 
 
 def test_the_documents_push_incoming_sms_example() -> None:
-    msg = mcs.parse_inbound_push(json.dumps(DOC_INBOUND).encode(), provider="mcs", received_at=7.0)
+    msg = mcs_inbound.parse_inbound_push(
+        json.dumps(DOC_INBOUND).encode(), provider="mcs", received_at=7.0
+    )
     assert msg == InboundMessage(
         account="",
         source=Address("1230987654321", 1, 1),
@@ -477,21 +485,21 @@ def test_the_documents_push_incoming_sms_example() -> None:
 
 def test_an_alphanumeric_inbound_sender_keeps_its_text_with_ton_5() -> None:
     body = json.dumps({**DOC_INBOUND, "from": "MyBank", "fromcountrycode": None}).encode()
-    msg = mcs.parse_inbound_push(body, provider="mcs", received_at=0.0)
+    msg = mcs_inbound.parse_inbound_push(body, provider="mcs", received_at=0.0)
     assert msg.source == Address("MyBank", 5, 0)
 
 
 def test_without_body_the_inbound_text_comes_from_bodyucs2_then_bodygsm7() -> None:
     ucs2 = {k: v for k, v in DOC_INBOUND.items() if k != "body"}
-    ucs2["bodyucs2"] = mcs.to_ucs2_hex("Привет")
-    assert mcs.parse_inbound_push(json.dumps(ucs2).encode(), provider="m", received_at=0).text == (
-        "Привет"
-    )
+    ucs2["bodyucs2"] = mcs_api.to_ucs2_hex("Привет")
+    assert mcs_inbound.parse_inbound_push(
+        json.dumps(ucs2).encode(), provider="m", received_at=0
+    ).text == ("Привет")
     gsm = {k: v for k, v in DOC_INBOUND.items() if k not in ("body", "bodyucs2")}
     # the document's bodygsm7 example: "5374616666206D6565746925" = "Staff meeti%"
-    assert mcs.parse_inbound_push(json.dumps(gsm).encode(), provider="m", received_at=0).text == (
-        "Staff meeti%"
-    )
+    assert mcs_inbound.parse_inbound_push(
+        json.dumps(gsm).encode(), provider="m", received_at=0
+    ).text == ("Staff meeti%")
 
 
 @pytest.mark.parametrize(
@@ -501,7 +509,7 @@ def test_without_body_the_inbound_text_comes_from_bodyucs2_then_bodygsm7() -> No
 def test_a_malformed_inbound_push_is_refused(change: dict[str, Any]) -> None:
     data = {**DOC_INBOUND, **change}
     with pytest.raises(ValueError):
-        mcs.parse_inbound_push(json.dumps(data).encode(), provider="m", received_at=0)
+        mcs_inbound.parse_inbound_push(json.dumps(data).encode(), provider="m", received_at=0)
 
 
 # =========================================================================== polling and balance
@@ -509,7 +517,7 @@ def test_a_malformed_inbound_push_is_refused(change: dict[str, Any]) -> None:
 
 def test_the_documents_get_delivery_reports_request_and_reply() -> None:
     ids = ["ce184cc0a6d1714d1ac763f4fe89f521", "d1ac763f4fe89f521ce184cc0a6d1714"]
-    assert mcs.poll_fields(ids, username="xxx", password="yyy") == {
+    assert mcs_reports.poll_fields(ids, username="xxx", password="yyy") == {
         "username": "xxx",
         "password": "yyy",
         "function": "getDeliveryReports",
@@ -522,16 +530,16 @@ def test_the_documents_get_delivery_reports_request_and_reply() -> None:
             {"smsid": ids[1], "status": "SMS_STATUS_DELIVERED"},
         ],
     }
-    assert mcs.parse_poll_reply(reply(doc_reply)) == [
+    assert mcs_reports.parse_poll_reply(reply(doc_reply)) == [
         (ids[0], "SMS_STATUS_DELIVERED"),
         (ids[1], "SMS_STATUS_DELIVERED"),
     ]
 
 
 def test_at_most_100_ids_per_get_delivery_reports() -> None:
-    mcs.poll_fields(["x"] * 100, username="u", password="p")
+    mcs_reports.poll_fields(["x"] * 100, username="u", password="p")
     with pytest.raises(ValueError):
-        mcs.poll_fields(["x"] * 101, username="u", password="p")
+        mcs_reports.poll_fields(["x"] * 101, username="u", password="p")
 
 
 @pytest.mark.parametrize(
@@ -540,13 +548,16 @@ def test_at_most_100_ids_per_get_delivery_reports() -> None:
 )
 def test_a_get_delivery_reports_error_or_odd_reply_raises(body: Any) -> None:
     with pytest.raises(ValueError):
-        mcs.parse_poll_reply(reply(body))
+        mcs_reports.parse_poll_reply(reply(body))
 
 
 def test_the_documents_get_balance_reply() -> None:
     # {"success":true,"balance":752.210}
-    assert mcs.parse_balance_reply(reply(b'{"success":true,"balance":752.210}')) == (True, 752.21)
-    assert mcs.balance_fields(username="xxx", password="yyy") == {
+    assert mcs_send.parse_balance_reply(reply(b'{"success":true,"balance":752.210}')) == (
+        True,
+        752.21,
+    )
+    assert mcs_send.balance_fields(username="xxx", password="yyy") == {
         "username": "xxx",
         "password": "yyy",
         "function": "getBalance",
@@ -554,19 +565,22 @@ def test_the_documents_get_balance_reply() -> None:
 
 
 def test_a_get_balance_error_is_unhealthy() -> None:
-    assert mcs.parse_balance_reply(reply({"success": False, "errorcode": 101})) == (False, None)
+    assert mcs_send.parse_balance_reply(reply({"success": False, "errorcode": 101})) == (
+        False,
+        None,
+    )
 
 
 # =========================================================================== settings
 
 
 def test_capabilities_follow_the_document() -> None:
-    caps = mcs.capabilities_for(settings())
+    caps = mcs_settings.capabilities_for(settings())
     assert (caps.max_gsm7_chars, caps.max_ucs2_chars, caps.max_sender_chars) == (765, 335, 11)
     assert caps.unicode and caps.scheduling and caps.alphanumeric_sender
     assert not caps.binary and not caps.flash
     assert caps.reports == "poll"
-    assert mcs.capabilities_for(settings(poll_reports=False)).reports == "push"
+    assert mcs_settings.capabilities_for(settings(poll_reports=False)).reports == "push"
     assert (caps.requests_per_second, caps.concurrency) == (0.0, 16)
 
 
@@ -576,7 +590,7 @@ def test_settings_refuse_having_no_way_to_get_reports() -> None:
 
 
 def test_the_password_is_a_secret_and_env_vars_work_for_both_credentials() -> None:
-    s = mcs.Settings.model_validate(
+    s = mcs_settings.Settings.model_validate(
         {"type": "mycoolsms", "username": "env:MCS_U", "password": "env:MCS_P"},
         context={"env": {"MCS_U": "alice", "MCS_P": "hunter2"}},
     )
@@ -595,10 +609,10 @@ def test_the_example_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setitem(os.environ, var, value)
     cfg = load_config(ROOT / "config" / "examples" / "mycoolsms.toml")
     provider = cfg.providers["mycoolsms"]
-    assert isinstance(provider, mcs.Settings)
+    assert isinstance(provider, mcs_settings.Settings)
     assert provider.username == "user"
     assert provider.password.get_secret_value() == "pw"
-    assert provider.base_url == mcs.DEFAULT_URL
+    assert provider.base_url == mcs_settings.DEFAULT_URL
     assert [r.providers for r in cfg.routes] == [["mycoolsms"]]
 
 
@@ -619,7 +633,9 @@ class Sinks:
         return True
 
 
-async def started(s: mcs.Settings, ctx: ProviderContext, sinks: Sinks) -> mcs.MyCoolSmsProvider:
+async def started(
+    s: mcs_settings.Settings, ctx: ProviderContext, sinks: Sinks
+) -> mcs.MyCoolSmsProvider:
     provider = mcs.MyCoolSmsProvider("mcs", s, ctx)
     await provider.start(sinks.report, sinks.message)
     return provider
@@ -999,7 +1015,7 @@ async def test_a_push_with_a_wrong_token_is_404_and_reaches_nobody(rig: Rig) -> 
 
 
 def test_get_incoming_sms_asks_for_what_is_newer_than_the_threshold_oldest_first() -> None:
-    fields = mcs.incoming_fields(
+    fields = mcs_inbound.incoming_fields(
         username="u", password="p", threshold=17, limit=100, virtual_number="+449876543201"
     )
     assert fields == {
@@ -1035,7 +1051,7 @@ def test_the_documents_get_incoming_sms_example_becomes_an_inbound_message() -> 
         ],
     }
     response = HttpResponse(200, json.dumps(doc).encode(), {"content-type": "application/json"})
-    entries, maxid = mcs.parse_inbound_poll(response, provider="mcs", received_at=1.0)
+    entries, maxid = mcs_inbound.parse_inbound_poll(response, provider="mcs", received_at=1.0)
     assert maxid == 201
     assert [e.id for e in entries] == [201, 202]
     first = entries[0].message

@@ -25,7 +25,9 @@ from bridge.core.model import OutcomeKind as K
 from bridge.core.provider import CallbackProvider, ProviderContext
 from bridge.providers import phlymail as p
 from bridge.providers.http import HttpRequest, HttpResponse
-from bridge.providers.http_provider import Unsendable
+from bridge.providers.http_provider import HttpProvider, Unsendable
+from bridge.providers.phlymail import send as p_send
+from bridge.providers.phlymail import settings as p_settings
 from bridge.simulators.phlymail import DEFAULT_PASSWORD, DEFAULT_USERNAME, PhlymailSimulator
 from bridge.web.server import HttpServer
 
@@ -46,7 +48,7 @@ DOCUMENTED_SEND_CODES = {
 }
 
 
-def account(**overrides: Any) -> p.Account:
+def account(**overrides: Any) -> p_settings.Account:
     values: dict[str, Any] = {
         "url": DOC_URL,
         "user": "USER",
@@ -54,7 +56,7 @@ def account(**overrides: Any) -> p.Account:
         "method": "GET",
     }
     values.update(overrides)
-    return p.Account(**values)
+    return p_settings.Account(**values)
 
 
 def message(text: str | None = "TEXT", **overrides: Any) -> Message:
@@ -92,7 +94,7 @@ MD5_OF_SECRET = "5ebe2294ecd0e0f08eab7690d2a6ee69"  # md5("secret"), a well-know
 
 def test_the_pages_send_example() -> None:
     # msggw.phlymail.de/http.php?user=USER&encpass=SECPASS&mode=sms&from=TEL&to=TEL&text=TEXT
-    request = p.build_send_request(message(source=Address(GERMAN_MOBILE, 1, 1)), account())
+    request = p_send.build_send_request(message(source=Address(GERMAN_MOBILE, 1, 1)), account())
     assert (request.method, request.url) == ("GET", DOC_URL)
     assert [name for name, _ in request.params] == ["user", "encpass", "mode", "from", "to", "text"]
     assert query(request) == {
@@ -107,34 +109,35 @@ def test_the_pages_send_example() -> None:
 
 def test_post_by_default_puts_every_parameter_in_the_form_body() -> None:
     # "Das Gateway wird wahlweise per HTTP GET oder HTTP POST angesprochen."
-    request = p.build_send_request(message(), account(method="POST"))
+    request = p_send.build_send_request(message(), account(method="POST"))
     assert request.method == "POST"
     assert request.full_url() == DOC_URL  # no credentials in the URL
     body, headers = request.body()
     assert body is not None
     assert dict(parse_qsl(body.decode("ascii")))["encpass"] == MD5_OF_SECRET
     assert headers["Content-Type"] == "application/x-www-form-urlencoded; charset=iso-8859-1"
-    assert p.Settings.model_fields["method"].default == "POST"
+    assert p_settings.Settings.model_fields["method"].default == "POST"
 
 
 def test_encpass_is_the_md5_of_the_password_and_preferred_by_default() -> None:
     # "encpass: Ihr Passwort bei uns als MD5-Hash. Die Angabe dieses Feldes ist immer dem Feld
     # pass vorzuziehen"
-    assert p.md5_password("secret") == MD5_OF_SECRET
-    q = query(p.build_send_request(message(), account()))
+    assert p_settings.md5_password("secret") == MD5_OF_SECRET
+    q = query(p_send.build_send_request(message(), account()))
     assert "pass" not in q and q["encpass"] == MD5_OF_SECRET
-    assert p.Settings.model_fields["password_field"].default == "encpass"
+    assert p_settings.Settings.model_fields["password_field"].default == "encpass"
 
 
 def test_pass_sends_the_plain_password_when_chosen() -> None:
-    q = query(p.build_send_request(message(), account(password_field="pass")))
+    q = query(p_send.build_send_request(message(), account(password_field="pass")))
     assert q["pass"] == "secret" and "encpass" not in q
 
 
 def test_the_md5_is_over_the_iso_8859_1_bytes_of_the_password() -> None:
-    assert p.md5_password("Passwört") == hashlib.md5("Passwört".encode("latin-1")).hexdigest()
+    latin1_md5 = hashlib.md5("Passwört".encode("latin-1")).hexdigest()
+    assert p_settings.md5_password("Passwört") == latin1_md5
     # A password ISO-8859-1 cannot hold is hashed as UTF-8.
-    assert p.md5_password("пароль") == hashlib.md5("пароль".encode()).hexdigest()
+    assert p_settings.md5_password("пароль") == hashlib.md5("пароль".encode()).hexdigest()
 
 
 def test_the_password_never_shows_in_the_account_or_settings_repr() -> None:
@@ -145,7 +148,8 @@ def test_the_password_never_shows_in_the_account_or_settings_repr() -> None:
 
 def test_no_receipt_parameter_exists_so_registered_delivery_changes_nothing() -> None:
     requests = [
-        query(p.build_send_request(message(registered_delivery=r), account())) for r in (0, 1, 2)
+        query(p_send.build_send_request(message(registered_delivery=r), account()))
+        for r in (0, 1, 2)
     ]
     assert requests[0] == requests[1] == requests[2]
 
@@ -155,34 +159,36 @@ def test_no_receipt_parameter_exists_so_registered_delivery_changes_nothing() ->
 
 def test_latin1_text_goes_as_mode_sms_percent_encoded_in_iso_8859_1() -> None:
     # "Der zu versendende Nachrichtentext im Zeichensatz ISO-8859-1."
-    request = p.build_send_request(message("Grüße aus Köln"), account())
+    request = p_send.build_send_request(message("Grüße aus Köln"), account())
     assert request.charset == "iso-8859-1"
     assert "text=Gr%FC%DFe+aus+K%F6ln" in raw_query(request)
     assert query(request)["mode"] == "sms"
 
 
 def test_ucs2_from_the_esme_with_latin1_text_still_goes_the_cheap_way() -> None:
-    q = query(p.build_send_request(message("Ça coûte 5 £", data_coding=8), account()))
+    q = query(p_send.build_send_request(message("Ça coûte 5 £", data_coding=8), account()))
     assert (q["mode"], q["text"]) == ("sms", "Ça coûte 5 £")
 
 
 @pytest.mark.parametrize("text", ["Привет", "5 €", "Καλημέρα", "ok 👍"])
 def test_text_outside_iso_8859_1_goes_as_mode_utf_in_utf8(text: str) -> None:
-    request = p.build_send_request(message(text), account())
+    request = p_send.build_send_request(message(text), account())
     assert request.charset == "utf-8"
     assert query(request)["mode"] == "utf"
     assert query(request)["text"] == text
 
 
 def test_the_euro_sign_is_percent_encoded_as_utf8() -> None:
-    assert "text=5+%E2%82%AC" in raw_query(p.build_send_request(message("5 €"), account()))
+    assert "text=5+%E2%82%AC" in raw_query(p_send.build_send_request(message("5 €"), account()))
 
 
 def test_with_unicode_off_text_outside_iso_8859_1_is_unsendable() -> None:
     with pytest.raises(Unsendable) as exc:
-        p.build_send_request(message("Привет"), account(unicode=False))
+        p_send.build_send_request(message("Привет"), account(unicode=False))
     assert exc.value.error_code == 1
-    assert query(p.build_send_request(message("Grüße"), account(unicode=False)))["mode"] == "sms"
+    assert (
+        query(p_send.build_send_request(message("Grüße"), account(unicode=False)))["mode"] == "sms"
+    )
 
 
 # --------------------------------------------------------------------------- length
@@ -190,42 +196,42 @@ def test_with_unicode_off_text_outside_iso_8859_1_is_unsendable() -> None:
 
 def test_918_characters_is_the_longest_message() -> None:
     # "Standardbedingt beträgt die maximale Länge einer Nachricht 918 Zeichen (6 x 153 Zeichen)."
-    assert p.MAX_SMS_SEPTETS == 918
-    p.build_send_request(message("x" * 918), account())
+    assert p_settings.MAX_SMS_SEPTETS == 918
+    p_send.build_send_request(message("x" * 918), account())
     with pytest.raises(Unsendable) as exc:
-        p.build_send_request(message("x" * 919), account())
+        p_send.build_send_request(message("x" * 919), account())
     assert exc.value.error_code == 201  # the gateway's own code for it
 
 
 def test_gsm_extension_characters_count_two_toward_the_limit() -> None:
-    assert p.sms_septets("[x]") == 5
+    assert p_send.sms_septets("[x]") == 5
     with pytest.raises(Unsendable):
-        p.build_send_request(message("[" + "x" * 917), account())
+        p_send.build_send_request(message("[" + "x" * 917), account())
 
 
 def test_parts_are_160_alone_then_153_each() -> None:
     # "Nachrichten über 160 Zeichen Länge werden automatisch in Einzel-SMS aufgeteilt."
-    assert [p.sms_parts(n) for n in (1, 160, 161, 306, 307, 918)] == [1, 1, 2, 2, 3, 6]
+    assert [p_send.sms_parts(n) for n in (1, 160, 161, 306, 307, 918)] == [1, 1, 2, 2, 3, 6]
 
 
 def test_unicode_limit_is_derived_as_six_parts_of_67() -> None:
-    assert p.MAX_UTF_UNITS == 402
-    p.build_send_request(message("ж" * 402), account())
+    assert p_settings.MAX_UTF_UNITS == 402
+    p_send.build_send_request(message("ж" * 402), account())
     with pytest.raises(Unsendable) as exc:
-        p.build_send_request(message("ж" * 403), account())
+        p_send.build_send_request(message("ж" * 403), account())
     assert exc.value.error_code == 201
-    assert [p.utf_parts(n) for n in (70, 71, 134, 135, 402)] == [1, 2, 2, 3, 6]
+    assert [p_send.utf_parts(n) for n in (70, 71, 134, 135, 402)] == [1, 2, 2, 3, 6]
 
 
 def test_characters_outside_the_bmp_count_two_utf16_units() -> None:
-    assert p.utf_units("👍") == 2
+    assert p_send.utf_units("👍") == 2
     with pytest.raises(Unsendable):
-        p.build_send_request(message("👍" * 202), account())
+        p_send.build_send_request(message("👍" * 202), account())
 
 
 def test_an_empty_text_is_refused_with_the_gateways_code_202() -> None:
     with pytest.raises(Unsendable) as exc:
-        p.build_send_request(message(""), account())
+        p_send.build_send_request(message(""), account())
     assert exc.value.error_code == 202
 
 
@@ -237,7 +243,7 @@ def test_binary_udh_and_flash_cannot_be_expressed() -> None:
         message("hi", flash=True),
     ):
         with pytest.raises(Unsendable) as exc:
-            p.build_send_request(msg, account())
+            p_send.build_send_request(msg, account())
         assert exc.value.error_code == 1
 
 
@@ -256,7 +262,7 @@ def test_binary_udh_and_flash_cannot_be_expressed() -> None:
     ],
 )
 def test_sender_formatting(source: Address, expected: str) -> None:
-    assert p.format_sender(source) == expected
+    assert p_send.format_sender(source) == expected
 
 
 @pytest.mark.parametrize(
@@ -272,16 +278,16 @@ def test_sender_formatting(source: Address, expected: str) -> None:
 )
 def test_senders_outside_the_pages_rules_are_unsendable(source: Address) -> None:
     with pytest.raises(Unsendable) as exc:
-        p.format_sender(source)
+        p_send.format_sender(source)
     assert exc.value.error_code == 1
 
 
 def test_the_recipient_is_00_and_the_international_digits() -> None:
-    assert p.format_number("4917712345678") == "004917712345678"
-    assert p.format_number("+4917712345678") == "004917712345678"
+    assert p_send.format_number("4917712345678") == "004917712345678"
+    assert p_send.format_number("+4917712345678") == "004917712345678"
     for bad in ("", "49-177", "0177123", "1234567890123456"):
         with pytest.raises(Unsendable):
-            p.format_number(bad)
+            p_send.format_number(bad)
 
 
 # --------------------------------------------------------------------------- replies
@@ -289,15 +295,17 @@ def test_the_recipient_is_00_and_the_international_digits() -> None:
 
 def test_replies_are_a_code_and_a_readable_text() -> None:
     # "<CODE> <Lesbarer englischer Text>\n"
-    assert p.parse_reply("100 1 SMS sent\n") == p.Reply(100, "1 SMS sent")
-    assert p.parse_reply("402 Authentication failed\r\n") == p.Reply(402, "Authentication failed")
-    assert p.parse_reply("100\n") == p.Reply(100, "")
+    assert p_send.parse_reply("100 1 SMS sent\n") == p_send.Reply(100, "1 SMS sent")
+    assert p_send.parse_reply("402 Authentication failed\r\n") == p_send.Reply(
+        402, "Authentication failed"
+    )
+    assert p_send.parse_reply("100\n") == p_send.Reply(100, "")
     for body in ("", "<html>Bad Gateway</html>", "OK", "1000 x", "10 x"):
-        assert p.parse_reply(body) is None, body
+        assert p_send.parse_reply(body) is None, body
 
 
 def test_reply_code_100_is_accepted_and_final_at_once_since_phlymail_has_no_reports() -> None:
-    outcome = p.parse_send_reply("100 1 SMS sent\n", message(id="m1"))
+    outcome = p_send.parse_send_reply("100 1 SMS sent\n", message(id="m1"))
     assert outcome.kind is K.ACCEPTED
     assert outcome.state is MessageState.ACCEPTED
     assert (outcome.error_code, outcome.parts) == (0, 1)
@@ -306,57 +314,57 @@ def test_reply_code_100_is_accepted_and_final_at_once_since_phlymail_has_no_repo
 
 def test_reply_code_100_gives_the_effective_sms_count_first() -> None:
     # "enthält am Anfang die resultierende Anzahl an effektiven SMS, also z.B. 1 für eine SMS"
-    assert p.parse_send_reply("100 3 SMS sent", message()).parts == 3
-    assert p.parse_send_reply("100 2", message()).parts == 2
-    assert p.parse_send_reply("100 OK", message(), parts=4).parts == 4  # our own count
+    assert p_send.parse_send_reply("100 3 SMS sent", message()).parts == 3
+    assert p_send.parse_send_reply("100 2", message()).parts == 2
+    assert p_send.parse_send_reply("100 OK", message(), parts=4).parts == 4  # our own count
 
 
 @pytest.mark.parametrize(("code", "kind"), sorted(DOCUMENTED_SEND_CODES.items()))
 def test_every_documented_send_code_has_its_outcome_and_err(code: int, kind: K) -> None:
-    outcome = p.parse_send_reply(f"{code} Some readable text\n", message())
+    outcome = p_send.parse_send_reply(f"{code} Some readable text\n", message())
     assert (outcome.kind, outcome.error_code) == (kind, code)
     assert outcome.provider_message_id is None
     assert outcome.detail.startswith(f"phlyMail {code}: ")
 
 
 def test_reply_code_203_insufficient_credit_is_transient_with_err_203() -> None:
-    outcome = p.parse_send_reply("203 Insufficient credit", message())
+    outcome = p_send.parse_send_reply("203 Insufficient credit", message())
     assert (outcome.kind, outcome.error_code) == (K.TRANSIENT, 203)
 
 
 def test_reply_code_402_wrong_login_is_a_permanent_failure_with_err_402() -> None:
-    outcome = p.parse_send_reply("402 Authentication failed", message())
+    outcome = p_send.parse_send_reply("402 Authentication failed", message())
     assert (outcome.kind, outcome.error_code) == (K.PERMANENT, 402)
 
 
 def test_reply_code_201_too_long_is_a_permanent_failure_with_err_201() -> None:
-    outcome = p.parse_send_reply("201 Message too long", message())
+    outcome = p_send.parse_send_reply("201 Message too long", message())
     assert (outcome.kind, outcome.error_code) == (K.PERMANENT, 201)
 
 
 def test_an_undocumented_code_is_permanent_with_that_err() -> None:
-    outcome = p.parse_send_reply("299 Something new", message())
+    outcome = p_send.parse_send_reply("299 Something new", message())
     assert (outcome.kind, outcome.error_code) == (K.PERMANENT, 299)
 
 
 @pytest.mark.parametrize("body", ["", "<html><body>502 Bad Gateway</body></html>", "OK"])
 def test_an_unreadable_reply_is_transient(body: str) -> None:
-    outcome = p.parse_send_reply(body, message())
+    outcome = p_send.parse_send_reply(body, message())
     assert (outcome.kind, outcome.error_code) == (K.TRANSIENT, 0)
 
 
 def test_the_connection_test_is_the_pages_example() -> None:
     # msggw.phlymail.de/http.php?user=USER&encpass=SECPASS&mode=test
-    q = query(p.build_test_request(account()))
+    q = query(p_send.build_test_request(account()))
     assert q == {"user": "USER", "encpass": MD5_OF_SECRET, "mode": "test"}
-    assert p.parse_test_reply("100 Connection OK\n") is True
-    assert p.parse_test_reply("401 Authentication failed\n") is False
-    assert p.parse_test_reply("<html>") is False
+    assert p_send.parse_test_reply("100 Connection OK\n") is True
+    assert p_send.parse_test_reply("401 Authentication failed\n") is False
+    assert p_send.parse_test_reply("<html>") is False
 
 
 def test_the_balance_call_is_the_pages_example() -> None:
     # msggw.phlymail.de/http.php?user=USER&encpass=SECPASS&mode=synchro
-    q = query(p.build_balance_request(account()))
+    q = query(p_send.build_balance_request(account()))
     assert q == {"user": "USER", "encpass": MD5_OF_SECRET, "mode": "synchro"}
 
 
@@ -375,16 +383,16 @@ def test_the_balance_is_the_first_number_of_the_readable_text(
     body: str, expected: tuple[bool, float | None]
 ) -> None:
     # "100 Erfolgreich. Die zurückgegebene lesbare Nachricht enthält Ihr aktuelles Guthaben"
-    assert p.parse_balance_reply(body) == expected
+    assert p_send.parse_balance_reply(body) == expected
 
 
 # --------------------------------------------------------------------------- settings
 
 
-def settings(**overrides: Any) -> p.Settings:
+def settings(**overrides: Any) -> p_settings.Settings:
     values: dict[str, Any] = {"type": "phlymail", "username": "USER", "password": "secret"}
     values.update(overrides)
-    return p.Settings.model_validate(values)
+    return p_settings.Settings.model_validate(values)
 
 
 def test_settings_defaults_follow_the_page() -> None:
@@ -408,6 +416,15 @@ def test_capabilities_follow_the_page_and_the_settings() -> None:
     assert (latin1_only.unicode, latin1_only.max_ucs2_chars) == (False, 0)
 
 
+
+def test_the_configured_rate_paces_balance_checks_too() -> None:
+    # Balance checks wait on the limiter the dispatcher's sends take: it must come from the
+    # table's requests_per_second (it stayed unlimited: a bug).
+    provider = p.create("phly", settings(requests_per_second=2.0), ProviderContext("phly"))
+    assert provider.capabilities.requests_per_second == 2.0
+    assert isinstance(provider, HttpProvider) and provider.limiter is not None
+
+
 def test_the_provider_takes_no_callbacks() -> None:
     provider = p.create("phly", settings(), ProviderContext("phly"))
     assert not isinstance(provider, CallbackProvider)
@@ -421,7 +438,7 @@ def test_the_example_config_loads() -> None:
     }
     cfg = load_config(EXAMPLE_CONFIG, env=env)
     provider = cfg.providers["phlymail"]
-    assert isinstance(provider, p.Settings)
+    assert isinstance(provider, p_settings.Settings)
     assert provider.username == DEFAULT_USERNAME
     assert provider.password.get_secret_value() == DEFAULT_PASSWORD
     assert any("phlymail" in route.providers for route in cfg.routes)
@@ -476,7 +493,7 @@ async def rig() -> AsyncIterator[Rig]:
     finally:
         for provider in rig.providers:
             await provider.stop()
-        await sim.aclose()
+        await sim.close()
         await server.stop()
 
 

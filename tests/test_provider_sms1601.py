@@ -28,7 +28,10 @@ from bridge.core.provider import CallbackRequest, ProviderContext
 from bridge.observability import Metrics
 from bridge.providers import sms1601 as p
 from bridge.providers.http import HttpResponse
-from bridge.providers.http_provider import Unsendable
+from bridge.providers.http_provider import HttpProvider, Unsendable
+from bridge.providers.sms1601 import reports as p_reports
+from bridge.providers.sms1601 import send as p_send
+from bridge.providers.sms1601 import settings as p_settings
 from bridge.simulators.sms1601 import DEFAULT_PASSWORD, DEFAULT_USERNAME, Sms1601Simulator
 from bridge.web.server import CallbackEndpoint, HealthReport, HttpServer, build_app
 
@@ -46,14 +49,14 @@ DOCUMENTED_CODES = [*range(100, 127), 150]
 TRANSIENT_CODES = {108, 115, 120, 121, 150}
 
 
-def account(**overrides: Any) -> p.Account:
+def account(**overrides: Any) -> p_settings.Account:
     values: dict[str, Any] = {
         "url": DOC_URL,
         "username": "USERNAME",
         "password": SecretStr("PASSWORD"),
     }
     values.update(overrides)
-    return p.Account(**values)
+    return p_settings.Account(**values)
 
 
 def message(text: str | None = "this is a test", **overrides: Any) -> Message:
@@ -81,7 +84,7 @@ def reply(body: str, status: int = 200) -> HttpResponse:
 
 
 def test_the_five_required_parameters_with_their_dutch_names() -> None:
-    request = p.build_send_request(message(), account(), now=0.0)
+    request = p_send.build_send_request(message(), account(), now=0.0)
     assert request.method == "GET"
     assert request.url == DOC_URL
     q = query(request)
@@ -94,90 +97,93 @@ def test_the_five_required_parameters_with_their_dutch_names() -> None:
 
 def test_the_message_is_urlencoded_before_it_is_sent() -> None:
     # "message=This is a test , this has to be: message=this%20is%20a%20test"
-    url = p.build_send_request(message("This is a test"), account(), now=0.0).full_url()
+    url = p_send.build_send_request(message("This is a test"), account(), now=0.0).full_url()
     assert "bericht=This+is+a+test&" in url  # form encoding: PHP decodes + and %20 alike
     assert " " not in url
 
 
 def test_the_sender_name_is_encoded_too() -> None:
     # "You also have to encode the sender name."
-    url = p.build_send_request(message(source=Address("My Shop", 5, 0)), account(), 0.0).full_url()
+    request = p_send.build_send_request(message(source=Address("My Shop", 5, 0)), account(), 0.0)
+    url = request.full_url()
     assert "afzender=My+Shop" in url
 
 
 def test_delivery_ja_only_when_the_esme_asked_for_a_receipt() -> None:
     # "If you add delivery=ja you get a reply with OK + a smsID."
     for registered, wanted in [(0, False), (1, True), (2, True), (0x10, True), (0x11, True)]:
-        q = query(p.build_send_request(message(registered_delivery=registered), account(), 0.0))
+        q = query(
+            p_send.build_send_request(message(registered_delivery=registered), account(), 0.0)
+        )
         assert (q.get("delivery") == "ja") is wanted, registered
         assert "delivery" in q or not wanted
 
 
 def test_our_message_id_is_the_reference() -> None:
     # "referentie=12345678: You can pass on an unique ID which our system will post back"
-    assert query(p.build_send_request(message(id="abc123"), account(), 0.0))["referentie"] == (
+    assert query(p_send.build_send_request(message(id="abc123"), account(), 0.0))["referentie"] == (
         "abc123"
     )
 
 
 def test_up_to_160_characters_is_one_sms_without_type_long() -> None:
-    q = query(p.build_send_request(message("x" * 160), account(), 0.0))
+    q = query(p_send.build_send_request(message("x" * 160), account(), 0.0))
     assert "type" not in q
 
 
 def test_above_160_characters_type_long_is_sent() -> None:
     # "When you use type=long, you can send messages larger than 160 characters."
-    q = query(p.build_send_request(message("x" * 161), account(), 0.0))
+    q = query(p_send.build_send_request(message("x" * 161), account(), 0.0))
     assert q["type"] == "long"
 
 
 def test_459_characters_is_the_longest_message() -> None:
     # "You can use a max. of 459 characters (seperated to a maximum of 3 messages)."
-    p.build_send_request(message("x" * 459), account(), 0.0)
+    p_send.build_send_request(message("x" * 459), account(), 0.0)
     with pytest.raises(Unsendable) as exc:
-        p.build_send_request(message("x" * 460), account(), 0.0)
+        p_send.build_send_request(message("x" * 460), account(), 0.0)
     assert exc.value.error_code == 118
 
 
 def test_extension_characters_count_two_toward_the_limits() -> None:
-    assert p.gsm_septets("€" * 80) == 160
-    assert "type" not in query(p.build_send_request(message("€" * 80), account(), 0.0))
-    q = query(p.build_send_request(message("x" * 159 + "€"), account(), 0.0))
+    assert p_send.gsm_septets("€" * 80) == 160
+    assert "type" not in query(p_send.build_send_request(message("€" * 80), account(), 0.0))
+    q = query(p_send.build_send_request(message("x" * 159 + "€"), account(), 0.0))
     assert q["type"] == "long"
     with pytest.raises(Unsendable):
-        p.build_send_request(message("x" * 458 + "€"), account(), 0.0)
+        p_send.build_send_request(message("x" * 458 + "€"), account(), 0.0)
 
 
 def test_parts_are_153_characters_of_a_long_message() -> None:
     # "you can only use 153 characters per text message when using long SMS"
-    assert [p.text_parts(n) for n in (1, 160, 161, 306, 307, 459)] == [1, 1, 2, 2, 3, 3]
+    assert [p_send.text_parts(n) for n in (1, 160, 161, 306, 307, 459)] == [1, 1, 2, 2, 3, 3]
 
 
 def test_gsm_text_goes_out_in_utf8_by_default() -> None:
     text = "Grüße aus Köln für 5€ ΔΩ"
-    url = p.build_send_request(message(text), account(), 0.0).full_url()
+    url = p_send.build_send_request(message(text), account(), 0.0).full_url()
     assert "%E2%82%AC" in url  # € in UTF-8
-    assert query(p.build_send_request(message(text), account(), 0.0))["bericht"] == text
+    assert query(p_send.build_send_request(message(text), account(), 0.0))["bericht"] == text
 
 
 def test_iso_8859_1_charset_refuses_the_gsm_characters_it_cannot_encode() -> None:
-    latin = p.build_send_request(message("Grüße"), account(charset="iso-8859-1"), 0.0)
+    latin = p_send.build_send_request(message("Grüße"), account(charset="iso-8859-1"), 0.0)
     assert "Gr%FC%DFe" in latin.full_url()
     with pytest.raises(Unsendable) as exc:
-        p.build_send_request(message("5 €"), account(charset="iso-8859-1"), 0.0)
+        p_send.build_send_request(message("5 €"), account(charset="iso-8859-1"), 0.0)
     assert exc.value.error_code == 1
 
 
 @pytest.mark.parametrize("text", ["Привет", "Hi 😀", "ç is not GSM (Ç is)"])
 def test_text_outside_gsm_03_38_is_unsendable_because_the_api_has_no_unicode(text: str) -> None:
     with pytest.raises(Unsendable) as exc:
-        p.build_send_request(message(text, data_coding=8), account(), 0.0)
+        p_send.build_send_request(message(text, data_coding=8), account(), 0.0)
     assert exc.value.error_code == 1
     assert "GSM" in exc.value.detail
 
 
 def test_ucs2_text_of_gsm_characters_is_sent_as_gsm() -> None:
-    q = query(p.build_send_request(message("Grüße", data_coding=8), account(), 0.0))
+    q = query(p_send.build_send_request(message("Grüße", data_coding=8), account(), 0.0))
     assert q["bericht"] == "Grüße"
 
 
@@ -188,26 +194,30 @@ def test_binary_flash_and_udh_content_cannot_be_expressed() -> None:
         message(udh=b"\x05\x04\x0b\x84\x23\xf0"),
     ):
         with pytest.raises(Unsendable) as exc:
-            p.build_send_request(msg, account(), 0.0)
+            p_send.build_send_request(msg, account(), 0.0)
         assert exc.value.error_code == 1
 
 
 def test_an_empty_message_is_refused_with_the_gateways_code_102() -> None:
     with pytest.raises(Unsendable) as exc:
-        p.build_send_request(message(""), account(), 0.0)
+        p_send.build_send_request(message(""), account(), 0.0)
     assert exc.value.error_code == 102
 
 
 def test_test_mode_adds_test_ja() -> None:
     # "test=ja: The system will conduct all the checks ... but effectively won't send an sms."
-    assert query(p.build_send_request(message(), account(test=True), 0.0))["test"] == "ja"
-    assert "test" not in query(p.build_send_request(message(), account(), 0.0))
+    assert query(p_send.build_send_request(message(), account(test=True), 0.0))["test"] == "ja"
+    assert "test" not in query(p_send.build_send_request(message(), account(), 0.0))
 
 
 def test_logging_ja_or_nee_only_when_configured() -> None:
-    assert "logging" not in query(p.build_send_request(message(), account(), 0.0))
-    assert query(p.build_send_request(message(), account(logging=True), 0.0))["logging"] == "ja"
-    assert query(p.build_send_request(message(), account(logging=False), 0.0))["logging"] == "nee"
+    assert "logging" not in query(p_send.build_send_request(message(), account(), 0.0))
+    assert (
+        query(p_send.build_send_request(message(), account(logging=True), 0.0))["logging"] == "ja"
+    )
+    assert (
+        query(p_send.build_send_request(message(), account(logging=False), 0.0))["logging"] == "nee"
+    )
 
 
 # --------------------------------------------------------------------------- password
@@ -215,9 +225,9 @@ def test_logging_ja_or_nee_only_when_configured() -> None:
 
 def test_the_password_can_be_sent_as_its_sha1() -> None:
     # "(you can encode this password with SHA-1 for extra security)"
-    assert p.password_param("abc", sha1=True) == "a9993e364706816aba3e25717850c26c9cd0d89d"
-    assert p.password_param("abc", sha1=False) == "abc"
-    q = query(p.build_send_request(message(), account(password_sha1=True), 0.0))
+    assert p_settings.password_param("abc", sha1=True) == "a9993e364706816aba3e25717850c26c9cd0d89d"
+    assert p_settings.password_param("abc", sha1=False) == "abc"
+    q = query(p_send.build_send_request(message(), account(password_sha1=True), 0.0))
     assert q["klantpwd"] == hashlib.sha1(b"PASSWORD").hexdigest()
 
 
@@ -239,7 +249,7 @@ def test_the_password_never_shows_in_the_account_repr() -> None:
     ],
 )
 def test_sender_formatting(source: Address, expected: str) -> None:
-    assert p.format_sender(source) == expected
+    assert p_send.format_sender(source) == expected
 
 
 @pytest.mark.parametrize(
@@ -259,7 +269,7 @@ def test_senders_the_gateway_would_refuse_are_refused_with_its_code(
     source: Address, code: int
 ) -> None:
     with pytest.raises(Unsendable) as exc:
-        p.build_send_request(message(source=source), account(), 0.0)
+        p_send.build_send_request(message(source=source), account(), 0.0)
     assert exc.value.error_code == code
 
 
@@ -269,7 +279,7 @@ def test_senders_the_gateway_would_refuse_are_refused_with_its_code(
 def test_datum_in_the_pages_format_with_no_confirmation_email() -> None:
     # "datum=201510261215&outboxid=ja"; "emailen=nee ... you can disable the email confirmation"
     at = datetime(2015, 10, 26, 12, 15, tzinfo=AMSTERDAM).timestamp()
-    q = query(p.build_send_request(message(schedule_at=at), account(), now=at - 3600))
+    q = query(p_send.build_send_request(message(schedule_at=at), account(), now=at - 3600))
     assert q["datum"] == "201510261215"
     assert q["emailen"] == "nee"
     assert "outboxid" not in q
@@ -277,22 +287,24 @@ def test_datum_in_the_pages_format_with_no_confirmation_email() -> None:
 
 def test_datum_rounds_up_to_the_next_minute_because_smpp_means_not_before() -> None:
     at = datetime(2015, 10, 26, 12, 14, 30, tzinfo=AMSTERDAM).timestamp()
-    assert p.format_datum(at, AMSTERDAM) == "201510261215"
+    assert p_send.format_datum(at, AMSTERDAM) == "201510261215"
     exact = datetime(2015, 10, 26, 12, 15, tzinfo=AMSTERDAM).timestamp()
-    assert p.format_datum(exact, AMSTERDAM) == "201510261215"
+    assert p_send.format_datum(exact, AMSTERDAM) == "201510261215"
 
 
 def test_datum_is_in_the_configured_zone() -> None:
     at = datetime(2015, 7, 1, 10, 0, tzinfo=UTC).timestamp()
-    assert p.format_datum(at, AMSTERDAM) == "201507011200"  # CEST
-    assert p.format_datum(at, ZoneInfo("Europe/London")) == "201507011100"
+    assert p_send.format_datum(at, AMSTERDAM) == "201507011200"  # CEST
+    assert p_send.format_datum(at, ZoneInfo("Europe/London")) == "201507011100"
 
 
 def test_no_datum_for_a_due_time_already_past_or_with_native_scheduling_off() -> None:
     now = 1_700_000_000.0
-    assert "datum" not in query(p.build_send_request(message(schedule_at=now - 1), account(), now))
+    assert "datum" not in query(
+        p_send.build_send_request(message(schedule_at=now - 1), account(), now)
+    )
     off = account(native_scheduling=False)
-    assert "datum" not in query(p.build_send_request(message(schedule_at=now + 600), off, now))
+    assert "datum" not in query(p_send.build_send_request(message(schedule_at=now + 600), off, now))
 
 
 # --------------------------------------------------------------------------- the send reply
@@ -300,33 +312,33 @@ def test_no_datum_for_a_due_time_already_past_or_with_native_scheduling_off() ->
 
 def test_ok_with_an_sms_id_is_accepted_and_awaits_its_report() -> None:
     # "If you add delivery=ja you get a reply with OK + a smsID. Eg : OK 1234567"
-    outcome = p.parse_send_reply("OK 1234567")
+    outcome = p_send.parse_send_reply("OK 1234567")
     assert outcome.kind is K.ACCEPTED
     assert outcome.provider_message_id == "1234567"
     assert outcome.state is None
 
 
 def test_ok_with_trailing_newline_and_parts() -> None:
-    outcome = p.parse_send_reply("OK 1234567\n", parts=3)
+    outcome = p_send.parse_send_reply("OK 1234567\n", parts=3)
     assert (outcome.provider_message_id, outcome.parts) == ("1234567", 3)
 
 
 def test_a_bare_ok_is_accepted_and_final_at_once_since_no_report_can_follow() -> None:
-    outcome = p.parse_send_reply("OK")
+    outcome = p_send.parse_send_reply("OK")
     assert outcome.kind is K.ACCEPTED
     assert outcome.provider_message_id is None
     assert outcome.state is MessageState.ACCEPTED
 
 
 def test_test_mode_ok_is_final_accepted_because_nothing_was_sent() -> None:
-    outcome = p.parse_send_reply("OK 1234567", test=True)
+    outcome = p_send.parse_send_reply("OK 1234567", test=True)
     assert outcome.kind is K.ACCEPTED
     assert outcome.state is MessageState.ACCEPTED
 
 
 @pytest.mark.parametrize("code", DOCUMENTED_CODES)
 def test_every_documented_error_code_has_its_outcome_and_err(code: int) -> None:
-    outcome = p.parse_send_reply(f"ERROR {code}")
+    outcome = p_send.parse_send_reply(f"ERROR {code}")
     expected = K.TRANSIENT if code in TRANSIENT_CODES else K.PERMANENT
     assert outcome.kind is expected
     assert outcome.error_code == code
@@ -335,23 +347,23 @@ def test_every_documented_error_code_has_its_outcome_and_err(code: int) -> None:
 
 
 def test_reply_code_104_is_a_permanent_failure_with_err_104() -> None:
-    outcome = p.parse_send_reply("ERROR 104")
+    outcome = p_send.parse_send_reply("ERROR 104")
     assert (outcome.kind, outcome.error_code) == (K.PERMANENT, 104)
     assert "username/password" in outcome.detail
 
 
 def test_reply_code_108_no_credits_is_transient_with_err_108() -> None:
-    outcome = p.parse_send_reply("ERROR 108")
+    outcome = p_send.parse_send_reply("ERROR 108")
     assert (outcome.kind, outcome.error_code) == (K.TRANSIENT, 108)
 
 
 def test_error_spellings_with_text_or_a_colon_are_read() -> None:
     for body in ("ERROR 106 No valid mobile number", "error: 106", "ERR106", "ERROR 106\n"):
-        assert p.parse_send_reply(body).error_code == 106, body
+        assert p_send.parse_send_reply(body).error_code == 106, body
 
 
 def test_an_undocumented_error_code_is_permanent_with_that_err() -> None:
-    outcome = p.parse_send_reply("ERROR 199")
+    outcome = p_send.parse_send_reply("ERROR 199")
     assert (outcome.kind, outcome.error_code) == (K.PERMANENT, 199)
     assert "undocumented" in outcome.detail
 
@@ -359,15 +371,15 @@ def test_an_undocumented_error_code_is_permanent_with_that_err() -> None:
 def test_an_ok_followed_by_words_is_a_success_without_an_id() -> None:
     # Re-sending what the gateway took would send it twice: a leading OK is a success.
     for body in ("OK - message sent", "OK sent", "ok"):
-        outcome = p.parse_send_reply(body)
+        outcome = p_send.parse_send_reply(body)
         assert (outcome.kind, outcome.provider_message_id) == (K.ACCEPTED, None), body
         assert outcome.state is MessageState.ACCEPTED
-    assert p.parse_send_reply("ok: 42").provider_message_id == "42"
+    assert p_send.parse_send_reply("ok: 42").provider_message_id == "42"
 
 
 @pytest.mark.parametrize("body", ["", "<html>Bad Gateway</html>", "OKAY", "ERROR", "476"])
 def test_an_unreadable_reply_is_transient(body: str) -> None:
-    outcome = p.parse_send_reply(body)
+    outcome = p_send.parse_send_reply(body)
     assert outcome.kind is K.TRANSIENT
     assert outcome.error_code == 0
 
@@ -389,18 +401,18 @@ def test_an_unreadable_reply_is_transient(body: str) -> None:
     ],
 )
 def test_report_words_map_to_states_and_err(word: str, state: MessageState, err: int) -> None:
-    assert p.status_word(word) == (state, err)
+    assert p_reports.status_word(word) == (state, err)
 
 
 def test_buffered_and_submitted_are_intermediate_the_rest_final() -> None:
     # BUFFERED: "This is a temporary status."; SUBMITTED: "no status available (yet)"
-    finals = {w for w, (s, _) in p.STATUSES.items() if s.is_final}
+    finals = {w for w, (s, _) in p_reports.STATUSES.items() if s.is_final}
     assert finals == {"DELIVERED", "NOT DELIVERED", "REJECTED", "NONE"}
 
 
 def test_an_unknown_report_word_maps_to_nothing() -> None:
-    assert p.status_word("EXPIRED") is None
-    assert p.status_word("") is None
+    assert p_reports.status_word("EXPIRED") is None
+    assert p_reports.status_word("") is None
 
 
 # --------------------------------------------------------------------------- the status page
@@ -408,16 +420,18 @@ def test_an_unknown_report_word_maps_to_nothing() -> None:
 
 def test_status_url_is_the_pages_gatewayrapport_address() -> None:
     # "http://217.19.227.48/module/gatewayrapport.php?smsid=1234567"
-    report_url = p.report_url_for(DOC_URL)
+    report_url = p_reports.report_url_for(DOC_URL)
     assert report_url == "http://217.19.227.48/module/gatewayrapport.php"
-    request = p.build_status_request(report_url, "1234567")
+    request = p_reports.build_status_request(report_url, "1234567")
     assert request.full_url() == f"{report_url}?smsid=1234567&datum=ja"
     assert "klant" not in request.full_url()  # the page's example carries no credentials
 
 
 def test_status_reply_with_date_as_in_the_page() -> None:
     # "Example : DELIVERED 01/02/2012 10:23:10"
-    state, err, done_at = p.parse_status_reply("DELIVERED 01/02/2012 10:23:10", AMSTERDAM) or (
+    state, err, done_at = p_reports.parse_status_reply(
+        "DELIVERED 01/02/2012 10:23:10", AMSTERDAM
+    ) or (
         None,
         None,
         None,
@@ -427,17 +441,17 @@ def test_status_reply_with_date_as_in_the_page() -> None:
 
 
 def test_not_delivered_is_not_read_as_delivered() -> None:
-    parsed = p.parse_status_reply("NOT DELIVERED 01/02/2012 10:23:10\n", AMSTERDAM)
+    parsed = p_reports.parse_status_reply("NOT DELIVERED 01/02/2012 10:23:10\n", AMSTERDAM)
     assert parsed is not None and parsed[:2] == (MessageState.UNDELIVERABLE, 2)
 
 
 def test_status_reply_without_a_date() -> None:
-    assert p.parse_status_reply("SUBMITTED", AMSTERDAM) == (MessageState.ENROUTE, 0, None)
+    assert p_reports.parse_status_reply("SUBMITTED", AMSTERDAM) == (MessageState.ENROUTE, 0, None)
 
 
 @pytest.mark.parametrize("body", ["ERROR 124", "", "DELIVERED yesterday", "UNKNOWN"])
 def test_a_status_reply_without_a_status_word_gives_no_report(body: str) -> None:
-    assert p.parse_status_reply(body, AMSTERDAM) is None
+    assert p_reports.parse_status_reply(body, AMSTERDAM) is None
 
 
 # --------------------------------------------------------------------------- the push
@@ -450,11 +464,11 @@ def push(**params: str) -> CallbackRequest:
 def test_the_delivery_notification_push() -> None:
     # "Our system will send a GET request with following parameters: smsid, datum (date)
     # (yyyymmdduummss), status, referentie (reference)."
-    report = p.parse_report_callback(
+    report = p_reports.parse_report_callback(
         push(smsid="1234567", datum="20120201102310", status="DELIVERED", referentie="abc"),
         AMSTERDAM,
     )
-    assert report == p.PushedReport(
+    assert report == p_reports.PushedReport(
         "1234567",
         MessageState.DELIVERED,
         0,
@@ -464,7 +478,7 @@ def test_the_delivery_notification_push() -> None:
 
 
 def test_a_push_without_datum_has_no_done_date() -> None:
-    report = p.parse_report_callback(push(smsid="1", status="NOT DELIVERED"), AMSTERDAM)
+    report = p_reports.parse_report_callback(push(smsid="1", status="NOT DELIVERED"), AMSTERDAM)
     assert (report.state, report.error_code, report.done_at) == (
         MessageState.UNDELIVERABLE,
         2,
@@ -486,7 +500,7 @@ def test_a_push_without_datum_has_no_done_date() -> None:
 )
 def test_a_malformed_push_is_refused(params: dict[str, str]) -> None:
     with pytest.raises(ValueError):
-        p.parse_report_callback(push(**params), AMSTERDAM)
+        p_reports.parse_report_callback(push(**params), AMSTERDAM)
 
 
 # --------------------------------------------------------------------------- credits
@@ -494,7 +508,7 @@ def test_a_malformed_push_is_refused(params: dict[str, str]) -> None:
 
 def test_credits_request_is_the_pages_example() -> None:
     # "http://217.19.227.48/module/gateway.php?klantuser=USERNAME&klantpwd=PASSWORD&action=credits"
-    assert p.build_credits_request(account()).full_url() == (
+    assert p_send.build_credits_request(account()).full_url() == (
         "http://217.19.227.48/module/gateway.php"
         "?klantuser=USERNAME&klantpwd=PASSWORD&action=credits"
     )
@@ -502,19 +516,19 @@ def test_credits_request_is_the_pages_example() -> None:
 
 def test_credits_reply_is_a_number() -> None:
     # "This will return a certain number : example 476"
-    assert p.parse_credits_reply("476") == 476.0
-    assert p.parse_credits_reply(" 12.5\n") == 12.5
-    assert p.parse_credits_reply("12,5") == 12.5
-    assert p.parse_credits_reply("ERROR 104") is None
+    assert p_send.parse_credits_reply("476") == 476.0
+    assert p_send.parse_credits_reply(" 12.5\n") == 12.5
+    assert p_send.parse_credits_reply("12,5") == 12.5
+    assert p_send.parse_credits_reply("ERROR 104") is None
 
 
 # --------------------------------------------------------------------------- settings, create
 
 
-def settings(**overrides: Any) -> p.Settings:
+def settings(**overrides: Any) -> p_settings.Settings:
     values: dict[str, Any] = {"type": "sms1601", "username": "u", "password": "pw"}
     values.update(overrides)
-    return p.Settings.model_validate(values)
+    return p_settings.Settings.model_validate(values)
 
 
 def test_settings_defaults_follow_the_page() -> None:
@@ -545,6 +559,17 @@ def test_capabilities_follow_the_settings() -> None:
     assert (polled.capabilities.reports, polled.capabilities.scheduling) == ("poll", False)
 
 
+
+def test_the_configured_rate_paces_polls_and_credit_checks_too() -> None:
+    # The limiter polls and credits calls wait on is the one the dispatcher's sends take: it
+    # must come from the table's requests_per_second (it stayed unlimited: a bug).
+    table = settings(requests_per_second=2.0, concurrency=3)
+    provider = p.create("one", table, ProviderContext("one"))
+    caps = provider.capabilities
+    assert (caps.requests_per_second, caps.concurrency) == (2.0, 3)
+    assert isinstance(provider, HttpProvider) and provider.limiter is not None
+
+
 def test_the_example_config_loads(tmp_path: Path) -> None:
     env = {
         "SMPP_DEMO_PASSWORD": "demopass",
@@ -554,7 +579,7 @@ def test_the_example_config_loads(tmp_path: Path) -> None:
     }
     cfg = load_config(EXAMPLE_CONFIG, env=env)
     provider = cfg.providers["sms1601"]
-    assert isinstance(provider, p.Settings)
+    assert isinstance(provider, p_settings.Settings)
     assert provider.password.get_secret_value() == "secret1601"
     assert any("sms1601" in route.providers for route in cfg.routes)
 
@@ -609,7 +634,7 @@ async def rig() -> AsyncIterator[Rig]:
     finally:
         for provider in rig.providers:
             await provider.stop()
-        await sim.aclose()
+        await sim.close()
         await server.stop()
 
 
@@ -710,7 +735,7 @@ async def test_sim_scheduled_message_waits_in_the_outbox(rig: Rig) -> None:
     assert outcome.kind is K.ACCEPTED
     held = rig.sim.messages[str(outcome.provider_message_id)]
     assert held.in_outbox
-    assert rig.sim.requests[-1]["datum"] == p.format_datum(at, AMSTERDAM)
+    assert rig.sim.requests[-1]["datum"] == p_send.format_datum(at, AMSTERDAM)
 
 
 async def test_sim_health_reports_the_balance(rig: Rig) -> None:
@@ -879,14 +904,14 @@ async def test_simulator_checks_what_the_page_lists(overrides: dict[str, str], a
     try:
         assert sim.handle(sim_params(**overrides)) == answer
     finally:
-        await sim.aclose()
+        await sim.close()
 
 
 async def test_simulator_outbox_and_report_calls() -> None:
     sim = Sms1601Simulator()
     try:
         later = datetime.now(UTC).timestamp() + 7200
-        datum = p.format_datum(later, AMSTERDAM)
+        datum = p_send.format_datum(later, AMSTERDAM)
         assert sim.handle(sim_params(datum=datum, outboxid="ja")) == "OK 1234567"
         assert sim.messages["1234567"].in_outbox
         creds = {"klantuser": DEFAULT_USERNAME, "klantpwd": DEFAULT_PASSWORD}
@@ -897,7 +922,7 @@ async def test_simulator_outbox_and_report_calls() -> None:
         assert sim.status_reply({}) == "ERROR 123"
         assert sim.status_reply({"smsid": "1234567"}) == "ERROR 124"  # removed
     finally:
-        await sim.aclose()
+        await sim.close()
 
 
 # --------------------------------------------------------------------------- several numbers
@@ -910,17 +935,17 @@ def test_the_pages_multiple_numbers_example_is_one_naar_with_commas() -> None:
         message(id="a", destination=Address("32478123456", 1, 1), registered_delivery=0),
         message(id="b", destination=Address("31600123456", 1, 1), registered_delivery=0),
     ]
-    request = p.build_bulk_request(msgs, account(), 0.0)
+    request = p_send.build_bulk_request(msgs, account(), 0.0)
     params = dict(request.params)
     assert params["naar"] == "32478123456,31600123456"
     assert "delivery" not in params and "referentie" not in params
-    keys = {p.bulk_key(m, account(), 0.0, "unreported") for m in msgs}
+    keys = {p_send.bulk_key(m, account(), 0.0, "unreported") for m in msgs}
     assert len(keys) == 1 and None not in keys
 
 
 def test_a_message_that_asks_for_a_receipt_goes_alone_unless_bulk_is_all() -> None:
     asks = message(registered_delivery=1)
-    assert p.bulk_key(asks, account(), 0.0, "unreported") is None
-    assert p.bulk_key(asks, account(), 0.0, "all") is not None
-    assert p.bulk_key(message(registered_delivery=0), account(), 0.0, "off") is None
-    assert p.bulk_key(message("Ω≈ unicode ☃"), account(), 0.0, "all") is None  # unsendable
+    assert p_send.bulk_key(asks, account(), 0.0, "unreported") is None
+    assert p_send.bulk_key(asks, account(), 0.0, "all") is not None
+    assert p_send.bulk_key(message(registered_delivery=0), account(), 0.0, "off") is None
+    assert p_send.bulk_key(message("Ω≈ unicode ☃"), account(), 0.0, "all") is None  # unsendable

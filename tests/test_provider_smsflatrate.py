@@ -30,6 +30,10 @@ from bridge.core.provider import CallbackRequest, ProviderContext
 from bridge.providers import smsflatrate as sf
 from bridge.providers.http import HttpRequest
 from bridge.providers.http_provider import Unsendable
+from bridge.providers.smsflatrate import inbound as sf_inbound
+from bridge.providers.smsflatrate import reports as sf_reports
+from bridge.providers.smsflatrate import send as sf_send
+from bridge.providers.smsflatrate import settings as sf_settings
 from bridge.simulators.smsflatrate import SmsflatrateSimulator
 from bridge.web.server import CallbackEndpoint, HealthReport, HttpServer, build_app
 
@@ -40,10 +44,10 @@ BERLIN = ZoneInfo("Europe/Berlin")
 EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "config/examples/smsflatrate.toml"
 
 
-def settings(**overrides: Any) -> sf.Settings:
+def settings(**overrides: Any) -> sf_settings.Settings:
     values: dict[str, Any] = {"type": "smsflatrate", "key": DOC_KEY}
     values.update(overrides)
-    return sf.Settings.model_validate(values)
+    return sf_settings.Settings.model_validate(values)
 
 
 def message(**overrides: Any) -> Message:
@@ -59,12 +63,12 @@ def message(**overrides: Any) -> Message:
     return Message(**values)
 
 
-def url(msg: Message, s: sf.Settings | None = None, now: float = 0.0) -> str:
+def url(msg: Message, s: sf_settings.Settings | None = None, now: float = 0.0) -> str:
     s = s or settings(gateway="1")
-    return sf.build_send_request(msg, s, DOC_KEY, now).full_url()
+    return sf_send.build_send_request(msg, s, DOC_KEY, now).full_url()
 
 
-def params(msg: Message, s: sf.Settings | None = None, now: float = 0.0) -> dict[str, str]:
+def params(msg: Message, s: sf_settings.Settings | None = None, now: float = 0.0) -> dict[str, str]:
     return dict(parse_qsl(urlsplit(url(msg, s, now)).query, keep_blank_values=True))
 
 
@@ -123,9 +127,9 @@ def test_document_example_delayed_sms() -> None:
 
 def test_schedule_time_is_rounded_up_to_the_minute_in_german_time() -> None:
     winter = datetime(2012, 12, 24, 13, 45, 1, tzinfo=BERLIN).timestamp()
-    assert sf.format_time(winter, BERLIN) == "24.12.2012-13:46"
+    assert sf_send.format_time(winter, BERLIN) == "24.12.2012-13:46"
     summer_utc = datetime(2024, 7, 1, 10, 0, tzinfo=ZoneInfo("UTC")).timestamp()
-    assert sf.format_time(summer_utc, BERLIN) == "01.07.2024-12:00"
+    assert sf_send.format_time(summer_utc, BERLIN) == "01.07.2024-12:00"
 
 
 def test_a_schedule_time_already_past_sends_now_with_status() -> None:
@@ -138,8 +142,8 @@ def test_without_native_scheduling_no_time_parameter_is_sent() -> None:
     s = settings(gateway="1", native_scheduling=False)
     p = params(message(schedule_at=1000.0, registered_delivery=1), s, now=0.0)
     assert "time" not in p and p["status"] == "1"
-    assert sf.capabilities_for(s).scheduling is False
-    assert sf.capabilities_for(settings()).scheduling is True
+    assert sf_settings.capabilities_for(s).scheduling is False
+    assert sf_settings.capabilities_for(settings()).scheduling is True
 
 
 def test_document_example_flash_on_gateway_3_sends_no_sender() -> None:
@@ -152,17 +156,17 @@ def test_document_example_flash_on_gateway_3_sends_no_sender() -> None:
 
 def test_flash_on_a_gateway_without_flash_is_sent_as_a_normal_sms_by_default() -> None:
     assert "flash" not in params(message(flash=True), settings(gateway="1"))
-    assert sf.capabilities_for(settings(gateway="1")).flash is True
+    assert sf_settings.capabilities_for(settings(gateway="1")).flash is True
 
 
 def test_flash_on_a_gateway_without_flash_is_refused_when_configured() -> None:
     s = settings(gateway="1", unsupported_flash="refuse")
-    assert sf.capabilities_for(s).flash is False
+    assert sf_settings.capabilities_for(s).flash is False
     with pytest.raises(Unsendable):
         url(message(flash=True), s)
     # auto10or11: flash for German numbers (gateway 10), refused for foreign ones (11).
     s = settings(gateway="auto10or11", unsupported_flash="refuse")
-    assert sf.capabilities_for(s).flash is True
+    assert sf_settings.capabilities_for(s).flash is True
     assert params(message(flash=True), s)["flash"] == "1"
     with pytest.raises(Unsendable):
         url(message(flash=True, destination=Address("436641234567")), s)
@@ -204,7 +208,7 @@ def test_per_account_gateway_override() -> None:
     assert params(message(account="other"), s)["type"] == "3"
     assert params(message(account="third"), s)["type"] == "1"
     # Capabilities hold for every account: gateway 3 allows 735 characters only.
-    assert sf.capabilities_for(s).max_gsm7_chars == 735
+    assert sf_settings.capabilities_for(s).max_gsm7_chars == 735
 
 
 def test_gateway_21_has_no_status_reports() -> None:
@@ -215,10 +219,10 @@ def test_gateway_21_has_no_status_reports() -> None:
 
 
 def test_auto_types_resolve_by_the_german_prefix() -> None:
-    assert sf.effective_gateway("auto1or2", "491606543210") == "1"
-    assert sf.effective_gateway("auto1or2", "436641234567") == "2"
-    assert sf.effective_gateway("auto10or11", "4915112345678") == "10"
-    assert sf.effective_gateway("11", "4915112345678") == "11"
+    assert sf_settings.effective_gateway("auto1or2", "491606543210") == "1"
+    assert sf_settings.effective_gateway("auto1or2", "436641234567") == "2"
+    assert sf_settings.effective_gateway("auto10or11", "4915112345678") == "10"
+    assert sf_settings.effective_gateway("11", "4915112345678") == "11"
 
 
 # --------------------------------------------------------------------------- charset, numbers
@@ -277,21 +281,21 @@ def test_length_limits_per_gateway() -> None:
 
 
 def test_capabilities_from_the_document() -> None:
-    caps = sf.capabilities_for(settings())
+    caps = sf_settings.capabilities_for(settings())
     assert caps.max_gsm7_chars == 1071
     assert caps.max_ucs2_chars == 469
     assert caps.unicode and not caps.binary
     assert caps.alphanumeric_sender and caps.max_sender_chars == 11
     assert caps.reports == "push"
     assert caps.requests_per_second == 10  # "max. 10 request per second"
-    assert sf.capabilities_for(settings(push_reports=False)).reports == "poll"
+    assert sf_settings.capabilities_for(settings(push_reports=False)).reports == "poll"
 
 
 # --------------------------------------------------------------------------- the send reply
 
 
 def test_reply_100_without_id_is_final_accepted() -> None:
-    outcome = sf.parse_send_reply("100")
+    outcome = sf_send.parse_send_reply("100")
     assert outcome.kind is OutcomeKind.ACCEPTED
     assert outcome.provider_message_id is None
     assert outcome.state is MessageState.ACCEPTED
@@ -299,7 +303,7 @@ def test_reply_100_without_id_is_final_accepted() -> None:
 
 def test_document_example_reply_with_sms_id() -> None:
     # "Beispiel // Example: 100,134678979411374"
-    outcome = sf.parse_send_reply("100,134678979411374")
+    outcome = sf_send.parse_send_reply("100,134678979411374")
     assert outcome.kind is OutcomeKind.ACCEPTED
     assert outcome.provider_message_id == "134678979411374"
     assert outcome.state is None  # a report follows
@@ -307,7 +311,7 @@ def test_document_example_reply_with_sms_id() -> None:
 
 def test_document_example_reply_with_cost() -> None:
     # "Beispiel Rückgabewert // Example return value: 100,0.07"
-    outcome = sf.parse_send_reply("100,0.07")
+    outcome = sf_send.parse_send_reply("100,0.07")
     assert outcome.cost == pytest.approx(0.07)
     assert outcome.provider_message_id is None
     assert outcome.state is MessageState.ACCEPTED
@@ -315,13 +319,13 @@ def test_document_example_reply_with_cost() -> None:
 
 def test_document_example_reply_with_id_and_cost() -> None:
     # "100,134678979411374,0.07"
-    outcome = sf.parse_send_reply("100,134678979411374,0.07\n")
+    outcome = sf_send.parse_send_reply("100,134678979411374,0.07\n")
     assert outcome.provider_message_id == "134678979411374"
     assert outcome.cost == pytest.approx(0.07)
 
 
 def test_an_unreadable_cost_does_not_undo_a_taken_message() -> None:
-    outcome = sf.parse_send_reply("100,134678979411374,(700) [0]")
+    outcome = sf_send.parse_send_reply("100,134678979411374,(700) [0]")
     assert outcome.kind is OutcomeKind.ACCEPTED
     assert outcome.provider_message_id == "134678979411374"
 
@@ -332,7 +336,7 @@ TRANSIENT_CODES = [120, 404]
 
 @pytest.mark.parametrize("code", PERMANENT_CODES)
 def test_reply_code_is_a_permanent_failure_with_err_the_code(code: int) -> None:
-    outcome = sf.parse_send_reply(str(code))
+    outcome = sf_send.parse_send_reply(str(code))
     assert outcome.kind is OutcomeKind.PERMANENT
     assert outcome.error_code == code
     assert str(code) in outcome.detail
@@ -340,25 +344,26 @@ def test_reply_code_is_a_permanent_failure_with_err_the_code(code: int) -> None:
 
 @pytest.mark.parametrize("code", TRANSIENT_CODES)
 def test_reply_code_is_a_transient_failure_with_err_the_code(code: int) -> None:
-    outcome = sf.parse_send_reply(str(code))
+    outcome = sf_send.parse_send_reply(str(code))
     assert outcome.kind is OutcomeKind.TRANSIENT
     assert outcome.error_code == code
 
 
 def test_every_documented_send_code_is_classified() -> None:
-    assert set(sf.SEND_CODES) == set(PERMANENT_CODES) | set(TRANSIENT_CODES)
+    assert set(sf_send.SEND_CODES) == set(PERMANENT_CODES) | set(TRANSIENT_CODES)
 
 
 def test_reply_code_231_is_a_permanent_failure_with_err_231() -> None:
-    outcome = sf.parse_send_reply("231")
+    outcome = sf_send.parse_send_reply("231")
     assert (outcome.kind, outcome.error_code) == (OutcomeKind.PERMANENT, 231)
 
 
 def test_an_undocumented_code_is_permanent_with_that_code_and_garbage_is_transient() -> None:
-    outcome = sf.parse_send_reply("999")
+    outcome = sf_send.parse_send_reply("999")
     assert (outcome.kind, outcome.error_code) == (OutcomeKind.PERMANENT, 999)
-    outcome = sf.parse_send_reply("<html>maintenance</html>")
-    assert (outcome.kind, outcome.error_code) == (OutcomeKind.TRANSIENT, sf.ERR_UNEXPECTED_REPLY)
+    outcome = sf_send.parse_send_reply("<html>maintenance</html>")
+    unexpected = (OutcomeKind.TRANSIENT, sf_send.ERR_UNEXPECTED_REPLY)
+    assert (outcome.kind, outcome.error_code) == unexpected
 
 
 # --------------------------------------------------------------------------- reports
@@ -366,13 +371,13 @@ def test_an_undocumented_code_is_permanent_with_that_code_and_garbage_is_transie
 
 def test_document_example_status_reply() -> None:
     # "Status, Empfangszeitpunkt als Unix Timestamp: 101,1234567890"
-    report = sf.parse_status_reply("p", "134678979411374", "101,1234567890", 5.0)
+    report = sf_reports.parse_status_reply("p", "134678979411374", "101,1234567890", 5.0)
     assert report == DeliveryReport("p", "134678979411374", MessageState.DELIVERED, 0, 1234567890.0)
 
 
 def test_document_example_status_reply_with_uid() -> None:
     # "101,1234567890,uid=49467"
-    report = sf.parse_status_reply("p", "1", "101,1234567890,uid=49467", 5.0)
+    report = sf_reports.parse_status_reply("p", "1", "101,1234567890,uid=49467", 5.0)
     assert report is not None and report.state is MessageState.DELIVERED
 
 
@@ -387,32 +392,32 @@ def test_document_example_status_reply_with_uid() -> None:
     ],
 )
 def test_report_codes_map_to_states(code: int, state: MessageState, err: int) -> None:
-    assert sf.report_state(code) == (state, err)
-    report = sf.parse_status_reply("p", "1", str(code), 7.0)
+    assert sf_reports.report_state(code) == (state, err)
+    report = sf_reports.parse_status_reply("p", "1", str(code), 7.0)
     assert report is not None
     assert (report.state, report.error_code, report.done_at) == (state, err, 7.0)
 
 
 def test_unreadable_status_replies_give_no_report() -> None:
-    assert sf.parse_status_reply("p", "1", "", 1.0) is None
-    assert sf.parse_status_reply("p", "1", "110", 1.0) is None
-    assert sf.report_state(100) is None
+    assert sf_reports.parse_status_reply("p", "1", "", 1.0) is None
+    assert sf_reports.parse_status_reply("p", "1", "110", 1.0) is None
+    assert sf_reports.report_state(100) is None
 
 
 def test_status_request_and_url() -> None:
     # "www.smsflatrate.net/status.php?id=134678979411374"
-    assert sf.status_url_for(settings()) == "https://www.smsflatrate.net/status.php"
-    req = sf.build_status_request(sf.status_url_for(settings()), "134678979411374")
+    assert sf_reports.status_url_for(settings()) == "https://www.smsflatrate.net/status.php"
+    req = sf_reports.build_status_request(sf_reports.status_url_for(settings()), "134678979411374")
     assert req.full_url() == "https://www.smsflatrate.net/status.php?id=134678979411374"
-    assert sf.status_url_for(settings(status_url="http://x/s.php")) == "http://x/s.php"
-    assert sf.status_url_for(settings(base_url="http://127.0.0.1:1/schnittstelle.php")) == (
+    assert sf_reports.status_url_for(settings(status_url="http://x/s.php")) == "http://x/s.php"
+    assert sf_reports.status_url_for(settings(base_url="http://127.0.0.1:1/schnittstelle.php")) == (
         "http://127.0.0.1:1/status.php"
     )
 
 
 def test_push_url_follows_the_document_example() -> None:
     # "http://www.ihtdomain.de/push.php?id=[message_id]&status=[status]&time=[time]&uid=[uid]"
-    assert sf.push_url("http://www.ihtdomain.de/push.php") == (
+    assert sf_reports.push_url("http://www.ihtdomain.de/push.php") == (
         "http://www.ihtdomain.de/push.php?id=[message_id]&status=[status]&time=[time]&uid=[uid]"
     )
 
@@ -423,12 +428,12 @@ def push(**query: str) -> CallbackRequest:
 
 def test_push_is_parsed_into_a_report() -> None:
     request = push(id="134678979411374", status="103", time="1234567890", uid="49679")
-    report = sf.parse_push("p", request, 5.0)
+    report = sf_reports.parse_push("p", request, 5.0)
     assert report == DeliveryReport(
         "p", "134678979411374", MessageState.UNDELIVERABLE, 103, 1234567890.0
     )
     # An empty [time] (nothing received yet) is our own time.
-    assert sf.parse_push("p", push(id="1", status="102", time=""), 5.0).done_at == 5.0
+    assert sf_reports.parse_push("p", push(id="1", status="102", time=""), 5.0).done_at == 5.0
 
 
 @pytest.mark.parametrize(
@@ -444,8 +449,8 @@ def test_push_is_parsed_into_a_report() -> None:
     ],
 )
 def test_malformed_pushes_are_refused(query: dict[str, str]) -> None:
-    with pytest.raises(sf.BadPush):
-        sf.parse_push("p", push(**query), 1.0)
+    with pytest.raises(sf_reports.BadPush):
+        sf_reports.parse_push("p", push(**query), 1.0)
 
 
 # --------------------------------------------------------------------------- inbound
@@ -456,7 +461,7 @@ def test_inbound_push_becomes_an_inbound_message() -> None:
         method="GET",
         query={"from": "00491606543210", "to": "00491624675000", "text": "Ja, gerne 👍"},
     )
-    msg = sf.parse_inbound("p", request, 9.0, "491624675000")
+    msg = sf_inbound.parse_inbound("p", request, 9.0, "491624675000")
     assert msg == InboundMessage(
         account="",
         source=Address("491606543210", 1, 1),
@@ -472,7 +477,7 @@ def test_inbound_push_without_receiver_goes_to_the_inbound_number_and_takes_alia
         method="POST",
         form={"sender": "+491606543210", "message": "hallo", "timestamp": "1700000000"},
     )
-    msg = sf.parse_inbound("p", request, 9.0, "491624675000")
+    msg = sf_inbound.parse_inbound("p", request, 9.0, "491624675000")
     assert msg.destination.digits == "491624675000"
     assert msg.source.digits == "491606543210"
     assert msg.received_at == 1700000000.0
@@ -489,8 +494,8 @@ def test_inbound_push_without_receiver_goes_to_the_inbound_number_and_takes_alia
     ],
 )
 def test_malformed_inbound_pushes_are_refused(query: dict[str, str]) -> None:
-    with pytest.raises(sf.BadPush):
-        sf.parse_inbound("p", CallbackRequest(method="GET", query=query), 1.0, "49162")
+    with pytest.raises(sf_reports.BadPush):
+        sf_inbound.parse_inbound("p", CallbackRequest(method="GET", query=query), 1.0, "49162")
 
 
 # --------------------------------------------------------------------------- health
@@ -498,10 +503,10 @@ def test_malformed_inbound_pushes_are_refused(query: dict[str, str]) -> None:
 
 def test_document_example_balance() -> None:
     # "Rückgabewert in Euro z.B. 145.1500"
-    assert sf.parse_balance("145.1500") == (True, pytest.approx(145.15))
-    assert sf.parse_balance("110") == (False, None)
-    assert sf.parse_balance("nonsense") == (False, None)
-    req = sf.build_health_request(settings(), DOC_KEY)
+    assert sf_send.parse_balance("145.1500") == (True, pytest.approx(145.15))
+    assert sf_send.parse_balance("110") == (False, None)
+    assert sf_send.parse_balance("nonsense") == (False, None)
+    req = sf_send.build_health_request(settings(), DOC_KEY)
     # "https://www.smsflatrate.net/schnittstelle.php?key=...&request=credits"
     assert req.full_url() == f"{BASE}key={DOC_KEY}&request=credits"
 
@@ -518,7 +523,7 @@ def test_settings_validate_gateways_and_zones() -> None:
     with pytest.raises(ValidationError):
         settings(reply_number="not a number")
     with pytest.raises(ValidationError):
-        sf.Settings.model_validate({"type": "smsflatrate"})  # key is required
+        sf_settings.Settings.model_validate({"type": "smsflatrate"})  # key is required
 
 
 def test_the_key_never_shows_in_the_settings_repr() -> None:
@@ -531,7 +536,7 @@ def test_example_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SMSFLATRATE_CALLBACK_TOKEN", "0123456789abcdef0123456789abcdef")
     cfg = load_config(EXAMPLE_CONFIG)
     provider = cfg.providers["smsflatrate"]
-    assert isinstance(provider, sf.Settings)
+    assert isinstance(provider, sf_settings.Settings)
     assert provider.key.get_secret_value() == "testkey"
     assert provider.requests_per_second == 10
 
@@ -870,8 +875,8 @@ async def test_simulate_command_refuses_unknown_options() -> None:
 # --------------------------------------------------------------------------- bulk (bulk=1)
 
 
-def bulk_url(msgs: list[Message], s: sf.Settings) -> str:
-    params = sf.bulk_params(msgs, s, DOC_KEY, 0.0)
+def bulk_url(msgs: list[Message], s: sf_settings.Settings) -> str:
+    params = sf_send.bulk_params(msgs, s, DOC_KEY, 0.0)
     return HttpRequest("GET", s.base_url, params=params, charset="utf-8").full_url()
 
 
@@ -886,14 +891,14 @@ def test_document_example_bulk_sms() -> None:
         "&to=00491606543210%3B0049151123456789%3B004917766655544&text=hello+germany&type=1&bulk=1"
     )
     assert bulk_url(msgs, s) == example + "&cost=1"
-    assert len({sf.bulk_key(m, s, DOC_KEY, 0.0) for m in msgs}) == 1
+    assert len({sf_send.bulk_key(m, s, DOC_KEY, 0.0) for m in msgs}) == 1
 
 
 def test_bulk_uses_the_effective_gateway_since_auto_types_work_for_single_sms_only() -> None:
     s = settings(gateway="auto10or11", bulk="all")
     german, foreign = message(), message(destination=Address("441234567890", 1, 1))
-    assert dict(sf.bulk_key(german, s, DOC_KEY, 0.0) or ())["type"] == "10"
-    assert dict(sf.bulk_key(foreign, s, DOC_KEY, 0.0) or ())["type"] == "11"
+    assert dict(sf_send.bulk_key(german, s, DOC_KEY, 0.0) or ())["type"] == "10"
+    assert dict(sf_send.bulk_key(foreign, s, DOC_KEY, 0.0) or ())["type"] == "11"
     assert "type=10&bulk=1" in bulk_url([german, message(id="2")], s)
 
 
@@ -909,24 +914,24 @@ def test_bulk_uses_the_effective_gateway_since_auto_types_work_for_single_sms_on
 )
 def test_which_messages_may_go_in_bulk(bulk: str, overrides: dict[str, Any], alone: bool) -> None:
     s = settings(gateway="1", bulk=bulk)
-    assert (sf.bulk_key(message(**overrides), s, DOC_KEY, 0.0) is None) is alone
+    assert (sf_send.bulk_key(message(**overrides), s, DOC_KEY, 0.0) is None) is alone
 
 
 def test_a_reply_message_never_goes_in_bulk() -> None:
     # reply: "nicht möglich mit Gruppen,- Massen-SMS/ terminierten SMS"
     s = settings(gateway="3", bulk="all", reply=1)
-    assert sf.bulk_key(message(), s, DOC_KEY, 0.0) is None
+    assert sf_send.bulk_key(message(), s, DOC_KEY, 0.0) is None
 
 
 def test_the_bulk_reply_is_split_per_destination() -> None:
-    taken = sf.parse_send_reply("100,0.21")
-    outcomes = sf.split_bulk_outcome(taken, 3)
+    taken = sf_send.parse_send_reply("100,0.21")
+    outcomes = sf_send.split_bulk_outcome(taken, 3)
     assert [o.state for o in outcomes] == [MessageState.ACCEPTED] * 3
     assert [o.cost for o in outcomes] == pytest.approx([0.07] * 3)
-    refused = sf.parse_send_reply("132")
-    assert [o.error_code for o in sf.split_bulk_outcome(refused, 2)] == [132, 132]
+    refused = sf_send.parse_send_reply("132")
+    assert [o.error_code for o in sf_send.split_bulk_outcome(refused, 2)] == [132, 132]
 
 
 def test_bulk_caps_a_request_at_50_numbers() -> None:
-    assert sf.capabilities_for(settings(bulk="all")).max_batch == 50
-    assert sf.capabilities_for(settings()).max_batch == 1
+    assert sf_settings.capabilities_for(settings(bulk="all")).max_batch == 50
+    assert sf_settings.capabilities_for(settings()).max_batch == 1

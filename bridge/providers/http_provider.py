@@ -79,8 +79,14 @@ class HttpProvider(abc.ABC):
         self.name = name
         self.settings = settings
         self.ctx = ctx
-        if not settings.retry_after_timeout:
-            capabilities = dataclasses.replace(capabilities, at_most_once=True)
+        # The table's limits, in one place for every adapter: the limiter below (shared by
+        # sends, polls and balance checks) is built from them.
+        capabilities = dataclasses.replace(
+            capabilities,
+            requests_per_second=settings.requests_per_second,
+            concurrency=settings.concurrency,
+            at_most_once=capabilities.at_most_once or not settings.retry_after_timeout,
+        )
         self.capabilities = capabilities
         self.client: HttpClient | None = None
         self.reports: ReportSink | None = None

@@ -13,8 +13,17 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationInfo
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+)
 
 __all__ = [
     "HttpProviderSettings",
@@ -22,6 +31,7 @@ __all__ = [
     "PosFloat",
     "ProviderSettings",
     "Secret",
+    "TimeZoneName",
     "resolve_env",
 ]
 
@@ -51,6 +61,19 @@ def _non_empty_secret(value: Any, info: ValidationInfo) -> Any:
 
 #: A credential: plain text in the file, or ``"env:VAR"``. Held as SecretStr, shown as ``**``.
 Secret = Annotated[SecretStr, BeforeValidator(_non_empty_secret)]
+
+
+def _known_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r} (an IANA name like Europe/Berlin)") from None
+    return value
+
+
+#: An IANA time zone name (``Europe/Berlin``), checked when the config loads: the zone a
+#: provider reads and writes its local times in.
+TimeZoneName = Annotated[str, AfterValidator(_known_zone)]
 
 
 class ProviderSettings(BaseModel):

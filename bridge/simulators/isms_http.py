@@ -44,6 +44,7 @@ through this simulator).
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import math
 import random
@@ -54,7 +55,6 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
@@ -63,7 +63,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from bridge.simulators.common import option_bool, option_float, serve_app
+from bridge.providers.http import HttpError, HttpRequest
+from bridge.simulators.common import Outbox, read_options, serve_simulator
 from bridge.smpp.text import gsm7_septet_count, is_gsm7
 
 __all__ = ["IsmsHttpSimulator", "SimMessage", "parse_schedule", "serve"]
@@ -193,9 +194,7 @@ class IsmsHttpSimulator:
         self._failed_once: set[tuple[str, str]] = set()
         self._prefix = "".join(random.choices(string.ascii_uppercase, k=3))
         self._counter = itertools.count(1)
-        self._session: Any = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._timers: set[asyncio.TimerHandle] = set()
+        self._outbox = Outbox(timeout=10.0, connect_timeout=10.0, pool_size=64)
         routes: list[Route] = []
         for base in ("", "/api/http"):
             routes += [
@@ -214,6 +213,13 @@ class IsmsHttpSimulator:
             digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"[rem] + digits
         return self._prefix + digits.rjust(7, "0")
 
+    def _call(self, request: Request, script: str) -> dict[str, str]:
+        """The call's query parameters (``script`` added), recorded in :attr:`requests`."""
+        params = dict(request.query_params)
+        params["script"] = script
+        self.requests.append(params)
+        return params
+
     def _authorised(self, params: Mapping[str, str]) -> bool:
         return params.get("username") == self.username and params.get("password") == self.password
 
@@ -223,9 +229,7 @@ class IsmsHttpSimulator:
 
     # ------------------------------------------------------------------ send.php
     async def send(self, request: Request) -> Response:
-        params = dict(request.query_params)
-        params["script"] = "send.php"
-        self.requests.append(params)
+        params = self._call(request, "send.php")
         recipients = [r for r in params.get("to", "").split(",") if r]
         suffixes = {r[-2:] for r in recipients}
         if "98" in suffixes:
@@ -274,9 +278,8 @@ class IsmsHttpSimulator:
         )
         self._remember(message)
         due = max(0.0, (schedule_at or now) - now) + self.delay
-        loop = asyncio.get_running_loop()
         for mobile in valid:
-            self._later(loop, due, mobile, message)
+            self._outbox.call_later(due, functools.partial(self._report_time, mobile, message))
         return self._reply(f"ID:{mid}")
 
     def _remember(self, message: SimMessage) -> None:
@@ -284,22 +287,7 @@ class IsmsHttpSimulator:
             del self.messages[next(iter(self.messages))]
         self.messages[message.mid] = message
 
-    def _later(
-        self, loop: asyncio.AbstractEventLoop, due: float, mobile: str, message: SimMessage
-    ) -> None:
-        handle: asyncio.TimerHandle | None = None
-
-        def fire() -> None:
-            if handle is not None:
-                self._timers.discard(handle)
-            self._report_time(loop, mobile, message)
-
-        handle = loop.call_later(due, fire)
-        self._timers.add(handle)
-
-    def _report_time(
-        self, loop: asyncio.AbstractEventLoop, mobile: str, message: SimMessage
-    ) -> None:
+    def _report_time(self, mobile: str, message: SimMessage) -> None:
         """A recipient's report is due: set its status (and push it)."""
         suffix = mobile[-2:]
         if suffix == "01":
@@ -312,16 +300,12 @@ class IsmsHttpSimulator:
         if suffix != "04":
             self._push(message, mobile, status)
         if suffix == "03":
-            handle: asyncio.TimerHandle | None = None
 
             def deliver() -> None:
-                if handle is not None:
-                    self._timers.discard(handle)
                 message.statuses[mobile] = "Delivered"
                 self._push(message, mobile, "Delivered")
 
-            handle = loop.call_later(self.delay, deliver)
-            self._timers.add(handle)
+            self._outbox.call_later(self.delay, deliver)
 
     def _push(self, message: SimMessage, mobile: str, status: str) -> None:
         if not self.reports or message.dlr_url is None:
@@ -329,30 +313,19 @@ class IsmsHttpSimulator:
         params = {"mid": message.mid, "mobile": mobile, "status": status}
         sep = "&" if "?" in message.dlr_url else "?"
         url = f"{message.dlr_url}{sep}{urlencode(params)}"
-        task = asyncio.ensure_future(self._deliver(url, params))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._outbox.spawn(self._deliver(url, params))
 
     async def _deliver(self, url: str, params: dict[str, str]) -> None:
-        import aiohttp
-
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=64),
-                timeout=aiohttp.ClientTimeout(total=10),
-            )
         try:
-            async with self._session.get(url) as resp:
-                await resp.read()
-                self.pushes.append((params, resp.status))
-        except (aiohttp.ClientError, TimeoutError, ValueError):
+            response = await self._outbox.request(HttpRequest("GET", url))
+        except HttpError:
             self.pushes.append((params, -1))
+        else:
+            self.pushes.append((params, response.status))
 
     # ------------------------------------------------------------------ query.php
     async def query(self, request: Request) -> Response:
-        params = dict(request.query_params)
-        params["script"] = "query.php"
-        self.requests.append(params)
+        params = self._call(request, "query.php")
         if not self._authorised(params):
             return self._reply("Error: Authentication error.")
         mid = params.get("mid", "")
@@ -369,9 +342,7 @@ class IsmsHttpSimulator:
 
     # ------------------------------------------------------------------ credits.php
     async def credits_php(self, request: Request) -> Response:
-        params = dict(request.query_params)
-        params["script"] = "credits.php"
-        self.requests.append(params)
+        params = self._call(request, "credits.php")
         if not self._authorised(params):
             return self._reply("Error: Authentication error.")
         return self._reply(f"Credits:{self.credits:.2f}")
@@ -379,27 +350,10 @@ class IsmsHttpSimulator:
     # ------------------------------------------------------------------ lifecycle
     async def close(self) -> None:
         """Cancel pending report timers, let pushes under way finish, close the session."""
-        for handle in self._timers:
-            handle.cancel()
-        self._timers.clear()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._outbox.close(finish_pushes=True)
 
 
 async def serve(host: str, port: int, options: Mapping[str, str]) -> None:
     """``smpp-bridge simulate isms-http``: run until cancelled (options: the module docstring)."""
-    sim = IsmsHttpSimulator(
-        username=options.get("username", "test"),
-        password=options.get("password", "test"),
-        credits=option_float(options, "credits", 1000.0),
-        delay=option_float(options, "delay", 0.5),
-        reports=option_bool(options, "reports", True),
-        hang=option_float(options, "hang", 30.0),
-    )
-    try:
-        await serve_app(sim.app, host, port, "iSMS HTTP")
-    finally:
-        await sim.close()
+    sim = IsmsHttpSimulator(**read_options(options, IsmsHttpSimulator))
+    await serve_simulator(sim, host, port, "iSMS HTTP")

@@ -62,9 +62,7 @@ the push's HTTP status.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import math
 import re
 import time
 import uuid
@@ -72,16 +70,38 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl
 
-import phonenumbers
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from bridge.providers.http import HttpError, HttpRequest, create_client
-from bridge.simulators.common import option_float, serve_app
+from bridge.providers.http import HttpError, HttpRequest
+from bridge.simulators.common import Outbox, read_options, serve_simulator
+from bridge.simulators.mycoolsms_format import (
+    HEX_RE,
+    MAX_GSM,
+    MAX_IDS,
+    MAX_UCS2,
+    SEND_CODES,
+    SENDER_TEXT,
+    URL_RE,
+    ApiError,
+    error_reply,
+    gsm_length,
+    looks_ucs2,
+    now_atom,
+    ok,
+    param_bool,
+    param_int,
+    param_text,
+    parse_schedule,
+    phone_digits,
+    read_call,
+    region_of,
+    sms_parts,
+    ucs2,
+)
 from bridge.smpp.text import gsm7_encode, is_gsm7
 
 __all__ = [
@@ -94,56 +114,6 @@ __all__ = [
 ]
 
 API_PATH = "/api-socket.php"
-
-#: The document's general error descriptions (and sendSms's own), as the replies carry them.
-ERRORS: dict[int, str] = {
-    101: "Login fehlgeschlagen. Falscher Benutzername oder Passwort.",
-    102: "Dieser Account wurde noch nicht freigeschaltet.",
-    103: "Ein erforderlicher Parameter fehlt",
-    104: "Ungültiger Aufruf. Keine GET, POST oder gültige JSON Eingabe gefunden.",
-    105: "Unbekannte Funktion",
-    106: "Zugriff verweigert",
-    107: "Allgemeiner API Fehler",
-    108: "Ungültige Aufrufs-Struktur",
-    109: "Guthaben reicht nicht aus",
-    210: "Die Rufnummer scheint ungültig zu sein",
-    211: "Der message Parameter enthält keinen Text",
-    212: "Der message Parameter ist zu lang",
-    213: "Der unicode Parameter ist true aber der message parameter wurde nicht in "
-    "UCS2-Notation übergeben",
-    214: "Der unicode Parameter ist false aber die Nachricht wurde in UCS2-Notation übergeben",
-    215: "Der unicode Parameter ist false aber die Nachricht enthält Zeichen ausserhalb des "
-    "GSM7 Alphabets",
-    216: "The input for Sender ID is invalid.",
-    217: "Kurzcode Senderkennungen sind nicht erlaubt",
-    218: "Die Rückruf-URL scheint ungültig zu sein",
-    219: "Die übergebene Sendezeit scheint ungültig zu sein.",
-    223: "Unbekannte SMS ID",
-    224: "Unbekannter Gruppenschlüssel",
-    232: "Die Rufnummer scheint ungültig zu sein",
-    233: "The virtual number is either invalid or not registered with this user account.",
-    234: "The provided thresholdid is invalid",
-    235: "Ungültiger limit Parameter",
-    236: "Invalid order parameter",
-    240: 'The input for the "ids" parameter seems invalid.',
-    241: "The maximum number of delivery reports per request is 100.",
-}
-_SEND_CODES = frozenset(c for c in ERRORS if c < 220)
-
-MAX_GSM = 765
-MAX_UCS2 = 335
-MAX_IDS = 100
-
-_SENDER_TEXT = re.compile(r"[A-Za-z0-9-]{1,11}")
-_URL = re.compile(r"https?://[^\s/?#]+\S*")
-_HEX = re.compile(r"(?:[0-9A-Fa-f]{4})+")
-
-
-class _ApiError(Exception):
-    def __init__(self, code: int, extra: str = "") -> None:
-        super().__init__(code)
-        self.code = code
-        self.extra = extra
 
 
 @dataclass(slots=True)
@@ -183,73 +153,6 @@ class InboundSms:
     received: float
 
 
-def _digits(number: str) -> str | None:
-    """``+49…``, ``0049…`` or ``49…`` → the digits, or None when not a phone number."""
-    value = re.sub(r"[\s()/-]", "", number)
-    if value.startswith("+"):
-        value = value[1:]
-    elif value.startswith("00"):
-        value = value[2:]
-    return value if value.isdigit() and 7 <= len(value) <= 15 else None
-
-
-def _region(digits: str) -> tuple[str | None, str]:
-    """(ISO country code or None, "+<country calling code>") of an E.164 number."""
-    try:
-        parsed = phonenumbers.parse("+" + digits)
-    except phonenumbers.NumberParseException:
-        return None, ""
-    region = phonenumbers.region_code_for_number(parsed)
-    return (region if region and region != "ZZ" else None), f"+{parsed.country_code}"
-
-
-def _ucs2(text: str) -> str:
-    return text.encode("utf-16-be", errors="surrogatepass").hex().upper()
-
-
-def _looks_ucs2(message: str) -> bool:
-    if not _HEX.fullmatch(message):
-        return False
-    return any(message[i : i + 2] == "00" for i in range(0, len(message), 4))
-
-
-def _gsm_length(text: str) -> tuple[int, int]:
-    """(septets, characters escaped) of GSM text."""
-    septets = len(gsm7_encode(text))
-    return septets, septets - len(text)
-
-
-def _parts(units: int, unicode: bool) -> int:
-    single, multi = (70, 67) if unicode else (160, 153)
-    return 1 if units <= single else math.ceil(units / multi)
-
-
-def _bool(value: Any) -> bool | None:
-    """A JSON boolean or a form's true/false/1/0; None when absent; ValueError otherwise."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | str) and str(value).lower() in ("true", "1", "false", "0"):
-        return str(value).lower() in ("true", "1")
-    raise ValueError(value)
-
-
-def _text(params: Mapping[str, Any], key: str) -> str | None:
-    value = params.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | int | float):
-        return str(value)
-    return None
-
-
-def _now_atom() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 class MyCoolSmsSimulator:
     """The simulated account (see the module docstring). ``app`` is the Starlette app;
     ``requests`` the API calls received (parsed parameters, ``format`` json/form/query),
@@ -281,7 +184,7 @@ class MyCoolSmsSimulator:
         self.pushes: list[Push] = []
         self.inbox: list[InboundSms] = []
         self._failed_once: set[tuple[str, str]] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._outbox = Outbox()
         self.app = Starlette(
             routes=[
                 Route(API_PATH, self._api, methods=["GET", "POST"]),
@@ -291,56 +194,33 @@ class MyCoolSmsSimulator:
 
     async def close(self) -> None:
         """Cancel the report timelines still running."""
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._outbox.close()
 
     # ------------------------------------------------------------------ the API endpoint
 
-    async def _read_call(self, request: Request) -> tuple[str, dict[str, Any]]:
-        """(format, parameters) of a call; _ApiError 104 when there is none."""
-        body = await request.body()
-        content_type = request.headers.get("content-type", "")
-        if request.method == "POST" and body:
-            if "json" in content_type or body.lstrip().startswith(b"{"):
-                try:
-                    data = json.loads(body.decode("utf-8"))
-                except (UnicodeDecodeError, ValueError):
-                    raise _ApiError(104) from None
-                if not isinstance(data, dict):
-                    raise _ApiError(104)
-                return "json", data
-            pairs = parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)
-            return "form", _collect(pairs)
-        if request.query_params:
-            return "query", _collect(list(request.query_params.multi_items()))
-        raise _ApiError(104)
-
     async def _api(self, request: Request) -> Response:
         try:
-            fmt, params = await self._read_call(request)
-        except _ApiError as exc:
+            fmt, params = await read_call(request)
+        except ApiError as exc:
             self.requests.append({"format": "none", "params": {}})
-            return _error(exc.code)
+            return error_reply(exc.code)
         self.requests.append({"format": fmt, "params": params})
         try:
             return await self._dispatch(params)
-        except _ApiError as exc:
-            return _error(exc.code, exc.extra)
+        except ApiError as exc:
+            return error_reply(exc.code, exc.extra)
 
     async def _dispatch(self, params: Mapping[str, Any]) -> Response:
-        username, password = _text(params, "username"), _text(params, "password")
+        username, password = param_text(params, "username"), param_text(params, "password")
         if not username:
-            raise _ApiError(103, "username")
+            raise ApiError(103, "username")
         if not password:
-            raise _ApiError(103, "password")
+            raise ApiError(103, "password")
         if username != self.username or password != self.password:
-            raise _ApiError(101)
-        function = _text(params, "function")
+            raise ApiError(101)
+        function = param_text(params, "function")
         if not function:
-            raise _ApiError(103, "function")
+            raise ApiError(103, "function")
         handlers = {
             "sendSms": self._send_sms,
             "getBalance": self._get_balance,
@@ -350,50 +230,50 @@ class MyCoolSmsSimulator:
         }
         handler = handlers.get(function)
         if handler is None:
-            raise _ApiError(105)
+            raise ApiError(105)
         return await handler(params)
 
     # ------------------------------------------------------------------ sendSms
 
     async def _send_sms(self, params: Mapping[str, Any]) -> Response:
-        number, message = _text(params, "number"), _text(params, "message")
+        number, message = param_text(params, "number"), param_text(params, "message")
         if number is None:
-            raise _ApiError(103, "number")
+            raise ApiError(103, "number")
         if message is None:
-            raise _ApiError(103, "message")
-        digits = _digits(number)
+            raise ApiError(103, "message")
+        digits = phone_digits(number)
         if digits is None:
-            raise _ApiError(210)
+            raise ApiError(210)
         try:
-            unicode = _bool(params.get("unicode"))
+            unicode = param_bool(params.get("unicode"))
         except ValueError:
-            raise _ApiError(108, "unicode") from None
+            raise ApiError(108, "unicode") from None
         text = self._message_text(message, unicode)
         if unicode is None:
             unicode = not is_gsm7(text)
         if unicode:
             units, escaped = len(text.encode("utf-16-be", errors="surrogatepass")) // 2, 0
             if units > MAX_UCS2:
-                raise _ApiError(212)
+                raise ApiError(212)
         else:
-            units, escaped = _gsm_length(text)
+            units, escaped = gsm_length(text)
             if units > MAX_GSM:
-                raise _ApiError(212)
-        sender = self._sender(_text(params, "senderid"))
-        callbackurl = _text(params, "callbackurl") or None
-        if callbackurl is not None and not _URL.fullmatch(callbackurl):
-            raise _ApiError(218)
-        scheduled = _schedule(_text(params, "scheduletime"))
+                raise ApiError(212)
+        sender = self._sender(param_text(params, "senderid"))
+        callbackurl = param_text(params, "callbackurl") or None
+        if callbackurl is not None and not URL_RE.fullmatch(callbackurl):
+            raise ApiError(218)
+        scheduled = parse_schedule(param_text(params, "scheduletime"))
 
         outcome = self._rule(digits, text)
         if outcome is not None:
             return outcome
         if digits.endswith("97"):
             await asyncio.sleep(self.slow)
-        smscount = _parts(units, unicode)
+        smscount = sms_parts(units, unicode)
         charge = round(self.price * smscount, 3)
         if self.balance < charge:
-            raise _ApiError(109)
+            raise ApiError(109)
         self.balance = round(self.balance - charge, 3)
         sms = SimSms(
             smsid=uuid.uuid4().hex,
@@ -407,12 +287,12 @@ class MyCoolSmsSimulator:
             scheduled=scheduled,
         )
         self.messages[sms.smsid] = sms
-        self._spawn(self._timeline(sms, digits))
-        country, prefix = _region(digits)
-        return _ok(
+        self._outbox.spawn(self._timeline(sms, digits))
+        country, prefix = region_of(digits)
+        return ok(
             smsid=sms.smsid,
             body=text,
-            bodyucs2=_ucs2(text),
+            bodyucs2=ucs2(text),
             bodygsm7=None if unicode else gsm7_encode(text).hex().upper(),
             number=sms.number,
             senderid=sender,
@@ -425,28 +305,28 @@ class MyCoolSmsSimulator:
             balance=self.balance,
             countrycode=country,
             prefix=prefix,
-            timestamp=_now_atom(),
+            timestamp=now_atom(),
             callbackurl=callbackurl,
         )
 
     @staticmethod
     def _message_text(message: str, unicode: bool | None) -> str:
         if unicode is True:
-            if not _HEX.fullmatch(message):
-                raise _ApiError(213)
+            if not HEX_RE.fullmatch(message):
+                raise ApiError(213)
             try:
                 text = bytes.fromhex(message).decode("utf-16-be")
             except UnicodeDecodeError:
-                raise _ApiError(213) from None
+                raise ApiError(213) from None
         else:
             text = message
             if unicode is False:
-                if _looks_ucs2(message):
-                    raise _ApiError(214)
+                if looks_ucs2(message):
+                    raise ApiError(214)
                 if not is_gsm7(message):
-                    raise _ApiError(215)
+                    raise ApiError(215)
         if not text:
-            raise _ApiError(211)
+            raise ApiError(211)
         return text
 
     @staticmethod
@@ -458,18 +338,18 @@ class MyCoolSmsSimulator:
         digits = digits[2:] if digits.startswith("00") else digits
         if digits.isdigit():
             if len(digits) < 7:
-                raise _ApiError(217)
+                raise ApiError(217)
             if len(digits) > 15:
-                raise _ApiError(216)
+                raise ApiError(216)
             return "+" + digits
-        if not _SENDER_TEXT.fullmatch(senderid):
-            raise _ApiError(216)
+        if not SENDER_TEXT.fullmatch(senderid):
+            raise ApiError(216)
         return senderid
 
     def _rule(self, digits: str, text: str) -> Response | None:
         """The reply a destination's suffix forces (module docstring), or None."""
-        if len(digits) >= 4 and digits[-4] == "9" and int(digits[-3:]) in _SEND_CODES:
-            raise _ApiError(int(digits[-3:]))
+        if len(digits) >= 4 and digits[-4] == "9" and int(digits[-3:]) in SEND_CODES:
+            raise ApiError(int(digits[-3:]))
         suffix = digits[-2:]
         if suffix == "98":
             return PlainTextResponse("Internal Server Error", status_code=500)
@@ -477,15 +357,10 @@ class MyCoolSmsSimulator:
             return Response("<html><body>Wartungsarbeiten</body></html>", media_type="text/html")
         if suffix == "07" and (digits, text) not in self._failed_once:
             self._failed_once.add((digits, text))
-            raise _ApiError(107)
+            raise ApiError(107)
         return None
 
     # ------------------------------------------------------------------ report timelines
-
-    def _spawn(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _steps(self, digits: str) -> list[tuple[float, str, bool]]:
         """(seconds after the send time, status, pushed) for a destination."""
@@ -523,53 +398,50 @@ class MyCoolSmsSimulator:
                 await self._post(sms.callbackurl, payload, "My-Cool-SMS Delivery Report")
 
     async def _post(self, url: str, payload: dict[str, Any], agent: str) -> int | None:
-        client = create_client("aiohttp", timeout=5.0, connect_timeout=2.0, pool_size=1)
         headers = {"User-Agent": agent, "Cache-Control": "no-cache", "Connection": "close"}
+        request = HttpRequest("POST", url, json=payload, headers=headers)
         try:
-            response = await client.request(HttpRequest("POST", url, json=payload, headers=headers))
-            status: int | None = response.status
+            status: int | None = (await self._outbox.request(request)).status
         except HttpError:
             status = None
-        finally:
-            await client.close()
         self.pushes.append(Push(url, payload, status))
         return status
 
     # ------------------------------------------------------------------ reports
 
     async def _get_balance(self, params: Mapping[str, Any]) -> Response:
-        return _ok(balance=self.balance)
+        return ok(balance=self.balance)
 
     async def _get_delivery_report(self, params: Mapping[str, Any]) -> Response:
-        smsid = _text(params, "id")
+        smsid = param_text(params, "id")
         if not smsid:
-            raise _ApiError(103, "id")
+            raise ApiError(103, "id")
         try:
-            groupkey = _bool(params.get("groupkey"))
+            groupkey = param_bool(params.get("groupkey"))
         except ValueError:
-            raise _ApiError(108, "groupkey") from None
+            raise ApiError(108, "groupkey") from None
         if groupkey:
-            raise _ApiError(224)
+            raise ApiError(224)
         sms = self.messages.get(smsid)
         if sms is None:
-            raise _ApiError(223)
-        return _ok(smsid=smsid, status=sms.status)
+            raise ApiError(223)
+        return ok(smsid=smsid, status=sms.status)
 
     async def _get_delivery_reports(self, params: Mapping[str, Any]) -> Response:
         ids = params.get("ids", params.get("ids[]"))
         if ids is None:
-            raise _ApiError(103, "ids")
+            raise ApiError(103, "ids")
         if isinstance(ids, str):
             ids = [ids]
         if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids):
-            raise _ApiError(240)
+            raise ApiError(240)
         if len(ids) > MAX_IDS:
-            raise _ApiError(241)
+            raise ApiError(241)
         reports = []
         for smsid in ids:
             sms = self.messages.get(smsid)
             reports.append({"smsid": smsid, "status": sms.status if sms else "UNKNOWN_ID"})
-        return _ok(reports=reports)
+        return ok(reports=reports)
 
     # ------------------------------------------------------------------ inbound
 
@@ -606,16 +478,16 @@ class MyCoolSmsSimulator:
         if unicode:
             units, escaped = len(text.encode("utf-16-be", errors="surrogatepass")) // 2, 0
         else:
-            units, escaped = _gsm_length(text)
-        sender_digits = _digits(sender)
+            units, escaped = gsm_length(text)
+        sender_digits = phone_digits(sender)
         payload = {
             "from": sender,
-            "fromcountrycode": _region(sender_digits)[0] if sender_digits else None,
+            "fromcountrycode": region_of(sender_digits)[0] if sender_digits else None,
             "to": to,
             "unicode": unicode,
-            "smscount": _parts(units, unicode),
+            "smscount": sms_parts(units, unicode),
             "body": text,
-            "bodyucs2": _ucs2(text),
+            "bodyucs2": ucs2(text),
             "bodygsm7": None if unicode else gsm7_encode(text).hex().upper(),
             "numchars": units,
             "escapenumchars": escaped,
@@ -640,28 +512,28 @@ class MyCoolSmsSimulator:
         return JSONResponse({"id": len(self.inbox), "status": status})
 
     async def _get_incoming_sms(self, params: Mapping[str, Any]) -> Response:
-        virtual = _text(params, "virtualnumber")
+        virtual = param_text(params, "virtualnumber")
         inbox = self.inbox
         if virtual:
-            digits = _digits(virtual)
+            digits = phone_digits(virtual)
             if digits is None:
-                raise _ApiError(232)
-            if digits != _digits(self.virtual_number):
-                raise _ApiError(233)
+                raise ApiError(232)
+            if digits != phone_digits(self.virtual_number):
+                raise ApiError(233)
             # "The virtual number for which sms text messages should be fetched."
-            inbox = [m for m in self.inbox if _digits(m.virtualnumber) == digits]
-        threshold = _int(params.get("thresholdid"), 0, 234)
-        limit = _int(params.get("limit"), 25, 235)
-        order = (_text(params, "order") or "DESC").upper()
+            inbox = [m for m in self.inbox if phone_digits(m.virtualnumber) == digits]
+        threshold = param_int(params.get("thresholdid"), 0, 234)
+        limit = param_int(params.get("limit"), 25, 235)
+        order = (param_text(params, "order") or "DESC").upper()
         if order not in ("ASC", "DESC"):
-            raise _ApiError(236)
-        greater = (_text(params, "thresholdoperator") or "gt") != "lt"
+            raise ApiError(236)
+        greater = (param_text(params, "thresholdoperator") or "gt") != "lt"
         chosen = [m for m in inbox if (m.id > threshold if greater else m.id < threshold)]
         chosen.sort(key=lambda m: m.id, reverse=order == "DESC")
         if limit:
             chosen = chosen[:limit]
         ids = [m.id for m in inbox]
-        return _ok(
+        return ok(
             total=str(len(inbox)),
             fetched=len(chosen),
             maxid=max(ids, default=0),
@@ -671,91 +543,29 @@ class MyCoolSmsSimulator:
 
 
 def _incoming_json(m: InboundSms) -> dict[str, Any]:
-    sender_digits = _digits(m.senderid)
-    units = len(m.body.encode("utf-16-be")) // 2 if m.unicode else _gsm_length(m.body)[0]
+    sender_digits = phone_digits(m.senderid)
+    units = len(m.body.encode("utf-16-be")) // 2 if m.unicode else gsm_length(m.body)[0]
     return {
         "id": m.id,
         "virtualnumber": m.virtualnumber,
         "senderid": m.senderid,
         "body": m.body,
-        "bodyucs2": _ucs2(m.body),
+        "bodyucs2": ucs2(m.body),
         "bodygsm7": "" if m.unicode else gsm7_encode(m.body).hex().upper(),
         "unicode": m.unicode,
         "timestamp": datetime.fromtimestamp(m.received, UTC).isoformat(timespec="milliseconds"),
         "unixtimestamp": f"{m.received:.1f}",
         "numchars": units,
-        "escapechars": 0 if m.unicode else _gsm_length(m.body)[1],
-        "smscount": _parts(units, m.unicode),
+        "escapechars": 0 if m.unicode else gsm_length(m.body)[1],
+        "smscount": sms_parts(units, m.unicode),
         "charge": "0.010",
-        "senderidcountrycode": _region(sender_digits)[0] if sender_digits else None,
-        "virtualnumbercountrycode": _region(_digits(m.virtualnumber) or "")[0],
+        "senderidcountrycode": region_of(sender_digits)[0] if sender_digits else None,
+        "virtualnumbercountrycode": region_of(phone_digits(m.virtualnumber) or "")[0],
     }
-
-
-def _collect(pairs: list[tuple[str, str]]) -> dict[str, Any]:
-    """Form/query pairs → parameters; a PHP-style ``name[]`` collects a list."""
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key.endswith("[]"):
-            out.setdefault(key[:-2], []).append(value)
-        else:
-            out.setdefault(key, value)
-    return out
-
-
-def _int(value: Any, default: int, code: int) -> int:
-    if value is None or value == "":
-        return default
-    if isinstance(value, bool):
-        raise _ApiError(code)
-    if isinstance(value, int):
-        number = value
-    elif isinstance(value, str) and value.isdigit():
-        number = int(value)
-    else:
-        raise _ApiError(code)
-    if number < 0:
-        raise _ApiError(code)
-    return number
-
-
-def _schedule(value: str | None) -> float | None:
-    """``scheduletime`` ("2011-04-17T17:59:36.67+08", "2011-04-17 17:59:36-02") → epoch."""
-    if not value:
-        return None
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise _ApiError(219) from None
-    if when.tzinfo is None:
-        raise _ApiError(219)
-    return when.timestamp()
-
-
-def _ok(**values: Any) -> JSONResponse:
-    return JSONResponse({"success": True, **values})
-
-
-def _error(code: int, extra: str = "") -> JSONResponse:
-    description = ERRORS.get(code, "Allgemeiner API Fehler")
-    if extra:
-        description = f"{description}: {extra}"
-    return JSONResponse({"success": False, "errorcode": code, "errordescription": description})
 
 
 async def serve(host: str, port: int, options: Mapping[str, str]) -> None:
     """``smpp-bridge simulate mycoolsms`` (options: see the module docstring)."""
-    sim = MyCoolSmsSimulator(
-        username=options.get("username", "bridge"),
-        password=options.get("password", "secret"),
-        balance=option_float(options, "balance", 100.0),
-        price=option_float(options, "price", 0.05),
-        delay=option_float(options, "delay", 1.0),
-        slow=option_float(options, "slow", 30.0),
-        inbound_url=options.get("inbound_url") or None,
-        virtual_number=options.get("virtual_number", "+4915790000000"),
-    )
-    try:
-        await serve_app(sim.app, host, port, "My-Cool-SMS")
-    finally:
-        await sim.close()
+    sim = MyCoolSmsSimulator(**read_options(options, MyCoolSmsSimulator))
+    await serve_simulator(sim, host, port, "My-Cool-SMS")
+

@@ -57,7 +57,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from bridge.simulators.common import option_float, serve_app
+from bridge.simulators.common import read_options, serve_simulator
 
 __all__ = [
     "DEFAULT_PASSWORD",
@@ -146,7 +146,7 @@ class PhlymailSimulator:
         self._seen_once: set[tuple[str, str, str]] = set()
         self.app = Starlette(routes=[Route("/http.php", self._http, methods=["GET", "POST"])])
 
-    async def aclose(self) -> None:
+    async def close(self) -> None:
         """Nothing is pending (no reports exist); kept for symmetry with the other simulators."""
 
     # ------------------------------------------------------------------ http.php
@@ -268,13 +268,5 @@ def _forced_code(number: str) -> int | None:
 
 async def serve(host: str, port: int, options: Mapping[str, str]) -> None:
     """``smpp-bridge simulate phlymail``: options in the module docstring."""
-    sim = PhlymailSimulator(
-        username=options.get("username", DEFAULT_USERNAME),
-        password=options.get("password", DEFAULT_PASSWORD),
-        credit=option_float(options, "credit", 1000.0),
-        slow=option_float(options, "slow", 5.0),
-    )
-    try:
-        await serve_app(sim.app, host, port, "phlymail")
-    finally:
-        await sim.aclose()
+    sim = PhlymailSimulator(**read_options(options, PhlymailSimulator))
+    await serve_simulator(sim, host, port, "phlymail")

@@ -66,13 +66,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-import aiohttp
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from bridge.simulators.common import option_float, request_params, serve_app
+from bridge.providers.http import HttpError, HttpRequest
+from bridge.simulators.common import (
+    Outbox,
+    read_options,
+    request_params,
+    serve_simulator,
+)
 
 __all__ = ["DEFAULT_PASSWORD", "DEFAULT_USERNAME", "SimMessage", "Sms1601Simulator", "serve"]
 
@@ -139,8 +144,7 @@ class Sms1601Simulator:
         self.pushes: list[tuple[dict[str, str], int | str]] = []
         self._ids = itertools.count(1234567)
         self._seen_once: set[tuple[str, str, str]] = set()
-        self._timers: set[asyncio.TimerHandle] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._outbox = Outbox()
         self.app = Starlette(
             routes=[
                 Route("/module/gateway.php", self._gateway, methods=["GET", "POST"]),
@@ -149,34 +153,13 @@ class Sms1601Simulator:
         )
 
     # ------------------------------------------------------------------ plumbing
-    async def aclose(self) -> None:
+    async def close(self) -> None:
         """Cancel pending report timers and pushes (for tests and shutdown)."""
-        for handle in self._timers:
-            handle.cancel()
-        self._timers.clear()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    @staticmethod
-    async def _params(request: Request) -> dict[str, str]:
-        return await request_params(request)
-
-    def _later(self, delay: float, fn: Callable[[], None]) -> None:
-        loop = asyncio.get_running_loop()
-        handle: asyncio.TimerHandle
-
-        def fire() -> None:
-            self._timers.discard(handle)
-            fn()
-
-        handle = loop.call_later(max(0.0, delay), fire)
-        self._timers.add(handle)
+        await self._outbox.close()
 
     # ------------------------------------------------------------------ gateway.php
     async def _gateway(self, request: Request) -> Response:
-        params = await self._params(request)
+        params = await request_params(request)
         self.requests.append(params)
         naar = params.get("naar", "")
         key = (naar, params.get("referentie", ""), params.get("bericht", ""))
@@ -298,7 +281,7 @@ class Sms1601Simulator:
             self.messages[message.smsid] = message
             ids.append(message.smsid)
             if not test:
-                self._later(
+                self._outbox.call_later(
                     (message.due_at or now) - now, functools.partial(self._dispatch, message)
                 )
         if delivery or (due_at is not None and params.get("outboxid") == "ja"):
@@ -345,14 +328,14 @@ class Sms1601Simulator:
         if message.naar.endswith("85"):
             return
         if message.naar.endswith("84"):
-            self._later(self.delay / 2, lambda: self._set_status(message, "BUFFERED"))
-            self._later(self.delay, lambda: self._set_status(message, "DELIVERED"))
+            self._outbox.call_later(self.delay / 2, lambda: self._set_status(message, "BUFFERED"))
+            self._outbox.call_later(self.delay, lambda: self._set_status(message, "DELIVERED"))
             return
         final = next(
             (word for suffix, word in _FINAL_BY_SUFFIX.items() if message.naar.endswith(suffix)),
             "DELIVERED",
         )
-        self._later(self.delay, lambda: self._set_status(message, final))
+        self._outbox.call_later(self.delay, lambda: self._set_status(message, final))
 
     def _set_status(self, message: SimMessage, status: str, *, push: bool = True) -> None:
         message.status = status
@@ -366,25 +349,21 @@ class Sms1601Simulator:
                 "status": status,
                 "referentie": message.referentie,
             }
-            task = asyncio.ensure_future(self._push(self.push_url, params))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._outbox.spawn(self._push(self.push_url, params))
 
     async def _push(self, url: str, params: dict[str, str]) -> None:
         try:
-            timeout = aiohttp.ClientTimeout(total=5.0)
-            async with (
-                aiohttp.ClientSession(timeout=timeout) as session,
-                session.get(url, params=params) as resp,
-            ):
-                await resp.read()
-                self.pushes.append((params, resp.status))
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            self.pushes.append((params, type(exc).__name__))
+            response = await self._outbox.request(
+                HttpRequest("GET", url, params=list(params.items()))
+            )
+        except HttpError as exc:
+            self.pushes.append((params, exc.detail))
+        else:
+            self.pushes.append((params, response.status))
 
     # ------------------------------------------------------------------ gatewayrapport.php
     async def _rapport(self, request: Request) -> Response:
-        params = await self._params(request)
+        params = await request_params(request)
         self.status_requests.append(params)
         return PlainTextResponse(self.status_reply(params))
 
@@ -416,16 +395,5 @@ def _number(value: float) -> str:
 
 async def serve(host: str, port: int, options: Mapping[str, str]) -> None:
     """``smpp-bridge simulate sms1601``: options in the module docstring."""
-    sim = Sms1601Simulator(
-        username=options.get("username", DEFAULT_USERNAME),
-        password=options.get("password", DEFAULT_PASSWORD),
-        credits=option_float(options, "credits", 1000.0),
-        delay=option_float(options, "delay", 0.5),
-        slow=option_float(options, "slow", 5.0),
-        push_url=options.get("push_url") or None,
-        timezone=options.get("timezone", "Europe/Amsterdam"),
-    )
-    try:
-        await serve_app(sim.app, host, port, "sms1601")
-    finally:
-        await sim.aclose()
+    sim = Sms1601Simulator(**read_options(options, Sms1601Simulator))
+    await serve_simulator(sim, host, port, "sms1601")

@@ -56,17 +56,15 @@ Options: ``key`` (accepted key, default ``testkey``), ``balance`` (100.0), ``pri
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import math
 import random
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
@@ -76,8 +74,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from bridge.providers.http import HttpClient, HttpError, HttpRequest, create_client
-from bridge.simulators.common import option_float, request_params, serve_app
+from bridge.providers.http import HttpError, HttpRequest
+from bridge.simulators.common import Outbox, read_options, request_params, serve_simulator
 from bridge.smpp.text import is_gsm7
 
 __all__ = ["DEFAULT_KEY", "SimMessage", "SmsflatrateSimulator", "serve"]
@@ -199,8 +197,7 @@ class SmsflatrateSimulator:
         self._recent: deque[float] = deque()
         self._attempts: dict[str, int] = {}
         self._ids = itertools.count(random.randrange(10**14, 9 * 10**14))
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._client: HttpClient | None = None
+        self._outbox = Outbox(pool_size=8)
         self.app = Starlette(
             routes=[
                 Route("/schnittstelle.php", self._interface, methods=["GET", "POST"]),
@@ -222,32 +219,14 @@ class SmsflatrateSimulator:
         self._recent.append(now)
         return False
 
-    @staticmethod
-    async def _params(request: Request) -> dict[str, str]:
-        return await request_params(request)
-
     async def close(self) -> None:
         """Cancel pending pushes and close the push client (call it from the loop that served
         the app: the HTTP server runs without lifespan events)."""
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        await self._outbox.close()
 
     async def _get(self, url: str) -> int:
-        if self._client is None:
-            self._client = create_client("aiohttp", timeout=5.0, connect_timeout=2.0, pool_size=8)
         try:
-            response = await self._client.request(HttpRequest("GET", url))
+            response = await self._outbox.request(HttpRequest("GET", url))
         except HttpError:
             status = 0
         else:
@@ -260,7 +239,7 @@ class SmsflatrateSimulator:
         self.request_times.append(self.monotonic())
         if self._throttled():
             return PlainTextResponse("Too Many Requests", status_code=429)
-        params = await self._params(request)
+        params = await request_params(request)
         self.requests.append(params)
         answer = await self.handle(params)
         if isinstance(answer, Response):
@@ -379,7 +358,7 @@ class SmsflatrateSimulator:
             self.messages[message.id] = message
             ids.append(message.id)
             if status and self.push_url:
-                self._spawn(self._push_reports(message))
+                self._outbox.spawn(self._push_reports(message))
         answer = "100"
         if status:
             answer += f",{ids[0]}"
@@ -452,7 +431,7 @@ class SmsflatrateSimulator:
         return await self._get(f"{self.inbound_push_url}{sep}{query}")
 
     async def _inbound(self, request: Request) -> Response:
-        params = await self._params(request)
+        params = await request_params(request)
         sender, text = params.get("from"), params.get("text")
         if not sender or text is None:
             return PlainTextResponse("from and text are required", status_code=400)
@@ -488,30 +467,8 @@ def _fill(template: str, message: SimMessage, code: int, at: int) -> str:
 
 async def serve(host: str, port: int, options: Mapping[str, str]) -> None:
     """``smpp-bridge simulate smsflatrate`` (options: see the module docstring)."""
-    known = {
-        "key",
-        "balance",
-        "price",
-        "delay",
-        "rate_limit",
-        "hang",
-        "push_url",
-        "inbound_push_url",
-    }
-    unknown = set(options) - known
-    if unknown:
-        raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
-    sim = SmsflatrateSimulator(
-        keys=(options.get("key", DEFAULT_KEY),),
-        balance=option_float(options, "balance", 100.0),
-        price=option_float(options, "price", 0.07),
-        delay=option_float(options, "delay", 1.0),
-        rate_limit=option_float(options, "rate_limit", 10.0),
-        hang=option_float(options, "hang", 30.0),
-        push_url=options.get("push_url") or None,
-        inbound_push_url=options.get("inbound_push_url") or None,
+    values = read_options(
+        options, SmsflatrateSimulator, extra={"key": DEFAULT_KEY}, strict=True
     )
-    try:
-        await serve_app(sim.app, host, port, "smsflatrate")
-    finally:
-        await sim.close()
+    sim = SmsflatrateSimulator(keys=(values.pop("key"),), **values)
+    await serve_simulator(sim, host, port, "smsflatrate")
