@@ -12,22 +12,13 @@ from typing import Any
 import pytest
 import smpplib.consts
 import smpplib.gsm
-from bridge_harness import (
-    BridgeThread,
-    Esme,
-    StartBridge,
-    receipt_fields,
-    receipt_id,
-    receipts_by_id,
-    start_bridge,
-    wait_until,
-)
-from sim_harness import SimulatorThread, StartSimulator, start_simulator
 
 from bridge.core.model import MessageState
 from bridge.simulators.isms_http import IsmsHttpSimulator
-
-__all__ = ["start_bridge", "start_simulator"]  # the fixtures, imported for pytest
+from tests.harness.bridge import BridgeThread, StartBridge
+from tests.harness.esme import Esme, receipt_fields, receipt_id, receipts_by_id
+from tests.harness.loop import wait_until
+from tests.harness.sims import SimulatorThread, StartSimulator
 
 pytestmark = pytest.mark.timeout(30)
 

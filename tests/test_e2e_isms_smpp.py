@@ -11,21 +11,13 @@ from typing import Any
 
 import pytest
 import smpplib.consts
-from bridge_harness import (
-    Esme,
-    StartBridge,
-    receipt_fields,
-    receipt_id,
-    start_bridge,
-    wait_until,
-)
-from loop_thread import LoopThread
 
 from bridge.providers.isms_smpp import IsmsSmppProvider
 from bridge.simulators.smpp_upstream import SmppUpstreamSimulator
 from bridge.smpp.pdu import Status
-
-__all__ = ["start_bridge"]  # the fixture, imported for pytest
+from tests.harness.bridge import StartBridge
+from tests.harness.esme import Esme, receipt_fields, receipt_id
+from tests.harness.loop import LoopThread, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,22 +12,13 @@ from typing import Any
 
 import pytest
 import smpplib.gsm
-from bridge_harness import (
-    BridgeThread,
-    Esme,
-    StartBridge,
-    receipt_fields,
-    receipt_id,
-    start_bridge,
-    toml_value,
-    wait_until,
-)
-from sim_harness import SimulatorThread, StartSimulator, start_simulator
 
 from bridge.providers.mycoolsms import to_ucs2_hex
 from bridge.simulators.mycoolsms import API_PATH, MyCoolSmsSimulator
-
-__all__ = ["start_bridge", "start_simulator"]  # the fixtures, imported for pytest
+from tests.harness.bridge import BridgeThread, StartBridge, toml_value
+from tests.harness.esme import Esme, receipt_fields, receipt_id
+from tests.harness.loop import wait_until
+from tests.harness.sims import SimulatorThread, StartSimulator
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -14,21 +14,12 @@ from typing import Any
 import pytest
 import smpplib.consts
 import smpplib.gsm
-from bridge_harness import (
-    Esme,
-    Rule,
-    StartBridge,
-    receipt_fields,
-    receipt_id,
-    receipts_by_id,
-    start_bridge,
-    wait_until,
-)
 
 from bridge.core.model import MessageState
 from bridge.smpp.pdu import Status
-
-__all__ = ["start_bridge"]  # the fixture, imported for pytest
+from tests.harness.bridge import Rule, StartBridge
+from tests.harness.esme import Esme, receipt_fields, receipt_id, receipts_by_id
+from tests.harness.loop import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 

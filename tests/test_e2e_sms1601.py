@@ -12,23 +12,14 @@ from typing import Any
 
 import pytest
 import smpplib.gsm
-from bridge_harness import (
-    Esme,
-    StartBridge,
-    receipt_fields,
-    receipt_id,
-    receipts_by_id,
-    start_bridge,
-    toml_value,
-    wait_until,
-)
-from sim_harness import SimulatorThread, StartSimulator, start_simulator
 
 from bridge.core.model import MessageState
 from bridge.simulators.sms1601 import DEFAULT_PASSWORD, DEFAULT_USERNAME, Sms1601Simulator
 from bridge.smpp.pdu import Status
-
-__all__ = ["start_bridge", "start_simulator"]  # the fixtures, imported for pytest
+from tests.harness.bridge import StartBridge, toml_value
+from tests.harness.esme import Esme, receipt_fields, receipt_id, receipts_by_id
+from tests.harness.loop import wait_until
+from tests.harness.sims import SimulatorThread, StartSimulator
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,23 +15,14 @@ from typing import Any
 
 import pytest
 import smpplib.gsm
-from bridge_harness import (
-    BridgeThread,
-    Esme,
-    StartBridge,
-    bridge_config,
-    receipt_fields,
-    start_bridge,
-    toml_value,
-    wait_until,
-)
-from sim_harness import SimulatorThread, StartSimulator, start_simulator
 
 from bridge.core.model import MessageState
 from bridge.providers.smsflatrate import push_url
 from bridge.simulators.smsflatrate import SmsflatrateSimulator
-
-__all__ = ["start_bridge", "start_simulator"]  # the fixtures, imported for pytest
+from tests.harness.bridge import BridgeThread, StartBridge, bridge_config, toml_value
+from tests.harness.esme import Esme, receipt_fields
+from tests.harness.loop import wait_until
+from tests.harness.sims import SimulatorThread, StartSimulator
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 import smpplib.exceptions
-from bridge_harness import Esme, bridge_config
 from test_crash_recovery import daemon  # noqa: F401  (the fixture)
+
+from tests.harness.bridge import bridge_config
+from tests.harness.esme import Esme
 
 OTHER = '''
 [[accounts]]

@@ -8,7 +8,6 @@ import asyncio
 import time
 from pathlib import Path
 
-from bridge_harness import Esme, StartBridge, receipt_fields, receipt_id, start_bridge
 from test_store_embedded import msg, part, receipt
 
 from bridge.core.model import MessageState
@@ -16,8 +15,8 @@ from bridge.core.store import StateChange
 from bridge.store.embedded import EmbeddedStore
 from bridge.store.legacy import import_legacy
 from bridge.store.sqlite import SqliteStore
-
-__all__ = ["start_bridge"]  # the fixture
+from tests.harness.bridge import StartBridge
+from tests.harness.esme import Esme, receipt_fields, receipt_id
 
 PART_KEY = "demo|Bridge|4915112345678|7"  # account | source | destination | reference
 
