@@ -10,6 +10,7 @@ stopped after the test.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,7 +158,9 @@ def rig_factory(start_bridge: StartBridge) -> Iterator[StartRig]:
     * ``provider``: more (or other) keys of the provider table;
     * ``routes``: the ``[[routes]]`` and any further providers' tables, instead of the one route
       to this provider;
-    * ``before_bridge(sim)``: runs in the simulator's loop before the bridge starts;
+    * ``before_bridge(sim)``: runs (or is awaited) in the simulator's loop before the bridge starts;
+    * ``sim_thread`` and ``sim``: an earlier rig's simulator, for a second bridge on it;
+    * ``rig_type``: a subclass of :class:`ProviderRig` with a test file's own helpers;
     * ``data_dir``, and every other keyword: :func:`~tests.harness.bridge.bridge_config`'s.
 
     ``isms_smpp`` rigs are returned once the bridge is bound to the upstream.
@@ -173,6 +176,7 @@ def rig_factory(start_bridge: StartBridge) -> Iterator[StartRig]:
         data_dir: Path | None = None,
         sim_thread: LoopThread | None = None,
         sim: Any = None,
+        rig_type: type[ProviderRig] = ProviderRig,
         **config: Any,
     ) -> ProviderRig:
         spec = KINDS[kind]
@@ -190,7 +194,7 @@ def rig_factory(start_bridge: StartBridge) -> Iterator[StartRig]:
             settings["timeout"] = HTTP_TIMEOUT
         settings.update(provider or {})
         if before_bridge is not None:
-            sim_thread.run(lambda: before_bridge(sim))
+            sim_thread.call(_prepare(before_bridge, sim))
         extra = provider_table(spec.name, settings)
         extra += routes if routes is not None else f'[[routes]]\nproviders = ["{spec.name}"]\n'
         try:
@@ -198,7 +202,7 @@ def rig_factory(start_bridge: StartBridge) -> Iterator[StartRig]:
         except BaseException:
             _stop_simulator(sim_thread, sim)
             raise
-        rig = ProviderRig(kind, spec.name, sim, sim_thread, bt)
+        rig = rig_type(kind, spec.name, sim, sim_thread, bt)
         rigs.append(rig)
         if kind == "isms_smpp":
             client = bt.bridge.providers[spec.name]
@@ -214,6 +218,12 @@ def rig_factory(start_bridge: StartBridge) -> Iterator[StartRig]:
         if id(rig.sim_thread) not in stopped:
             stopped.add(id(rig.sim_thread))
             _stop_simulator(rig.sim_thread, rig.sim)
+
+
+async def _prepare(before_bridge: Callable[[Any], Any], sim: Any) -> None:
+    result = before_bridge(sim)
+    if inspect.isawaitable(result):
+        await result
 
 
 def _stop_simulator(sim_thread: LoopThread, sim: Any) -> None:
