@@ -5,6 +5,7 @@ every blocking test helper uses."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +27,13 @@ def wait_until(predicate: Callable[[], bool], timeout: float = IO_TIMEOUT) -> bo
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.01)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for a server that must be told its port first)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class LoopThread:

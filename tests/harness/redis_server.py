@@ -15,13 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.loop import free_port
+
 REDIS_SERVER = shutil.which("redis-server")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:
