@@ -18,11 +18,9 @@ import pytest
 import smpplib.gsm
 
 from bridge.core.model import MessageState
-from bridge.simulators.phlymail import DEFAULT_PASSWORD, DEFAULT_USERNAME, PhlymailSimulator
-from tests.harness.bridge import StartBridge, toml_value
-from tests.harness.esme import Esme, receipt_fields, receipt_id, receipts_by_id
+from tests.harness.esme import receipt_fields, receipt_id, receipts_by_id
 from tests.harness.loop import wait_until
-from tests.harness.sims import SimulatorThread, StartSimulator
+from tests.harness.rig import ProviderRig, StartRig
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,32 +29,8 @@ MOBILE = "4917712345678"  # the page's 004917712345678
 PERMANENT_CODES = [201, 202, 401, 402]
 
 
-class Rig:
+class Rig(ProviderRig):
     """A bridge routing everything to phlyMail, and the simulator it talks to."""
-
-    def __init__(
-        self,
-        start_bridge: StartBridge,
-        start_simulator: StartSimulator,
-        *,
-        provider: dict[str, object] | None = None,
-        extra_routes: str = "",
-    ) -> None:
-        self.sim = PhlymailSimulator(slow=1.0)
-        self.sim_thread: SimulatorThread = start_simulator(self.sim.app)
-        settings: dict[str, object] = {
-            "type": "phlymail",
-            "base_url": f"{self.sim_thread.url}/http.php",
-            "username": DEFAULT_USERNAME,
-            "password": DEFAULT_PASSWORD,
-            "timeout": 2.0,
-        }
-        settings.update(provider or {})
-        table = "[providers.phlymail]\n" + "".join(
-            f"{key} = {toml_value(value)}\n" for key, value in settings.items()
-        )
-        routes = extra_routes or '[[routes]]\nproviders = ["phlymail"]\n'
-        self.bt = start_bridge(extra=table + routes)
 
     def sends(self) -> list[dict[str, str]]:
         """The send calls the gateway got (not the bridge's ``mode=synchro`` health checks)."""
@@ -67,13 +41,12 @@ class Rig:
     def credit(self) -> float:
         return self.sim_thread.run(lambda: self.sim.credit)
 
-    def stored(self, message_id: str) -> Any:
-        return self.bt.run(lambda: self.bt.bridge.store.get_message_now(message_id))
 
-    def esme(self) -> Esme:
-        esme = Esme(self.bt.port)
-        esme.bind()
-        return esme
+def start(provider_rig: StartRig, **options: Any) -> Rig:
+    """A bridge routing everything to phlyMail (``provider``, ``routes``: see the rig)."""
+    rig = provider_rig("phlymail", rig_type=Rig, **options)
+    assert isinstance(rig, Rig)
+    return rig
 
 
 def by_id(receipts: list[Any]) -> dict[str, dict[str, str]]:
@@ -85,9 +58,9 @@ def by_id(receipts: list[Any]) -> dict[str, dict[str, str]]:
 
 
 def test_gsm_message_is_posted_and_ends_acceptd_at_once_since_phlymail_never_reports(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    rig = Rig(start_bridge, start_simulator)
+    rig = start(provider_rig)
     with rig.esme() as esme:
         mid = esme.submit_ok(short_message=b"Hello from the ESME", destination_addr=MOBILE)
         [receipt] = esme.receipts(1)
@@ -105,9 +78,9 @@ def test_gsm_message_is_posted_and_ends_acceptd_at_once_since_phlymail_never_rep
 
 
 def test_ucs2_text_goes_as_mode_sms_when_latin1_holds_it_else_as_mode_utf(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    rig = Rig(start_bridge, start_simulator)
+    rig = start(provider_rig)
     with rig.esme() as esme:
         latin = esme.submit_ok(
             short_message="Grüße aus Köln".encode("utf-16-be"),
@@ -126,10 +99,8 @@ def test_ucs2_text_goes_as_mode_sms_when_latin1_holds_it_else_as_mode_utf(
     assert sorted(taken) == [("sms", "Grüße aus Köln"), ("utf", "Привет, 5 €")]
 
 
-def test_three_udh_parts_become_one_request_and_three_receipts(
-    start_bridge: StartBridge, start_simulator: StartSimulator
-) -> None:
-    rig = Rig(start_bridge, start_simulator)
+def test_three_udh_parts_become_one_request_and_three_receipts(provider_rig: StartRig) -> None:
+    rig = start(provider_rig)
     text = ("The quick brown fox jumps over the lazy dog. " * 9)[:400]
     parts, encoding, esm_class = smpplib.gsm.make_parts(text)
     assert len(parts) == 3
@@ -152,9 +123,9 @@ def test_three_udh_parts_become_one_request_and_three_receipts(
 
 
 def test_without_a_receipt_request_the_message_ends_accepted_and_nothing_is_delivered(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    rig = Rig(start_bridge, start_simulator)
+    rig = start(provider_rig)
     with rig.esme() as esme:
         mid = esme.submit_ok(registered_delivery=0, destination_addr=MOBILE)
         assert wait_until(lambda: rig.stored(mid).state is MessageState.ACCEPTED, 3.0)
@@ -167,9 +138,9 @@ def test_without_a_receipt_request_the_message_ends_accepted_and_nothing_is_deli
 
 
 def test_every_permanent_reply_code_reaches_the_esme_as_rejectd_with_its_code(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    rig = Rig(start_bridge, start_simulator)
+    rig = start(provider_rig)
     with rig.esme() as esme:
         ids = {
             esme.submit_ok(destination_addr=f"49177123499{code}"): code for code in PERMANENT_CODES
@@ -181,10 +152,8 @@ def test_every_permanent_reply_code_reaches_the_esme_as_rejectd_with_its_code(
     assert len(rig.sends()) == len(PERMANENT_CODES)  # refusals are not retried
 
 
-def test_http_500_and_a_credit_shortfall_are_retried_until_taken(
-    start_bridge: StartBridge, start_simulator: StartSimulator
-) -> None:
-    rig = Rig(start_bridge, start_simulator)
+def test_http_500_and_a_credit_shortfall_are_retried_until_taken(provider_rig: StartRig) -> None:
+    rig = start(provider_rig)
     with rig.esme() as esme:
         ids = [esme.submit_ok(destination_addr=n) for n in ("4917712345697", "4917712345696")]
         receipts = by_id(esme.receipts(2))
@@ -199,9 +168,9 @@ def test_http_500_and_a_credit_shortfall_are_retried_until_taken(
 
 
 def test_no_credit_is_retried_until_the_validity_ends_then_expired_with_err_203(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    rig = Rig(start_bridge, start_simulator)
+    rig = start(provider_rig)
     with rig.esme() as esme:
         mid = esme.submit_ok(destination_addr="4917712399203", validity_period="000000000001000R")
         [receipt] = esme.receipts(1)
@@ -212,9 +181,9 @@ def test_no_credit_is_retried_until_the_validity_ends_then_expired_with_err_203(
 
 
 def test_a_sender_phlymail_cannot_take_is_rejected_before_any_request(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    rig = Rig(start_bridge, start_simulator)
+    rig = start(provider_rig)
     with rig.esme() as esme:
         mid = esme.submit_ok(source_addr="My Shop", destination_addr=MOBILE)
         [receipt] = esme.receipts(1)
@@ -223,13 +192,10 @@ def test_a_sender_phlymail_cannot_take_is_rejected_before_any_request(
     assert rig.sends() == []
 
 
-def test_an_unsendable_message_fails_over_to_the_next_provider(
-    start_bridge: StartBridge, start_simulator: StartSimulator
-) -> None:
-    rig = Rig(
-        start_bridge,
-        start_simulator,
-        extra_routes='[[routes]]\nproviders = ["phlymail", "sandbox"]\n',
+def test_an_unsendable_message_fails_over_to_the_next_provider(provider_rig: StartRig) -> None:
+    rig = start(
+        provider_rig,
+        routes='[[routes]]\nproviders = ["phlymail", "sandbox"]\n',
     )
     with rig.esme() as esme:
         mid = esme.submit_ok(source_addr="My Shop", destination_addr=MOBILE)
@@ -240,9 +206,9 @@ def test_an_unsendable_message_fails_over_to_the_next_provider(
 
 
 def test_binary_content_and_non_latin1_text_without_unicode_find_no_route(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    rig = Rig(start_bridge, start_simulator, provider={"unicode": False})
+    rig = start(provider_rig, provider={"unicode": False})
     with rig.esme() as esme:
         binary = esme.submit(short_message=b"\x01\x02\x03", data_coding=4, destination_addr=MOBILE)
         cyrillic = esme.submit(
@@ -261,9 +227,9 @@ def test_binary_content_and_non_latin1_text_without_unicode_find_no_route(
 
 
 def test_the_readiness_check_reports_the_balance_and_pushes_are_refused(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    rig = Rig(start_bridge, start_simulator)
+    rig = start(provider_rig)
     rig.sim_thread.run(lambda: setattr(rig.sim, "credit", 96.5))
     provider = rig.bt.bridge.providers["phlymail"]
     assert rig.bt.call(provider.healthy()) is True
