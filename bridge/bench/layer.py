@@ -15,7 +15,6 @@ reported next to a baseline measured seconds before on the same machine:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import os
@@ -25,6 +24,7 @@ import sys
 import time
 from typing import Any
 
+from bridge.bench.base import install_uvloop
 from bridge.bench.wire import Responder, bind_cycles, load_client, submit_bytes
 from bridge.smpp.pdu import CommandId, Pdu, decode, encode
 
@@ -121,9 +121,7 @@ async def _bench_smpp(messages: int, window: int, binds: int) -> dict[str, Any]:
     )
     await server.start()
     try:
-        bridge = await asyncio.to_thread(
-            _run_client, server.ports["smpp"], messages, window, binds
-        )
+        bridge = await asyncio.to_thread(_run_client, server.ports["smpp"], messages, window, binds)
     finally:
         await server.stop(timeout=2)
     return {"baseline": baseline, "bridge": bridge}
@@ -204,12 +202,7 @@ def main(
     if what in ("codec", "all"):
         report["codec"] = _bench_codec()
     if what in ("smpp", "all"):
-        with contextlib.suppress(ImportError):
-            import uvloop
-
-            uvloop.install()
-            report["loop"] = "uvloop"
-        report.setdefault("loop", "asyncio")
+        report["loop"] = install_uvloop()
         smpp = asyncio.run(_bench_smpp(messages, window, binds))
         b, base = smpp["bridge"], smpp["baseline"]
         smpp["submit_vs_baseline"] = b["submits_per_s"] / base["submits_per_s"]
