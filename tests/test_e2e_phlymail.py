@@ -18,7 +18,7 @@ import pytest
 import smpplib.gsm
 
 from bridge.core.model import MessageState
-from tests.harness.esme import receipt_fields, receipt_id, receipts_by_id
+from tests.harness.esme import receipt_fields, receipt_fields_by_id, receipt_id
 from tests.harness.loop import wait_until
 from tests.harness.rig import ProviderRig, StartRig
 
@@ -47,11 +47,6 @@ def start(provider_rig: StartRig, **options: Any) -> Rig:
     rig = provider_rig("phlymail", rig_type=Rig, **options)
     assert isinstance(rig, Rig)
     return rig
-
-
-def by_id(receipts: list[Any]) -> dict[str, dict[str, str]]:
-    """Each receipt's text fields by its id (no id twice)."""
-    return {mid: receipt_fields(r) for mid, r in receipts_by_id(receipts).items()}
 
 
 # --------------------------------------------------------------------------- the happy paths
@@ -90,7 +85,7 @@ def test_ucs2_text_goes_as_mode_sms_when_latin1_holds_it_else_as_mode_utf(
         cyrillic = esme.submit_ok(
             short_message="Привет, 5 €".encode("utf-16-be"), data_coding=8, destination_addr=MOBILE
         )
-        receipts = by_id(esme.receipts(2))
+        receipts = receipt_fields_by_id(esme.receipts(2))
     assert {mid: f["stat"] for mid, f in receipts.items()} == {
         latin: "ACCEPTD",
         cyrillic: "ACCEPTD",
@@ -114,7 +109,7 @@ def test_three_udh_parts_become_one_request_and_three_receipts(provider_rig: Sta
             )
             for part in parts
         ]
-        receipts = by_id(esme.receipts(3))
+        receipts = receipt_fields_by_id(esme.receipts(3))
     assert set(receipts) == set(ids)
     assert {(f["stat"], f["err"]) for f in receipts.values()} == {("ACCEPTD", "000")}
     [sent] = rig.sends()
@@ -145,7 +140,7 @@ def test_every_permanent_reply_code_reaches_the_esme_as_rejectd_with_its_code(
         ids = {
             esme.submit_ok(destination_addr=f"49177123499{code}"): code for code in PERMANENT_CODES
         }
-        receipts = by_id(esme.receipts(len(ids)))
+        receipts = receipt_fields_by_id(esme.receipts(len(ids)))
     assert set(receipts) == set(ids)
     for mid, code in ids.items():
         assert (receipts[mid]["stat"], receipts[mid]["err"]) == ("REJECTD", f"{code:03d}")
@@ -156,7 +151,7 @@ def test_http_500_and_a_credit_shortfall_are_retried_until_taken(provider_rig: S
     rig = start(provider_rig)
     with rig.esme() as esme:
         ids = [esme.submit_ok(destination_addr=n) for n in ("4917712345697", "4917712345696")]
-        receipts = by_id(esme.receipts(2))
+        receipts = receipt_fields_by_id(esme.receipts(2))
     assert set(receipts) == set(ids)
     assert {(f["stat"], f["err"]) for f in receipts.values()} == {("ACCEPTD", "000")}
     assert sorted(r["to"] for r in rig.sends()) == [

@@ -15,7 +15,7 @@ import smpplib.gsm
 
 from bridge.core.model import MessageState
 from bridge.smpp.pdu import Status
-from tests.harness.esme import receipt_fields, receipt_id, receipts_by_id
+from tests.harness.esme import receipt_fields, receipt_fields_by_id, receipt_id
 from tests.harness.loop import wait_until
 from tests.harness.rig import ProviderRig, StartRig
 
@@ -43,11 +43,6 @@ def start(provider_rig: StartRig, *, push: bool = True, **options: Any) -> Rig:
         url = rig.callback_url("report")
         rig.state(lambda: setattr(rig.sim, "push_url", url))
     return rig
-
-
-def by_id(receipts: list[Any]) -> dict[str, dict[str, str]]:
-    """Each receipt's text fields by its id (no id twice)."""
-    return {mid: receipt_fields(r) for mid, r in receipts_by_id(receipts).items()}
 
 
 # --------------------------------------------------------------------------- the happy paths
@@ -106,7 +101,7 @@ def test_three_udh_parts_become_one_type_long_request_and_three_receipts(
             )
             for part in parts
         ]
-        receipts = by_id(esme.receipts(3))
+        receipts = receipt_fields_by_id(esme.receipts(3))
     assert set(receipts) == set(ids)
     assert {f["stat"] for f in receipts.values()} == {"DELIVRD"}
     [sent] = rig.requests()
@@ -124,7 +119,7 @@ def test_every_permanent_gateway_error_reaches_the_esme_as_rejectd_with_its_code
     rig = start(provider_rig)
     with rig.esme() as esme:
         ids = {esme.submit_ok(destination_addr=f"32478199{code}"): code for code in PERMANENT_CODES}
-        receipts = by_id(esme.receipts(len(ids), timeout=10.0))
+        receipts = receipt_fields_by_id(esme.receipts(len(ids), timeout=10.0))
     assert set(receipts) == set(ids)
     for mid, code in ids.items():
         assert (receipts[mid]["stat"], receipts[mid]["err"]) == ("REJECTD", f"{code:03d}")
@@ -139,7 +134,7 @@ def test_report_words_become_receipt_states(provider_rig: StartRig) -> None:
             esme.submit_ok(destination_addr="32478123483"): ("UNKNOWN", "004"),  # NONE
             esme.submit_ok(destination_addr="32478123484"): ("DELIVRD", "000"),  # via BUFFERED
         }
-        receipts = by_id(esme.receipts(4))
+        receipts = receipt_fields_by_id(esme.receipts(4))
         esme.pump(0.1)
         assert len(esme.delivered) == 4  # BUFFERED is intermediate: not asked for
     assert {mid: (f["stat"], f["err"]) for mid, f in receipts.items()} == expected
@@ -149,7 +144,7 @@ def test_http_500_and_maintenance_are_retried_until_delivered(provider_rig: Star
     rig = start(provider_rig)
     with rig.esme() as esme:
         ids = [esme.submit_ok(destination_addr=n) for n in ("32478123497", "32478123496")]
-        receipts = by_id(esme.receipts(2))
+        receipts = receipt_fields_by_id(esme.receipts(2))
     assert {f["stat"] for f in receipts.values()} == {"DELIVRD"}
     assert set(receipts) == set(ids)
     assert sorted(r["naar"] for r in rig.requests()) == [

@@ -193,7 +193,7 @@ def test_no_receipt_requested_means_no_status_and_the_message_ends_accepted(setu
         mid = esme.submit_ok(short_message=b"fire and forget", registered_delivery=0)
 
         def stored() -> Any:
-            return s.bt.run(lambda: s.bt.bridge.store.get_message_now(mid))
+            return s.stored(mid)
 
         assert wait_until(lambda: stored() is not None and stored().state.is_final)
         esme.pump(0.2)
@@ -377,7 +377,7 @@ def test_a_burst_of_single_submits_queued_for_the_provider_goes_in_one_bulk_requ
         s.bt.run(lambda: dispatcher.resume("sf"))
 
         def final(mid: str) -> bool:
-            m = s.bt.run(lambda: s.bt.bridge.store.get_message_now(mid))
+            m = s.stored(mid)
             return m is not None and m.state is MessageState.ACCEPTED
 
         assert wait_until(lambda: all(final(m) for m in [*ids, other]))

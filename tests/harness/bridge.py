@@ -128,6 +128,10 @@ class BridgeThread(LoopThread):
         await bridge.start()
         return bridge
 
+    def stored(self, message_id: str) -> Any:
+        """The message as the store has it (read in the bridge's loop)."""
+        return self.run(lambda: self.bridge.store.get_message_now(message_id))
+
     def has_receiver(self, system_id: str = SYSTEM_ID) -> bool:
         return self.run(lambda: self.bridge.smpp.has_receiver(system_id))
 

@@ -463,3 +463,8 @@ def receipts_by_id(receipts: list[Any]) -> dict[str, Any]:
     out = {receipt_id(r): r for r in receipts}
     assert len(out) == len(receipts), "duplicate receipts"
     return out
+
+
+def receipt_fields_by_id(receipts: list[Any]) -> dict[str, dict[str, str]]:
+    """Each receipt's text fields by its receipted id (no id twice)."""
+    return {mid: receipt_fields(r) for mid, r in receipts_by_id(receipts).items()}

@@ -132,7 +132,7 @@ class ProviderRig:
 
     def stored(self, message_id: str) -> Any:
         """The bridge's stored message."""
-        return self.bt.run(lambda: self.bt.bridge.store.get_message_now(message_id))
+        return self.bt.stored(message_id)
 
     def callback_url(self, kind: str = "report") -> str:
         """The bridge's callback URL for this provider (``report`` or ``inbound``)."""
