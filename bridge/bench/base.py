@@ -8,8 +8,11 @@ not two copies that drift), and every report names its loop, CPUs and Python ali
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 
 def bridge_config(data_dir: str, window: int, providers: str, *, storage: str = "") -> str:
@@ -58,3 +61,21 @@ def start_run(log_level: str = "error") -> str:
 def machine() -> dict[str, object]:
     """Where the figures were measured (the end of every report's ``setup``)."""
     return {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+
+
+def run_setup(
+    loop: str, binds: int, window: int, messages: int, **more: object
+) -> dict[str, object]:
+    """A report's ``setup``: the load, what else the benchmark varies, the loop, the machine."""
+    load = {"binds": binds, "window": window, "messages": messages}
+    return {**load, **more, "loop": loop, **machine()}
+
+
+def print_report(
+    report: dict[str, Any], summary: Callable[[dict[str, Any]], str], as_json: bool
+) -> int:
+    """The paragraph a person reads first (unless ``as_json``), then the JSON report; exit 0."""
+    if not as_json:
+        print(summary(report), end="\n\n")
+    print(json.dumps(report, indent=2))
+    return 0

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bridge.bench.base import bridge_config, machine, start_run
+from bridge.bench.base import bridge_config, print_report, run_setup, start_run
 from bridge.bench.wire import Responder, load_client, run_load_client
 
 #: The sandbox provider, like a fast real provider (a delay of 0 would make every report arrive
@@ -146,17 +146,8 @@ def main(
             "server_cpu_us_per_message": r["server_cpu_us_per_message"]
             / b["server_cpu_us_per_message"],
         }
-    res["setup"] = {
-        "binds": binds,
-        "window": window,
-        "messages": messages,
-        "loop": loop_name,
-        **machine(),
-    }
-    if not as_json:
-        print(e2e_summary(res), end="\n\n")
-    print(json.dumps(res, indent=2))
-    return 0
+    res["setup"] = run_setup(loop_name, binds, window, messages)
+    return print_report(res, e2e_summary, as_json)
 
 
 def load_main(

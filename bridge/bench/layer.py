@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any
 
-from bridge.bench.base import install_uvloop
+from bridge.bench.base import install_uvloop, print_report
 from bridge.bench.wire import Responder, bind_cycles, load_client, submit_bytes
 from bridge.smpp.pdu import CommandId, Pdu, decode, encode
 
@@ -209,7 +209,4 @@ def main(
         smpp["binds_vs_baseline"] = b["binds_per_s"] / base["binds_per_s"]
         smpp["messages"], smpp["window"], smpp["binds"] = messages, window, binds
         report["smpp"] = smpp
-    if not as_json:
-        print(codec_smpp_summary(report), end="\n\n")
-    print(json.dumps(report, indent=2))
-    return 0
+    return print_report(report, codec_smpp_summary, as_json)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import socket
 import struct
 import subprocess
@@ -34,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bridge.bench.base import bridge_config, machine, start_run
+from bridge.bench.base import bridge_config, print_report, run_setup, start_run
 from bridge.bench.wire import run_load_client as _run_client
 from bridge.smpp.pdu import CommandId, FrameReader, Pdu, encode
 
@@ -205,16 +204,7 @@ def main(
     b, base = res["bridge"], res["naive_forwarder"]
     naive_rate = base["submit_per_s"]
     res["ratio_end_to_end_vs_naive"] = b["end_to_end_per_s"] / naive_rate if naive_rate else 0.0
-    res["setup"] = {
-        "binds": binds,
-        "window": window,
-        "messages": messages,
-        "http_pool": concurrency,
-        "report_delay": delay,
-        "loop": loop_name,
-        **machine(),
-    }
-    if not as_json:
-        print(provider_summary(res), end="\n\n")
-    print(json.dumps(res, indent=2))
-    return 0
+    res["setup"] = run_setup(
+        loop_name, binds, window, messages, http_pool=concurrency, report_delay=delay
+    )
+    return print_report(res, provider_summary, as_json)
