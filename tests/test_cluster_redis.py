@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import smpplib.exceptions
 import smpplib.gsm
-from test_store_embedded import msg
 
 from bridge.core.model import DeliveryReport, MessageState
 from bridge.core.reports import ReportHandler
@@ -24,6 +23,7 @@ from tests.harness.esme import Esme, receipt_id, receipts_by_id
 from tests.harness.loop import LoopThread, wait_until
 from tests.harness.redis_server import RedisServer, redis_server
 from tests.harness.server import make_account
+from tests.test_store_embedded import msg
 
 _prefixes = itertools.count()
 

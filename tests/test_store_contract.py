@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_store_embedded import full_message, msg, part, receipt
 
 from bridge.core.model import Address, InboundMessage, MessageState
 from bridge.core.store import DeliveryItem, StateChange, Store
 from bridge.store.embedded import DuplicateMessage, EmbeddedStore, StoreUnavailable
 from bridge.store.redis import RedisStore, redact_url
 from tests.harness.redis_server import RedisServer, redis_server
+from tests.test_store_embedded import full_message, msg, part, receipt
 
 HANDSET = Address("4915112345678")
 

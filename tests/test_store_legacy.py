@@ -8,8 +8,6 @@ import asyncio
 import time
 from pathlib import Path
 
-from test_store_embedded import msg, part, receipt
-
 from bridge.core.model import MessageState
 from bridge.core.store import StateChange
 from bridge.store.embedded import EmbeddedStore
@@ -17,6 +15,7 @@ from bridge.store.legacy import import_legacy
 from bridge.store.sqlite import SqliteStore
 from tests.harness.bridge import StartBridge
 from tests.harness.esme import Esme, receipt_fields, receipt_id
+from tests.test_store_embedded import msg, part, receipt
 
 PART_KEY = "demo|Bridge|4915112345678|7"  # account | source | destination | reference
 
