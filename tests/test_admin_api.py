@@ -15,7 +15,7 @@ import pytest
 
 from bridge.config import ConfigError, load_config_text
 from bridge.observability import get_log_level, set_log_level
-from tests.harness.bridge import BridgeThread, StartBridge
+from tests.harness.daemon import BridgeThread, StartBridge
 from tests.harness.esme import PASSWORD, Esme
 from tests.harness.loop import wait_until
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from bridge.bench.summary import e2e_summary, provider_summary, rate
-from tests.harness.bridge import StartBridge
+from tests.harness.daemon import StartBridge
 
 
 def _bench(*args: str) -> str:

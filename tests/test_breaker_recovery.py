@@ -19,7 +19,7 @@ import pytest
 
 from bridge.providers.smsflatrate import push_url
 from bridge.simulators.smsflatrate import SmsflatrateSimulator
-from tests.harness.bridge import BridgeThread, StartBridge, toml_value
+from tests.harness.daemon import BridgeThread, StartBridge, toml_value
 from tests.harness.esme import Esme, receipt_fields
 from tests.harness.loop import wait_until
 from tests.harness.sims import SimulatorThread

@@ -22,7 +22,7 @@ from bridge.core.model import Address, InboundMessage
 from bridge.core.provider import CallbackKind, CallbackProvider, CallbackReply, CallbackRequest
 from bridge.observability import Metrics
 from bridge.web.server import CallbackEndpoint, HealthReport, HttpServer, build_app
-from tests.harness.bridge import StartBridge, bridge_config
+from tests.harness.daemon import StartBridge, bridge_config
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bridge.smpp.pdu import Status
-from tests.harness.bridge import bridge_config
+from tests.harness.daemon import bridge_config
 from tests.harness.esme import Esme, receipt_fields, receipt_id
 from tests.harness.redis_server import RedisServer, redis_server
 from tests.test_crash_recovery import LINK_DOWN, Daemon

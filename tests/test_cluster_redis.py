@@ -18,7 +18,7 @@ from bridge.core.model import DeliveryReport, MessageState
 from bridge.core.reports import ReportHandler
 from bridge.store.cluster_limits import ClusterRateLimiter, shared_tps
 from bridge.store.redis import RedisStore
-from tests.harness.bridge import BridgeThread, bridge_config
+from tests.harness.daemon import BridgeThread, bridge_config
 from tests.harness.esme import Esme, receipt_id, receipts_by_id
 from tests.harness.loop import LoopThread, wait_until
 from tests.harness.redis_server import RedisServer, redis_server

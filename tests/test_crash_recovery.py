@@ -28,7 +28,7 @@ import smpplib.exceptions
 from bridge.core.model import MessageState
 from bridge.smpp.pdu import Status
 from bridge.store.embedded import EmbeddedStore
-from tests.harness.bridge import bridge_config
+from tests.harness.daemon import bridge_config
 from tests.harness.esme import Esme, receipt_fields, receipt_id
 from tests.harness.sims import StartSimulator
 

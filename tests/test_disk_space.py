@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bridge.smpp.pdu import Status
-from tests.harness.bridge import StartBridge
+from tests.harness.daemon import StartBridge
 from tests.harness.esme import Esme, receipt_id
 from tests.harness.loop import wait_until
 

@@ -21,7 +21,7 @@ import pytest
 
 from bridge.providers.http import HttpError, HttpRequest, create_client
 from bridge.simulators.smsflatrate import SmsflatrateSimulator
-from tests.harness.bridge import BridgeThread, StartBridge, toml_value
+from tests.harness.daemon import BridgeThread, StartBridge, toml_value
 from tests.harness.esme import Esme, receipt_fields
 from tests.harness.loop import wait_until
 from tests.harness.sims import SimulatorThread, StartSimulator

@@ -13,7 +13,7 @@ import smpplib.consts
 
 from bridge.providers.isms_smpp import IsmsSmppProvider
 from bridge.smpp.pdu import Status
-from tests.harness.bridge import BridgeThread, StartBridge
+from tests.harness.daemon import BridgeThread, StartBridge
 from tests.harness.esme import Esme, receipt_fields, receipt_id
 from tests.harness.loop import wait_until
 from tests.harness.rig import KINDS, StartRig, provider_table

@@ -17,7 +17,7 @@ import smpplib.gsm
 
 from bridge.core.model import MessageState
 from bridge.smpp.pdu import Status
-from tests.harness.bridge import Rule, StartBridge
+from tests.harness.daemon import Rule, StartBridge
 from tests.harness.esme import Esme, receipt_fields, receipt_id, receipts_by_id
 from tests.harness.loop import wait_until
 

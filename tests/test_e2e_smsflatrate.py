@@ -17,7 +17,7 @@ import smpplib.gsm
 from bridge.core.model import MessageState
 from bridge.providers.smsflatrate import push_url
 from bridge.simulators.smsflatrate import SmsflatrateSimulator
-from tests.harness.bridge import StartBridge, bridge_config
+from tests.harness.daemon import StartBridge, bridge_config
 from tests.harness.esme import Esme, receipt_fields
 from tests.harness.loop import free_port, wait_until
 from tests.harness.rig import ProviderRig, StartRig

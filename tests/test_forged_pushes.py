@@ -20,7 +20,7 @@ import pytest
 
 from bridge.core.model import MessageState
 from bridge.simulators.isms_http import IsmsHttpSimulator
-from tests.harness.bridge import StartBridge
+from tests.harness.daemon import StartBridge
 from tests.harness.esme import Esme, receipt_fields
 from tests.harness.loop import wait_until
 from tests.harness.sims import StartSimulator

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.harness.bridge import BridgeThread, StartBridge
+from tests.harness.daemon import BridgeThread, StartBridge
 
 pytestmark = pytest.mark.timeout(90)
 

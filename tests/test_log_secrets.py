@@ -29,7 +29,7 @@ from bridge.observability import (
 )
 from bridge.providers.smsflatrate import push_url
 from bridge.simulators.smsflatrate import SmsflatrateSimulator
-from tests.harness.bridge import StartBridge, toml_value
+from tests.harness.daemon import StartBridge, toml_value
 from tests.harness.esme import Esme, receipt_fields
 from tests.harness.sims import StartSimulator
 

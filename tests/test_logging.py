@@ -23,7 +23,7 @@ import structlog
 
 from bridge.config import ConfigError, load_config_text
 from bridge.observability import DEFAULT_REDACT_KEYS, REDACTED, Redactor, configure_logging
-from tests.harness.bridge import StartBridge
+from tests.harness.daemon import StartBridge
 from tests.harness.esme import PASSWORD, Esme
 
 pytestmark = pytest.mark.timeout(60)

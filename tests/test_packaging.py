@@ -33,7 +33,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.config import Config, load_config
-from tests.harness.bridge import BridgeThread, StartBridge
+from tests.harness.daemon import BridgeThread, StartBridge
 from tests.harness.esme import Esme
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is a dev dependency: pip install -e '.[dev]'")

@@ -15,7 +15,7 @@ import pytest
 
 from bridge.ratelimit import SlidingWindowLimiter, limiter_for_rate
 from bridge.simulators.smsflatrate import SmsflatrateSimulator
-from tests.harness.bridge import StartBridge, toml_value
+from tests.harness.daemon import StartBridge, toml_value
 from tests.harness.esme import Esme
 from tests.harness.loop import wait_until
 from tests.harness.sims import StartSimulator

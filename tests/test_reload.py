@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import smpplib.exceptions
 
-from tests.harness.bridge import bridge_config
+from tests.harness.daemon import bridge_config
 from tests.harness.esme import Esme
 from tests.test_crash_recovery import daemon  # noqa: F401  (the fixture)
 

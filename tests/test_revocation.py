@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bridge.smpp.pdu import CommandId, Status
-from tests.harness.bridge import StartBridge
+from tests.harness.daemon import StartBridge
 from tests.harness.esme import RawEsme
 from tests.test_admin_cli import cli, running
 from tests.test_crash_recovery import daemon  # noqa: F401  (the fixture)

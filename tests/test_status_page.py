@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness.bridge import BridgeThread, StartBridge
+from tests.harness.daemon import BridgeThread, StartBridge
 from tests.harness.esme import Esme
 
 pytestmark = pytest.mark.timeout(120)

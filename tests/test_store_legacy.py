@@ -13,7 +13,7 @@ from bridge.core.store import StateChange
 from bridge.store.embedded import EmbeddedStore
 from bridge.store.legacy import import_legacy
 from bridge.store.sqlite import SqliteStore
-from tests.harness.bridge import StartBridge
+from tests.harness.daemon import StartBridge
 from tests.harness.esme import Esme, receipt_fields, receipt_id
 from tests.test_store_embedded import msg, part, receipt
 

@@ -25,7 +25,7 @@ import pytest
 
 from bridge.providers.sandbox import SandboxProvider
 from bridge.web.server import HealthReport, HttpServer, build_app
-from tests.harness.bridge import BridgeThread, StartBridge, bridge_config
+from tests.harness.daemon import BridgeThread, StartBridge, bridge_config
 from tests.harness.esme import PASSWORD, Esme
 
 pytestmark = pytest.mark.timeout(60)

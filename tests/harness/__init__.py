@@ -8,10 +8,12 @@ and gets the shared fixtures from one pytest plugin (:mod:`tests.harness.plugin`
 * :mod:`.server` — an :class:`~bridge.smpp.server.SmppServer` in such a loop, test handlers.
 * :mod:`.esme` — the test ESMEs: :class:`~.esme.RawEsme` (our codec) and :class:`~.esme.Esme`
   (smpplib), PDU builders and receipt parsers.
-* :mod:`.bridge` — the whole daemon in a loop thread, and the TOML it is built from.
+* :mod:`.daemon` — the whole daemon in a loop thread, and the TOML it is built from.
 * :mod:`.sims` — provider simulators (HTTP and the SMPP upstream) in loop threads.
 * :mod:`.rig` — one provider rig for the provider end-to-end tests: simulator + bridge + ESME.
 * :mod:`.redis_server`, :mod:`.tls`, :mod:`.fakes` — a private redis-server, a throw-away TLS
   certificate, an in-memory store.
-* :mod:`.crash_writer`, :mod:`.instructions` — scripts the tests run in a subprocess.
+* :mod:`.crash_writer`, :mod:`.instructions` — scripts the tests run in a subprocess. They run
+  with this directory first on ``sys.path``, so no module here may be named after a top-level
+  package they import (``bridge``, ``redis``).
 """

@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from bridge.core.accounts import Account
 from bridge.smpp.server import SmppHandler
 from bridge.smpp.session import SessionConfig
-from tests.harness.bridge import BridgeThread, StartBridge
+from tests.harness.daemon import BridgeThread, StartBridge
 from tests.harness.rig import StartRig, rig_factory
 from tests.harness.server import ServerThread, StartServer, make_account
 from tests.harness.sims import SimulatorThread, StartSimulator

@@ -26,7 +26,7 @@ from bridge.simulators.sms1601 import DEFAULT_PASSWORD as SMS1601_PASSWORD
 from bridge.simulators.sms1601 import DEFAULT_USERNAME as SMS1601_USERNAME
 from bridge.simulators.sms1601 import Sms1601Simulator
 from bridge.simulators.smsflatrate import SmsflatrateSimulator
-from tests.harness.bridge import BridgeThread, StartBridge, toml_value
+from tests.harness.daemon import BridgeThread, StartBridge, toml_value
 from tests.harness.esme import Esme
 from tests.harness.loop import LoopThread
 from tests.harness.sims import SimulatorThread, UpstreamThread
@@ -161,7 +161,7 @@ def rig_factory(start_bridge: StartBridge) -> Iterator[StartRig]:
     * ``before_bridge(sim)``: runs (or is awaited) in the simulator's loop before the bridge starts;
     * ``sim_thread`` and ``sim``: an earlier rig's simulator, for a second bridge on it;
     * ``rig_type``: a subclass of :class:`ProviderRig` with a test file's own helpers;
-    * ``data_dir``, and every other keyword: :func:`~tests.harness.bridge.bridge_config`'s.
+    * ``data_dir``, and every other keyword: :func:`~tests.harness.daemon.bridge_config`'s.
 
     ``isms_smpp`` rigs are returned once the bridge is bound to the upstream.
     """
