@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bridge_harness import PASSWORD, BridgeThread, Esme, StartBridge, start_bridge, wait_until
 
 from bridge.config import ConfigError, load_config_text
 from bridge.logs import get_log_level, set_log_level
-
-__all__ = ["start_bridge"]
+from tests.harness.daemon import BridgeThread, StartBridge
+from tests.harness.esme import PASSWORD, Esme
+from tests.harness.loop import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

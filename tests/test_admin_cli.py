@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from bridge_harness import BridgeThread, Esme, StartBridge, start_bridge, wait_until
 
 from bridge.logs import get_log_level, set_log_level
-
-__all__ = ["start_bridge"]
+from tests.harness.daemon import BridgeThread, StartBridge
+from tests.harness.esme import Esme
+from tests.harness.loop import wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -171,7 +171,7 @@ def test_log_level(start_bridge: StartBridge, tmp_path: Path) -> None:
 
 
 def test_a_bridge_that_is_not_running_is_one_clear_line(tmp_path: Path) -> None:
-    from bridge_harness import bridge_config
+    from tests.harness.daemon import bridge_config
 
     port = free_port()
     config = tmp_path / "bridge.toml"
@@ -188,7 +188,7 @@ def test_a_bridge_that_is_not_running_is_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_no_token_file_yet_is_one_clear_line(tmp_path: Path) -> None:
-    from bridge_harness import bridge_config
+    from tests.harness.daemon import bridge_config
 
     config = tmp_path / "bridge.toml"
     config.write_text(bridge_config(tmp_path / "never-started", admin={"port": free_port()}))

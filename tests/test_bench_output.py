@@ -7,11 +7,8 @@ import socket
 import subprocess
 import sys
 
-from bridge_harness import StartBridge, start_bridge
-
 from bridge.bench.summary import e2e_summary, provider_summary, rate
-
-__all__ = ["start_bridge"]  # the fixture
+from tests.harness.daemon import StartBridge
 
 
 def _bench(*args: str) -> str:

@@ -16,21 +16,13 @@ import socket
 from typing import Any
 
 import pytest
-from bridge_harness import (
-    BridgeThread,
-    Esme,
-    StartBridge,
-    receipt_fields,
-    start_bridge,
-    toml_value,
-    wait_until,
-)
-from sim_harness import SimulatorThread
 
 from bridge.providers.smsflatrate.reports import push_url
 from bridge.simulators.smsflatrate import SmsflatrateSimulator
-
-__all__ = ["start_bridge"]
+from tests.harness.daemon import BridgeThread, StartBridge, toml_value
+from tests.harness.esme import Esme, receipt_fields
+from tests.harness.loop import wait_until
+from tests.harness.sims import SimulatorThread
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from bridge_harness import StartBridge, bridge_config, start_bridge
 
 from bridge.app import Bridge
 from bridge.config import load_config_text
@@ -23,8 +22,7 @@ from bridge.core.model import Address, InboundMessage
 from bridge.core.provider import CallbackKind, CallbackProvider, CallbackReply, CallbackRequest
 from bridge.observability import Metrics
 from bridge.web.server import CallbackEndpoint, HealthReport, HttpServer, build_app
-
-__all__ = ["start_bridge"]  # the fixture, imported for pytest
+from tests.harness.daemon import StartBridge, bridge_config
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -231,7 +229,7 @@ def test_inbound_owner_is_the_exact_number_else_the_longest_prefix(tmp_path: Pat
 
 
 def test_inbound_message_for_an_owned_number_is_delivered(start_bridge: StartBridge) -> None:
-    from bridge_harness import Esme
+    from tests.harness.esme import Esme
 
     bt = start_bridge(account={"inbound_numbers": ["4915100000001"]})
     with Esme(bt.port) as esme:

@@ -16,11 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bridge_harness import Esme, bridge_config, receipt_fields, receipt_id
-from redis_harness import RedisServer, redis_server
-from test_crash_recovery import LINK_DOWN, Daemon
 
 from bridge.smpp.pdu import Status
+from tests.harness.daemon import bridge_config
+from tests.harness.esme import Esme, receipt_fields, receipt_id
+from tests.harness.redis_server import RedisServer, redis_server
+from tests.test_crash_recovery import LINK_DOWN, Daemon
 
 pytestmark = pytest.mark.timeout(120)
 

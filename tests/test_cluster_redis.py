@@ -13,23 +13,17 @@ from typing import Any
 import pytest
 import smpplib.exceptions
 import smpplib.gsm
-from bridge_harness import (
-    BridgeThread,
-    Esme,
-    bridge_config,
-    receipt_id,
-    receipts_by_id,
-    wait_until,
-)
-from conftest import make_account
-from loop_thread import LoopThread
-from redis_harness import RedisServer, redis_server
-from test_store_embedded import msg
 
 from bridge.core.model import DeliveryReport, MessageState
 from bridge.core.reports import ReportHandler
 from bridge.store.cluster_limits import ClusterRateLimiter, shared_tps
 from bridge.store.redis import RedisStore
+from tests.harness.daemon import BridgeThread, bridge_config
+from tests.harness.esme import Esme, receipt_id, receipts_by_id
+from tests.harness.loop import LoopThread, wait_until
+from tests.harness.redis_server import RedisServer, redis_server
+from tests.harness.server import make_account
+from tests.test_store_embedded import msg
 
 _prefixes = itertools.count()
 

@@ -24,14 +24,13 @@ from typing import Any
 
 import pytest
 import smpplib.exceptions
-from bridge_harness import Esme, bridge_config, receipt_fields, receipt_id
-from sim_harness import StartSimulator, start_simulator
 
 from bridge.core.model import MessageState
 from bridge.smpp.pdu import Status
 from bridge.store.embedded import EmbeddedStore
-
-__all__ = ["start_simulator"]  # the fixture, imported for pytest
+from tests.harness.daemon import bridge_config
+from tests.harness.esme import Esme, receipt_fields, receipt_id
+from tests.harness.sims import StartSimulator
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bridge_harness import Esme, StartBridge, receipt_id, start_bridge, wait_until
 
 from bridge.smpp.pdu import Status
-
-__all__ = ["start_bridge"]  # the fixture
+from tests.harness.daemon import StartBridge
+from tests.harness.esme import Esme, receipt_id
+from tests.harness.loop import wait_until
 
 MIN_FREE_MB = 16
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 import structlog
-from fakes import InMemoryStore
 
 from bridge.core.dispatcher import Dispatcher
 from bridge.core.model import (
@@ -29,6 +28,7 @@ from bridge.core.provider import Capabilities
 from bridge.core.reports import ReportHandler
 from bridge.core.store import StateChange
 from bridge.providers.sandbox import SandboxProvider
+from tests.harness.fakes import InMemoryStore
 
 ACCEPT = Outcome(OutcomeKind.ACCEPTED)
 TRANSIENT = Outcome(OutcomeKind.TRANSIENT, detail="503")

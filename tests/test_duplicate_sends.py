@@ -18,21 +18,13 @@ import time
 from typing import Any
 
 import pytest
-from bridge_harness import (
-    BridgeThread,
-    Esme,
-    StartBridge,
-    receipt_fields,
-    start_bridge,
-    toml_value,
-    wait_until,
-)
-from sim_harness import SimulatorThread, StartSimulator, start_simulator
 
 from bridge.providers.http import HttpError, HttpRequest, create_client
 from bridge.simulators.smsflatrate import SmsflatrateSimulator
-
-__all__ = ["start_bridge", "start_simulator"]
+from tests.harness.daemon import BridgeThread, StartBridge, toml_value
+from tests.harness.esme import Esme, receipt_fields
+from tests.harness.loop import wait_until
+from tests.harness.sims import SimulatorThread, StartSimulator
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,22 +12,12 @@ from typing import Any
 import pytest
 import smpplib.consts
 import smpplib.gsm
-from bridge_harness import (
-    BridgeThread,
-    Esme,
-    StartBridge,
-    receipt_fields,
-    receipt_id,
-    receipts_by_id,
-    start_bridge,
-    wait_until,
-)
-from sim_harness import SimulatorThread, StartSimulator, start_simulator
 
 from bridge.core.model import MessageState
 from bridge.simulators.isms_http import IsmsHttpSimulator
-
-__all__ = ["start_bridge", "start_simulator"]  # the fixtures, imported for pytest
+from tests.harness.esme import Esme, receipt_fields, receipt_id, receipts_by_id
+from tests.harness.loop import wait_until
+from tests.harness.rig import StartRig
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -43,40 +33,9 @@ AUTH_ERROR = "306912345695"
 FLAKY = "306912345697"
 
 
-def isms_bridge(
-    start_bridge: StartBridge,
-    sim: SimulatorThread,
-    *,
-    provider: str = "",
-    data_dir: Any = None,
-    **config: Any,
-) -> BridgeThread:
-    """A bridge whose only route is the iSMS adapter pointed at ``sim``."""
-    extra = f"""
-[providers.isms]
-type = "isms_http"
-base_url = "{sim.url}/api/http/"
-username = "test"
-password = "test"
-timeout = 2.0
-{provider}
-[[routes]]
-providers = ["isms"]
-"""
-    return start_bridge(data_dir=data_dir, extra=extra, **config)
-
-
-def sim_state(sim: SimulatorThread, fn: Any) -> Any:
-    return sim.run(fn)
-
-
 def sends(sim: IsmsHttpSimulator) -> list[dict[str, str]]:
     """The send.php requests the simulator got (the bridge also calls credits.php)."""
     return [r for r in sim.requests if r["script"] == "send.php"]
-
-
-def stored(bt: BridgeThread, message_id: str) -> Any:
-    return bt.run(lambda: bt.bridge.store.get_message_now(message_id))
 
 
 def submit(esme: Esme, to: str, **fields: Any) -> str:
@@ -89,14 +48,11 @@ def submit(esme: Esme, to: str, **fields: Any) -> str:
 
 
 def test_gsm_and_ucs2_messages_get_delivrd_receipts_through_the_dlr_url(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    sim_app = IsmsHttpSimulator(delay=0.05)
-    sim = start_simulator(sim_app.app)
-    bt = isms_bridge(start_bridge, sim)
+    rig = provider_rig("isms_http")
     greek = "Καλημέρα από την Αθήνα"
-    with Esme(bt.port) as esme:
-        esme.bind()
+    with rig.esme() as esme:
         plain = submit(esme, DELIVERED, short_message=b"Hello from the ESME")
         ucs2 = submit(esme, DELIVERED, short_message=greek.encode("utf-16-be"), data_coding=8)
         receipts = receipts_by_id(esme.receipts(2))
@@ -104,27 +60,24 @@ def test_gsm_and_ucs2_messages_get_delivrd_receipts_through_the_dlr_url(
     for r in receipts.values():
         fields = receipt_fields(r)
         assert (fields["stat"], fields["err"], fields["dlvrd"]) == ("DELIVRD", "000", "001")
-    requests = sim_state(sim, lambda: sends(sim_app))
+    requests = rig.state(lambda: sends(rig.sim))
     by_text = {r["message"]: r for r in requests}
     assert by_text["Hello from the ESME"]["coding"] == "GSM"
     assert by_text[greek]["coding"] == "UTF-8"
     assert by_text[greek]["from"] == "Bridge"
-    callback = bt.run(lambda: bt.bridge.callback_url("isms", "report"))
+    callback = rig.callback_url()
     assert {r["dlr-url"] for r in requests} == {callback}
-    assert stored(bt, plain).state is MessageState.DELIVERED
+    assert rig.stored(plain).state is MessageState.DELIVERED
 
 
 def test_three_udh_parts_are_one_request_and_get_three_receipts(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    sim_app = IsmsHttpSimulator(delay=0.05)
-    sim = start_simulator(sim_app.app)
-    bt = isms_bridge(start_bridge, sim)
+    rig = provider_rig("isms_http")
     text = ("Long messages travel whole to iSMS, which concatenates them. " * 8)[:400]
     parts, encoding, esm_class = smpplib.gsm.make_parts(text)
     assert len(parts) == 3
-    with Esme(bt.port) as esme:
-        esme.bind()
+    with rig.esme() as esme:
         ids = [
             submit(esme, DELIVERED, short_message=p, esm_class=esm_class, data_coding=encoding)
             for p in parts
@@ -134,35 +87,29 @@ def test_three_udh_parts_are_one_request_and_get_three_receipts(
         assert len(esme.delivered) == 3
     assert set(receipts) == set(ids)
     assert all(receipt_fields(r)["stat"] == "DELIVRD" for r in receipts.values())
-    assert [r["message"] for r in sim_state(sim, lambda: sends(sim_app))] == [text]
-    assert sim_state(sim, lambda: sim_app.credits) == 1000.0 - 3
+    assert [r["message"] for r in rig.state(lambda: sends(rig.sim))] == [text]
+    assert rig.state(lambda: rig.sim.credits) == 1000.0 - 3
 
 
 def test_without_a_receipt_request_no_dlr_url_is_sent_and_the_message_ends_accepted(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    sim_app = IsmsHttpSimulator(delay=0.05)
-    sim = start_simulator(sim_app.app)
-    bt = isms_bridge(start_bridge, sim)
-    with Esme(bt.port) as esme:
-        esme.bind()
+    rig = provider_rig("isms_http")
+    with rig.esme() as esme:
         silent = submit(esme, DELIVERED, registered_delivery=0)
-        assert wait_until(lambda: stored(bt, silent).state is MessageState.ACCEPTED)
+        assert wait_until(lambda: rig.stored(silent).state is MessageState.ACCEPTED)
         assert esme.query(silent).message_state == MessageState.ACCEPTED
         esme.pump(0.2)
         assert esme.delivered == []
-    [send] = sim_state(sim, lambda: sends(sim_app))
+    [send] = rig.state(lambda: sends(rig.sim))
     assert "dlr-url" not in send
 
 
 def test_registered_delivery_0x11_gets_pending_as_enroute_then_delivrd(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    sim_app = IsmsHttpSimulator(delay=0.05)
-    sim = start_simulator(sim_app.app)
-    bt = isms_bridge(start_bridge, sim)
-    with Esme(bt.port) as esme:
-        esme.bind()
+    rig = provider_rig("isms_http")
+    with rig.esme() as esme:
         mid = submit(esme, PENDING_THEN_DELIVERED, registered_delivery=0x11)
         receipts = esme.receipts(2)
         esme.pump(0.2)
@@ -176,11 +123,9 @@ def test_registered_delivery_0x11_gets_pending_as_enroute_then_delivrd(
 
 
 def test_every_documented_error_reaches_the_esme_as_its_receipt(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    sim_app = IsmsHttpSimulator(delay=0.05)
-    sim = start_simulator(sim_app.app)
-    bt = isms_bridge(start_bridge, sim)
+    rig = provider_rig("isms_http")
     expected = {
         FAILED: ("UNDELIV", "020"),
         AUTH_ERROR: ("REJECTD", "011"),
@@ -190,50 +135,41 @@ def test_every_documented_error_reaches_the_esme_as_its_receipt(
         BAD_SCHEDULE: ("REJECTD", "015"),
         FLAKY: ("DELIVRD", "000"),  # HTTP 500 once, then accepted
     }
-    with Esme(bt.port) as esme:
-        esme.bind()
+    with rig.esme() as esme:
         ids = {submit(esme, to, validity_period="000000000002000R"): to for to in expected}
         receipts = receipts_by_id(esme.receipts(len(expected), timeout=8.0))
     assert set(receipts) == set(ids)
     for mid, r in receipts.items():
         fields = receipt_fields(r)
         assert (fields["stat"], fields["err"]) == expected[ids[mid]], ids[mid]
-    tried = [r["to"] for r in sim_state(sim, lambda: sends(sim_app))]
+    tried = [r["to"] for r in rig.state(lambda: sends(rig.sim))]
     assert tried.count(FLAKY) == 2
     assert tried.count(NO_CREDITS) > 1
     assert tried.count(AUTH_ERROR) == 1  # permanent: not retried
 
 
 def test_a_too_long_alphanumeric_sender_is_refused_at_submit(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    sim_app = IsmsHttpSimulator(delay=0.05)
-    sim = start_simulator(sim_app.app)
-    bt = isms_bridge(start_bridge, sim)
-    with Esme(bt.port) as esme:
-        esme.bind()
+    rig = provider_rig("isms_http")
+    with rig.esme() as esme:
         resp = esme.submit(
             destination_addr=DELIVERED,
             source_addr="TwelveLetter",
             source_addr_ton=smpplib.consts.SMPP_TON_ALNUM,
         )
         assert resp.status != 0
-    assert sim_state(sim, lambda: sends(sim_app)) == []
+    assert rig.state(lambda: sends(rig.sim)) == []
 
 
 # --------------------------------------------------------------------------- polling
 
 
 def test_poll_mode_gets_receipts_from_query_php(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    sim_app = IsmsHttpSimulator(delay=0.05)
-    sim = start_simulator(sim_app.app)
-    bt = isms_bridge(
-        start_bridge, sim, provider='reports = "poll"', pipeline={"poll_interval": 0.2}
-    )
-    with Esme(bt.port) as esme:
-        esme.bind()
+    rig = provider_rig("isms_http", provider={"reports": "poll"}, pipeline={"poll_interval": 0.2})
+    with rig.esme() as esme:
         ok = submit(esme, DELIVERED)
         bad = submit(esme, FAILED)
         receipts = receipts_by_id(esme.receipts(2))
@@ -241,26 +177,24 @@ def test_poll_mode_gets_receipts_from_query_php(
         "DELIVRD",
         "020",
     )
-    requests = sim_state(sim, lambda: list(sim_app.requests))
+    requests = rig.state(lambda: list(rig.sim.requests))
     assert all("dlr-url" not in r for r in requests if r["script"] == "send.php")
     assert any(r["script"] == "query.php" for r in requests)
-    assert sim_state(sim, lambda: len(sim_app.pushes)) == 0
+    assert rig.state(lambda: len(rig.sim.pushes)) == 0
 
 
 def test_a_report_lost_while_the_bridge_was_down_comes_from_the_start_up_poll(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    sim_app = IsmsHttpSimulator(delay=0.05)
-    sim = start_simulator(sim_app.app)
-    first = isms_bridge(start_bridge, sim)
-    with Esme(first.port) as esme:
-        esme.bind()
+    first = provider_rig("isms_http")
+    with first.esme() as esme:
         mid = submit(esme, NOT_PUSHED)  # iSMS delivers it but never pushes
-        assert wait_until(lambda: stored(first, mid).provider_message_id)
-    first.stop()
-    second = isms_bridge(start_bridge, sim, data_dir=first.data_dir)
-    with Esme(second.port) as esme:
-        esme.bind()
+        assert wait_until(lambda: first.stored(mid).provider_message_id)
+    first.bt.stop()
+    second = provider_rig(
+        "isms_http", sim=first.sim, sim_thread=first.sim_thread, data_dir=first.bt.data_dir
+    )
+    with second.esme() as esme:
         [receipt] = esme.receipts(1)
     assert receipt_id(receipt) == mid
     assert receipt_fields(receipt)["stat"] == "DELIVRD"
@@ -270,20 +204,17 @@ def test_a_report_lost_while_the_bridge_was_down_comes_from_the_start_up_poll(
 
 
 def test_a_submit_multi_goes_as_one_comma_list_per_bulk_max_and_each_number_gets_its_own_receipt(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    sim_app = IsmsHttpSimulator(delay=0.05)
-    sim = start_simulator(sim_app.app)
-    bt = isms_bridge(
-        start_bridge, sim, provider="bulk = true\nbulk_max = 3\nrequests_per_second = 5\n"
+    rig = provider_rig(
+        "isms_http", provider={"bulk": True, "bulk_max": 3, "requests_per_second": 5}
     )
     numbers = [f"3069123456{i}0" for i in range(5)] + [FAILED, PENDING_THEN_DELIVERED]
-    with Esme(bt.port) as esme:
-        esme.bind()
+    with rig.esme() as esme:
         resp = esme.submit_multi(numbers, b"Geia se olous", registered_delivery=1)
         assert resp.command_status == 0
         receipts = esme.receipts(7)
-    requests = sim_state(sim, lambda: sends(sim_app))
+    requests = rig.state(lambda: sends(rig.sim))
     assert [len(r["to"].split(",")) for r in requests] == [3, 3, 1]  # 3 requests, not 7
     # One ID for each request; query.php and the pushes name mid and mobile, so each
     # destination still gets its own report.
@@ -293,30 +224,26 @@ def test_a_submit_multi_goes_as_one_comma_list_per_bulk_max_and_each_number_gets
     ids = {
         n: m.provider_message_id
         for n, m in (
-            (r.source_addr.decode(), stored(bt, receipt_fields(r)["id"])) for r in receipts
+            (r.source_addr.decode(), rig.stored(receipt_fields(r)["id"])) for r in receipts
         )
     }
     assert all(pid.endswith("/" + n) for n, pid in ids.items())
 
 
 def test_with_bulk_a_report_is_also_polled_per_number(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    sim_app = IsmsHttpSimulator(delay=0.05)
-    sim = start_simulator(sim_app.app)
-    bt = isms_bridge(
-        start_bridge,
-        sim,
-        provider='bulk = true\nreports = "poll"\n',
+    rig = provider_rig(
+        "isms_http",
+        provider={"bulk": True, "reports": "poll"},
         pipeline={"poll_interval": 0.2, "poll_backoff_max": 0.4},
     )
     numbers = [DELIVERED, FAILED, NOT_PUSHED]
-    with Esme(bt.port) as esme:
-        esme.bind()
+    with rig.esme() as esme:
         esme.submit_multi(numbers, b"Polled", registered_delivery=1)
         receipts = esme.receipts(3)
-    assert len(sim_state(sim, lambda: sends(sim_app))) == 1
+    assert len(rig.state(lambda: sends(rig.sim))) == 1
     stats = {r.source_addr.decode(): receipt_fields(r)["stat"] for r in receipts}
     assert stats == {DELIVERED: "DELIVRD", FAILED: "UNDELIV", NOT_PUSHED: "DELIVRD"}
-    queries = sim_state(sim, lambda: [r for r in sim_app.requests if r["script"] == "query.php"])
+    queries = rig.state(lambda: [r for r in rig.sim.requests if r["script"] == "query.php"])
     assert {q["mobile"] for q in queries} == set(numbers)

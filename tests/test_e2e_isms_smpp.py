@@ -6,26 +6,18 @@ another; every wait is bounded."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import smpplib.consts
-from bridge_harness import (
-    Esme,
-    StartBridge,
-    receipt_fields,
-    receipt_id,
-    start_bridge,
-    wait_until,
-)
-from loop_thread import LoopThread
 
 from bridge.providers.isms_smpp import IsmsSmppProvider
-from bridge.simulators.smpp_upstream import SmppUpstreamSimulator
 from bridge.smpp.pdu import Status
-
-__all__ = ["start_bridge"]  # the fixture, imported for pytest
+from tests.harness.daemon import BridgeThread, StartBridge
+from tests.harness.esme import Esme, receipt_fields, receipt_id
+from tests.harness.loop import wait_until
+from tests.harness.rig import KINDS, StartRig, provider_table
+from tests.harness.sims import UpstreamThread
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,57 +26,25 @@ INBOUND_NUMBER = "306999999999"
 GREEK = "Καλημέρα από την Αθήνα"
 
 
-class UpstreamThread(LoopThread):
-    """The simulator in a loop of its own thread; ``run``/``call`` reach into it."""
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__()
-        self.sim = SmppUpstreamSimulator(**options)
-        self.call(self.sim.start())
-        self.port = self.sim.port
-
-    def close(self) -> None:
-        try:
-            self.call(self.sim.close())
-        finally:
-            self.close_loop()
+def isms_config(port: int) -> str:
+    """The provider table and route of a rig, for an upstream that is not listening yet."""
+    spec = KINDS["isms_smpp"]
+    settings = {"type": "isms_smpp", **spec.settings("", port)}
+    return provider_table(spec.name, settings) + f'[[routes]]\nproviders = ["{spec.name}"]\n'
 
 
-@pytest.fixture
-def upstream() -> Iterator[UpstreamThread]:
-    up = UpstreamThread(delay=0.05, retry=0.1, tps=0)
-    yield up
-    up.close()
-
-
-def isms_config(port: int, **keys: Any) -> str:
-    values: dict[str, Any] = {
-        "type": "isms_smpp",
-        "host": "127.0.0.1",
-        "port": port,
-        "system_id": "isms",
-        "password": "isms",
-        "reconnect_min": 0.05,
-        "reconnect_max": 0.3,
-        "response_timeout": 1.0,
-        "throttle_pause": 0.05,
-    }
-    values.update(keys)
-    lines = ["[providers.isms]"]
-    for key, value in values.items():
-        lines.append(f"{key} = {value!r}".replace("'", '"'))
-    return "\n".join(lines) + '\n\n[[routes]]\nproviders = ["isms"]\n'
-
-
-def start(start_bridge: StartBridge, upstream: UpstreamThread, **keys: Any) -> Any:
-    bt = start_bridge(
-        extra=isms_config(upstream.port, **keys),
+def start(
+    provider_rig: StartRig, before_bridge: Any = None, **keys: Any
+) -> tuple[BridgeThread, UpstreamThread]:
+    """A bridge bound to a fresh upstream simulator (``isms``, all routes), and that upstream."""
+    rig = provider_rig(
+        "isms_smpp",
+        provider=keys,
+        before_bridge=before_bridge,
         account={"inbound_numbers": [INBOUND_NUMBER]},
     )
-    provider = bt.bridge.providers["isms"]
-    assert isinstance(provider, IsmsSmppProvider)
-    assert bt.call(provider.client.wait_bound(5.0))
-    return bt
+    assert isinstance(rig.sim_thread, UpstreamThread)
+    return rig.bt, rig.sim_thread
 
 
 def submitted(upstream: UpstreamThread) -> list[Any]:
@@ -95,9 +55,9 @@ def submitted(upstream: UpstreamThread) -> list[Any]:
 
 
 def test_a_gsm_message_reaches_the_upstream_and_its_delivrd_receipt_the_esme(
-    start_bridge: StartBridge, upstream: UpstreamThread
+    provider_rig: StartRig,
 ) -> None:
-    bt = start(start_bridge, upstream)
+    bt, upstream = start(provider_rig)
     with Esme(bt.port) as esme:
         esme.bind("transceiver")
         mid = esme.submit_ok(destination_addr=MOBILE, short_message=b"Hello iSMS")
@@ -115,10 +75,8 @@ def test_a_gsm_message_reaches_the_upstream_and_its_delivrd_receipt_the_esme(
     assert sub.registered_delivery == 1
 
 
-def test_ucs2_greek_text_goes_as_ucs2(
-    start_bridge: StartBridge, upstream: UpstreamThread
-) -> None:
-    bt = start(start_bridge, upstream)
+def test_ucs2_greek_text_goes_as_ucs2(provider_rig: StartRig) -> None:
+    bt, upstream = start(provider_rig)
     with Esme(bt.port) as esme:
         esme.bind("transceiver")
         mid = esme.submit_ok(
@@ -132,10 +90,8 @@ def test_ucs2_greek_text_goes_as_ucs2(
     assert sub.data_coding == 0x08 and sub.text == GREEK
 
 
-def test_a_long_message_in_three_parts_gets_a_receipt_for_each_part(
-    start_bridge: StartBridge, upstream: UpstreamThread
-) -> None:
-    bt = start(start_bridge, upstream)
+def test_a_long_message_in_three_parts_gets_a_receipt_for_each_part(provider_rig: StartRig) -> None:
+    bt, upstream = start(provider_rig)
     text = "".join(f"{i:03d} " for i in range(100))  # 400 GSM characters
     chunks = [text[:153], text[153:306], text[306:]]
     with Esme(bt.port) as esme:
@@ -161,9 +117,9 @@ def test_a_long_message_in_three_parts_gets_a_receipt_for_each_part(
 
 
 def test_an_undeliverable_message_and_a_refused_one_reach_the_esme_as_failure_receipts(
-    start_bridge: StartBridge, upstream: UpstreamThread
+    provider_rig: StartRig,
 ) -> None:
-    bt = start(start_bridge, upstream)
+    bt, _ = start(provider_rig)
     with Esme(bt.port) as esme:
         esme.bind("transceiver")
         undeliv = esme.submit_ok(destination_addr="306912345601")
@@ -174,10 +130,8 @@ def test_an_undeliverable_message_and_a_refused_one_reach_the_esme_as_failure_re
     assert (receipts[refused]["stat"], receipts[refused]["err"]) == ("REJECTD", "011")
 
 
-def test_a_transient_submit_error_is_retried_until_accepted(
-    start_bridge: StartBridge, upstream: UpstreamThread
-) -> None:
-    bt = start(start_bridge, upstream)
+def test_a_transient_submit_error_is_retried_until_accepted(provider_rig: StartRig) -> None:
+    bt, upstream = start(provider_rig)
     with Esme(bt.port) as esme:
         esme.bind("transceiver")
         mid = esme.submit_ok(destination_addr="306912345692")  # MSGQFUL once, then accepted
@@ -190,10 +144,8 @@ def test_a_transient_submit_error_is_retried_until_accepted(
 # --------------------------------------------------------------------------- a rough upstream
 
 
-def test_the_bridge_rebinds_after_the_upstream_drops_the_connection(
-    start_bridge: StartBridge, upstream: UpstreamThread
-) -> None:
-    bt = start(start_bridge, upstream)
+def test_the_bridge_rebinds_after_the_upstream_drops_the_connection(provider_rig: StartRig) -> None:
+    bt, upstream = start(provider_rig)
     assert upstream.run(upstream.sim.drop_connections) == 1
     assert wait_until(lambda: upstream.run(lambda: upstream.sim.binds) == 2)
     with Esme(bt.port) as esme:
@@ -211,9 +163,9 @@ def test_the_bridge_rebinds_after_the_upstream_drops_the_connection(
 
 
 def test_throttling_slows_the_bridge_down_and_every_message_is_still_delivered(
-    start_bridge: StartBridge, upstream: UpstreamThread
+    provider_rig: StartRig,
 ) -> None:
-    bt = start(start_bridge, upstream, throttle_retries=1)
+    bt, upstream = start(provider_rig, throttle_retries=1)
     upstream.run(lambda: upstream.sim.throttle_next(8))
     with Esme(bt.port) as esme:
         esme.bind("transceiver")
@@ -229,9 +181,9 @@ def test_throttling_slows_the_bridge_down_and_every_message_is_still_delivered(
 
 
 def test_messages_taken_while_the_upstream_is_down_are_delivered_once_it_is_back(
-    start_bridge: StartBridge, upstream: UpstreamThread
+    provider_rig: StartRig,
 ) -> None:
-    bt = start(start_bridge, upstream)
+    bt, upstream = start(provider_rig)
     upstream.call(upstream.sim.stop())
     with Esme(bt.port) as esme:
         esme.bind("transceiver")
@@ -249,9 +201,9 @@ def test_messages_taken_while_the_upstream_is_down_are_delivered_once_it_is_back
 
 
 def test_an_mo_from_the_upstream_reaches_the_account_owning_the_number(
-    start_bridge: StartBridge, upstream: UpstreamThread
+    provider_rig: StartRig,
 ) -> None:
-    bt = start(start_bridge, upstream)
+    bt, upstream = start(provider_rig)
     with Esme(bt.port) as esme:
         esme.bind("transceiver")
         assert wait_until(bt.has_receiver)
@@ -302,9 +254,9 @@ def test_readyz_turns_ready_as_soon_as_the_upstream_binds_and_unready_when_it_is
 
 
 def test_with_concat_payload_a_long_message_is_one_submit_sm_with_message_payload(
-    start_bridge: StartBridge, upstream: UpstreamThread
+    provider_rig: StartRig,
 ) -> None:
-    bt = start(start_bridge, upstream, concat="payload")
+    bt, upstream = start(provider_rig, concat="payload")
     text = "".join(f"{i:03d} " for i in range(100))  # 400 GSM characters
     chunks = [text[:153], text[153:306], text[306:]]
     with Esme(bt.port) as esme:
@@ -333,9 +285,9 @@ def test_with_concat_payload_a_long_message_is_one_submit_sm_with_message_payloa
 
 
 def test_with_concat_payload_ucs2_text_goes_whole_as_ucs2_in_message_payload(
-    start_bridge: StartBridge, upstream: UpstreamThread
+    provider_rig: StartRig,
 ) -> None:
-    bt = start(start_bridge, upstream, concat="payload")
+    bt, upstream = start(provider_rig, concat="payload")
     text = GREEK * 5  # 110 UCS-2 characters: two parts as UDH, one submit_sm here
     with Esme(bt.port) as esme:
         esme.bind("transceiver")
@@ -357,12 +309,13 @@ def test_with_concat_payload_ucs2_text_goes_whole_as_ucs2_in_message_payload(
     assert sub.data_coding == 0x08 and sub.short_message == b"" and sub.text == text
 
 
-def test_receipts_carried_in_message_payload_are_read(
-    start_bridge: StartBridge, upstream: UpstreamThread
-) -> None:
-    upstream.run(lambda: setattr(upstream.sim, "receipt_payload", True))
-    upstream.run(lambda: setattr(upstream.sim, "receipt_tlvs", False))  # the text alone
-    bt = start(start_bridge, upstream)
+def test_receipts_carried_in_message_payload_are_read(provider_rig: StartRig) -> None:
+
+    def receipts_in_payload(sim: Any) -> None:
+        sim.receipt_payload = True
+        sim.receipt_tlvs = False  # the text alone
+
+    bt, upstream = start(provider_rig, receipts_in_payload)
     with Esme(bt.port) as esme:
         esme.bind("transceiver")
         mid = esme.submit_ok(destination_addr=MOBILE[:-2] + "01", short_message=b"Fails")

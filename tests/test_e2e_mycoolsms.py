@@ -6,28 +6,16 @@ JSON ``sendSms``) → ``pushDeliveryReport`` to the message's ``callbackurl`` (o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import smpplib.gsm
-from bridge_harness import (
-    BridgeThread,
-    Esme,
-    StartBridge,
-    receipt_fields,
-    receipt_id,
-    start_bridge,
-    toml_value,
-    wait_until,
-)
-from sim_harness import SimulatorThread, StartSimulator, start_simulator
 
 from bridge.providers.mycoolsms.api import to_ucs2_hex
-from bridge.simulators.mycoolsms import API_PATH, MyCoolSmsSimulator
-
-__all__ = ["start_bridge", "start_simulator"]  # the fixtures, imported for pytest
+from tests.harness.esme import receipt_fields, receipt_id
+from tests.harness.loop import wait_until
+from tests.harness.rig import ProviderRig, StartRig
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -35,13 +23,16 @@ MOBILE = "49151123456"  # + two digits choosing the simulator's outcome
 VIRTUAL_NUMBER = "+4915790000000"  # the account's My-Cool-SMS number for inbound SMS
 
 
-@dataclass
-class Setup:
-    bt: BridgeThread
-    sim: MyCoolSmsSimulator
-    sim_thread: SimulatorThread
-    report_url: str
-    inbound_url: str
+class Setup(ProviderRig):
+    """A My-Cool-SMS rig, with the requests the simulator got."""
+
+    @property
+    def report_url(self) -> str:
+        return self.callback_url("report")
+
+    @property
+    def inbound_url(self) -> str:
+        return self.callback_url("inbound")
 
     def sends(self) -> list[dict[str, Any]]:
         """Parameters of the sendSms calls the simulator got."""
@@ -58,46 +49,29 @@ class Setup:
 
 
 @pytest.fixture
-def setup(start_bridge: StartBridge, start_simulator: StartSimulator) -> Iterator[Any]:
+def setup(provider_rig: StartRig) -> Callable[..., Setup]:
     """``setup(pipeline=None, **provider keys)``: a simulator and a bridge routing everything
     to it as provider ``mycoolsms``."""
-    made: list[Setup] = []
 
     def make(pipeline: dict[str, object] | None = None, **keys: Any) -> Setup:
-        sim = MyCoolSmsSimulator(username="bridge", password="secret", delay=0.05)
-        sim_thread = start_simulator(sim.app)
-        provider = {
-            "type": "mycoolsms",
-            "base_url": f"{sim_thread.url}{API_PATH}",
-            "username": "bridge",
-            "password": "secret",
-            "timeout": 2.0,
-            **keys,
-        }
-        extra = "[providers.mycoolsms]\n"
-        extra += "".join(f"{k} = {toml_value(v)}\n" for k, v in provider.items())
-        extra += '[[routes]]\nproviders = ["mycoolsms"]\n'
-        bt = start_bridge(
-            extra=extra, account={"inbound_numbers": [VIRTUAL_NUMBER]}, pipeline=pipeline
+        rig = provider_rig(
+            "mycoolsms",
+            provider=keys,
+            rig_type=Setup,
+            account={"inbound_numbers": [VIRTUAL_NUMBER]},
+            pipeline=pipeline,
         )
-        report_url = bt.run(lambda: bt.bridge.callback_url("mycoolsms", "report"))
-        inbound_url = bt.run(lambda: bt.bridge.callback_url("mycoolsms", "inbound"))
-        assert report_url is not None and inbound_url is not None
-        s = Setup(bt, sim, sim_thread, report_url, inbound_url)
-        made.append(s)
-        return s
+        assert isinstance(rig, Setup)
+        return rig
 
-    yield make
-    for s in made:
-        s.sim_thread.call(s.sim.close())
+    return make
 
 
 def test_gsm_message_goes_as_send_sms_and_the_pushed_delivered_becomes_a_delivrd_receipt(
     setup: Any,
 ) -> None:
     s: Setup = setup()
-    with Esme(s.bt.port) as esme:
-        esme.bind()
+    with s.esme() as esme:
         mid = esme.submit_ok(
             short_message=b"Hello from the ESME",
             destination_addr=MOBILE + "78",
@@ -124,8 +98,7 @@ def test_gsm_message_goes_as_send_sms_and_the_pushed_delivered_becomes_a_delivrd
 def test_ucs2_text_goes_in_ucs2_notation_and_is_delivered(setup: Any) -> None:
     s: Setup = setup()
     text = "Привет, 繁体中文!"
-    with Esme(s.bt.port) as esme:
-        esme.bind()
+    with s.esme() as esme:
         mid = esme.submit_ok(
             short_message=text.encode("utf-16-be"),
             data_coding=8,
@@ -144,8 +117,7 @@ def test_three_udh_parts_are_one_send_sms_and_each_part_gets_its_receipt(setup: 
     text = ("The quick brown fox jumps over the lazy dog. " * 9)[:400]
     parts, encoding, esm_class = smpplib.gsm.make_parts(text)
     assert len(parts) == 3
-    with Esme(s.bt.port) as esme:
-        esme.bind()
+    with s.esme() as esme:
         ids = [
             esme.submit_ok(
                 short_message=part,
@@ -171,8 +143,7 @@ def test_failure_statuses_reach_the_esme_as_receipts_with_their_err(setup: Any) 
         "02": ("EXPIRED", "302"),  # SMS_STATUS_EXPIRED
         "03": ("UNDELIV", "303"),  # SMS_STATUS_ERROR
     }
-    with Esme(s.bt.port) as esme:
-        esme.bind()
+    with s.esme() as esme:
         ids = {
             esme.submit_ok(destination_addr=MOBILE + suffix, registered_delivery=1): suffix
             for suffix in expected
@@ -186,8 +157,7 @@ def test_failure_statuses_reach_the_esme_as_receipts_with_their_err(setup: Any) 
 
 def test_refused_sends_reach_the_esme_as_rejectd_with_the_providers_code(setup: Any) -> None:
     s: Setup = setup()
-    with Esme(s.bt.port) as esme:
-        esme.bind()
+    with s.esme() as esme:
         ids = {
             esme.submit_ok(destination_addr="491511234" + rule): code
             for rule, code in (("9210", "210"), ("9216", "216"), ("9101", "101"))
@@ -203,8 +173,7 @@ def test_an_alphanumeric_sender_the_provider_refuses_is_rejected_without_a_reque
     setup: Any,
 ) -> None:
     s: Setup = setup()
-    with Esme(s.bt.port) as esme:
-        esme.bind()
+    with s.esme() as esme:
         mid = esme.submit_ok(source_addr="My Shop", destination_addr=MOBILE + "78")
         [receipt] = esme.receipts(1)
     fields = receipt_fields(receipt)
@@ -214,8 +183,7 @@ def test_an_alphanumeric_sender_the_provider_refuses_is_rejected_without_a_reque
 
 def test_a_transient_107_is_retried_then_delivered(setup: Any) -> None:
     s: Setup = setup()
-    with Esme(s.bt.port) as esme:
-        esme.bind()
+    with s.esme() as esme:
         mid = esme.submit_ok(destination_addr=MOBILE + "07")
         [receipt] = esme.receipts(1)
     assert (receipt_id(receipt), receipt_fields(receipt)["stat"]) == (mid, "DELIVRD")
@@ -224,8 +192,7 @@ def test_a_transient_107_is_retried_then_delivered(setup: Any) -> None:
 
 def test_without_a_push_the_report_is_polled_with_get_delivery_reports(setup: Any) -> None:
     s: Setup = setup(pipeline={"poll_interval": 0.2, "poll_backoff_max": 0.4})
-    with Esme(s.bt.port) as esme:
-        esme.bind()
+    with s.esme() as esme:
         mid = esme.submit_ok(destination_addr=MOBILE + "06")  # the simulator never pushes
         [receipt] = esme.receipts(1)
     assert (receipt_id(receipt), receipt_fields(receipt)["stat"]) == (mid, "DELIVRD")
@@ -235,8 +202,7 @@ def test_without_a_push_the_report_is_polled_with_get_delivery_reports(setup: An
 
 def test_a_scheduled_message_goes_at_once_with_its_scheduletime(setup: Any) -> None:
     s: Setup = setup()
-    with Esme(s.bt.port) as esme:
-        esme.bind()
+    with s.esme() as esme:
         esme.submit_ok(
             destination_addr=MOBILE + "78", schedule_delivery_time="000000010000000R"
         )  # relative: in one hour
@@ -249,8 +215,7 @@ def test_a_scheduled_message_goes_at_once_with_its_scheduletime(setup: Any) -> N
 
 def test_an_inbound_sms_pushed_by_the_provider_becomes_a_deliver_sm(setup: Any) -> None:
     s: Setup = setup()
-    with Esme(s.bt.port) as esme:
-        esme.bind("receiver")
+    with s.esme("receiver") as esme:
         status = s.sim_thread.call(
             s.sim.push_inbound(
                 "Ja, gerne", sender="+491701234567", to=VIRTUAL_NUMBER, url=s.inbound_url
@@ -283,8 +248,7 @@ def test_an_inbound_sms_that_was_never_pushed_is_polled_and_becomes_a_deliver_sm
     setup: Any,
 ) -> None:
     s = _polling_setup(setup)
-    with Esme(s.bt.port) as esme:
-        esme.bind("receiver")
+    with s.esme("receiver") as esme:
         s.sim_thread.call(
             s.sim.push_inbound(
                 "Nur per Abruf", sender="+491701234567", to=VIRTUAL_NUMBER, push=False
@@ -308,8 +272,7 @@ def test_an_inbound_sms_that_was_never_pushed_is_polled_and_becomes_a_deliver_sm
 
 def test_an_inbound_sms_both_pushed_and_polled_is_delivered_once(setup: Any) -> None:
     s = _polling_setup(setup)
-    with Esme(s.bt.port) as esme:
-        esme.bind("receiver")
+    with s.esme("receiver") as esme:
         # Pushed first, then found by the poll.
         status = s.sim_thread.call(
             s.sim.push_inbound(
@@ -340,37 +303,36 @@ def test_an_inbound_sms_both_pushed_and_polled_is_delivered_once(setup: Any) -> 
 
 
 def test_the_inbound_poll_threshold_survives_a_restart(
-    start_bridge: StartBridge, start_simulator: StartSimulator, tmp_path: Any
+    provider_rig: StartRig, tmp_path: Any
 ) -> None:
-    sim = MyCoolSmsSimulator(username="bridge", password="secret", delay=0.05)
-    sim_thread = start_simulator(sim.app)
-    extra = (
-        "[providers.mycoolsms]\n"
-        f'type = "mycoolsms"\nbase_url = "{sim_thread.url}{API_PATH}"\n'
-        'username = "bridge"\npassword = "secret"\npoll_inbound = true\n'
-        "inbound_poll_interval = 1.0\n"
-        '[[routes]]\nproviders = ["mycoolsms"]\n'
-    )
     data = tmp_path / "restart"
-    sim_thread.call(sim.push_inbound("Vor der Einrichtung", push=False))
+    poll = {"poll_inbound": True, "inbound_poll_interval": 1.0}
+    inbound = {"inbound_numbers": [VIRTUAL_NUMBER]}
+    first = provider_rig(
+        "mycoolsms",
+        provider=poll,
+        account=inbound,
+        data_dir=data,
+        before_bridge=lambda sim: sim.push_inbound("Vor der Einrichtung", push=False),
+    )
+    sim, sim_thread = first.sim, first.sim_thread
 
     def polls() -> int:
         return sim_thread.run(
             lambda: sum(r["params"]["function"] == "getIncomingSms" for r in sim.requests)
         )
 
-    bt = start_bridge(data_dir=data, extra=extra, account={"inbound_numbers": [VIRTUAL_NUMBER]})
     assert wait_until(lambda: polls() >= 2)
     sim_thread.call(sim.push_inbound("Eins", push=False))
-    with Esme(bt.port) as esme:
-        esme.bind("receiver")
+    with first.esme("receiver") as esme:
         [one] = esme.receipts(1)
     assert one.short_message == b"Eins"  # not the SMS from before polling was enabled
-    bt.stop()
+    first.bt.stop()
     sim_thread.call(sim.push_inbound("Zwei", push=False))  # arrives while the bridge is down
-    bt = start_bridge(data_dir=data, extra=extra, account={"inbound_numbers": [VIRTUAL_NUMBER]})
-    with Esme(bt.port) as esme:
-        esme.bind("receiver")
+    second = provider_rig(
+        "mycoolsms", provider=poll, account=inbound, data_dir=data, sim=sim, sim_thread=sim_thread
+    )
+    with second.esme("receiver") as esme:
         esme.receipts(1)
         n = polls()
         assert wait_until(lambda: polls() >= n + 2)

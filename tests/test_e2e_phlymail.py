@@ -16,22 +16,11 @@ from typing import Any
 
 import pytest
 import smpplib.gsm
-from bridge_harness import (
-    Esme,
-    StartBridge,
-    receipt_fields,
-    receipt_id,
-    receipts_by_id,
-    start_bridge,
-    toml_value,
-    wait_until,
-)
-from sim_harness import SimulatorThread, StartSimulator, start_simulator
 
 from bridge.core.model import MessageState
-from bridge.simulators.phlymail import DEFAULT_PASSWORD, DEFAULT_USERNAME, PhlymailSimulator
-
-__all__ = ["start_bridge", "start_simulator"]  # the fixtures, imported for pytest
+from tests.harness.esme import receipt_fields, receipt_fields_by_id, receipt_id
+from tests.harness.loop import wait_until
+from tests.harness.rig import ProviderRig, StartRig
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -40,32 +29,8 @@ MOBILE = "4917712345678"  # the page's 004917712345678
 PERMANENT_CODES = [201, 202, 401, 402]
 
 
-class Rig:
+class Rig(ProviderRig):
     """A bridge routing everything to phlyMail, and the simulator it talks to."""
-
-    def __init__(
-        self,
-        start_bridge: StartBridge,
-        start_simulator: StartSimulator,
-        *,
-        provider: dict[str, object] | None = None,
-        extra_routes: str = "",
-    ) -> None:
-        self.sim = PhlymailSimulator(slow=1.0)
-        self.sim_thread: SimulatorThread = start_simulator(self.sim.app)
-        settings: dict[str, object] = {
-            "type": "phlymail",
-            "base_url": f"{self.sim_thread.url}/http.php",
-            "username": DEFAULT_USERNAME,
-            "password": DEFAULT_PASSWORD,
-            "timeout": 2.0,
-        }
-        settings.update(provider or {})
-        table = "[providers.phlymail]\n" + "".join(
-            f"{key} = {toml_value(value)}\n" for key, value in settings.items()
-        )
-        routes = extra_routes or '[[routes]]\nproviders = ["phlymail"]\n'
-        self.bt = start_bridge(extra=table + routes)
 
     def sends(self) -> list[dict[str, str]]:
         """The send calls the gateway got (not the bridge's ``mode=synchro`` health checks)."""
@@ -76,27 +41,21 @@ class Rig:
     def credit(self) -> float:
         return self.sim_thread.run(lambda: self.sim.credit)
 
-    def stored(self, message_id: str) -> Any:
-        return self.bt.run(lambda: self.bt.bridge.store.get_message_now(message_id))
 
-    def esme(self) -> Esme:
-        esme = Esme(self.bt.port)
-        esme.bind()
-        return esme
-
-
-def by_id(receipts: list[Any]) -> dict[str, dict[str, str]]:
-    """Each receipt's text fields by its id (no id twice)."""
-    return {mid: receipt_fields(r) for mid, r in receipts_by_id(receipts).items()}
+def start(provider_rig: StartRig, **options: Any) -> Rig:
+    """A bridge routing everything to phlyMail (``provider``, ``routes``: see the rig)."""
+    rig = provider_rig("phlymail", rig_type=Rig, **options)
+    assert isinstance(rig, Rig)
+    return rig
 
 
 # --------------------------------------------------------------------------- the happy paths
 
 
 def test_gsm_message_is_posted_and_ends_acceptd_at_once_since_phlymail_never_reports(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    rig = Rig(start_bridge, start_simulator)
+    rig = start(provider_rig)
     with rig.esme() as esme:
         mid = esme.submit_ok(short_message=b"Hello from the ESME", destination_addr=MOBILE)
         [receipt] = esme.receipts(1)
@@ -114,9 +73,9 @@ def test_gsm_message_is_posted_and_ends_acceptd_at_once_since_phlymail_never_rep
 
 
 def test_ucs2_text_goes_as_mode_sms_when_latin1_holds_it_else_as_mode_utf(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    rig = Rig(start_bridge, start_simulator)
+    rig = start(provider_rig)
     with rig.esme() as esme:
         latin = esme.submit_ok(
             short_message="Grüße aus Köln".encode("utf-16-be"),
@@ -126,7 +85,7 @@ def test_ucs2_text_goes_as_mode_sms_when_latin1_holds_it_else_as_mode_utf(
         cyrillic = esme.submit_ok(
             short_message="Привет, 5 €".encode("utf-16-be"), data_coding=8, destination_addr=MOBILE
         )
-        receipts = by_id(esme.receipts(2))
+        receipts = receipt_fields_by_id(esme.receipts(2))
     assert {mid: f["stat"] for mid, f in receipts.items()} == {
         latin: "ACCEPTD",
         cyrillic: "ACCEPTD",
@@ -135,10 +94,8 @@ def test_ucs2_text_goes_as_mode_sms_when_latin1_holds_it_else_as_mode_utf(
     assert sorted(taken) == [("sms", "Grüße aus Köln"), ("utf", "Привет, 5 €")]
 
 
-def test_three_udh_parts_become_one_request_and_three_receipts(
-    start_bridge: StartBridge, start_simulator: StartSimulator
-) -> None:
-    rig = Rig(start_bridge, start_simulator)
+def test_three_udh_parts_become_one_request_and_three_receipts(provider_rig: StartRig) -> None:
+    rig = start(provider_rig)
     text = ("The quick brown fox jumps over the lazy dog. " * 9)[:400]
     parts, encoding, esm_class = smpplib.gsm.make_parts(text)
     assert len(parts) == 3
@@ -152,7 +109,7 @@ def test_three_udh_parts_become_one_request_and_three_receipts(
             )
             for part in parts
         ]
-        receipts = by_id(esme.receipts(3))
+        receipts = receipt_fields_by_id(esme.receipts(3))
     assert set(receipts) == set(ids)
     assert {(f["stat"], f["err"]) for f in receipts.values()} == {("ACCEPTD", "000")}
     [sent] = rig.sends()
@@ -161,9 +118,9 @@ def test_three_udh_parts_become_one_request_and_three_receipts(
 
 
 def test_without_a_receipt_request_the_message_ends_accepted_and_nothing_is_delivered(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    rig = Rig(start_bridge, start_simulator)
+    rig = start(provider_rig)
     with rig.esme() as esme:
         mid = esme.submit_ok(registered_delivery=0, destination_addr=MOBILE)
         assert wait_until(lambda: rig.stored(mid).state is MessageState.ACCEPTED, 3.0)
@@ -176,27 +133,25 @@ def test_without_a_receipt_request_the_message_ends_accepted_and_nothing_is_deli
 
 
 def test_every_permanent_reply_code_reaches_the_esme_as_rejectd_with_its_code(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    rig = Rig(start_bridge, start_simulator)
+    rig = start(provider_rig)
     with rig.esme() as esme:
         ids = {
             esme.submit_ok(destination_addr=f"49177123499{code}"): code for code in PERMANENT_CODES
         }
-        receipts = by_id(esme.receipts(len(ids)))
+        receipts = receipt_fields_by_id(esme.receipts(len(ids)))
     assert set(receipts) == set(ids)
     for mid, code in ids.items():
         assert (receipts[mid]["stat"], receipts[mid]["err"]) == ("REJECTD", f"{code:03d}")
     assert len(rig.sends()) == len(PERMANENT_CODES)  # refusals are not retried
 
 
-def test_http_500_and_a_credit_shortfall_are_retried_until_taken(
-    start_bridge: StartBridge, start_simulator: StartSimulator
-) -> None:
-    rig = Rig(start_bridge, start_simulator)
+def test_http_500_and_a_credit_shortfall_are_retried_until_taken(provider_rig: StartRig) -> None:
+    rig = start(provider_rig)
     with rig.esme() as esme:
         ids = [esme.submit_ok(destination_addr=n) for n in ("4917712345697", "4917712345696")]
-        receipts = by_id(esme.receipts(2))
+        receipts = receipt_fields_by_id(esme.receipts(2))
     assert set(receipts) == set(ids)
     assert {(f["stat"], f["err"]) for f in receipts.values()} == {("ACCEPTD", "000")}
     assert sorted(r["to"] for r in rig.sends()) == [
@@ -208,9 +163,9 @@ def test_http_500_and_a_credit_shortfall_are_retried_until_taken(
 
 
 def test_no_credit_is_retried_until_the_validity_ends_then_expired_with_err_203(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    rig = Rig(start_bridge, start_simulator)
+    rig = start(provider_rig)
     with rig.esme() as esme:
         mid = esme.submit_ok(destination_addr="4917712399203", validity_period="000000000001000R")
         [receipt] = esme.receipts(1)
@@ -221,9 +176,9 @@ def test_no_credit_is_retried_until_the_validity_ends_then_expired_with_err_203(
 
 
 def test_a_sender_phlymail_cannot_take_is_rejected_before_any_request(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    rig = Rig(start_bridge, start_simulator)
+    rig = start(provider_rig)
     with rig.esme() as esme:
         mid = esme.submit_ok(source_addr="My Shop", destination_addr=MOBILE)
         [receipt] = esme.receipts(1)
@@ -232,13 +187,10 @@ def test_a_sender_phlymail_cannot_take_is_rejected_before_any_request(
     assert rig.sends() == []
 
 
-def test_an_unsendable_message_fails_over_to_the_next_provider(
-    start_bridge: StartBridge, start_simulator: StartSimulator
-) -> None:
-    rig = Rig(
-        start_bridge,
-        start_simulator,
-        extra_routes='[[routes]]\nproviders = ["phlymail", "sandbox"]\n',
+def test_an_unsendable_message_fails_over_to_the_next_provider(provider_rig: StartRig) -> None:
+    rig = start(
+        provider_rig,
+        routes='[[routes]]\nproviders = ["phlymail", "sandbox"]\n',
     )
     with rig.esme() as esme:
         mid = esme.submit_ok(source_addr="My Shop", destination_addr=MOBILE)
@@ -249,9 +201,9 @@ def test_an_unsendable_message_fails_over_to_the_next_provider(
 
 
 def test_binary_content_and_non_latin1_text_without_unicode_find_no_route(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    rig = Rig(start_bridge, start_simulator, provider={"unicode": False})
+    rig = start(provider_rig, provider={"unicode": False})
     with rig.esme() as esme:
         binary = esme.submit(short_message=b"\x01\x02\x03", data_coding=4, destination_addr=MOBILE)
         cyrillic = esme.submit(
@@ -270,9 +222,9 @@ def test_binary_content_and_non_latin1_text_without_unicode_find_no_route(
 
 
 def test_the_readiness_check_reports_the_balance_and_pushes_are_refused(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    rig = Rig(start_bridge, start_simulator)
+    rig = start(provider_rig)
     rig.sim_thread.run(lambda: setattr(rig.sim, "credit", 96.5))
     provider = rig.bt.bridge.providers["phlymail"]
     assert rig.bt.call(provider.healthy()) is True

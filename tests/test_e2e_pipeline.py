@@ -14,21 +14,12 @@ from typing import Any
 import pytest
 import smpplib.consts
 import smpplib.gsm
-from bridge_harness import (
-    Esme,
-    Rule,
-    StartBridge,
-    receipt_fields,
-    receipt_id,
-    receipts_by_id,
-    start_bridge,
-    wait_until,
-)
 
 from bridge.core.model import MessageState
 from bridge.smpp.pdu import Status
-
-__all__ = ["start_bridge"]  # the fixture, imported for pytest
+from tests.harness.daemon import Rule, StartBridge
+from tests.harness.esme import Esme, receipt_fields, receipt_id, receipts_by_id
+from tests.harness.loop import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -52,11 +43,6 @@ RULES = [
     Rule("05", "transient_then_delivrd"),
     Rule("99", "transient"),
 ]
-
-
-def stored(bt: Any, message_id: str) -> Any:
-    """The message as the store has it (read in the bridge's loop)."""
-    return bt.run(lambda: bt.bridge.store.get_message_now(message_id))
 
 
 # --------------------------------------------------------------------------- the basic flow
@@ -114,7 +100,7 @@ def test_ucs2_with_an_emoji_is_accepted_and_decoded(start_bridge: StartBridge) -
     assert fields["stat"] == "DELIVRD"
     # The head is ASCII-safe, one character per character: the pair decoded to one emoji.
     assert fields["text"] == "Hi ? ??????"
-    assert stored(bt, mid).text == text
+    assert bt.stored(mid).text == text
 
 
 def test_incomplete_concatenated_message_gets_a_failure_receipt_for_every_part_received(
@@ -163,7 +149,7 @@ def test_udh_concatenated_message_gets_an_id_and_a_receipt_per_part(
         fields = receipt_fields(r)
         assert fields["stat"] == "DELIVRD"
         assert fields["text"] == text[:20]
-    whole = stored(bt, ids[0])
+    whole = bt.stored(ids[0])
     assert whole.text == text
     assert whole.state is MessageState.DELIVERED
 
@@ -190,7 +176,7 @@ def test_parts_received_before_a_restart_complete_the_message_after_it(
         )
         receipts = receipts_by_id(esme.receipts(3))
     assert set(receipts) == set(ids)
-    assert stored(second, ids[0]).text == text
+    assert second.stored(ids[0]).text == text
 
 
 def test_sar_tlv_parts_get_a_receipt_each(start_bridge: StartBridge) -> None:
@@ -209,7 +195,7 @@ def test_sar_tlv_parts_get_a_receipt_each(start_bridge: StartBridge) -> None:
         ]
         receipts = receipts_by_id(esme.receipts(2))
     assert set(receipts) == set(ids)
-    assert stored(bt, ids[0]).text == b"".join(chunks).decode()
+    assert bt.stored(ids[0]).text == b"".join(chunks).decode()
 
 
 def test_message_payload_tlv_gets_one_receipt(start_bridge: StartBridge) -> None:
@@ -223,7 +209,7 @@ def test_message_payload_tlv_gets_one_receipt(start_bridge: StartBridge) -> None
         assert len(esme.delivered) == 1
     assert receipt_id(receipt) == mid
     assert receipt_fields(receipt)["text"] == text[:20]
-    assert stored(bt, mid).text == text
+    assert bt.stored(mid).text == text
 
 
 # --------------------------------------------------------------------------- registered_delivery
@@ -238,7 +224,7 @@ def test_registered_delivery_0_gets_no_receipt(start_bridge: StartBridge) -> Non
         esme.receipts(1)
         esme.pump(0.2)
         assert [receipt_id(r) for r in esme.delivered] == [marker]
-    assert wait_until(lambda: stored(bt, silent).state is MessageState.DELIVERED, 2.0)
+    assert wait_until(lambda: bt.stored(silent).state is MessageState.DELIVERED, 2.0)
 
 
 def test_registered_delivery_2_gets_a_receipt_only_for_a_failure(
@@ -255,7 +241,7 @@ def test_registered_delivery_2_gets_a_receipt_only_for_a_failure(
         assert len(esme.delivered) == 2
     assert set(receipts) == {failed, marker}
     assert receipt_fields(receipts[failed])["stat"] == "UNDELIV"
-    assert stored(bt, delivered).state is MessageState.DELIVERED
+    assert bt.stored(delivered).state is MessageState.DELIVERED
 
 
 def test_registered_delivery_0x11_gets_an_intermediate_notification_then_the_final_receipt(
@@ -310,7 +296,7 @@ def test_permanent_refusal_at_send_ends_in_a_failure_receipt(start_bridge: Start
     assert fields["dlvrd"] == "000"
     assert fields["err"] == "017"
     assert receipt.message_state in (MessageState.REJECTED, MessageState.UNDELIVERABLE)
-    assert stored(bt, mid).state is MessageState(receipt.message_state)
+    assert bt.stored(mid).state is MessageState(receipt.message_state)
 
 
 # --------------------------------------------------------------------------- held receipts
@@ -322,7 +308,7 @@ def test_receipt_is_held_while_no_receiver_is_bound(start_bridge: StartBridge) -
         tx.bind("transmitter")
         mid = tx.submit_ok(short_message=b"held for later")
         tx.unbind()
-    assert wait_until(lambda: stored(bt, mid).state is MessageState.DELIVERED, 3.0)
+    assert wait_until(lambda: bt.stored(mid).state is MessageState.DELIVERED, 3.0)
     time.sleep(0.1)  # the delivery queue had its chance: nobody to send to
     with Esme(bt.port) as rx:
         rx.bind("receiver")
@@ -377,7 +363,7 @@ def test_cancel_sm_of_a_scheduled_message_then_query_says_deleted(
         assert resp.message_state == MessageState.DELETED
         # Cancelled once is final: a second cancel fails.
         assert esme.cancel(mid).status == Status.ESME_RCANCELFAIL
-    assert stored(bt, mid).state is MessageState.DELETED
+    assert bt.stored(mid).state is MessageState.DELETED
     assert bt.run(lambda: bt.bridge.providers["sandbox"].sent) == 0
 
 

@@ -12,23 +12,12 @@ from typing import Any
 
 import pytest
 import smpplib.gsm
-from bridge_harness import (
-    Esme,
-    StartBridge,
-    receipt_fields,
-    receipt_id,
-    receipts_by_id,
-    start_bridge,
-    toml_value,
-    wait_until,
-)
-from sim_harness import SimulatorThread, StartSimulator, start_simulator
 
 from bridge.core.model import MessageState
-from bridge.simulators.sms1601 import DEFAULT_PASSWORD, DEFAULT_USERNAME, Sms1601Simulator
 from bridge.smpp.pdu import Status
-
-__all__ = ["start_bridge", "start_simulator"]  # the fixtures, imported for pytest
+from tests.harness.esme import receipt_fields, receipt_fields_by_id, receipt_id
+from tests.harness.loop import wait_until
+from tests.harness.rig import ProviderRig, StartRig
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,63 +26,32 @@ MOBILE = "32478123456"  # the API page's example number (Belgian mobile)
 PERMANENT_CODES = [c for c in [*range(100, 127), 150] if c not in {108, 115, 120, 121, 150}]
 
 
-class Rig:
+class Rig(ProviderRig):
     """A bridge routing everything to 1601SMS, and the simulator it talks to."""
-
-    def __init__(
-        self,
-        start_bridge: StartBridge,
-        start_simulator: StartSimulator,
-        *,
-        push: bool = True,
-        provider: dict[str, object] | None = None,
-        pipeline: dict[str, object] | None = None,
-        extra_routes: str = "",
-    ) -> None:
-        self.sim = Sms1601Simulator(delay=0.05)
-        self.sim_thread: SimulatorThread = start_simulator(self.sim.app)
-        settings: dict[str, object] = {
-            "type": "sms1601",
-            "base_url": f"{self.sim_thread.url}/module/gateway.php",
-            "username": DEFAULT_USERNAME,
-            "password": DEFAULT_PASSWORD,
-            "timeout": 2.0,
-        }
-        settings.update(provider or {})
-        table = "[providers.sms1601]\n" + "".join(
-            f"{key} = {toml_value(value)}\n" for key, value in settings.items()
-        )
-        routes = extra_routes or '[[routes]]\nproviders = ["sms1601"]\n'
-        self.bt = start_bridge(extra=table + routes, pipeline=pipeline)
-        if push:
-            url = self.bt.run(lambda: self.bt.bridge.callback_url("sms1601", "report"))
-            self.sim_thread.run(lambda: setattr(self.sim, "push_url", url))
 
     def requests(self) -> list[dict[str, str]]:
         """The sends the gateway got (not the bridge's ``action=credits`` health checks)."""
         return self.sim_thread.run(lambda: [r for r in self.sim.requests if "action" not in r])
 
-    def stored(self, message_id: str) -> Any:
-        return self.bt.run(lambda: self.bt.bridge.store.get_message_now(message_id))
 
-    def esme(self) -> Esme:
-        esme = Esme(self.bt.port)
-        esme.bind()
-        return esme
-
-
-def by_id(receipts: list[Any]) -> dict[str, dict[str, str]]:
-    """Each receipt's text fields by its id (no id twice)."""
-    return {mid: receipt_fields(r) for mid, r in receipts_by_id(receipts).items()}
+def start(provider_rig: StartRig, *, push: bool = True, **options: Any) -> Rig:
+    """A bridge routing everything to 1601SMS (``provider``, ``routes``, ``pipeline``: see the
+    rig); with ``push`` the simulator pushes reports to the bridge's report callback."""
+    rig = provider_rig("sms1601", rig_type=Rig, **options)
+    assert isinstance(rig, Rig)
+    if push:
+        url = rig.callback_url("report")
+        rig.state(lambda: setattr(rig.sim, "push_url", url))
+    return rig
 
 
 # --------------------------------------------------------------------------- the happy paths
 
 
 def test_gsm_message_is_sent_with_dutch_parameters_and_a_delivrd_receipt_comes_back(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    rig = Rig(start_bridge, start_simulator)
+    rig = start(provider_rig)
     with rig.esme() as esme:
         mid = esme.submit_ok(short_message=b"Hello from the ESME", destination_addr=MOBILE)
         [receipt] = esme.receipts(1)
@@ -107,9 +65,9 @@ def test_gsm_message_is_sent_with_dutch_parameters_and_a_delivrd_receipt_comes_b
 
 
 def test_ucs2_text_of_gsm_characters_is_sent_and_other_unicode_is_refused_at_submit(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    rig = Rig(start_bridge, start_simulator)
+    rig = start(provider_rig)
     with rig.esme() as esme:
         mid = esme.submit_ok(
             short_message="Grüße aus Köln, 5€".encode("utf-16-be"),
@@ -127,9 +85,9 @@ def test_ucs2_text_of_gsm_characters_is_sent_and_other_unicode_is_refused_at_sub
 
 
 def test_three_udh_parts_become_one_type_long_request_and_three_receipts(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    rig = Rig(start_bridge, start_simulator)
+    rig = start(provider_rig)
     text = ("The quick brown fox jumps over the lazy dog. " * 9)[:400]
     parts, encoding, esm_class = smpplib.gsm.make_parts(text)
     assert len(parts) == 3
@@ -143,7 +101,7 @@ def test_three_udh_parts_become_one_type_long_request_and_three_receipts(
             )
             for part in parts
         ]
-        receipts = by_id(esme.receipts(3))
+        receipts = receipt_fields_by_id(esme.receipts(3))
     assert set(receipts) == set(ids)
     assert {f["stat"] for f in receipts.values()} == {"DELIVRD"}
     [sent] = rig.requests()
@@ -156,21 +114,19 @@ def test_three_udh_parts_become_one_type_long_request_and_three_receipts(
 
 
 def test_every_permanent_gateway_error_reaches_the_esme_as_rejectd_with_its_code(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    rig = Rig(start_bridge, start_simulator)
+    rig = start(provider_rig)
     with rig.esme() as esme:
         ids = {esme.submit_ok(destination_addr=f"32478199{code}"): code for code in PERMANENT_CODES}
-        receipts = by_id(esme.receipts(len(ids), timeout=10.0))
+        receipts = receipt_fields_by_id(esme.receipts(len(ids), timeout=10.0))
     assert set(receipts) == set(ids)
     for mid, code in ids.items():
         assert (receipts[mid]["stat"], receipts[mid]["err"]) == ("REJECTD", f"{code:03d}")
 
 
-def test_report_words_become_receipt_states(
-    start_bridge: StartBridge, start_simulator: StartSimulator
-) -> None:
-    rig = Rig(start_bridge, start_simulator)
+def test_report_words_become_receipt_states(provider_rig: StartRig) -> None:
+    rig = start(provider_rig)
     with rig.esme() as esme:
         expected = {
             esme.submit_ok(destination_addr="32478123481"): ("UNDELIV", "002"),  # NOT DELIVERED
@@ -178,19 +134,17 @@ def test_report_words_become_receipt_states(
             esme.submit_ok(destination_addr="32478123483"): ("UNKNOWN", "004"),  # NONE
             esme.submit_ok(destination_addr="32478123484"): ("DELIVRD", "000"),  # via BUFFERED
         }
-        receipts = by_id(esme.receipts(4))
+        receipts = receipt_fields_by_id(esme.receipts(4))
         esme.pump(0.1)
         assert len(esme.delivered) == 4  # BUFFERED is intermediate: not asked for
     assert {mid: (f["stat"], f["err"]) for mid, f in receipts.items()} == expected
 
 
-def test_http_500_and_maintenance_are_retried_until_delivered(
-    start_bridge: StartBridge, start_simulator: StartSimulator
-) -> None:
-    rig = Rig(start_bridge, start_simulator)
+def test_http_500_and_maintenance_are_retried_until_delivered(provider_rig: StartRig) -> None:
+    rig = start(provider_rig)
     with rig.esme() as esme:
         ids = [esme.submit_ok(destination_addr=n) for n in ("32478123497", "32478123496")]
-        receipts = by_id(esme.receipts(2))
+        receipts = receipt_fields_by_id(esme.receipts(2))
     assert {f["stat"] for f in receipts.values()} == {"DELIVRD"}
     assert set(receipts) == set(ids)
     assert sorted(r["naar"] for r in rig.requests()) == [
@@ -202,9 +156,9 @@ def test_http_500_and_maintenance_are_retried_until_delivered(
 
 
 def test_no_credits_is_retried_until_the_validity_ends_then_expired_with_err_108(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    rig = Rig(start_bridge, start_simulator)
+    rig = start(provider_rig)
     with rig.esme() as esme:
         mid = esme.submit_ok(destination_addr="32478199108", validity_period="000000000001000R")
         [receipt] = esme.receipts(1, timeout=5.0)
@@ -218,9 +172,9 @@ def test_no_credits_is_retried_until_the_validity_ends_then_expired_with_err_108
 
 
 def test_a_sender_the_gateway_refuses_is_rejected_with_its_code_before_any_request(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    rig = Rig(start_bridge, start_simulator)
+    rig = start(provider_rig)
     with rig.esme() as esme:
         mid = esme.submit_ok(source_addr="Shop-24", destination_addr=MOBILE)
         [receipt] = esme.receipts(1)
@@ -229,13 +183,10 @@ def test_a_sender_the_gateway_refuses_is_rejected_with_its_code_before_any_reque
     assert rig.requests() == []
 
 
-def test_an_unsendable_message_fails_over_to_the_next_provider(
-    start_bridge: StartBridge, start_simulator: StartSimulator
-) -> None:
-    rig = Rig(
-        start_bridge,
-        start_simulator,
-        extra_routes='[[routes]]\nproviders = ["sms1601", "sandbox"]\n',
+def test_an_unsendable_message_fails_over_to_the_next_provider(provider_rig: StartRig) -> None:
+    rig = start(
+        provider_rig,
+        routes='[[routes]]\nproviders = ["sms1601", "sandbox"]\n',
     )
     with rig.esme() as esme:
         mid = esme.submit_ok(source_addr="Shop-24", destination_addr=MOBILE)
@@ -248,12 +199,9 @@ def test_an_unsendable_message_fails_over_to_the_next_provider(
 # --------------------------------------------------------------------------- options
 
 
-def test_polling_mode_gets_the_receipt_from_gatewayrapport(
-    start_bridge: StartBridge, start_simulator: StartSimulator
-) -> None:
-    rig = Rig(
-        start_bridge,
-        start_simulator,
+def test_polling_mode_gets_the_receipt_from_gatewayrapport(provider_rig: StartRig) -> None:
+    rig = start(
+        provider_rig,
         push=False,
         provider={"reports": "poll"},
         pipeline={"poll_interval": 0.2},
@@ -268,9 +216,9 @@ def test_polling_mode_gets_the_receipt_from_gatewayrapport(
 
 
 def test_without_a_receipt_request_no_delivery_ja_and_the_message_ends_accepted(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    rig = Rig(start_bridge, start_simulator)
+    rig = start(provider_rig)
     with rig.esme() as esme:
         mid = esme.submit_ok(registered_delivery=0, destination_addr=MOBILE)
         assert wait_until(lambda: rig.stored(mid).state is MessageState.ACCEPTED, 3.0)
@@ -281,9 +229,9 @@ def test_without_a_receipt_request_no_delivery_ja_and_the_message_ends_accepted(
 
 
 def test_schedule_delivery_time_becomes_datum_and_the_gateway_holds_it(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    rig = Rig(start_bridge, start_simulator)
+    rig = start(provider_rig)
     with rig.esme() as esme:
         mid = esme.submit_ok(schedule_delivery_time="000000010000000R", destination_addr=MOBILE)
         assert wait_until(lambda: len(rig.requests()) == 1, 3.0)
@@ -294,10 +242,8 @@ def test_schedule_delivery_time_becomes_datum_and_the_gateway_holds_it(
     assert rig.sim_thread.run(lambda: next(iter(rig.sim.messages.values())).in_outbox)
 
 
-def test_test_mode_ends_accepted_at_once_and_charges_nothing(
-    start_bridge: StartBridge, start_simulator: StartSimulator
-) -> None:
-    rig = Rig(start_bridge, start_simulator, provider={"test": True})
+def test_test_mode_ends_accepted_at_once_and_charges_nothing(provider_rig: StartRig) -> None:
+    rig = start(provider_rig, provider={"test": True})
     with rig.esme() as esme:
         mid = esme.submit_ok(destination_addr=MOBILE)
         [receipt] = esme.receipts(1)
@@ -307,10 +253,8 @@ def test_test_mode_ends_accepted_at_once_and_charges_nothing(
     assert rig.sim_thread.run(lambda: rig.sim.credits) == 1000
 
 
-def test_the_readiness_check_reports_the_credit_balance(
-    start_bridge: StartBridge, start_simulator: StartSimulator
-) -> None:
-    rig = Rig(start_bridge, start_simulator)
+def test_the_readiness_check_reports_the_credit_balance(provider_rig: StartRig) -> None:
+    rig = start(provider_rig)
     rig.sim_thread.run(lambda: setattr(rig.sim, "credits", 476))
     provider = rig.bt.bridge.providers["sms1601"]
     assert rig.bt.call(provider.healthy()) is True
@@ -322,11 +266,10 @@ def test_the_readiness_check_reports_the_credit_balance(
 
 
 def test_a_submit_multi_goes_as_comma_separated_numbers_and_each_gets_an_acceptd_receipt(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    rig = Rig(
-        start_bridge,
-        start_simulator,
+    rig = start(
+        provider_rig,
         provider={"bulk": "all", "bulk_max": 5, "requests_per_second": 2},
     )
     numbers = [f"3247812{i:04d}" for i in range(12)]
@@ -345,11 +288,10 @@ def test_a_submit_multi_goes_as_comma_separated_numbers_and_each_gets_an_acceptd
 
 
 def test_a_bulk_error_about_one_number_sends_each_number_again_on_its_own(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    rig = Rig(
-        start_bridge,
-        start_simulator,
+    rig = start(
+        provider_rig,
         provider={"bulk": "all"},
         pipeline={"retry_base": 0.05, "retry_max": 0.2},
     )

@@ -5,58 +5,38 @@ inbound push → deliver_sm. Outcomes are chosen by the destination's last three
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import smpplib.gsm
-from bridge_harness import (
-    BridgeThread,
-    Esme,
-    StartBridge,
-    bridge_config,
-    receipt_fields,
-    start_bridge,
-    toml_value,
-    wait_until,
-)
-from sim_harness import SimulatorThread, StartSimulator, start_simulator
 
 from bridge.core.model import MessageState
 from bridge.providers.smsflatrate.reports import push_url
 from bridge.simulators.smsflatrate import SmsflatrateSimulator
-
-__all__ = ["start_bridge", "start_simulator"]  # the fixtures, imported for pytest
+from tests.harness.daemon import StartBridge, bridge_config
+from tests.harness.esme import Esme, receipt_fields
+from tests.harness.loop import free_port, wait_until
+from tests.harness.rig import ProviderRig, StartRig
+from tests.harness.sims import StartSimulator
 
 pytestmark = pytest.mark.timeout(30)
 
 MOBILE = "4915112345"  # + three digits choosing the simulator's outcome
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def receipt_id(pdu: Any) -> str:
     return receipt_fields(pdu)["id"]
 
 
-@dataclass
-class Setup:
-    bt: BridgeThread
-    sim: SmsflatrateSimulator
-    sim_thread: SimulatorThread
+class Setup(ProviderRig):
+    """An smsflatrate rig (provider ``sf``), with the send calls the simulator got."""
 
     def sim_state(self, fn: Any) -> Any:
-        return self.sim_thread.run(fn)
+        return self.state(fn)
 
     def sends(self) -> list[dict[str, str]]:
         """The send calls the simulator got (not the bridge's request=credits checks)."""
@@ -64,53 +44,34 @@ class Setup:
 
 
 @pytest.fixture
-def setup(start_bridge: StartBridge, start_simulator: StartSimulator) -> Iterator[Any]:
+def setup(provider_rig: StartRig) -> Callable[..., Setup]:
     """``setup(push=True, **provider keys)``: a simulator and a bridge routing everything to
     it; with ``push`` the simulator's account Push-URL is the bridge's report callback."""
-    made: list[Setup] = []
 
     def make(push: bool = True, pipeline: dict[str, object] | None = None, **keys: Any) -> Setup:
-        sim = SmsflatrateSimulator(delay=0.05, rate_limit=0)
-        sim_thread = start_simulator(sim.app)
-        provider = {
-            "type": "smsflatrate",
-            "base_url": f"{sim_thread.url}/schnittstelle.php",
-            "key": "testkey",
-            "gateway": "auto10or11",
-            "timeout": 2.0,
-            "push_reports": push,
-            **keys,
-        }
-        extra = "[providers.sf]\n" + "".join(
-            f"{k} = {toml_value(v)}\n" for k, v in provider.items()
-        )
-        extra += '[[routes]]\nproviders = ["sf"]\n'
-        bt = start_bridge(
-            extra=extra,
+        s = provider_rig(
+            "smsflatrate",
+            provider={"push_reports": push, **keys},
+            rig_type=Setup,
             account={"inbound_numbers": ["491624675000"]},
             pipeline=pipeline,
         )
-        report_url = bt.run(lambda: bt.bridge.callback_url("sf", "report"))
-        inbound_url = bt.run(lambda: bt.bridge.callback_url("sf", "inbound"))
+        assert isinstance(s, Setup)
+        report_url, inbound_url = s.callback_url("report"), s.callback_url("inbound")
 
         def configure() -> None:
-            sim.push_url = push_url(report_url) if push else None
-            sim.inbound_push_url = inbound_url
+            s.sim.push_url = push_url(report_url) if push else None
+            s.sim.inbound_push_url = inbound_url
 
-        sim_thread.run(configure)
-        s = Setup(bt, sim, sim_thread)
-        made.append(s)
+        s.state(configure)
         return s
 
-    yield make
-    for s in made:
-        s.sim_thread.call(s.sim.close())
+    return make
 
 
 def test_gsm_message_is_sent_and_a_pushed_101_becomes_a_delivrd_receipt(setup: Any) -> None:
     s: Setup = setup()
-    with Esme(s.bt.port) as esme:
-        esme.bind()
+    with s.esme() as esme:
         mid = esme.submit_ok(short_message=b"Hello from the ESME", registered_delivery=1)
         [receipt] = esme.receipts(1)
     fields = receipt_fields(receipt)
@@ -128,8 +89,7 @@ def test_gsm_message_is_sent_and_a_pushed_101_becomes_a_delivrd_receipt(setup: A
 def test_ucs2_text_reaches_the_provider_as_utf8(setup: Any) -> None:
     s: Setup = setup()
     text = "Grüße, Привет 😀"
-    with Esme(s.bt.port) as esme:
-        esme.bind()
+    with s.esme() as esme:
         mid = esme.submit_ok(
             short_message=text.encode("utf-16-be"), data_coding=8, registered_delivery=1
         )
@@ -145,8 +105,7 @@ def test_three_udh_parts_are_one_provider_request_and_three_receipts(setup: Any)
     text = ("The quick brown fox jumps over the lazy dog. " * 9)[:400]
     parts, encoding, esm_class = smpplib.gsm.make_parts(text)
     assert len(parts) == 3
-    with Esme(s.bt.port) as esme:
-        esme.bind()
+    with s.esme() as esme:
         ids = [
             esme.submit_ok(
                 short_message=part,
@@ -183,8 +142,7 @@ EXPECTED = {
 
 def test_every_documented_failure_reaches_the_esme_as_the_right_receipt(setup: Any) -> None:
     s: Setup = setup()
-    with Esme(s.bt.port) as esme:
-        esme.bind()
+    with s.esme() as esme:
         ids = {
             esme.submit_ok(destination_addr=MOBILE + suffix, registered_delivery=1): suffix
             for suffix in EXPECTED
@@ -203,8 +161,7 @@ def test_every_documented_failure_reaches_the_esme_as_the_right_receipt(setup: A
 def test_transient_codes_are_retried_until_the_message_expires(setup: Any) -> None:
     # 120 (no credit) never clears here: retried with backoff, then EXPIRED at its validity.
     s: Setup = setup()
-    with Esme(s.bt.port) as esme:
-        esme.bind()
+    with s.esme() as esme:
         mid = esme.submit_ok(
             destination_addr=MOBILE + "120",
             registered_delivery=1,
@@ -219,8 +176,7 @@ def test_transient_codes_are_retried_until_the_message_expires(setup: Any) -> No
 
 def test_without_a_push_url_receipts_come_from_polling_status_php(setup: Any) -> None:
     s: Setup = setup(push=False, pipeline={"poll_interval": 0.2})
-    with Esme(s.bt.port) as esme:
-        esme.bind()
+    with s.esme() as esme:
         delivered = esme.submit_ok(destination_addr=MOBILE + "678", registered_delivery=1)
         undeliv = esme.submit_ok(destination_addr=MOBILE + "103", registered_delivery=1)
         receipts = {receipt_id(r): receipt_fields(r) for r in esme.receipts(2, timeout=10.0)}
@@ -233,12 +189,11 @@ def test_without_a_push_url_receipts_come_from_polling_status_php(setup: Any) ->
 
 def test_no_receipt_requested_means_no_status_and_the_message_ends_accepted(setup: Any) -> None:
     s: Setup = setup()
-    with Esme(s.bt.port) as esme:
-        esme.bind()
+    with s.esme() as esme:
         mid = esme.submit_ok(short_message=b"fire and forget", registered_delivery=0)
 
         def stored() -> Any:
-            return s.bt.run(lambda: s.bt.bridge.store.get_message_now(mid))
+            return s.stored(mid)
 
         assert wait_until(lambda: stored() is not None and stored().state.is_final)
         esme.pump(0.2)
@@ -250,8 +205,7 @@ def test_no_receipt_requested_means_no_status_and_the_message_ends_accepted(setu
 
 def test_a_scheduled_message_goes_with_time_and_gets_an_acceptd_receipt(setup: Any) -> None:
     s: Setup = setup()
-    with Esme(s.bt.port) as esme:
-        esme.bind()
+    with s.esme() as esme:
         mid = esme.submit_ok(
             schedule_delivery_time="000000010000000R",
             registered_delivery=1,  # in one hour
@@ -294,9 +248,19 @@ def test_the_push_url_callback_urls_prints_works_as_pasted_into_the_account(
     config = tmp_path / "bridge.toml"
     config.write_text(bridge_config(tmp_path / "data", extra=extra))
     printed = subprocess.run(
-        [sys.executable, "-m", "bridge", "callback-urls", str(config),
-         "--set", f"http.port={http_port}"],
-        capture_output=True, text=True, timeout=60, check=True,
+        [
+            sys.executable,
+            "-m",
+            "bridge",
+            "callback-urls",
+            str(config),
+            "--set",
+            f"http.port={http_port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     urls = {kind: url for name, kind, url in (ln.split("\t") for ln in printed.splitlines())}
     assert urls["report"] == (
@@ -335,8 +299,7 @@ def test_a_submit_multi_to_120_numbers_makes_3_bulk_requests_and_each_gets_its_r
     s: Setup = setup(bulk="all")
     s.sim_state(lambda: setattr(s.sim, "rate_limit", 10.0))  # the documented limit, enforced
     numbers = bulk_numbers(120)
-    with Esme(s.bt.port) as esme:
-        esme.bind()
+    with s.esme() as esme:
         resp = esme.submit_multi(numbers, b"Hallo an alle", registered_delivery=1)
         assert resp.command_status == 0 and resp["unsuccess_smes"] == []
         receipts = esme.receipts(120)
@@ -373,8 +336,7 @@ def test_a_refused_bulk_request_is_the_documented_failure_of_each_of_its_destina
     s: Setup = setup(bulk="all")
     # The simulator chooses the outcome of a request by its first number: 132 (sender).
     numbers = ["4915100000132", *bulk_numbers(59)]
-    with Esme(s.bt.port) as esme:
-        esme.bind()
+    with s.esme() as esme:
         resp = esme.submit_multi(numbers, b"Teilweise", registered_delivery=1)
         assert resp.command_status == 0
         receipts = esme.receipts(60)
@@ -390,8 +352,7 @@ def test_with_bulk_unreported_messages_that_want_a_report_still_go_one_by_one(
 ) -> None:
     s: Setup = setup(bulk="unreported")
     numbers = bulk_numbers(3)
-    with Esme(s.bt.port) as esme:
-        esme.bind()
+    with s.esme() as esme:
         esme.submit_multi(numbers, b"Mit Bericht", registered_delivery=1)
         receipts = esme.receipts(3)
     assert {receipt_fields(r)["stat"] for r in receipts} == {"DELIVRD"}
@@ -406,8 +367,7 @@ def test_a_burst_of_single_submits_queued_for_the_provider_goes_in_one_bulk_requ
     dispatcher = s.bt.bridge.dispatcher
     s.bt.run(lambda: dispatcher.pause("sf"))  # the burst queues (as behind a rate limit)
     numbers = bulk_numbers(30)
-    with Esme(s.bt.port) as esme:
-        esme.bind()
+    with s.esme() as esme:
         ids = [
             esme.submit_ok(destination_addr=n, short_message=b"Burst", registered_delivery=0)
             for n in numbers
@@ -417,7 +377,7 @@ def test_a_burst_of_single_submits_queued_for_the_provider_goes_in_one_bulk_requ
         s.bt.run(lambda: dispatcher.resume("sf"))
 
         def final(mid: str) -> bool:
-            m = s.bt.run(lambda: s.bt.bridge.store.get_message_now(mid))
+            m = s.stored(mid)
             return m is not None and m.state is MessageState.ACCEPTED
 
         assert wait_until(lambda: all(final(m) for m in [*ids, other]))
@@ -431,8 +391,7 @@ def test_a_bulk_refusal_of_one_number_sends_each_number_again_on_its_own(setup: 
     s: Setup = setup(bulk="all", pipeline={"retry_base": 0.05, "retry_max": 0.2})
     # 131 "Empfänger nicht korrekt" names no number: the simulator refuses the request for it.
     numbers = ["4915100000131", *bulk_numbers(9)]
-    with Esme(s.bt.port) as esme:
-        esme.bind()
+    with s.esme() as esme:
         esme.submit_multi(numbers, b"Einzeln nochmal", registered_delivery=1)
         receipts = esme.receipts(10)
     by_number = {r.source_addr.decode(): receipt_fields(r) for r in receipts}
@@ -449,8 +408,7 @@ def test_an_unanswered_bulk_request_is_not_sent_again_with_retry_after_timeout_f
     s: Setup = setup(bulk="all", timeout=0.5, retry_after_timeout=False)
     s.sim_state(lambda: setattr(s.sim, "hang", 2.0))
     numbers = ["4915100000408", *bulk_numbers(2)]  # …408: the simulator answers too late
-    with Esme(s.bt.port) as esme:
-        esme.bind()
+    with s.esme() as esme:
         esme.submit_multi(numbers, b"Vielleicht", registered_delivery=1)
         receipts = esme.receipts(3)
     # The provider may have taken them: each ends UNKNOWN, none is sent a second time.

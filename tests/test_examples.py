@@ -3,8 +3,8 @@
 
 They run from a fresh working directory that holds what a clone has (README, Makefile,
 pyproject.toml, config/) and the repository's ``.venv`` (a symlink: nothing is installed), in a
-private network namespace (:mod:`instructions`), so their fixed ports collide with nothing and
-their data directories land in the temporary directory.
+private network namespace (:mod:`tests.harness.instructions`), so their fixed ports collide with
+nothing and their data directories land in the temporary directory.
 """
 
 from __future__ import annotations
@@ -16,7 +16,13 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from instructions import clean_environment, header_commands, namespaces_available, run_lines
+
+from tests.harness.instructions import (
+    clean_environment,
+    header_commands,
+    namespaces_available,
+    run_lines,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "config" / "examples").glob("*.toml"))

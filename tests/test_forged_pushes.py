@@ -17,13 +17,13 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import pytest
-from bridge_harness import Esme, StartBridge, receipt_fields, start_bridge, wait_until
-from sim_harness import StartSimulator, start_simulator
 
 from bridge.core.model import MessageState
 from bridge.simulators.isms_http import IsmsHttpSimulator
-
-__all__ = ["start_bridge", "start_simulator"]
+from tests.harness.daemon import StartBridge
+from tests.harness.esme import Esme, receipt_fields
+from tests.harness.loop import wait_until
+from tests.harness.sims import StartSimulator
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -17,9 +17,8 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
-from bridge_harness import BridgeThread, StartBridge, start_bridge
 
-__all__ = ["start_bridge"]
+from tests.harness.daemon import BridgeThread, StartBridge
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -30,9 +30,10 @@ from aiosmpplib import (
     SubmitSm,
     SubmitSmResp,
 )
-from conftest import AcceptingHandler, ServerThread, StartServer, deliver_sm_pdu
 
 from bridge.smpp.pdu import CommandId, Status
+from tests.harness.esme import deliver_sm_pdu
+from tests.harness.server import AcceptingHandler, ServerThread, StartServer
 
 M = TypeVar("M", bound=SmppMessage)
 TIMEOUT = 5.0

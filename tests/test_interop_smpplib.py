@@ -13,18 +13,12 @@ import smpplib.client
 import smpplib.consts
 import smpplib.exceptions
 import smpplib.smpp
-from conftest import (
-    IO_TIMEOUT,
-    AcceptingHandler,
-    ServerThread,
-    StartServer,
-    deliver_sm_pdu,
-    make_account,
-    wait_until,
-)
 
 from bridge.core.accounts import BindType
 from bridge.smpp.pdu import Status
+from tests.harness.esme import deliver_sm_pdu
+from tests.harness.loop import IO_TIMEOUT, wait_until
+from tests.harness.server import AcceptingHandler, ServerThread, StartServer, make_account
 
 BINDS = {
     "transmitter": ("bind_transmitter", smpplib.consts.SMPP_CLIENT_STATE_BOUND_TX),

@@ -18,8 +18,6 @@ from typing import Any
 
 import pytest
 import structlog
-from bridge_harness import Esme, StartBridge, receipt_fields, start_bridge, toml_value
-from sim_harness import StartSimulator, start_simulator
 
 from bridge.logs import (
     REDACTED,
@@ -31,8 +29,9 @@ from bridge.logs import (
 )
 from bridge.providers.smsflatrate.reports import push_url
 from bridge.simulators.smsflatrate import SmsflatrateSimulator
-
-__all__ = ["start_bridge", "start_simulator"]
+from tests.harness.daemon import StartBridge, toml_value
+from tests.harness.esme import Esme, receipt_fields
+from tests.harness.sims import StartSimulator
 
 pytestmark = pytest.mark.timeout(60)
 

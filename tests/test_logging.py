@@ -20,12 +20,11 @@ from typing import Any
 
 import pytest
 import structlog
-from bridge_harness import PASSWORD, Esme, StartBridge, start_bridge
 
 from bridge.config import ConfigError, load_config_text
 from bridge.logs import DEFAULT_REDACT_KEYS, REDACTED, Redactor, configure_logging
-
-__all__ = ["start_bridge"]  # the fixture, imported for pytest
+from tests.harness.daemon import StartBridge
+from tests.harness.esme import PASSWORD, Esme
 
 pytestmark = pytest.mark.timeout(60)
 

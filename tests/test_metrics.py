@@ -1,6 +1,6 @@
 """Prometheus metrics: what a scrape of a real bridge shows after real SMPP traffic.
 
-The bridge runs whole (:class:`bridge_harness.BridgeThread`), smpplib is the ESME, and every
+The bridge runs whole (:class:`~tests.harness.daemon.BridgeThread`), smpplib is the ESME, and every
 scrape is ``generate_latest(bridge.registry)`` run in the bridge's own loop, as the /metrics
 route does. The exposition is checked three ways: the values and labels that must have moved,
 prometheus-client's own parser, and ``promtool check metrics`` (Prometheus' linter) when it is
@@ -20,24 +20,16 @@ import pytest
 import smpplib.consts
 import smpplib.exceptions
 import smpplib.gsm
-from bridge_harness import (
-    SYSTEM_ID,
-    BridgeThread,
-    Esme,
-    Rule,
-    StartBridge,
-    start_bridge,
-    wait_until,
-)
-from conftest import AcceptingHandler, GatedHandler, RawEsme, StartServer, make_account
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import __version__
 from bridge.observability import LoopHistogram, Metrics
 from bridge.smpp.pdu import CommandId, Pdu, Status, encode
-
-__all__ = ["start_bridge"]  # the fixture, imported for pytest
+from tests.harness.daemon import BridgeThread, Rule, StartBridge
+from tests.harness.esme import SYSTEM_ID, Esme, RawEsme
+from tests.harness.loop import wait_until
+from tests.harness.server import AcceptingHandler, GatedHandler, StartServer, make_account
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -30,14 +30,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
-from bridge_harness import BridgeThread, Esme, StartBridge, start_bridge
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.config import Config, load_config
+from tests.harness.daemon import BridgeThread, StartBridge
+from tests.harness.esme import Esme
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is a dev dependency: pip install -e '.[dev]'")
-
-__all__ = ["start_bridge"]  # the fixture, imported for pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"

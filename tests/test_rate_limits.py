@@ -12,13 +12,13 @@ import asyncio
 from typing import Any
 
 import pytest
-from bridge_harness import Esme, StartBridge, start_bridge, toml_value, wait_until
-from sim_harness import StartSimulator, start_simulator
 
 from bridge.ratelimit import SlidingWindowLimiter, limiter_for_rate
 from bridge.simulators.smsflatrate import SmsflatrateSimulator
-
-__all__ = ["start_bridge", "start_simulator"]
+from tests.harness.daemon import StartBridge, toml_value
+from tests.harness.esme import Esme
+from tests.harness.loop import wait_until
+from tests.harness.sims import StartSimulator
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import structlog
-from fakes import InMemoryStore, StoreError
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -36,6 +35,7 @@ from bridge.smpp.receipt_text import (
     receipt_id_variants,
     stat_to_state,
 )
+from tests.harness.fakes import InMemoryStore, StoreError
 
 SUBMITTED = datetime(2026, 11, 22, 10, 15, tzinfo=UTC).timestamp()
 DONE = datetime(2026, 11, 22, 10, 17, 42, tzinfo=UTC).timestamp()

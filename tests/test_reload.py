@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 import smpplib.exceptions
-from bridge_harness import Esme, bridge_config
-from test_crash_recovery import daemon  # noqa: F401  (the fixture)
+
+from tests.harness.daemon import bridge_config
+from tests.harness.esme import Esme
+from tests.test_crash_recovery import daemon  # noqa: F401  (the fixture)
 
 OTHER = '''
 [[accounts]]

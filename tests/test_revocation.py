@@ -10,15 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bridge_harness import StartBridge, start_bridge
-from conftest import RawEsme
-from test_admin_cli import cli, running
-from test_crash_recovery import daemon  # noqa: F401  (the fixture)
-from test_reload import wait_for_log
 
 from bridge.smpp.pdu import CommandId, Status
-
-__all__ = ["start_bridge"]
+from tests.harness.daemon import StartBridge
+from tests.harness.esme import RawEsme
+from tests.test_admin_cli import cli, running
+from tests.test_crash_recovery import daemon  # noqa: F401  (the fixture)
+from tests.test_reload import wait_for_log
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -1,6 +1,6 @@
 """``smpp-bridge send``: the built-in ESME, run as the installed command against a real bridge.
 
-The bridge runs whole (:class:`bridge_harness.BridgeThread`: SQLite store, sandbox provider whose
+The bridge runs whole (:class:`harness.daemon.BridgeThread`: SQLite store, sandbox provider whose
 rules pick the outcome by the destination's last digits); ``send`` runs as a subprocess, exactly as
 an operator types it, and its stdout, stderr and exit status are checked.
 """
@@ -14,11 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from bridge_harness import Esme, Rule, StartBridge, receipt_id, start_bridge
 
 from bridge.send import SendRequest, build_submits
-
-__all__ = ["start_bridge"]  # the fixture, imported for pytest
+from tests.harness.daemon import Rule, StartBridge
+from tests.harness.esme import Esme, receipt_id
 
 SMPP_BRIDGE = Path(sys.executable).parent / "smpp-bridge"
 DELIVERED_TO = "+491701234567"

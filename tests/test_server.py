@@ -13,22 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
-    IO_TIMEOUT,
-    AcceptingHandler,
-    GatedHandler,
-    RawEsme,
-    ServerThread,
-    StartServer,
-    bind_pdu,
-    make_account,
-    make_self_signed_cert,
-    submit_sm_pdu,
-    wait_until,
-)
 
 from bridge.smpp.pdu import CommandId, Pdu, Status, encode
 from bridge.smpp.session import SessionConfig
+from tests.harness.esme import RawEsme, bind_pdu, submit_sm_pdu
+from tests.harness.loop import IO_TIMEOUT, wait_until
+from tests.harness.server import (
+    AcceptingHandler,
+    GatedHandler,
+    ServerThread,
+    StartServer,
+    make_account,
+)
+from tests.harness.tls import make_self_signed_cert
 
 
 def bound_esme(st: ServerThread, **kw: Any) -> RawEsme:

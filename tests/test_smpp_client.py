@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AcceptingHandler, deliver_sm_pdu, make_account, make_self_signed_cert
 
 from bridge.core.accounts import AccountRegistry
 from bridge.smpp.client import (
@@ -30,6 +29,9 @@ from bridge.smpp.client import (
 from bridge.smpp.pdu import RESPONSE_BIT, CommandId, FrameReader, Pdu, Status, decode, encode
 from bridge.smpp.server import ServerConfig, SessionInfo, SmppServer
 from bridge.smpp.session import SessionConfig
+from tests.harness.esme import deliver_sm_pdu
+from tests.harness.server import AcceptingHandler, make_account
+from tests.harness.tls import make_self_signed_cert
 
 TIMEOUT = 5.0
 

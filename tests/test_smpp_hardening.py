@@ -16,18 +16,6 @@ import threading
 from typing import Any
 
 import pytest
-from conftest import (
-    IO_TIMEOUT,
-    AcceptingHandler,
-    PeerClosed,
-    RawEsme,
-    StartServer,
-    bind_pdu,
-    deliver_sm_pdu,
-    make_account,
-    submit_sm_pdu,
-    wait_until,
-)
 
 import bridge.core.accounts as accounts_module
 from bridge.app import server_config
@@ -35,6 +23,9 @@ from bridge.config import ConfigError, load_config_text
 from bridge.passwords import hash_password
 from bridge.smpp.pdu import CommandId, DestAddress, Pdu, Status, decode, encode
 from bridge.smpp.session import SessionConfig
+from tests.harness.esme import PeerClosed, RawEsme, bind_pdu, deliver_sm_pdu, submit_sm_pdu
+from tests.harness.loop import IO_TIMEOUT, wait_until
+from tests.harness.server import AcceptingHandler, StartServer, make_account
 
 
 def bound_esme(port: int, **kw: Any) -> RawEsme:

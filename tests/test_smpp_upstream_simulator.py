@@ -19,10 +19,10 @@ import smpplib.client
 import smpplib.consts
 import smpplib.exceptions
 import smpplib.smpp
-from loop_thread import LoopThread
 
 from bridge.simulators.smpp_upstream import SmppUpstreamSimulator
 from bridge.smpp.pdu import Status
+from tests.harness.loop import LoopThread
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bridge_harness import BridgeThread, Esme, StartBridge, start_bridge
 
-__all__ = ["start_bridge"]
+from tests.harness.daemon import BridgeThread, StartBridge
+from tests.harness.esme import Esme
 
 pytestmark = pytest.mark.timeout(120)
 

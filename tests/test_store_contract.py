@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis_harness import RedisServer, redis_server
-from test_store_embedded import full_message, msg, part, receipt
 
 from bridge.core.model import Address, InboundMessage, MessageState
 from bridge.core.store import DeliveryItem, StateChange, Store
@@ -25,6 +23,8 @@ from bridge.store.common import DuplicateMessage, StoreUnavailable
 from bridge.store.embedded import EmbeddedStore
 from bridge.store.redis import RedisStore
 from bridge.store.redis_client import redact_url
+from tests.harness.redis_server import RedisServer, redis_server
+from tests.test_store_embedded import full_message, msg, part, receipt
 
 HANDSET = Address("4915112345678")
 

@@ -692,7 +692,7 @@ def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
     """Everything crash_writer.py acknowledged before SIGKILL is in the store when it reopens
     (the writer snapshots every 256 KiB, so the kill can land during a snapshot too)."""
     path = tmp_path / "crash"
-    script = Path(__file__).with_name("crash_writer.py")
+    script = Path(__file__).parent / "harness" / "crash_writer.py"
     proc = subprocess.Popen(
         [sys.executable, str(script), str(path)],
         stdout=subprocess.PIPE,

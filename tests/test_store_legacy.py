@@ -7,16 +7,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from bridge_harness import Esme, StartBridge, receipt_fields, receipt_id, start_bridge
-from legacy_db import OldBridgeDb
-from test_store_embedded import msg, part, receipt
-
 from bridge.core.model import MessageState
 from bridge.core.store import StateChange
 from bridge.store.embedded import EmbeddedStore
 from bridge.store.legacy import import_legacy
-
-__all__ = ["start_bridge"]  # the fixture
+from tests.harness.daemon import StartBridge
+from tests.harness.esme import Esme, receipt_fields, receipt_id
+from tests.harness.legacy_db import OldBridgeDb
+from tests.test_store_embedded import msg, part, receipt
 
 PART_KEY = "demo|Bridge|4915112345678|7"  # account | source | destination | reference
 

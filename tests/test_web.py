@@ -22,19 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bridge_harness import (
-    PASSWORD,
-    BridgeThread,
-    Esme,
-    StartBridge,
-    bridge_config,
-    start_bridge,
-)
 
 from bridge.providers.sandbox import SandboxProvider
 from bridge.web.server import HealthReport, HttpServer, build_app
-
-__all__ = ["start_bridge"]  # the fixture, imported for pytest
+from tests.harness.daemon import BridgeThread, StartBridge, bridge_config
+from tests.harness.esme import PASSWORD, Esme
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -16,7 +16,6 @@ on loopback for this traffic, so the bridge's figures are also given as a ratio 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import sys
@@ -25,32 +24,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bridge.bench.base import bridge_config, print_report, run_setup, start_run
 from bridge.bench.wire import Responder, load_client, run_load_client
 
-
-def _config(data_dir: str, window: int) -> str:
-    return f"""
-[smpp]
-port = 0
-window = {window}
-[http]
-port = 0
-[admin]
-port = 0
-[storage]
-data_dir = "{data_dir}"
-[logging]
-level = "error"
-[providers.sandbox]
-delay = 0.2  # like a fast real provider; 0 would make every report arrive before its correlation
+#: The sandbox provider, like a fast real provider (a delay of 0 would make every report arrive
+#: before its correlation).
+_SANDBOX = """[providers.sandbox]
+delay = 0.2
 concurrency = 64
-[pipeline]
-delivery_window = {window}
-[[accounts]]
-system_id = "demo"
-password = "demopass"
-max_outstanding = {window * 2}
 """
+
+
+def _config(data_dir: str, window: int, storage: str = "") -> str:
+    return bridge_config(data_dir, window, _SANDBOX, storage=storage)
 
 
 async def _bench(
@@ -104,9 +90,7 @@ async def _bench_redis(
     prefix = f"bench{os.getpid()}:"
     client = aioredis.from_url(store_url)
     with tempfile.TemporaryDirectory() as tmp:
-        text = _config(tmp, window).replace(
-            "[storage]\n", f'[storage]\nurl = "{store_url}"\nprefix = "{prefix}"\n'
-        )
+        text = _config(tmp, window, f'url = "{store_url}"\nprefix = "{prefix}"\n')
         bridge = Bridge(load_config_text(text, base_dir=Path(tmp)))
         await bridge.start()
         print("bridge (sandbox provider, Redis store, one node):", file=sys.stderr)
@@ -118,8 +102,8 @@ async def _bench_redis(
             )
             result["server_cpu_us_per_message"] = (time.process_time() - cpu) / messages * 1e6
             result["redis_cpu_us_per_message"] = (
-                (await _redis_cpu(client)) - redis_cpu
-            ) / messages * 1e6
+                ((await _redis_cpu(client)) - redis_cpu) / messages * 1e6
+            )
             result["redis_batches"] = bridge.store.commits
             result["redis_largest_batch"] = bridge.store.largest_batch
         finally:
@@ -146,15 +130,8 @@ def main(
     store_url: str | None = None,
 ) -> int:
     from bridge.bench.summary import e2e_summary
-    from bridge.logs import configure_logging
 
-    configure_logging("error", "console")
-    loop_name = "asyncio"
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        uvloop.install()
-        loop_name = "uvloop"
+    loop_name = start_run()
     res = asyncio.run(_bench(binds, window, messages, timeout, store_url))
     b, base = res["bridge"], res["baseline"]
     res["ratios"] = {
@@ -169,12 +146,8 @@ def main(
             "server_cpu_us_per_message": r["server_cpu_us_per_message"]
             / b["server_cpu_us_per_message"],
         }
-    res["setup"] = {"binds": binds, "window": window, "messages": messages, "loop": loop_name,
-                    "cpus": os.cpu_count(), "python": sys.version.split()[0]}
-    if not as_json:
-        print(e2e_summary(res), end="\n\n")
-    print(json.dumps(res, indent=2))
-    return 0
+    res["setup"] = run_setup(loop_name, binds, window, messages)
+    return print_report(res, e2e_summary, as_json)
 
 
 def load_main(

@@ -15,7 +15,6 @@ reported next to a baseline measured seconds before on the same machine:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import os
@@ -25,6 +24,7 @@ import sys
 import time
 from typing import Any
 
+from bridge.bench.base import install_uvloop, print_report
 from bridge.bench.wire import Responder, bind_cycles, load_client, submit_bytes
 from bridge.smpp.pdu import CommandId, Pdu, decode, encode
 
@@ -121,9 +121,7 @@ async def _bench_smpp(messages: int, window: int, binds: int) -> dict[str, Any]:
     )
     await server.start()
     try:
-        bridge = await asyncio.to_thread(
-            _run_client, server.ports["smpp"], messages, window, binds
-        )
+        bridge = await asyncio.to_thread(_run_client, server.ports["smpp"], messages, window, binds)
     finally:
         await server.stop(timeout=2)
     return {"baseline": baseline, "bridge": bridge}
@@ -204,19 +202,11 @@ def main(
     if what in ("codec", "all"):
         report["codec"] = _bench_codec()
     if what in ("smpp", "all"):
-        with contextlib.suppress(ImportError):
-            import uvloop
-
-            uvloop.install()
-            report["loop"] = "uvloop"
-        report.setdefault("loop", "asyncio")
+        report["loop"] = install_uvloop()
         smpp = asyncio.run(_bench_smpp(messages, window, binds))
         b, base = smpp["bridge"], smpp["baseline"]
         smpp["submit_vs_baseline"] = b["submits_per_s"] / base["submits_per_s"]
         smpp["binds_vs_baseline"] = b["binds_per_s"] / base["binds_per_s"]
         smpp["messages"], smpp["window"], smpp["binds"] = messages, window, binds
         report["smpp"] = smpp
-    if not as_json:
-        print(codec_smpp_summary(report), end="\n\n")
-    print(json.dumps(report, indent=2))
-    return 0
+    return print_report(report, codec_smpp_summary, as_json)

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import socket
 import struct
 import subprocess
@@ -35,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bridge.bench.base import bridge_config, print_report, run_setup, start_run
 from bridge.bench.wire import run_load_client as _run_client
 from bridge.smpp.pdu import CommandId, FrameReader, Pdu, encode
 
@@ -129,25 +128,10 @@ class _NaiveForwarder(asyncio.Protocol):
 
 
 def _bridge_config(data_dir: str, window: int, sim_url: str, concurrency: int) -> str:
-    return f"""
-[smpp]
-port = 0
-window = {window}
-[http]
-port = 0
-[admin]
-port = 0
-[storage]
-data_dir = "{data_dir}"
-[logging]
-level = "error"
-[pipeline]
-delivery_window = {window}
-[[accounts]]
-system_id = "demo"
-password = "demopass"
-max_outstanding = {window * 2}
-[providers.isms]
+    return bridge_config(
+        data_dir,
+        window,
+        f"""[providers.isms]
 type = "isms_http"
 base_url = "{sim_url}/"
 username = "{USERNAME}"
@@ -155,7 +139,8 @@ password = "{PASSWORD}"
 concurrency = {concurrency}
 [[routes]]
 providers = ["isms"]
-"""
+""",
+    )
 
 
 async def _bench(
@@ -213,30 +198,13 @@ def main(
     as_json: bool = False,
 ) -> int:
     from bridge.bench.summary import provider_summary
-    from bridge.logs import configure_logging
 
-    configure_logging("error", "console")
-    loop_name = "asyncio"
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        uvloop.install()
-        loop_name = "uvloop"
+    loop_name = start_run()
     res = asyncio.run(_bench(binds, window, messages, timeout, concurrency, delay))
     b, base = res["bridge"], res["naive_forwarder"]
     naive_rate = base["submit_per_s"]
     res["ratio_end_to_end_vs_naive"] = b["end_to_end_per_s"] / naive_rate if naive_rate else 0.0
-    res["setup"] = {
-        "binds": binds,
-        "window": window,
-        "messages": messages,
-        "http_pool": concurrency,
-        "report_delay": delay,
-        "loop": loop_name,
-        "cpus": os.cpu_count(),
-        "python": sys.version.split()[0],
-    }
-    if not as_json:
-        print(provider_summary(res), end="\n\n")
-    print(json.dumps(res, indent=2))
-    return 0
+    res["setup"] = run_setup(
+        loop_name, binds, window, messages, http_pool=concurrency, report_delay=delay
+    )
+    return print_report(res, provider_summary, as_json)

@@ -11,7 +11,7 @@ or undone by hand. A failed import leaves ``bridge.db`` as it was and stops the 
 The old file is only read: :class:`_OldDb` below knows the old schema (the tables ``messages``,
 ``history``, ``correlations``, ``parts`` and ``deliveries``, JSON in the ``data`` columns) and
 nothing else of the SQLite store that wrote it, which is gone from the tree. The tests write such
-a file with the old schema's own SQL (``tests/legacy_db.py``).
+a file with the old schema's own SQL (``tests/harness/legacy_db.py``).
 """
 
 from __future__ import annotations

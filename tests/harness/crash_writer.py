@@ -1,6 +1,6 @@
 """Helper for the crash test: write to an EmbeddedStore forever, acknowledging each write on stdout.
 
-Usage: ``python tests/crash_writer.py STORE_DIR [PRODUCERS]``
+Usage: ``python tests/harness/crash_writer.py STORE_DIR [PRODUCERS]``
 
 Each producer adds messages (every fifth one through ``add_messages`` as a pair, like a
 submit_multi) and queues a receipt now and then. A line is printed — and flushed — only AFTER

@@ -1,15 +1,39 @@
 """An asyncio event loop on a background thread, for tests that drive blocking ESME libraries
-(smpplib) from the test thread against a server living in that loop."""
+(smpplib) from the test thread against a server living in that loop; and the one bounded wait
+every blocking test helper uses."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+#: Every blocking socket operation or wait in the tests gives up after this long.
+IO_TIMEOUT = 5.0
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = IO_TIMEOUT) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` passes; returns whether it became true."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for a server that must be told its port first)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class LoopThread:

@@ -349,39 +349,25 @@ class InMemoryStore:
             return len(self._deliveries.get(account, {}))
         return sum(len(items) for items in self._deliveries.values())
 
-    async def get_message(
-        self, message_id: str
-    ) -> Message | None:
+    async def get_message(self, message_id: str) -> Message | None:
         return self.get_message_now(message_id)
 
-    async def history(
-        self, message_id: str
-    ) -> list[StateChange]:
+    async def history(self, message_id: str) -> list[StateChange]:
         return self.history_now(message_id)
 
-    async def pending_messages(
-        self, limit: int = 10_000, after_id: str = ""
-    ) -> list[Message]:
+    async def pending_messages(self, limit: int = 10_000, after_id: str = "") -> list[Message]:
         return self.pending_messages_now(limit, after_id)
 
-    async def awaiting_report(
-        self, limit: int = 10_000, after_id: str = ""
-    ) -> list[Message]:
+    async def awaiting_report(self, limit: int = 10_000, after_id: str = "") -> list[Message]:
         return self.awaiting_report_now(limit, after_id)
 
-    async def parts(
-        self, key: str
-    ) -> list[StoredPart]:
+    async def parts(self, key: str) -> list[StoredPart]:
         return self.parts_now(key)
 
-    async def all_parts(
-        self
-    ) -> list[StoredPart]:
+    async def all_parts(self) -> list[StoredPart]:
         return self.all_parts_now()
 
-    async def lookup(
-        self, provider: str, provider_message_id: str
-    ) -> str | None:
+    async def lookup(self, provider: str, provider_message_id: str) -> str | None:
         return self.lookup_now(provider, provider_message_id)
 
     async def pending_deliveries(
@@ -389,7 +375,5 @@ class InMemoryStore:
     ) -> list[DeliveryItem]:
         return self.pending_deliveries_now(account, limit, after)
 
-    async def delivery_accounts(
-        self
-    ) -> list[str]:
+    async def delivery_accounts(self) -> list[str]:
         return self.delivery_accounts_now()

@@ -1,15 +1,17 @@
-"""Provider simulators (Starlette apps) served on a free loopback port in a loop of their own
-thread, so a test can point a bridge at them and drive both from the test thread."""
+"""Provider simulators in a loop of their own thread, so a test can point a bridge at them and
+drive both from the test thread: the HTTP ones (Starlette apps) on a free loopback port
+(:class:`SimulatorThread`), the SMPP upstream (iSMS SMPP) likewise (:class:`UpstreamThread`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from typing import Any
 
-import pytest
-from loop_thread import LoopThread
 from starlette.applications import Starlette
 
+from bridge.simulators.smpp_upstream import SmppUpstreamSimulator
 from bridge.web.server import HttpServer
+from tests.harness.loop import LoopThread
 
 
 class SimulatorThread(LoopThread):
@@ -42,18 +44,17 @@ class SimulatorThread(LoopThread):
 StartSimulator = Callable[[Starlette], SimulatorThread]
 
 
-@pytest.fixture
-def start_simulator() -> Iterator[StartSimulator]:
-    """Factory: ``start_simulator(app)``; every simulator is stopped afterwards."""
-    started: list[SimulatorThread] = []
+class UpstreamThread(LoopThread):
+    """The SMPP upstream simulator in a loop of its own thread; ``run``/``call`` reach into it."""
 
-    def start(app: Starlette) -> SimulatorThread:
-        sim = SimulatorThread(app)
-        started.append(sim)
-        return sim
+    def __init__(self, **options: Any) -> None:
+        super().__init__()
+        self.sim = SmppUpstreamSimulator(**options)
+        self.call(self.sim.start())
+        self.port = self.sim.port
 
-    yield start
-    for sim in reversed(started):
-        sim.stop()
-
-
+    def close(self) -> None:
+        try:
+            self.call(self.sim.close())
+        finally:
+            self.close_loop()

@@ -15,13 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.loop import free_port
+
 REDIS_SERVER = shutil.which("redis-server")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:
@@ -56,9 +52,10 @@ class RedisServer:
             if self.process.poll() is not None:
                 log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"redis-server exited: {log}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.2
-            ) as s:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s,
+            ):
                 s.sendall(b"PING\r\n")
                 reply = s.recv(64)
                 if reply.startswith((b"+PONG", b"-NOAUTH")):

@@ -1,189 +1,212 @@
-"""The whole daemon for end-to-end tests, and smpplib as the ESME that talks to it.
+"""The test ESMEs and what they send and read.
 
-:class:`BridgeThread` runs a real :class:`bridge.app.Bridge` (SQLite store in a temporary
-directory, sandbox provider with a short delay, SMPP on a free loopback port) in an event loop
-of its own thread, like ``conftest.ServerThread``, so the blocking smpplib client can drive it
-from the test thread. :func:`bridge_config` writes the TOML it is built from, which the crash
-test also hands to a ``smpp-bridge run`` subprocess.
-
-:class:`Esme` wraps an ``smpplib.client.Client``: it sends requests and reads until the matching
-response, answering (and recording) every deliver_sm and enquire_link that arrives in between,
-with every read bounded by a deadline. smpplib has no cancel_sm; that one PDU is encoded and its
-response decoded with our own codec, over smpplib's socket.
+:class:`RawEsme` is a blocking ESME on a plain (or TLS) socket speaking through our own codec,
+for tests that need exact control of the bytes (:func:`bind_pdu`, :func:`submit_sm_pdu`,
+:func:`deliver_sm_pdu` build the PDUs). :class:`Esme` wraps an ``smpplib.client.Client`` — an
+independent implementation — for the end-to-end tests: it sends requests and reads until the
+matching response, answering (and recording) every deliver_sm and enquire_link that arrives in
+between, with every read bounded by a deadline. smpplib has no cancel_sm; that one PDU is encoded
+and its response decoded with our own codec, over smpplib's socket. :func:`receipt_fields` and
+friends read the receipts it collects.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import socket
+import ssl
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import pytest
 import smpplib.client
 import smpplib.consts
 import smpplib.exceptions
 import smpplib.smpp
-from loop_thread import LoopThread
 
-from bridge.app import Bridge
-from bridge.config import load_config_text
-from bridge.smpp.pdu import CommandId, DestAddress, Pdu, decode, encode
-
-T = TypeVar("T")
-
-#: Every blocking read in these tests gives up after this long.
-IO_TIMEOUT = 5.0
+from bridge.smpp.pdu import CommandId, DestAddress, FrameReader, Pdu, decode, encode
+from tests.harness.loop import IO_TIMEOUT
 
 SYSTEM_ID = "demo"
 PASSWORD = "demopass"
 
-# --------------------------------------------------------------------------- config
+
+# --------------------------------------------------------------------------- PDUs
 
 
-def toml_value(value: object) -> str:
-    """A Python value as a TOML value (strings escaped; lists and inline tables too)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"no TOML for {value!r}")
+def bind_pdu(
+    command_id: int = CommandId.bind_transceiver,
+    system_id: str = "demo",
+    password: str = "demopass",
+) -> Pdu:
+    return Pdu(
+        command_id,
+        fields={
+            "system_id": system_id,
+            "password": password,
+            "system_type": "",
+            "interface_version": 0x34,
+            "addr_ton": 0,
+            "addr_npi": 0,
+            "address_range": "",
+        },
+    )
 
 
-def _table(header: str, values: Mapping[str, object]) -> str:
-    lines = [header]
-    lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
-    return "\n".join(lines) + "\n"
+def submit_sm_pdu(
+    text: bytes = b"hello", destination: str = "4915112345678", sequence: int = 0
+) -> Pdu:
+    return Pdu(
+        CommandId.submit_sm,
+        sequence,
+        fields={
+            "source_addr_ton": 5,
+            "source_addr_npi": 0,
+            "source_addr": "Bridge",
+            "dest_addr_ton": 1,
+            "dest_addr_npi": 1,
+            "destination_addr": destination,
+            "short_message": text,
+        },
+    )
 
 
-@dataclass(frozen=True, slots=True)
-class Rule:
-    """A sandbox rule: destinations ending in ``suffix`` get ``outcome``."""
+def deliver_sm_pdu(text: bytes = b"inbound", source: str = "4915112345678") -> Pdu:
+    return Pdu(
+        CommandId.deliver_sm,
+        fields={
+            "source_addr_ton": 1,
+            "source_addr_npi": 1,
+            "source_addr": source,
+            "dest_addr_ton": 0,
+            "dest_addr_npi": 0,
+            "destination_addr": "12345",
+            "short_message": text,
+        },
+    )
 
-    suffix: str
-    outcome: str
-    error_code: int = 0
+
+# --------------------------------------------------------------------------- raw ESME
 
 
-def bridge_config(
-    data_dir: Path,
-    *,
-    port: int = 0,
-    http_port: int = 0,
-    delay: float = 0.05,
-    rules: Iterable[Rule] = (),
-    account: Mapping[str, object] | None = None,
-    pipeline: Mapping[str, object] | None = None,
-    provider: Mapping[str, object] | None = None,
-    admin: Mapping[str, object] | None = None,
-    storage: Mapping[str, object] | None = None,
-    http: Mapping[str, object] | None = None,
-    extra: str = "",
-) -> str:
-    """TOML for one sandbox provider and the ``demo`` account (loopback, all bind types).
+class PeerClosed(Exception):
+    """The server closed the connection."""
 
-    ``account``, ``pipeline``, ``provider``, ``http`` and ``admin`` add or override keys of those
-    tables; ``extra`` is appended as is (``[[routes]]`` tables, more providers).
+
+class RawEsme:
+    """A blocking ESME on a plain (or TLS-wrapped) socket, speaking through our own codec.
+
+    Every read is bounded by a socket timeout, so a test that waits for a PDU that never comes
+    fails with ``TimeoutError`` instead of hanging.
     """
-    smpp = {
-        "host": "127.0.0.1",
-        "port": port,
-        "bind_failure_delay": 0.0,
-        "bind_failure_delay_max": 0.0,
-        "shutdown_timeout": 2.0,
-    }
-    acct: dict[str, object] = {"system_id": SYSTEM_ID, "password": PASSWORD, "max_binds": 10}
-    acct.update(account or {})
-    pipe: dict[str, object] = {"delivery_retry": 0.5, "retry_base": 0.05, "retry_max": 0.2}
-    pipe.update(pipeline or {})
-    prov: dict[str, object] = {"delay": delay}
-    prov.update(provider or {})
-    text = _table("[smpp]", smpp)
-    text += _table("[http]", {"host": "127.0.0.1", "port": http_port, **(http or {})})
-    text += _table("[admin]", {"host": "127.0.0.1", "port": 0, **(admin or {})})
-    text += _table("[storage]", {"data_dir": str(data_dir), **(storage or {})})
-    text += _table("[logging]", {"level": "warning", "format": "console"})
-    text += _table("[pipeline]", pipe)
-    text += _table("[[accounts]]", acct)
-    text += _table("[providers.sandbox]", prov)
-    for rule in rules:
-        text += _table(
-            "[[providers.sandbox.rules]]",
-            {"suffix": rule.suffix, "outcome": rule.outcome, "error_code": rule.error_code},
+
+    def __init__(
+        self,
+        port: int,
+        *,
+        host: str = "127.0.0.1",
+        timeout: float = IO_TIMEOUT,
+        ssl_context: ssl.SSLContext | None = None,
+        rcvbuf: int | None = None,
+        source: str | None = None,
+    ) -> None:
+        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if source is not None:  # another loopback address (127.0.0.2 ...): another host
+            raw.bind((source, 0))
+        if rcvbuf is not None:  # before connect(), so the window is negotiated small
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        raw.settimeout(timeout)
+        raw.connect((host, port))
+        self.sock: socket.socket = (
+            ssl_context.wrap_socket(raw, server_hostname="localhost") if ssl_context else raw
         )
-    return text + extra
+        self._reader = FrameReader(1 << 20)
+        self._frames: deque[bytes] = deque()
+        self._seq = itertools.count(1)
 
+    def __enter__(self) -> RawEsme:
+        return self
 
-# --------------------------------------------------------------------------- the daemon
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
 
-class BridgeThread(LoopThread):
-    """A :class:`Bridge` built from :func:`bridge_config` text, running in a background loop.
+    def abort(self) -> None:
+        """Close with a TCP reset (SO_LINGER 0), as a crashed peer does."""
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close()
 
-    ``Bridge.start()`` runs inside that loop (it creates tasks and the listener there).
-    """
+    def next_sequence(self) -> int:
+        return next(self._seq)
 
-    def __init__(self, data_dir: Path, **config: Any) -> None:
-        self.data_dir = data_dir
-        self.config_text = bridge_config(data_dir, **config)
-        super().__init__()
-        self._stopped = False
+    def send(self, pdu: Pdu) -> int:
+        """Send one PDU (numbered here when its sequence_number is 0); returns the sequence."""
+        if not pdu.sequence_number:
+            pdu.sequence_number = self.next_sequence()
+        self.sock.sendall(encode(pdu))
+        return pdu.sequence_number
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise PeerClosed
+        self._reader.feed(data)
+        self._frames.extend(self._reader.frames())
+
+    def recv(self, timeout: float | None = None) -> Pdu:
+        """The next PDU from the server; PeerClosed on EOF, TimeoutError when none comes."""
+        if timeout is not None:
+            self.sock.settimeout(timeout)
         try:
-            self.bridge: Bridge = self.call(self._start(), timeout=15.0)
-        except BaseException:
-            self.close_loop()
-            raise
-        self.port: int = self.bridge.smpp.ports["smpp"]
-
-    async def _start(self) -> Bridge:
-        bridge = Bridge(load_config_text(self.config_text))
-        await bridge.start()
-        return bridge
-
-    def has_receiver(self, system_id: str = SYSTEM_ID) -> bool:
-        return self.run(lambda: self.bridge.smpp.has_receiver(system_id))
-
-    def stop(self) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
-        try:
-            self.call(self.bridge.stop(), timeout=15.0)
+            while not self._frames:
+                self._fill()
         finally:
-            self.close_loop()
+            if timeout is not None:
+                self.sock.settimeout(IO_TIMEOUT)
+        return decode(self._frames.popleft())
+
+    def recv_until_closed(self, timeout: float = IO_TIMEOUT) -> list[Pdu]:
+        """Every PDU until the server closes the connection (TimeoutError if it does not)."""
+        deadline = time.monotonic() + timeout
+        pdus: list[Pdu] = []
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"connection still open after {timeout}s; got {pdus}")
+            try:
+                pdus.append(self.recv(remaining))
+            except (PeerClosed, ConnectionResetError):
+                return pdus
+
+    def bind(
+        self,
+        command_id: int = CommandId.bind_transceiver,
+        system_id: str = "demo",
+        password: str = "demopass",
+    ) -> Pdu:
+        seq = self.send(bind_pdu(command_id, system_id, password))
+        resp = self.recv()
+        assert resp.sequence_number == seq
+        assert resp.command_id == command_id | 0x80000000
+        return resp
+
+    def submit(self, text: bytes = b"hello", destination: str = "4915112345678") -> int:
+        return self.send(submit_sm_pdu(text, destination))
 
 
-StartBridge = Callable[..., BridgeThread]
-
-
-@pytest.fixture
-def start_bridge(tmp_path: Path) -> Iterator[StartBridge]:
-    """Factory: ``start_bridge(data_dir=None, **bridge_config options)``; each bridge gets a
-    fresh data directory unless one is given (to restart on the same store); every bridge is
-    stopped afterwards."""
-    started: list[BridgeThread] = []
-
-    def start(data_dir: Path | None = None, **config: Any) -> BridgeThread:
-        bt = BridgeThread(data_dir or tmp_path / f"data{len(started)}", **config)
-        started.append(bt)
-        return bt
-
-    yield start
-    for bt in reversed(started):
-        bt.stop()
-
-
-# --------------------------------------------------------------------------- the ESME
+# --------------------------------------------------------------------------- smpplib ESME
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,15 +226,6 @@ class OurResp:
     @property
     def sequence(self) -> int:
         return self.pdu.sequence_number
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = IO_TIMEOUT) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 class Esme:
@@ -378,9 +392,7 @@ class Esme:
         assert resp.command == "query_sm_resp"
         return resp
 
-    def submit_multi(
-        self, destinations: list[str], short_message: bytes, **fields: Any
-    ) -> Pdu:
+    def submit_multi(self, destinations: list[str], short_message: bytes, **fields: Any) -> Pdu:
         """A submit_multi to ``destinations`` (international numbers); the submit_multi_resp
         (our codec's Pdu: message_id, unsuccess_smes)."""
         seq = self.client.next_sequence()
@@ -453,20 +465,6 @@ def receipts_by_id(receipts: list[Any]) -> dict[str, Any]:
     return out
 
 
-__all__ = [
-    "IO_TIMEOUT",
-    "PASSWORD",
-    "SYSTEM_ID",
-    "BridgeThread",
-    "CancelResp",
-    "Esme",
-    "Rule",
-    "StartBridge",
-    "bridge_config",
-    "receipt_fields",
-    "receipt_id",
-    "receipts_by_id",
-    "start_bridge",
-    "toml_value",
-    "wait_until",
-]
+def receipt_fields_by_id(receipts: list[Any]) -> dict[str, dict[str, str]]:
+    """Each receipt's text fields by its receipted id (no id twice)."""
+    return {mid: receipt_fields(r) for mid, r in receipts_by_id(receipts).items()}
