@@ -10,13 +10,13 @@ queue. This module is wiring between layers, which is why it sits beside app.py 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import structlog
 
 from bridge.core.accounts import Account
 from bridge.core.admission import AccountPolicy, Rejected, RejectReason, Submission
+from bridge.core.delivery import DeliveryDone
 from bridge.core.model import Address, InboundMessage, Message, Receipt
 from bridge.core.pipeline import Pipeline
 from bridge.observability import Metrics, SampledLog
@@ -470,11 +470,7 @@ class SmppReceiptSender:
         return self.server.has_receiver(account)
 
     def send_nowait(
-        self,
-        account: str,
-        item: Receipt | InboundMessage,
-        done: Callable[[Any, bool | BaseException | None], None],
-        arg: Any,
+        self, account: str, item: Receipt | InboundMessage, done: DeliveryDone, arg: Any
     ) -> bool:
         pdu = receipt_pdu(item) if isinstance(item, Receipt) else inbound_pdu(item)
         return self.server.deliver_nowait(account, pdu, _answered, (done, arg))
@@ -487,8 +483,6 @@ class SmppReceiptSender:
         return result.status == 0
 
 
-def _answered(
-    ctx: tuple[Callable[[Any, bool | BaseException | None], None], Any], resp: Pdu | None
-) -> None:
+def _answered(ctx: tuple[DeliveryDone, Any], resp: Pdu | None) -> None:
     done, arg = ctx
     done(arg, None if resp is None else resp.command_status == 0)

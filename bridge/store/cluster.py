@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import prometheus_client
 import structlog
 
-from bridge.core.delivery import ReceiptSender
+from bridge.core.delivery import DeliveryDone, ReceiptSender
 from bridge.core.model import InboundMessage, Message, Receipt
 from bridge.observability import SampledLog
 from bridge.store.cluster_limits import ClusterRateLimiter, shared_tps
@@ -167,11 +167,7 @@ class LeasedSender:
         return account in self.node.leases and self.inner.has_receiver(account)
 
     def send_nowait(
-        self,
-        account: str,
-        item: Receipt | InboundMessage,
-        done: Callable[[Any, bool | BaseException | None], None],
-        arg: Any,
+        self, account: str, item: Receipt | InboundMessage, done: DeliveryDone, arg: Any
     ) -> bool:
         return self.inner.send_nowait(account, item, done, arg)
 
