@@ -1,4 +1,4 @@
-"""The iSMS.gr HTTP adapter (``bridge/providers/isms_http.py``) and its simulator.
+"""The iSMS.gr HTTP adapter (``bridge/providers/isms_http/``) and its simulator.
 
 First the pure translation, built from the provider document's own examples (quoted), then the
 adapter against the simulator over real loopback HTTP: sends, every send error, HTTP 500 and a
