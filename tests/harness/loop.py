@@ -49,8 +49,30 @@ class LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def call(self, coro: Any, timeout: float = 10.0) -> Any:
-        """Run a coroutine in the loop and wait for its result."""
-        return self.submit(coro).result(timeout)
+        """Run a coroutine in the loop and wait for its result.
+
+        A call that times out says where the loop's tasks were waiting, so that a hang seen
+        once in a full run can be read from its log instead of reproduced."""
+        try:
+            return self.submit(coro).result(timeout)
+        except TimeoutError as exc:
+            raise TimeoutError(f"no result within {timeout} s; {self.task_stacks()}") from exc
+
+    def task_stacks(self) -> str:
+        """Where each task of the loop is suspended (read from this thread: best effort)."""
+        lines: list[str] = []
+        try:
+            tasks = list(asyncio.all_tasks(self.loop))
+        except RuntimeError:  # the task set changed while being read
+            return "task stacks unavailable"
+        for task in tasks:
+            frames = task.get_stack(limit=8)
+            where = " <- ".join(
+                f"{f.f_code.co_name} ({f.f_code.co_filename.rsplit('/', 2)[-1]}:{f.f_lineno})"
+                for f in reversed(frames)
+            )
+            lines.append(f"{task.get_name()}: {where or 'not started'}")
+        return "tasks still pending:\n" + "\n".join(sorted(lines))
 
     def run(self, fn: Callable[[], T]) -> T:
         """Run a plain function in the loop (to read its state safely)."""
