@@ -20,8 +20,8 @@ import pytest
 from bridge.smpp.pdu import Status
 from tests.harness.daemon import bridge_config
 from tests.harness.esme import Esme, receipt_fields, receipt_id
+from tests.harness.process import LINK_DOWN, Daemon
 from tests.harness.redis_server import RedisServer, redis_server
-from tests.test_crash_recovery import LINK_DOWN, Daemon
 
 pytestmark = pytest.mark.timeout(120)
 

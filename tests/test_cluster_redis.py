@@ -21,9 +21,9 @@ from bridge.store.redis import RedisStore
 from tests.harness.daemon import BridgeThread, bridge_config
 from tests.harness.esme import Esme, receipt_id, receipts_by_id
 from tests.harness.loop import LoopThread, wait_until
+from tests.harness.records import msg
 from tests.harness.redis_server import RedisServer, redis_server
 from tests.harness.server import make_account
-from tests.test_store_embedded import msg
 
 _prefixes = itertools.count()
 

@@ -15,7 +15,6 @@ import smpplib.exceptions
 
 from tests.harness.daemon import bridge_config
 from tests.harness.esme import Esme
-from tests.test_crash_recovery import daemon  # noqa: F401  (the fixture)
 
 OTHER = '''
 [[accounts]]
@@ -41,7 +40,7 @@ def bind_other(port: int) -> None:
         esme.close()
 
 
-def test_sighup_adds_an_account_and_keeps_bound_sessions(daemon: Callable[..., Any]) -> None:  # noqa: F811
+def test_sighup_adds_an_account_and_keeps_bound_sessions(daemon: Callable[..., Any]) -> None:
     d = daemon()
     d.config.write_text(d.config.read_text().replace('level = "warning"', 'level = "info"'))
     d.start()
@@ -57,7 +56,7 @@ def test_sighup_adds_an_account_and_keeps_bound_sessions(daemon: Callable[..., A
         assert bound.submit_ok(registered_delivery=0)  # the old session is still bound
 
 
-def test_sighup_with_a_broken_file_keeps_the_running_config(daemon: Callable[..., Any]) -> None:  # noqa: F811
+def test_sighup_with_a_broken_file_keeps_the_running_config(daemon: Callable[..., Any]) -> None:
     d = daemon().start()
     good = d.config.read_text()
     d.config.write_text(good + "\n[smpp]\nprot = 1\n")
@@ -69,7 +68,7 @@ def test_sighup_with_a_broken_file_keeps_the_running_config(daemon: Callable[...
         assert esme.submit_ok(registered_delivery=0)
 
 
-def test_sighup_applies_the_command_line_sets_again(daemon: Callable[..., Any]) -> None:  # noqa: F811
+def test_sighup_applies_the_command_line_sets_again(daemon: Callable[..., Any]) -> None:
     """``--set`` overrides the file at start and after every reload, not only at start."""
     d = daemon()
     d.config.write_text(d.config.read_text().replace('level = "warning"', 'level = "info"'))
@@ -103,7 +102,7 @@ regex = "^49(1[5-7"
 
 
 def test_sighup_with_a_bad_route_regex_applies_nothing_of_the_file(
-    daemon: Callable[..., Any],  # noqa: F811
+    daemon: Callable[..., Any],
 ) -> None:
     """Issue 14, finding 11: the new accounts were applied before the routes raised
     ("Exception in callback Bridge.reload"). Now the file is refused as a whole."""

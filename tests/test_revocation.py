@@ -15,7 +15,6 @@ from bridge.smpp.pdu import CommandId, Status
 from tests.harness.daemon import StartBridge
 from tests.harness.esme import RawEsme
 from tests.test_admin_cli import cli, running
-from tests.test_crash_recovery import daemon  # noqa: F401  (the fixture)
 from tests.test_reload import wait_for_log
 
 pytestmark = pytest.mark.timeout(90)
@@ -42,7 +41,7 @@ def still_bound(esme: RawEsme) -> bool:
 
 
 def test_sighup_unbinds_the_sessions_of_a_removed_account_and_a_changed_password(
-    daemon: Callable[..., Any],  # noqa: F811
+    daemon: Callable[..., Any],
 ) -> None:
     d = daemon(extra=OTHER)
     d.config.write_text(d.config.read_text().replace('level = "warning"', 'level = "info"'))

@@ -23,8 +23,8 @@ from bridge.store.common import DuplicateMessage, StoreUnavailable
 from bridge.store.embedded import EmbeddedStore
 from bridge.store.redis import RedisStore
 from bridge.store.redis_client import redact_url
+from tests.harness.records import full_message, msg, part, receipt
 from tests.harness.redis_server import RedisServer, redis_server
-from tests.test_store_embedded import full_message, msg, part, receipt
 
 HANDSET = Address("4915112345678")
 

@@ -14,7 +14,7 @@ from bridge.store.legacy import import_legacy
 from tests.harness.daemon import StartBridge
 from tests.harness.esme import Esme, receipt_fields, receipt_id
 from tests.harness.legacy_db import OldBridgeDb
-from tests.test_store_embedded import msg, part, receipt
+from tests.harness.records import msg, part, receipt
 
 PART_KEY = "demo|Bridge|4915112345678|7"  # account | source | destination | reference
 

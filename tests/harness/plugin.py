@@ -3,7 +3,7 @@ and the logging set-up every test run needs.
 
 Fixtures: ``smpp_server`` (an SmppServer in a loop thread), ``start_bridge`` (the whole daemon),
 ``start_simulator`` (an HTTP provider simulator), ``provider_rig`` (simulator + bridge routing
-to it), ``tmpfs`` (a real small filesystem)."""
+to it), ``tmpfs`` (a real small filesystem), ``daemon`` (``smpp-bridge run`` as a process)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from bridge.core.accounts import Account
 from bridge.smpp.server import SmppHandler
 from bridge.smpp.session import SessionConfig
 from tests.harness.daemon import BridgeThread, StartBridge
+from tests.harness.process import daemon_factory
 from tests.harness.rig import StartRig, rig_factory
 from tests.harness.server import ServerThread, StartServer, make_account
 from tests.harness.sims import SimulatorThread, StartSimulator
@@ -119,3 +120,10 @@ def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
     yield mount
     for path in mounts:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Any]:
+    """Factory: ``daemon(**bridge_config options)`` writes the config and returns a Daemon
+    (not started). Its log is printed at teardown, which pytest shows for failed tests."""
+    yield from daemon_factory(tmp_path)
