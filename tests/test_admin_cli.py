@@ -4,22 +4,19 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bridge.logs import get_log_level, set_log_level
-from tests.harness.daemon import BridgeThread, StartBridge
+from tests.harness.daemon import StartBridge, running
 from tests.harness.esme import Esme
-from tests.harness.loop import wait_until
+from tests.harness.loop import free_port, wait_until
+from tests.harness.process import cli
 
 pytestmark = pytest.mark.timeout(90)
 
-REPO = Path(__file__).resolve().parent.parent
 
 BACKUP = """
 [providers.backup]
@@ -30,33 +27,6 @@ name = "german mobiles"
 prefixes = ["4915", "4917"]
 providers = ["sandbox", "backup"]
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cli(*args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """``python -m bridge ARGS --config CONFIG`` (what ``smpp-bridge ARGS`` runs)."""
-    argv = [sys.executable, "-m", "bridge", *args]
-    if config is not None:
-        argv += ["--config", str(config)]
-    return subprocess.run(
-        argv, cwd=REPO, capture_output=True, text=True, timeout=30, check=False,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
-    )  # fmt: skip
-
-
-def running(
-    start_bridge: StartBridge, tmp_path: Path, **options: object
-) -> tuple[BridgeThread, Path]:
-    """A bridge on a fixed admin port, and the config file it runs with."""
-    bt = start_bridge(admin={"port": free_port()}, **options)
-    config = tmp_path / "bridge.toml"
-    config.write_text(bt.config_text)
-    return bt, config
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:

@@ -12,7 +12,6 @@ proves that the health check, not the cooldown, closed the circuit.
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import pytest
@@ -21,20 +20,13 @@ from bridge.providers.smsflatrate.reports import push_url
 from bridge.simulators.smsflatrate import SmsflatrateSimulator
 from tests.harness.daemon import BridgeThread, StartBridge, toml_value
 from tests.harness.esme import Esme, receipt_fields
-from tests.harness.loop import wait_until
+from tests.harness.loop import free_port, wait_until
 from tests.harness.sims import SimulatorThread
 
 pytestmark = pytest.mark.timeout(60)
 
 COOLDOWN = 600.0  # longer than the test may run
 HEALTH_INTERVAL = 0.2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def make_bridge(start_bridge: StartBridge, port: int) -> BridgeThread:

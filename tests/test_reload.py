@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,21 +14,13 @@ import smpplib.exceptions
 
 from tests.harness.daemon import bridge_config
 from tests.harness.esme import Esme
+from tests.harness.process import wait_for_log
 
 OTHER = '''
 [[accounts]]
 system_id = "other"
 password = "otherpw"
 '''
-
-
-def wait_for_log(d: Any, text: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in d.output():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} not logged:\n{d.output()}")
 
 
 def bind_other(port: int) -> None:

@@ -12,10 +12,9 @@ from typing import Any
 import pytest
 
 from bridge.smpp.pdu import CommandId, Status
-from tests.harness.daemon import StartBridge
+from tests.harness.daemon import StartBridge, running
 from tests.harness.esme import RawEsme
-from tests.test_admin_cli import cli, running
-from tests.test_reload import wait_for_log
+from tests.harness.process import cli, wait_for_log
 
 pytestmark = pytest.mark.timeout(90)
 

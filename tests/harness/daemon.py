@@ -18,7 +18,7 @@ from typing import Any
 from bridge.app import Bridge
 from bridge.config import load_config_text
 from tests.harness.esme import PASSWORD, SYSTEM_ID
-from tests.harness.loop import LoopThread
+from tests.harness.loop import LoopThread, free_port
 
 # --------------------------------------------------------------------------- config
 
@@ -146,3 +146,13 @@ class BridgeThread(LoopThread):
 
 
 StartBridge = Callable[..., BridgeThread]
+
+
+def running(
+    start_bridge: StartBridge, tmp_path: Path, **options: object
+) -> tuple[BridgeThread, Path]:
+    """A bridge on a fixed admin port, and the config file it runs with."""
+    bt = start_bridge(admin={"port": free_port()}, **options)
+    config = tmp_path / "bridge.toml"
+    config.write_text(bt.config_text)
+    return bt, config

@@ -94,3 +94,23 @@ def daemon_factory(tmp_path: Path) -> Iterator[Any]:
     for d in made:
         d.stop()
         print(d.output())
+
+
+def cli(*args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m bridge ARGS --config CONFIG`` (what ``smpp-bridge ARGS`` runs)."""
+    argv = [sys.executable, "-m", "bridge", *args]
+    if config is not None:
+        argv += ["--config", str(config)]
+    return subprocess.run(
+        argv, cwd=REPO, capture_output=True, text=True, timeout=30, check=False,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )  # fmt: skip
+
+
+def wait_for_log(d: Any, text: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in d.output():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not logged:\n{d.output()}")
