@@ -21,10 +21,11 @@ import pytest
 
 from bridge.providers.http import HttpError, HttpRequest, create_client
 from bridge.simulators.smsflatrate import SmsflatrateSimulator
-from tests.harness.daemon import BridgeThread, StartBridge, toml_value
+from tests.harness.daemon import BridgeThread
 from tests.harness.esme import Esme, receipt_fields
 from tests.harness.loop import wait_until
-from tests.harness.sims import SimulatorThread, StartSimulator
+from tests.harness.rig import StartRig
+from tests.harness.sims import SimulatorThread
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,22 +35,16 @@ TIMEOUT = 0.3
 
 
 def make(
-    start_bridge: StartBridge, start_simulator: StartSimulator, **keys: Any
+    provider_rig: StartRig, **keys: Any
 ) -> tuple[BridgeThread, SmsflatrateSimulator, SimulatorThread]:
-    sim = SmsflatrateSimulator(delay=0.05, rate_limit=0, hang=HANG)
-    sim_thread = start_simulator(sim.app)
-    provider: dict[str, Any] = {
-        "type": "smsflatrate",
-        "base_url": f"{sim_thread.url}/schnittstelle.php",
-        "key": "testkey",
-        "gateway": "auto10or11",
-        "timeout": TIMEOUT,
-        **keys,
-    }
-    extra = "[providers.sf]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in provider.items())
-    extra += '[[routes]]\nproviders = ["sf"]\n'
-    bt = start_bridge(extra=extra, pipeline={"retry_base": 0.05, "retry_max": 0.1})
-    return bt, sim, sim_thread
+    rig = provider_rig(
+        "smsflatrate",
+        simulator=SmsflatrateSimulator(delay=0.05, rate_limit=0, hang=HANG),
+        provider={"timeout": TIMEOUT, **keys},
+        pipeline={"retry_base": 0.05, "retry_max": 0.1},
+    )
+    assert isinstance(rig.sim_thread, SimulatorThread)
+    return rig.bt, rig.sim, rig.sim_thread
 
 
 def taken(sim_thread: SimulatorThread, sim: SmsflatrateSimulator) -> int:
@@ -58,9 +53,9 @@ def taken(sim_thread: SimulatorThread, sim: SmsflatrateSimulator) -> int:
 
 
 def test_with_retry_after_timeout_off_a_stalled_send_is_at_the_provider_exactly_once(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig
 ) -> None:
-    bt, sim, sim_thread = make(start_bridge, start_simulator, retry_after_timeout=False)
+    bt, sim, sim_thread = make(provider_rig, retry_after_timeout=False)
     with Esme(bt.port) as esme:
         esme.bind()
         mid = esme.submit_ok(destination_addr=STALLS, registered_delivery=1)
@@ -74,10 +69,10 @@ def test_with_retry_after_timeout_off_a_stalled_send_is_at_the_provider_exactly_
 
 
 def test_with_retry_after_timeout_on_the_documented_risk_is_a_duplicate(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig
 ) -> None:
     """The default (at least once): what the README's provider section warns of."""
-    bt, sim, sim_thread = make(start_bridge, start_simulator)
+    bt, sim, sim_thread = make(provider_rig)
     with Esme(bt.port) as esme:
         esme.bind()
         esme.submit_ok(destination_addr=STALLS, registered_delivery=0)

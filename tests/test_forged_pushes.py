@@ -19,11 +19,10 @@ from urllib.parse import urlencode, urlsplit
 import pytest
 
 from bridge.core.model import MessageState
-from bridge.simulators.isms_http import IsmsHttpSimulator
 from tests.harness.daemon import StartBridge
 from tests.harness.esme import Esme, receipt_fields
 from tests.harness.loop import wait_until
-from tests.harness.sims import StartSimulator
+from tests.harness.rig import StartRig
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -47,20 +46,11 @@ def counter(bt: Any, metric: Any, *labels: str) -> float:
 
 
 def test_a_push_with_the_right_token_but_another_number_is_not_applied(
-    start_bridge: StartBridge, start_simulator: StartSimulator
+    provider_rig: StartRig,
 ) -> None:
-    sim = IsmsHttpSimulator(delay=0.05)
-    sim_thread = start_simulator(sim.app)
-    bt = start_bridge(extra=f"""
-[providers.isms]
-type = "isms_http"
-base_url = "{sim_thread.url}/api/http/"
-username = "test"
-password = "test"
-[[routes]]
-providers = ["isms"]
-""")
-    report_url = bt.run(lambda: bt.bridge.callback_url("isms", "report"))
+    rig = provider_rig("isms_http")
+    sim, sim_thread, bt = rig.sim, rig.sim_thread, rig.bt
+    report_url = rig.callback_url("report")
     with Esme(bt.port) as esme:
         esme.bind()
         message_id = esme.submit_ok(destination_addr=NOT_PUSHED, registered_delivery=1)

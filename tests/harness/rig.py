@@ -159,6 +159,7 @@ def rig_factory(start_bridge: StartBridge) -> Iterator[StartRig]:
     * ``routes``: the ``[[routes]]`` and any further providers' tables, instead of the one route
       to this provider;
     * ``before_bridge(sim)``: runs (or is awaited) in the simulator's loop before the bridge starts;
+    * ``simulator``: a simulator object of the test's own options, instead of the table's;
     * ``sim_thread`` and ``sim``: an earlier rig's simulator, for a second bridge on it;
     * ``rig_type``: a subclass of :class:`ProviderRig` with a test file's own helpers;
     * ``data_dir``, and every other keyword: :func:`~tests.harness.daemon.bridge_config`'s.
@@ -174,6 +175,7 @@ def rig_factory(start_bridge: StartBridge) -> Iterator[StartRig]:
         routes: str | None = None,
         before_bridge: Callable[[Any], None] | None = None,
         data_dir: Path | None = None,
+        simulator: Any = None,
         sim_thread: LoopThread | None = None,
         sim: Any = None,
         rig_type: type[ProviderRig] = ProviderRig,
@@ -185,7 +187,7 @@ def rig_factory(start_bridge: StartBridge) -> Iterator[StartRig]:
                 sim_thread = UpstreamThread(**spec.simulator())
                 sim = sim_thread.sim
             else:
-                sim = spec.simulator()
+                sim = spec.simulator() if simulator is None else simulator
                 sim_thread = SimulatorThread(sim.app)
         url = getattr(sim_thread, "url", "")
         port = int(getattr(sim_thread, "port", 0))
