@@ -12,6 +12,7 @@ tick per connection.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import math
 from collections.abc import Callable
@@ -30,7 +31,7 @@ class _Session(Protocol):
     def handle_timers(self, now: float) -> list[Any]: ...
 
 
-class SessionConnection(asyncio.Protocol):
+class SessionConnection(asyncio.Protocol, abc.ABC):
     """One TCP (or TLS) connection driving one session; see the module docstring."""
 
     session: _Session
@@ -118,10 +119,10 @@ class SessionConnection(asyncio.Protocol):
         if self._run_timers():
             self._arm()
 
+    @abc.abstractmethod
     def _run_timers(self) -> bool:
         """Run the session's timers and act on their events; False once the connection is
         done (nothing to re-arm)."""
-        raise NotImplementedError
 
     def _cancel_timers(self) -> None:
         if self._timer is not None:

@@ -15,6 +15,7 @@ hooks below.
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -67,7 +68,7 @@ class _Pending:
     context: Any
 
 
-class SessionCore:
+class SessionCore(abc.ABC):
     """The protocol machinery of one SMPP connection; see the module docstring.
 
     ``now`` passed in never goes backwards (a monotonic clock), so requests we sent time out in
@@ -172,9 +173,9 @@ class SessionCore:
             self._framing_error(e, events)
         return events
 
+    @abc.abstractmethod
     def _handle_request(self, pdu: Pdu, events: list[Any]) -> bool:
         """Handle one request of the peer in the role's bind state; True when input must stop."""
-        raise NotImplementedError
 
     def _framing_error(self, e: PduError, events: list[Any]) -> None:
         """The stream cannot be framed any more: generic_nack with the error's status, close."""
@@ -228,7 +229,9 @@ class SessionCore:
             self._send(Pdu(CommandId.generic_nack, e.sequence_number, e.status))
 
     def _garbled_response(self, e: PduError, events: list[Any]) -> None:
-        """A response that could not be decoded (hook: a role's own responses, e.g. bind_resp)."""
+        """A response that could not be decoded (hook: a role's own responses, e.g. bind_resp).
+        By default there is nothing to add to the answer already sent."""
+        return None
 
     def _reject(self, pdu: Pdu, status: int, events: list[Any]) -> None:
         self._send(Pdu(pdu.command_id | RESPONSE_BIT, pdu.sequence_number, status))

@@ -7,6 +7,7 @@ It exists because :mod:`bridge.store.redis` used to import all of this from
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from typing import Any, Self
 
@@ -37,14 +38,16 @@ class StoreUnavailable(RuntimeError):
     """The store cannot take writes (closed, or its journal / its server failed)."""
 
 
-class OpenClose:
+class OpenClose(abc.ABC):
     """``async with store:`` opens the store and closes it."""
 
+    @abc.abstractmethod
     async def open(self) -> None:
-        raise NotImplementedError
+        """Make the store ready for reads and writes."""
 
+    @abc.abstractmethod
     async def close(self) -> None:
-        raise NotImplementedError
+        """Finish what is queued and release the store."""
 
     async def __aenter__(self) -> Self:
         await self.open()

@@ -9,6 +9,7 @@ and the bridge's housekeeping call it.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import time
 from typing import Any
@@ -29,7 +30,7 @@ _ARCHIVE_INTERVAL = 1.0  # seconds between two looks for messages due for the ar
 _ARCHIVE_BATCH = 20_000  # messages per archive transaction
 
 
-class Retention(Snapshots):
+class Retention(Snapshots, abc.ABC):
     """Archive and retention (a base of :class:`~bridge.store.embedded.EmbeddedStore`, which
     sets these attributes and writes the records)."""
 
@@ -38,8 +39,9 @@ class Retention(Snapshots):
     _archive_timer: asyncio.TimerHandle | None
     _sampled: SampledLog
 
+    @abc.abstractmethod
     def _write(self, rec: list[Any], obj: Any = None) -> asyncio.Future[Any]:
-        raise NotImplementedError
+        """Journal ``rec`` (applied to memory once durable); the future settles then."""
 
     async def _open_archive(self) -> None:
         loop = asyncio.get_running_loop()
