@@ -90,26 +90,34 @@ def test_ucs2_greek_text_goes_as_ucs2(provider_rig: StartRig) -> None:
     assert sub.data_coding == 0x08 and sub.text == GREEK
 
 
+#: 400 GSM characters: three parts of a concatenated message.
+LONG_TEXT = "".join(f"{i:03d} " for i in range(100))
+
+
+def submit_in_three_parts(esme: Esme) -> list[str]:
+    """:data:`LONG_TEXT` as the ESME's own three parts (8-bit UDH reference 0x77); their ids."""
+    chunks = [LONG_TEXT[:153], LONG_TEXT[153:306], LONG_TEXT[306:]]
+    return [
+        esme.submit_ok(
+            destination_addr=MOBILE,
+            esm_class=0x40,
+            short_message=bytes([5, 0, 3, 0x77, 3, n]) + chunk.encode("ascii"),
+        )
+        for n, chunk in enumerate(chunks, 1)
+    ]
+
+
 def test_a_long_message_in_three_parts_gets_a_receipt_for_each_part(provider_rig: StartRig) -> None:
     bt, upstream = start(provider_rig)
-    text = "".join(f"{i:03d} " for i in range(100))  # 400 GSM characters
-    chunks = [text[:153], text[153:306], text[306:]]
     with Esme(bt.port) as esme:
         esme.bind("transceiver")
-        ids = [
-            esme.submit_ok(
-                destination_addr=MOBILE,
-                esm_class=0x40,
-                short_message=bytes([5, 0, 3, 0x77, 3, n]) + chunk.encode("ascii"),
-            )
-            for n, chunk in enumerate(chunks, 1)
-        ]
+        ids = submit_in_three_parts(esme)
         receipts = esme.receipts(3)
     assert sorted(receipt_id(r) for r in receipts) == sorted(ids)
     assert {receipt_fields(r)["stat"] for r in receipts} == {"DELIVRD"}
     parts = submitted(upstream)
     assert len(parts) == 3
-    assert "".join(p.text for p in parts) == text
+    assert "".join(p.text for p in parts) == LONG_TEXT
     assert [p.concat.seqnum for p in parts] == [1, 2, 3]
     # Recorded by the simulator once the bridge's deliver_sm_resp is back (after the ESME may
     # already have its receipts).
@@ -257,18 +265,9 @@ def test_with_concat_payload_a_long_message_is_one_submit_sm_with_message_payloa
     provider_rig: StartRig,
 ) -> None:
     bt, upstream = start(provider_rig, concat="payload")
-    text = "".join(f"{i:03d} " for i in range(100))  # 400 GSM characters
-    chunks = [text[:153], text[153:306], text[306:]]
     with Esme(bt.port) as esme:
         esme.bind("transceiver")
-        ids = [
-            esme.submit_ok(
-                destination_addr=MOBILE,
-                esm_class=0x40,
-                short_message=bytes([5, 0, 3, 0x77, 3, n]) + chunk.encode("ascii"),
-            )
-            for n, chunk in enumerate(chunks, 1)
-        ]
+        ids = submit_in_three_parts(esme)
         short = esme.submit_ok(destination_addr=MOBILE, short_message=b"Short")
         receipts = esme.receipts(4)
     assert sorted(receipt_id(r) for r in receipts) == sorted([*ids, short])
@@ -276,8 +275,8 @@ def test_with_concat_payload_a_long_message_is_one_submit_sm_with_message_payloa
     long_one, short_one = submitted(upstream)
     # The whole text in the TLV, short_message (sm_length) empty, no UDH, no SAR.
     assert long_one.short_message == b"" and long_one.esm_class & 0x40 == 0
-    assert long_one.text == text and long_one.concat is None
-    assert long_one.pdu.tlv("message_payload") == text.encode("ascii")
+    assert long_one.text == LONG_TEXT and long_one.concat is None
+    assert long_one.pdu.tlv("message_payload") == LONG_TEXT.encode("ascii")
     # A message that fits one SMS still goes in short_message.
     assert short_one.short_message == b"Short" and short_one.pdu.tlv("message_payload") is None
     # One receipt per submit_sm (recorded once the bridge's deliver_sm_resp is back).
