@@ -13,7 +13,7 @@ internals), so a core test that passes against it relies only on the contract:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -265,20 +265,11 @@ class InMemoryStore:
         other_ids: Sequence[str] = (),
     ) -> None:
         snapshot = _copy(message)
-
-        async def run() -> None:
-            try:
-                await self.update_message(
-                    snapshot, change, correlation=correlation, other_ids=other_ids
-                )
-            except Exception as exc:
-                done(arg, None, exc)
-                return
-            done(arg, None, None)
-
-        future = asyncio.ensure_future(run())
-        self._pending.add(future)
-        future.add_done_callback(self._pending.discard)
+        self._settle_later(
+            self.update_message(snapshot, change, correlation=correlation, other_ids=other_ids),
+            done,
+            arg,
+        )
 
     def enqueue_deliveries_nowait(
         self,
@@ -288,10 +279,16 @@ class InMemoryStore:
         arg: Any = None,
     ) -> list[int]:
         ids = list(range(self._next_delivery_id, self._next_delivery_id + len(items)))
+        self._settle_later(self.enqueue_deliveries(items, at), done, arg)
+        return ids
+
+    def _settle_later(self, write: Awaitable[object], done: Any, arg: Any) -> None:
+        """Run ``write`` (one of the async methods) as a task, then ``done(arg, None, error)``:
+        what the ``*_nowait`` variants promise, without a future for the caller."""
 
         async def run() -> None:
             try:
-                await self.enqueue_deliveries(items, at)
+                await write
             except Exception as exc:
                 done(arg, None, exc)
                 return
@@ -300,7 +297,6 @@ class InMemoryStore:
         future = asyncio.ensure_future(run())
         self._pending.add(future)
         future.add_done_callback(self._pending.discard)
-        return ids
 
     def _later(self, apply: Any) -> None:
         def land() -> None:
