@@ -4,6 +4,7 @@ store instances on one real redis-server started here), and the start-up contrac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import Callable, Iterator
@@ -326,3 +327,62 @@ def test_the_parts_of_a_long_message_sent_over_binds_on_two_nodes_make_one_messa
     whole = b.call(b.bridge.store.get_message(ids[1]))
     assert whole is not None and whole.text == text and whole.part_ids == ids
     assert a.bridge.pipeline.incomplete == b.bridge.pipeline.incomplete == 0
+
+
+class _CancelSwallowingStore:
+    """Stands for a Redis store whose client consumed a cancel in flight: its heartbeat returns
+    normally although the task awaiting it was cancelled (seen in a full run: stop hung)."""
+
+    node_id = "a"
+    live_nodes = 1
+
+    def __init__(self) -> None:
+        self.heartbeats = 0
+        self.in_heartbeat = asyncio.Event()
+
+    async def heartbeat(self, dead_after: float) -> list[Any]:
+        self.heartbeats += 1
+        self.in_heartbeat.set()
+        # The library's bug: the cancel ends here, no exception goes up.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.2)
+        return []
+
+    async def delivery_leases(self, bound: Any, release: Any, dead_after: float) -> set[str]:
+        return set()
+
+    async def refresh_depths(self) -> None:
+        return None
+
+    def delivery_depth(self, account: str) -> int:
+        return 0
+
+
+async def test_a_cluster_node_stops_even_when_a_redis_call_swallows_the_cancel() -> None:
+    import prometheus_client
+
+    from bridge.store.cluster import ClusterNode
+
+    store = _CancelSwallowingStore()
+
+    async def poll() -> int:
+        return 0
+
+    node = ClusterNode(
+        store,  # type: ignore[arg-type]
+        accounts=lambda: [],
+        has_receiver=lambda account: False,
+        wake=lambda account: None,
+        resume=lambda message: None,
+        poll=poll,
+        interval=0.05,
+        registry=prometheus_client.CollectorRegistry(),
+    )
+    node.start()
+    await asyncio.wait_for(store.in_heartbeat.wait(), 5.0)
+    stopping = asyncio.ensure_future(node.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=5.0)
+    assert done, "stop() did not return: the heartbeat loop outlived its cancel"
+    beats = store.heartbeats
+    await asyncio.sleep(0.3)
+    assert store.heartbeats == beats == 1

@@ -77,6 +77,7 @@ class ClusterNode:
         self.leases: set[str] = set()
         self.taken_over: list[str] = []
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._sampled = SampledLog(log)
         self._takeovers = prometheus_client.Counter(
             "bridge_cluster_takeovers",
@@ -91,9 +92,14 @@ class ClusterNode:
 
     def start(self) -> None:
         if self._task is None:
+            self._stopping = False
             self._task = asyncio.create_task(self._run(), name="cluster")
 
     async def stop(self) -> None:
+        # The flag as well as the cancel: a cancel that lands while a Redis call is in flight
+        # can be consumed inside the client library without an exception reaching step() (seen:
+        # the heartbeat went on and stop() waited for ever); the loop then ends after that step.
+        self._stopping = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -119,6 +125,8 @@ class ClusterNode:
                     node=self.store.node_id,
                     error=f"{type(exc).__name__}: {exc}"[:200],
                 )
+            if self._stopping:
+                return
             await asyncio.sleep(self.interval)
 
     async def step(self) -> None:
